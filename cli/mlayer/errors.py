@@ -1,0 +1,107 @@
+"""One exception root for everything a user can cause, and its translation to Click errors.
+
+Library code raises :class:`MlayerError` subclasses (never prints or exits); the CLI turns
+them, and botocore's errors, into one ``Error: ...`` line in :func:`to_click_exception`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+
+class MlayerError(Exception):
+    """An expected failure: the message says what happened and what to do next."""
+
+
+class ConfigError(MlayerError):
+    """mlayer.toml (or a flag) is invalid."""
+
+
+class BuildError(MlayerError):
+    """A layer build failed (resolution, slimming, verification, budget)."""
+
+
+class CompatibilityError(BuildError):
+    """A model was saved with library versions the dependency layer cannot promise to load."""
+
+
+class SmokeTestError(BuildError):
+    """The real function failed on the built layers."""
+
+
+class BudgetError(MlayerError):
+    """A size or count limit of Lambda would be exceeded."""
+
+
+class NotFoundError(MlayerError):
+    """Something named by the user (function, layer, build, bucket, version) does not exist."""
+
+
+class AwsError(MlayerError):
+    """An AWS call failed in a way the user can act on."""
+
+
+class DockerError(MlayerError):
+    """Docker is missing or its build failed."""
+
+
+def _client_error_message(exc: Any) -> str:
+    """Say what an AWS ClientError means for a user, with the fix where there is one."""
+    error = exc.response.get("Error", {})
+    code = error.get("Code", "")
+    message = error.get("Message", "") or str(exc)
+    operation = getattr(exc, "operation_name", "an AWS call")
+    hints = {
+        "AccessDeniedException": "the credentials in use lack permission for "
+        f"{operation}; grant it (lambda:{operation}) or pass --profile with a role that has it",
+        "AccessDenied": f"access denied for {operation}; check the bucket policy and your "
+        "credentials (--profile)",
+        "UnrecognizedClientException": "the credentials were rejected; check --profile or "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        "InvalidClientTokenId": "the credentials were rejected; check --profile or "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
+        "ExpiredTokenException": "the session token expired; refresh your credentials",
+        "NoSuchBucket": "the bucket does not exist; create it or pass --bucket with an "
+        "existing one",
+        "ResourceConflictException": "another update of the function is in progress; "
+        "wait and run the command again",
+        "TooManyRequestsException": "AWS throttled the request; wait a moment and retry",
+    }
+    hint = hints.get(code)
+    if hint:
+        return f"{operation} failed ({code}): {hint}. AWS said: {message}"
+    return f"{operation} failed ({code}): {message}"
+
+
+def to_click_exception(exc: BaseException) -> click.ClickException | None:
+    """Translate an expected failure into a ClickException; None for a real bug."""
+    if isinstance(exc, MlayerError):
+        return click.ClickException(str(exc))
+    try:
+        from botocore import exceptions as boto_exc
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return None
+    if isinstance(exc, boto_exc.NoCredentialsError):
+        return click.ClickException(
+            "no AWS credentials found. Configure them (aws configure, AWS_PROFILE, or "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or pass --profile; for the local "
+            "endpoint any values work"
+        )
+    if isinstance(exc, boto_exc.NoRegionError):
+        return click.ClickException(
+            "no AWS region configured; pass --region, set AWS_REGION, or add "
+            'region = "..." to mlayer.toml'
+        )
+    if isinstance(exc, boto_exc.ProfileNotFound):
+        return click.ClickException(f"{exc}; check --profile against ~/.aws/config")
+    if isinstance(exc, boto_exc.EndpointConnectionError):
+        return click.ClickException(
+            f"{exc}. Is the endpoint running? Check --endpoint-url (or AWS_ENDPOINT_URL)"
+        )
+    if isinstance(exc, boto_exc.ClientError):
+        return click.ClickException(_client_error_message(exc))
+    if isinstance(exc, boto_exc.WaiterError):
+        return click.ClickException(f"gave up waiting: {exc}")
+    return None

@@ -1,8 +1,13 @@
-"""Shared fixtures: fake AWS credentials for moto, and the project root."""
+"""Shared fixtures: fake AWS credentials for moto, the project root, the sample models."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +33,69 @@ def _fake_aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+TRAIN_SCRIPT = ROOT / "training" / "train.py"
+
+
+def _trained_model(request: pytest.FixtureRequest, example: str) -> Path:
+    """Train a sample model with training/train.py, once per change of its inputs.
+
+    The model directory is cached under pytest's cache dir (.pytest_cache), keyed by a hash
+    of train.py, requirements.txt and the interpreter version, so later sessions reuse it.
+    Concurrent sessions each train into a private dir and rename it into place; the loser
+    of that race uses the winner's copy. Treat the directory as read-only (copy it first
+    to modify it).
+    """
+    digest = hashlib.sha256(sys.version.encode())
+    for path in (TRAIN_SCRIPT, ROOT / "requirements.txt"):
+        digest.update(path.read_bytes())
+    cache: pytest.Cache | None = getattr(request.config, "cache", None)
+    if cache is not None:
+        base = cache.mkdir("mlayer-models")
+    else:  # -p no:cacheprovider: train once for this session only
+        base = request.getfixturevalue("tmp_path_factory").mktemp("mlayer-models")
+    target = base / f"{example}-{digest.hexdigest()[:16]}"
+    if (target / "metadata.json").is_file():
+        return target
+    staging = Path(tempfile.mkdtemp(prefix=f".{example}-", dir=base))
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                str(TRAIN_SCRIPT),
+                "--out",
+                str(staging / "model"),
+                "--example",
+                example,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            pytest.fail(
+                f"training/train.py --example {example} failed:\n{proc.stdout}{proc.stderr}"
+            )
+        try:
+            os.rename(staging / "model", target)
+        except OSError:
+            if not (target / "metadata.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def text_model_dir(request: pytest.FixtureRequest) -> Path:
+    """The sample text model (sentiment: CountVectorizer -> TfidfTransformer -> classifier)."""
+    return _trained_model(request, "text")
+
+
+@pytest.fixture(scope="session")
+def numeric_model_dir(request: pytest.FixtureRequest) -> Path:
+    """The sample numeric model (income: one Pipeline on named numeric features)."""
+    return _trained_model(request, "numeric")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import nbformat
 import numpy as np
 import pytest
+from ipykernel.kernelspec import get_kernel_dict
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+from nbclient import NotebookClient
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import InconsistentVersionWarning
 
@@ -25,6 +30,7 @@ TRAIN_SCRIPT = TRAINING / "train.py"
 NOTEBOOK = TRAINING / "notebooks" / "train_sample_models.ipynb"
 
 sys.path.insert(0, str(TRAINING))
+import make_notebook  # noqa: E402
 import train  # noqa: E402
 
 
@@ -281,3 +287,77 @@ def test_same_seed_same_bytes_other_seed_other_model(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "a" / "metadata.json").read_text())["created"] == (
         "2023-11-14T22:13:20Z"
     )
+
+
+# -- the notebook holds the same code ---------------------------------------------------------
+
+
+def test_notebook_is_generated_from_train_py() -> None:
+    """The committed notebook is exactly what make_notebook.py makes of train.py."""
+    source = TRAIN_SCRIPT.read_text()
+    assert NOTEBOOK.read_text() == make_notebook.render(source), (
+        "the notebook is stale: run python training/make_notebook.py"
+    )
+    # The split loses nothing: every line of train.py is in a notebook cell or in a
+    # script-only section.
+    notebook = nbformat.reads(NOTEBOOK.read_text(), as_version=4)
+    code_cells = [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+    shared = [code for _, code in make_notebook.notebook_sections(source)]
+    assert code_cells[: len(shared)] == shared
+    script_only = [
+        code for title, code in make_notebook.sections(source) if make_notebook.SCRIPT_ONLY in title
+    ]
+    assert [title for title, _ in make_notebook.sections(source)].count("") == 1
+    kept = "\n".join(shared + script_only).splitlines()
+    for line in source.splitlines():
+        assert line.startswith(make_notebook.MARKER) or not line.strip() or line in kept, line
+    assert any("def main(" in code for code in script_only)
+    assert not any("def main(" in code for code in code_cells)
+
+
+@pytest.fixture
+def kernel_manager(tmp_path: Path) -> Iterator[KernelManager]:
+    """A kernel on this very interpreter, without installing a kernel spec anywhere.
+
+    The installed "python3" spec runs whatever ``python`` is first on PATH, which need not be
+    the interpreter (or virtualenv) running the tests.
+    """
+    spec_dir = tmp_path / "kernels" / "mlayer-training"
+    spec_dir.mkdir(parents=True)
+    (spec_dir / "kernel.json").write_text(json.dumps(get_kernel_dict()))
+    specs = KernelSpecManager(kernel_dirs=[str(tmp_path / "kernels")])
+    yield KernelManager(kernel_name="mlayer-training", kernel_spec_manager=specs)
+
+
+def test_notebook_trains_the_same_models_as_the_script(
+    tmp_path: Path, kernel_manager: KernelManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Executed with the same seed, the notebook writes byte-identical model directories."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    notebook = nbformat.reads(NOTEBOOK.read_text(), as_version=4)
+    parameters = next(
+        i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])
+    )
+    notebook.cells.insert(
+        parameters + 1,
+        nbformat.v4.new_code_cell(f"OUT_DIR = Path({str(tmp_path / 'notebook')!r})\nSEED = 5"),
+    )
+    NotebookClient(
+        notebook,
+        km=kernel_manager,
+        timeout=120,
+        resources={"metadata": {"path": str(tmp_path)}},
+    ).execute()
+    printed = "".join(output.get("text", "") for output in notebook.cells[-1].outputs)
+
+    for example, name in (("text", "sentiment"), ("numeric", "income")):
+        script_dir = tmp_path / "script" / name
+        proc = run_train("--out", str(script_dir), "--example", example, "--seed", "5")
+        assert proc.returncode == 0, proc.stderr
+        notebook_dir = tmp_path / "notebook" / name
+        files = sorted(p.name for p in script_dir.iterdir())
+        assert sorted(p.name for p in notebook_dir.iterdir()) == files
+        for file in files:
+            assert (notebook_dir / file).read_bytes() == (script_dir / file).read_bytes(), file
+        summary = proc.stdout.split(": ", 1)[1].rsplit(" (", 1)[0]
+        assert f"{notebook_dir}: {summary}\n" in printed

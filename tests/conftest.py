@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -42,7 +43,8 @@ def _trained_model(request: pytest.FixtureRequest, example: str) -> Path:
     """Train a sample model with training/train.py, once per change of its inputs.
 
     The model directory is cached under pytest's cache dir (.pytest_cache), keyed by a hash
-    of train.py, requirements.txt and the interpreter version, so later sessions reuse it.
+    of train.py, requirements.txt, the interpreter and the installed library versions, so
+    later sessions reuse it.
     Concurrent sessions each train into a private dir and rename it into place; the loser
     of that race uses the winner's copy. Treat the directory as read-only (copy it first
     to modify it).
@@ -50,6 +52,9 @@ def _trained_model(request: pytest.FixtureRequest, example: str) -> Path:
     digest = hashlib.sha256(sys.version.encode())
     for path in (TRAIN_SCRIPT, ROOT / "requirements.txt"):
         digest.update(path.read_bytes())
+    # The installed libraries, not only the pins: a stale environment must not reuse pickles.
+    for package in ("scikit-learn", "numpy", "scipy", "joblib"):
+        digest.update(f"{package}=={importlib.metadata.version(package)}".encode())
     cache: pytest.Cache | None = getattr(request.config, "cache", None)
     if cache is not None:
         base = cache.mkdir("mlayer-models")

@@ -159,6 +159,26 @@ def test_cli_refuses_a_directory_holding_other_files(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
+def test_cli_refuses_a_file_as_out(tmp_path: Path) -> None:
+    (tmp_path / "model").write_text("not a directory")
+    proc = run_train("--out", str(tmp_path / "model"))
+    assert proc.returncode == 2
+    assert (
+        f"train.py: error: {tmp_path / 'model'} exists and is not a directory: pass another --out"
+    ) in proc.stderr
+
+
+def test_cli_reports_an_unwritable_out(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    proc = run_train("--out", str(tmp_path / "file" / "model"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(
+        f"train.py: error: cannot write the model to {tmp_path / 'file' / 'model'}: [Errno 20] "
+        "Not a directory"
+    )
+    assert "Traceback" not in proc.stderr
+
+
 def test_cli_replaces_an_earlier_model(tmp_path: Path) -> None:
     """Retraining into the same directory leaves no stale stage behind."""
     assert run_train("--out", str(tmp_path), "--name", "old").returncode == 0

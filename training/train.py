@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import re
+import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -372,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         out = train(args.out, **({"name": args.name} if args.name else {}), seed=args.seed)
     except ValueError as exc:
         parser.error(str(exc))
+    except OSError as exc:
+        print(f"train.py: error: cannot write the model to {args.out}: {exc}", file=sys.stderr)
+        return 1
     print(f"{summary(out)} ({time.perf_counter() - started:.1f} s)")
     return 0
 

@@ -1,0 +1,670 @@
+"""``mlayer cost``: what the pipeline costs on Lambda, from parameters or measured runs.
+
+The arithmetic lives in :mod:`mlayer.cost` (its docstring states the model); this module
+parses options, calls it, and renders a table or JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mlayer import options
+
+if TYPE_CHECKING:
+    from decimal import Decimal
+
+    from mlayer.cost import Estimate, MemoryCost
+
+
+class DecimalType(click.ParamType):
+    """A number kept as a Decimal (0.07 stays exactly 0.07), with an optional lower bound."""
+
+    name = "number"
+
+    def __init__(self, *, minimum: int = 0, open_minimum: bool = False) -> None:
+        self.minimum = minimum
+        self.open_minimum = open_minimum
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from decimal import Decimal, InvalidOperation
+
+        if isinstance(value, Decimal):
+            return value
+        try:
+            number = Decimal(str(value).strip().lstrip("$"))
+        except InvalidOperation:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not number.is_finite():
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if number < self.minimum or (self.open_minimum and number == self.minimum):
+            relation = ">" if self.open_minimum else ">="
+            self.fail(f"{value} must be {relation} {self.minimum}", param, ctx)
+        return number
+
+
+class SinceType(click.ParamType):
+    """A look-back such as 30m, 1h, 7d."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from datetime import timedelta
+
+        from mlayer.cost import parse_since
+
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_since(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class RepeatableOption(click.Option):
+    """A ``multiple`` option that also takes one scalar from mlayer.toml (``memory = 512``)."""
+
+    def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
+        value, source = super().consume_value(ctx, opts)
+        if (
+            source == click.core.ParameterSource.DEFAULT_MAP
+            and value is not None
+            and not isinstance(value, list | tuple)
+        ):
+            value = [value]
+        return value, source
+
+
+POSITIVE = DecimalType(open_minimum=True)
+NON_NEGATIVE = DecimalType()
+
+
+@click.command()
+@click.option(
+    "--memory",
+    cls=RepeatableOption,
+    type=click.IntRange(128, 10_240),
+    multiple=True,
+    metavar="MB",
+    help="Function memory (128-10,240 MB). Repeat to compare sizes (one row each, cheapest "
+    "marked); pair each with a --duration-ms.",
+)
+@click.option(
+    "--duration-ms",
+    cls=RepeatableOption,
+    type=DecimalType(open_minimum=True),
+    multiple=True,
+    metavar="MS",
+    help="Warm duration of one invocation, whatever its batch size (the spreadsheet model). "
+    "Once, or once per --memory in the same order.",
+)
+@click.option(
+    "--duration-per-record-ms",
+    cls=RepeatableOption,
+    type=NON_NEGATIVE,
+    multiple=True,
+    metavar="MS",
+    help="Duration added per record in the batch: an invocation of k records runs "
+    "duration-ms + k x this. Once, or once per --memory.",
+)
+@click.option(
+    "--init-ms",
+    cls=RepeatableOption,
+    type=NON_NEGATIVE,
+    multiple=True,
+    metavar="MS",
+    help="Init (cold start) duration, billed since 2025-08-01. Once, or once per --memory. "
+    "With reports: replaces the measured one.",
+)
+@click.option(
+    "--invocations-per-environment",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Invocations an execution environment serves, over which one cold start is "
+    "spread [default: 1 with --init-ms; measured with reports].",
+)
+@click.option(
+    "--storage-mb",
+    type=click.IntRange(512, 10_240),
+    default=512,
+    show_default=True,
+    metavar="MB",
+    help="Ephemeral storage (/tmp), 512-10,240 MB; over 512 MB is billed.",
+)
+@options.arch
+@click.option(
+    "--granularity-ms",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="MS",
+    help="Billing step: 1 since December 2020, 100 before.",
+)
+@click.option(
+    "--requests/--no-requests",
+    default=True,
+    show_default=True,
+    help="Include the per-request price.",
+)
+@click.option(
+    "--free-tier",
+    is_flag=True,
+    help="Take the monthly free tier (1 M requests, 400,000 GB-s) off monthly totals "
+    "(needs --ingests-per-month). It is per account: only if nothing else uses it.",
+)
+@click.option("--records", type=click.IntRange(min=1), metavar="N", help="Records in one ingest.")
+@click.option(
+    "--batch-size",
+    cls=RepeatableOption,
+    type=click.IntRange(1, 10_000),
+    multiple=True,
+    metavar="N",
+    help="Records per invocation (the event source mapping's BatchSize, 1-10,000). Repeat "
+    "to compare [default: 1].",
+)
+@click.option(
+    "--ingests-per-month",
+    type=NON_NEGATIVE,
+    metavar="N",
+    help="Ingests a month: prices the month across the duration tiers (needs --records).",
+)
+@click.option(
+    "--compare-hourly",
+    type=POSITIVE,
+    metavar="USD",
+    help="An always-on endpoint's hourly price (e.g. 0.07 for ml.t2.medium): break-even volume.",
+)
+@click.option(
+    "--compare-per-second",
+    type=POSITIVE,
+    metavar="USD",
+    help="A per-second-of-inference price (e.g. 0.00008, SageMaker Serverless at 4 GB), "
+    "applied to the same billed warm duration per invocation.",
+)
+@click.option(
+    "--hours-per-month",
+    type=POSITIVE,
+    default="720",
+    show_default=True,
+    metavar="H",
+    help="Hours an always-on endpoint runs a month (720: 30 days).",
+)
+@click.option(
+    "--price-gb-s",
+    type=NON_NEGATIVE,
+    metavar="USD",
+    help="Duration price per GB-s, flat (replaces the tiers of the price file).",
+)
+@click.option(
+    "--price-requests", type=NON_NEGATIVE, metavar="USD", help="Price per million requests."
+)
+@click.option(
+    "--price-storage",
+    type=NON_NEGATIVE,
+    metavar="USD",
+    help="Ephemeral storage price per GB-s over 512 MB.",
+)
+@click.option(
+    "--prices",
+    "prices_path",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="A price file of the shape of mlayer's prices.json [default: the bundled one].",
+)
+@click.option(
+    "--from-report",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="Price measured REPORT lines (local runner log, CloudWatch export, or "
+    "`aws logs filter-log-events` JSON); one row per Memory Size.",
+)
+@click.option(
+    "--from-logs",
+    metavar="FUNCTION",
+    help="Price the REPORT lines of FUNCTION from CloudWatch Logs (/aws/lambda/FUNCTION).",
+)
+@click.option(
+    "--since",
+    type=SinceType(),
+    default="24h",
+    show_default=True,
+    metavar="DURATION",
+    help="How far back --from-logs reads: 30m, 1h, 7d, ...",
+)
+@options.json_output
+@click.pass_context
+def cost(
+    ctx: click.Context,
+    memory: tuple[int, ...],
+    duration_ms: tuple[Decimal, ...],
+    duration_per_record_ms: tuple[Decimal, ...],
+    init_ms: tuple[Decimal, ...],
+    invocations_per_environment: int | None,
+    storage_mb: int,
+    arch: str,
+    granularity_ms: int,
+    requests: bool,
+    free_tier: bool,
+    records: int | None,
+    batch_size: tuple[int, ...],
+    ingests_per_month: Decimal | None,
+    compare_hourly: Decimal | None,
+    compare_per_second: Decimal | None,
+    hours_per_month: Decimal,
+    price_gb_s: Decimal | None,
+    price_requests: Decimal | None,
+    price_storage: Decimal | None,
+    prices_path: str | None,
+    from_report: str | None,
+    from_logs: str | None,
+    since: Any,
+    as_json: bool,
+) -> None:
+    """Estimate what Lambda costs per invocation, record, ingest and month.
+
+    From parameters (memory, duration per invocation and per record, cold starts, batch
+    sizes, records per ingest) or from measured REPORT lines (--from-report FILE,
+    --from-logs FUNCTION). Compares with an always-on endpoint (--compare-hourly) or a
+    per-second service (--compare-per-second) and gives the break-even volume. Prices:
+    the bundled prices.json for the region (--region, default us-east-1) and --arch.
+
+    \b
+    Example:
+      mlayer cost --memory 192 --duration-ms 4000 --granularity-ms 100 --no-requests \\
+        --records 50000 --batch-size 1 --batch-size 10 --batch-size 100 \\
+        --compare-hourly 0.07
+      mlayer cost --memory 512 --memory 1024 --duration-ms 180 --duration-ms 95 \\
+        --init-ms 900 --invocations-per-environment 1000 --batch-size 100 --arch arm64
+      mlayer cost --from-report run.log --batch-size 100 --records 50000 --json
+      mlayer --region eu-west-1 cost --from-logs scorer --since 7d --batch-size 100
+    """
+    from decimal import Decimal
+    from pathlib import Path
+
+    from mlayer import cost as model
+
+    if from_report and from_logs:
+        raise click.UsageError("give --from-report or --from-logs, not both")
+    measuring = bool(from_report or from_logs)
+    if measuring:
+        for flag, given in (
+            ("--duration-ms", duration_ms),
+            ("--duration-per-record-ms", duration_per_record_ms),
+        ):
+            if given:
+                raise click.UsageError(
+                    f"{flag} cannot be combined with --from-report / --from-logs: the "
+                    "durations are measured"
+                )
+        if len(batch_size) > 1:
+            raise click.BadParameter(
+                "measured invocations have one batch size: give the batch size the measured "
+                "runs used, once",
+                param_hint="--batch-size",
+            )
+        if len(init_ms) > 1:
+            raise click.BadParameter(
+                "give it once with --from-report / --from-logs", param_hint="--init-ms"
+            )
+    elif not memory or not (duration_ms or duration_per_record_ms):
+        raise click.UsageError(
+            "give --memory MB and --duration-ms MS (and/or --duration-per-record-ms), or "
+            "measure: --from-report FILE / --from-logs FUNCTION"
+        )
+
+    if ingests_per_month is not None and records is None:
+        raise click.UsageError(
+            "--ingests-per-month needs --records (the records in one ingest) to know the "
+            "month's volume"
+        )
+
+    settings = ctx.obj
+    region = settings.region or settings.session().region_name or model.DEFAULT_PRICING_REGION
+    price_table = model.load_prices(
+        region,
+        arch,
+        path=Path(prices_path) if prices_path else None,
+        price_gb_s=price_gb_s,
+        price_requests=price_requests,
+        price_storage=price_storage,
+    )
+    scenario = model.Scenario(
+        storage_mb=storage_mb,
+        granularity_ms=granularity_ms,
+        requests=requests,
+        free_tier=free_tier,
+        records=records,
+        batch_sizes=tuple(dict.fromkeys(batch_size)) or (1,),
+        ingests_per_month=ingests_per_month,
+        compare_hourly=compare_hourly,
+        compare_per_second=compare_per_second,
+        hours_per_month=hours_per_month,
+    )
+    n_env = Decimal(invocations_per_environment) if invocations_per_environment else None
+    if measuring:
+        if from_report:
+            reports = model.read_reports(Path(from_report))
+            source = f"REPORT lines in {from_report}"
+        else:
+            assert from_logs is not None
+            reports = model.fetch_reports(settings.client("logs"), from_logs, since)
+            source = f"CloudWatch Logs {model.log_group_for(from_logs)}"
+        estimate = model.estimate_from_reports(
+            price_table,
+            scenario,
+            reports,
+            memory_sizes=memory,
+            init_ms=init_ms[0] if init_ms else None,
+            invocations_per_environment=n_env,
+            source=source,
+        )
+    else:
+        estimate = model.estimate(
+            price_table,
+            scenario,
+            _workloads(memory, duration_ms, duration_per_record_ms, init_ms, n_env),
+        )
+    if as_json:
+        click.echo(json.dumps(estimate.to_dict(), indent=2))
+    else:
+        _render(estimate)
+
+
+def _per_memory(values: tuple[Decimal, ...], count: int, flag: str) -> list[Decimal | None]:
+    if not values:
+        return [None] * count
+    if len(values) == 1:
+        return [values[0]] * count
+    if len(values) == count:
+        return list(values)
+    raise click.BadParameter(
+        f"given {len(values)} times for {count} --memory value(s): give it once (the same "
+        "for every size) or once per --memory, in the same order",
+        param_hint=flag,
+    )
+
+
+def _workloads(
+    memory: tuple[int, ...],
+    duration_ms: tuple[Decimal, ...],
+    per_record_ms: tuple[Decimal, ...],
+    init_ms: tuple[Decimal, ...],
+    n_env: Decimal | None,
+) -> list[Any]:
+    from decimal import Decimal
+
+    from mlayer.cost import Workload
+
+    sizes = list(dict.fromkeys(memory))
+    if len(sizes) != len(memory):
+        raise click.BadParameter("each memory size once, please", param_hint="--memory")
+    count = len(sizes)
+    if count > 1 and len(duration_ms) != count and len(per_record_ms) != count:
+        given = "--duration-ms" if duration_ms else "--duration-per-record-ms"
+        raise click.BadParameter(
+            f"{count} memory sizes but {given} given {len(duration_ms or per_record_ms)} "
+            "time(s): durations change with memory (more memory, more CPU), so give one "
+            "per --memory in the same order, or measure them with --from-report",
+            param_hint=given,
+        )
+    durations = _per_memory(duration_ms, count, "--duration-ms")
+    per_records = _per_memory(per_record_ms, count, "--duration-per-record-ms")
+    inits = _per_memory(init_ms, count, "--init-ms")
+    zero = Decimal(0)
+    return [
+        Workload(
+            memory_mb=size,
+            duration_ms=durations[i] or zero,
+            duration_per_record_ms=per_records[i] or zero,
+            init_ms=inits[i] or zero,
+            invocations_per_environment=n_env or Decimal(1),
+        )
+        for i, size in enumerate(sizes)
+    ]
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def usd(value: Decimal) -> str:
+    """Dollars, readable at any scale: cents from $1 up, else 4 significant digits."""
+    from decimal import Decimal
+
+    if value == 0:
+        return "$0"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    digits = value.quantize(Decimal(1).scaleb(value.adjusted() - 3))
+    return "$" + format(digits, "f").rstrip("0").rstrip(".")
+
+
+def _count(value: Decimal | int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{round(value):,}"
+
+
+def _ms(value: Decimal) -> str:
+    return (
+        f"{value.normalize():,f} ms" if value == value.to_integral_value() else f"{value:,.2f} ms"
+    )
+
+
+def _price(value: Decimal) -> str:
+    """A unit price exactly as the price data has it (0.0000166667, not rounded)."""
+    return "$" + format(value, "f")
+
+
+def _table(title: str, headers: list[str], rows: list[list[str]], left: int = 0) -> Any:
+    """A rich table whose value cells never truncate: headers wrap instead.
+
+    The first ``left`` columns are left-aligned text; the rest are right-aligned values.
+    """
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, box=box.SIMPLE_HEAVY, title_justify="left")
+    for index, header in enumerate(headers):
+        widest = max((Text.from_markup(row[index]).cell_len for row in rows), default=1)
+        # Value columns are as wide as their widest cell; headers and text columns wrap.
+        table.add_column(
+            header,
+            justify="left" if index < left else "right",
+            min_width=None if index < left else min(widest, 40),
+        )
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _render(estimate: Estimate) -> None:
+    import os
+
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        # Piped or captured output has no width to fit; 80 columns would crop the tables.
+        console = Console(width=120)
+    prices = estimate.prices
+    scenario = estimate.scenario
+    best = estimate.best
+    first = best.first
+    console.print(
+        f"[bold]Lambda cost[/bold], {prices.region} {prices.arch}, prices as of {prices.as_of}: "
+        f"{_price(prices.first_tier_gb_s)} per GB-s (first tier), "
+        f"{_price(prices.requests_per_million)} per million requests, "
+        f"{_price(prices.storage_gb_s)} per GB-s of storage over 512 MB"
+        + (f" (overridden: {', '.join(prices.overridden)})" if prices.overridden else "")
+    )
+    console.print(
+        f"From {estimate.source}; billed in {scenario.granularity_ms} ms steps, "
+        f"{scenario.storage_mb} MB ephemeral storage, requests "
+        f"{'included' if scenario.requests else 'excluded'}"
+        + (", free tier taken off monthly totals" if scenario.free_tier else "")
+        + "."
+    )
+    if len(estimate.rows) > 1:
+        headers = ["memory", "duration", "billed", "per invocation", "per 1,000 records"]
+        if scenario.records is not None:
+            headers.append("per ingest")
+        if first.monthly is not None:
+            headers.append("per month")
+        headers.append("")
+        rows = []
+        for row in estimate.rows:
+            batch = row.first
+            cells = [
+                f"{row.workload.memory_mb:,} MB",
+                _ms(batch.duration_ms),
+                _ms(batch.billed_ms),
+                usd(batch.per_invocation.total),
+                usd(batch.per_1000_records),
+            ]
+            if scenario.records is not None:
+                cells.append(
+                    usd(batch.cost_per_ingest) if batch.cost_per_ingest is not None else "-"
+                )
+            if first.monthly is not None:
+                cells.append(usd(batch.monthly.total) if batch.monthly else "-")
+            cells.append("[bold green]<- cheapest[/bold green]" if row.cheapest else "")
+            rows.append(cells)
+        console.print(_table(f"By memory size, batch of {first.batch_size}", headers, rows))
+    console.print(_invocation_table(best, scenario.granularity_ms))
+    console.print(_batches_table(best, scenario))
+    if best.break_even:
+        console.print(_break_even_table(best))
+    for row in estimate.rows:
+        if row.measured is not None:
+            console.print(_measured_table(row))
+    for note in estimate.notes:
+        console.print(f"[yellow]Note:[/yellow] {note}")
+
+
+def _invocation_table(row: MemoryCost, step_ms: int) -> Any:
+    batch = row.first
+    w = row.workload
+    part = batch.per_invocation
+    rows = [["compute", usd(part.compute), f"{_ms(batch.billed_ms)} billed"]]
+    if part.init:
+        rows.append(
+            [
+                "init",
+                usd(part.init),
+                f"{_ms(w.init_ms)} / {w.invocations_per_environment:,.4g} invocations",
+            ]
+        )
+    rows += [
+        ["storage", usd(part.storage), "over 512 MB"],
+        ["requests", usd(part.requests), ""],
+        ["[bold]total[/bold]", f"[bold]{usd(part.total)}[/bold]", ""],
+        ["per record", usd(batch.per_record), ""],
+        ["per 1,000 records", usd(batch.per_1000_records), ""],
+        [
+            f"per {step_ms} ms step",
+            usd(row.price_per_step),
+            "first-tier price",
+        ],
+    ]
+    title = f"Per invocation: {w.memory_mb:,} MB, batch of {batch.batch_size}"
+    table = _table(title, ["item", "USD", ""], rows, left=1)
+    table.columns[2].style = "dim"
+    table.columns[2].justify = "left"
+    return table
+
+
+def _batches_table(row: MemoryCost, scenario: Any) -> Any:
+    headers = ["batch size", "duration", "billed", "per invocation", "per 1,000 records"]
+    if scenario.records is not None:
+        headers[1:1] = ["invocations"]
+        headers.append("per ingest")
+    if scenario.ingests_per_month is not None:
+        headers.append(f"per month ({_count(scenario.ingests_per_month)} ingests)")
+    rows = []
+    for batch in row.batches:
+        cells = [f"{batch.batch_size:,}"]
+        if scenario.records is not None:
+            cells.append(_count(batch.invocations_per_ingest))
+        cells += [
+            _ms(batch.duration_ms),
+            _ms(batch.billed_ms),
+            usd(batch.per_invocation.total),
+            usd(batch.per_1000_records),
+        ]
+        if batch.cost_per_ingest is not None:
+            cells.append(usd(batch.cost_per_ingest))
+        if batch.monthly is not None:
+            cells.append(usd(batch.monthly.total))
+        rows.append(cells)
+    title = "By batch size" + (
+        f", ingest of {scenario.records:,} records" if scenario.records is not None else ""
+    )
+    return _table(title, headers, rows)
+
+
+_CHEAPER = {
+    "below": "below it",
+    "above": "above it",
+    "always": "always",
+    "never": "never",
+    "equal": "same cost",
+}
+
+
+def _break_even_table(row: MemoryCost) -> Any:
+    per_second = any(e.comparison == "per_second" for e in row.break_even)
+    rows = []
+    for entry in row.break_even:
+        if entry.comparison == "hourly":
+            monthly = entry.alternative_monthly_usd or entry.price_usd
+            what = f"{usd(entry.price_usd)}/h = {usd(monthly)}/month"
+        else:
+            what = f"{_price(entry.price_usd)}/s"
+        cells = [what, f"{entry.batch_size:,}"]
+        if per_second:
+            alt = entry.alternative_per_record
+            cells.append("-" if alt is None else usd(alt * 1000))
+        cells += [
+            _count(entry.ingests_per_month),
+            _count(entry.records_per_month),
+            _CHEAPER[entry.lambda_cheaper],
+        ]
+        rows.append(cells)
+    headers = ["compared with", "batch size"]
+    if per_second:
+        headers.append("its cost / 1,000 records")
+    headers += ["ingests / month", "records / month", "Lambda cheaper"]
+    return _table("Break-even volume", headers, rows, left=1)
+
+
+def _measured_table(row: MemoryCost) -> Any:
+    m = row.measured
+    assert m is not None
+
+    def ms(value: Decimal) -> str:
+        return f"{value:,.2f}"
+
+    rows = []
+    for name, stats, fmt in (
+        ("duration ms", m.duration_ms, ms),
+        ("billed ms", m.billed_ms, ms),
+        ("init ms", m.init_ms, ms),
+        ("cost per invocation", m.cost, usd),
+    ):
+        if stats is None:
+            rows.append([name, "-", "-", "-", "-", "-"])
+        else:
+            rows.append(
+                [name, *(fmt(v) for v in (stats.p50, stats.p99, stats.mean, stats.min, stats.max))]
+            )
+    title = (
+        f"Measured at {m.memory_mb:,} MB: {m.invocations:,} invocations, {m.cold_starts:,} "
+        f"cold, {usd(m.total)} in all"
+    )
+    return _table(title, ["", "p50", "p99", "mean", "min", "max"], rows, left=1)
+
+
+COMMANDS = [cost]

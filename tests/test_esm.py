@@ -1,0 +1,633 @@
+"""The event source mapping emulator follows Lambda's stream semantics, each one proven here.
+
+The stream is an in-memory stand-in (exact control over shards, arrival times and read
+sizes) and the function a Python callable; the same emulator against moto's Kinesis and
+DynamoDB Streams is checked at the end, and with the real function on real layers in
+tests/test_local_e2e.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from mlayer.errors import ConfigError
+from mlayer.local.esm import (
+    AwsDestination,
+    DynamoDBStreamSource,
+    KinesisSource,
+    MappingSettings,
+    RunSummary,
+    Shard,
+    StreamProcessor,
+    StreamRecord,
+)
+from mlayer.reports import Report
+
+STREAM_ARN = "arn:aws:kinesis:us-east-1:123456789012:stream/events"
+
+
+class FakeStream:
+    """Shards of records in memory; each read returns at most ``per_read`` records."""
+
+    kind = "kinesis"
+    arn = STREAM_ARN
+
+    def __init__(self, per_read: int = 10_000) -> None:
+        self.records: dict[str, list[StreamRecord]] = {}
+        self.per_read = per_read
+        self._lock = threading.Lock()
+
+    def add(
+        self,
+        shard_id: str,
+        count: int,
+        *,
+        key: Callable[[int], str] = str,
+        arrival: float | None = None,
+        size: int = 200,
+    ) -> list[str]:
+        with self._lock:
+            shard = self.records.setdefault(shard_id, [])
+            added = []
+            for _ in range(count):
+                n = len(shard)
+                seq = f"{int(shard_id[-1]) + 1}{n:08d}"
+                event = {"kinesis": {"sequenceNumber": seq, "n": n}, "eventID": f"{shard_id}:{seq}"}
+                shard.append(
+                    StreamRecord(shard_id, seq, key(n), arrival or time.time(), event, size)
+                )
+                added.append(seq)
+            return added
+
+    def shards(self) -> list[Shard]:
+        return [Shard(shard_id, None) for shard_id in sorted(self.records)]
+
+    def iterator(self, shard_id: str, position: str, timestamp: datetime | None) -> str:
+        start = len(self.records[shard_id]) if position == "LATEST" else 0
+        return f"{shard_id}|{start}"
+
+    def iterator_after(self, shard_id: str, sequence_number: str) -> str:
+        raise AssertionError("not used")
+
+    def read(
+        self, shard_id: str, iterator: str, limit: int
+    ) -> tuple[list[StreamRecord], str | None]:
+        position = int(iterator.split("|")[1])
+        with self._lock:
+            batch = self.records[shard_id][position : position + min(limit, self.per_read)]
+        return batch, f"{shard_id}|{position + len(batch)}"
+
+
+@dataclass
+class Result:
+    response: Any = None
+    error: dict[str, Any] | None = None
+    report: Report = field(default_factory=lambda: Report("id", 1.0, 1, 128, 64))
+
+
+@dataclass
+class Delivery:
+    shard: str
+    seqs: list[str]
+    keys: list[str]
+    lane: int
+
+
+class FakeFunction:
+    """Records every delivery; ``behave(seqs) -> response`` may raise to fail the batch."""
+
+    def __init__(self, behave: Callable[[list[str]], Any] | None = None) -> None:
+        self.behave = behave or (lambda seqs: {"batchItemFailures": []})
+        self.deliveries: list[Delivery] = []
+        self.lock = threading.Lock()
+        self.environments = 0
+
+    def factory(self) -> Any:
+        with self.lock:
+            self.environments += 1
+            lane = self.environments
+        function = self
+
+        class Env:
+            def invoke(self, event: dict[str, Any]) -> Result:
+                records = event["Records"]
+                seqs = [r["kinesis"]["sequenceNumber"] for r in records]
+                with function.lock:
+                    function.deliveries.append(
+                        Delivery(records[0]["eventID"].split(":")[0], seqs, [], lane)
+                    )
+                try:
+                    return Result(response=function.behave(seqs))
+                except Exception as exc:
+                    return Result(error={"errorType": type(exc).__name__, "errorMessage": str(exc)})
+
+            def close(self) -> None:
+                pass
+
+        return Env()
+
+    def delivered(self, shard: str | None = None) -> list[str]:
+        return [s for d in self.deliveries if shard in (None, d.shard) for s in d.seqs]
+
+
+class FakeDestination:
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.messages.append(message)
+
+
+def run(
+    stream: Any,
+    function: FakeFunction,
+    destination: FakeDestination | None = None,
+    *,
+    until_idle_s: float | None = 0.3,
+    max_records: int | None = None,
+    stop: threading.Event | None = None,
+    **settings: Any,
+) -> RunSummary:
+    processor = StreamProcessor(
+        stream,
+        MappingSettings(**settings),
+        function.factory,
+        destination=destination,
+        function_arn="arn:aws:lambda:us-east-1:123456789012:function:scorer",
+        poll_interval_s=0.02,
+        retry_delay_s=0.0,
+    )
+    return processor.run(until_idle_s=until_idle_s, max_records=max_records, stop=stop)
+
+
+def test_each_shard_in_order_every_record_once() -> None:
+    # Given two shards of 250 records
+    stream = FakeStream(per_read=70)
+    first = stream.add("shardId-000000000000", 250)
+    second = stream.add("shardId-000000000001", 250)
+    function = FakeFunction()
+    # When the emulator drains them in batches of 100
+    summary = run(stream, function, batch_size=100)
+    # Then each shard is delivered in order, every record exactly once
+    assert function.delivered("shardId-000000000000") == first
+    assert function.delivered("shardId-000000000001") == second
+    assert all(len(d.seqs) <= 100 for d in function.deliveries)
+    assert summary.stats.records_done == 500 and summary.stats.retries == 0
+    assert summary.stopped == "idle"
+    assert summary.shard_checkpoints == {
+        "shardId-000000000000": [first[-1]],
+        "shardId-000000000001": [second[-1]],
+    }
+    # One execution environment per shard, as Lambda scales.
+    assert function.environments == 2
+
+
+def test_partial_failure_checkpoints_before_the_lowest_failure_and_retries_from_it() -> None:
+    stream = FakeStream()
+    seqs = stream.add("shardId-000000000000", 10)
+    failed_once: set[str] = set()
+
+    def behave(batch: list[str]) -> Any:
+        # Report records 6 and 4 (out of order) once each.
+        failures = [s for s in (seqs[6], seqs[4]) if s in batch and s not in failed_once]
+        failed_once.update(failures)
+        return {"batchItemFailures": [{"itemIdentifier": s} for s in failures]}
+
+    function = FakeFunction(behave)
+    summary = run(stream, function, batch_size=10, report_batch_item_failures=True)
+    # First the whole batch, then a retry from the lowest failed record (index 4) onwards.
+    assert [d.seqs for d in function.deliveries] == [seqs, seqs[4:]]
+    # Records before the checkpoint are never delivered again; none is skipped.
+    delivered = function.delivered()
+    assert all(delivered.count(s) == 1 for s in seqs[:4])
+    assert set(delivered) == set(seqs)
+    assert summary.stats.reported == 2 and summary.stats.retries == 1
+    assert summary.stats.records_done == 10 and summary.stats.discarded == 0
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        pytest.param([{"itemIdentifier": None}], id="null-identifier"),
+        pytest.param([{"itemIdentifier": ""}], id="empty-identifier"),
+        pytest.param([{"itemIdentifier": "999"}], id="unknown-identifier"),
+        pytest.param([{}], id="missing-identifier"),
+    ],
+)
+def test_invalid_identifier_fails_the_whole_batch(items: list[dict[str, Any]]) -> None:
+    stream = FakeStream()
+    seqs = stream.add("shardId-000000000000", 5)
+    calls = []
+
+    def behave(batch: list[str]) -> Any:
+        calls.append(batch)
+        return {"batchItemFailures": items} if len(calls) == 1 else {"batchItemFailures": []}
+
+    function = FakeFunction(behave)
+    summary = run(stream, function, batch_size=10, report_batch_item_failures=True)
+    assert calls == [seqs, seqs]  # the whole batch again
+    assert summary.stats.retries == 1
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        pytest.param({"batchItemFailures": []}, id="empty-list"),
+        pytest.param({"batchItemFailures": None}, id="null"),
+        pytest.param({"predictions": []}, id="absent"),
+        pytest.param(None, id="no-response"),
+    ],
+)
+def test_empty_or_null_failures_mean_success(response: Any) -> None:
+    stream = FakeStream()
+    stream.add("shardId-000000000000", 5)
+    function = FakeFunction(lambda batch: response)
+    summary = run(stream, function, batch_size=10, report_batch_item_failures=True)
+    assert len(function.deliveries) == 1 and summary.stats.retries == 0
+
+
+def test_reported_failures_are_ignored_without_report_batch_item_failures() -> None:
+    stream = FakeStream()
+    seqs = stream.add("shardId-000000000000", 5)
+    function = FakeFunction(lambda batch: {"batchItemFailures": [{"itemIdentifier": seqs[0]}]})
+    summary = run(stream, function, batch_size=10, report_batch_item_failures=False)
+    assert len(function.deliveries) == 1 and summary.stats.records_done == 5
+
+
+def test_bisect_isolates_a_poison_record_then_max_retries_send_it_on() -> None:
+    # Given a batch of 16 whose record 11 always makes the function raise
+    stream = FakeStream()
+    seqs = stream.add("shardId-000000000000", 16)
+    poison = seqs[11]
+
+    def behave(batch: list[str]) -> Any:
+        if poison in batch:
+            raise ValueError("cannot score")
+        return {"batchItemFailures": []}
+
+    function = FakeFunction(behave)
+    destination = FakeDestination()
+    # When bisecting on function errors with one retry
+    summary = run(
+        stream, function, destination, batch_size=16, bisect_on_error=True, max_retry_attempts=1
+    )
+    # Then the batch is halved down to the poison record, retried once, and discarded alone
+    sizes = [len(d.seqs) for d in function.deliveries]
+    assert sizes == [16, 8, 8, 4, 2, 2, 1, 1, 1, 4]
+    assert [d.seqs for d in function.deliveries][-3:-1] == [[poison], [poison]]
+    assert len(destination.messages) == 1
+    info = destination.messages[0]["KinesisBatchInfo"]
+    assert info["startSequenceNumber"] == info["endSequenceNumber"] == poison
+    assert info["batchSize"] == 1
+    assert destination.messages[0]["requestContext"]["approximateInvokeCount"] == 2
+    # Every other record was delivered successfully exactly once after its last failure.
+    succeeded = [d.seqs for d in function.deliveries if poison not in d.seqs]
+    flat = [s for seqs_ in succeeded for s in seqs_]
+    assert sorted(flat) == sorted(s for s in seqs if s != poison)
+    assert summary.stats.bisections == 4 and summary.stats.discarded == 1
+    assert summary.stats.function_errors == {"ValueError": 6}
+
+
+def test_max_retries_then_on_failure_destination_with_lambdas_metadata() -> None:
+    stream = FakeStream()
+    seqs = stream.add("shardId-000000000001", 15, arrival=1_700_000_000.0)
+    failing = set(seqs[:10])
+
+    def behave(batch: list[str]) -> Any:
+        if failing & set(batch):
+            raise RuntimeError("sink down")
+        return {}
+
+    function = FakeFunction(behave)
+    destination = FakeDestination()
+    summary = run(stream, function, destination, batch_size=10, max_retry_attempts=2)
+    # 1 attempt + 2 retries of the first batch, then the shard moves on to the next batch.
+    assert [d.seqs for d in function.deliveries] == [seqs[:10]] * 3 + [seqs[10:]]
+    assert destination.messages == [
+        {
+            "requestContext": {
+                "requestId": destination.messages[0]["requestContext"]["requestId"],
+                "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:scorer",
+                "condition": "RetryAttemptsExhausted",
+                "approximateInvokeCount": 3,
+            },
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": "Unhandled",
+            },
+            "version": "1.0",
+            "timestamp": destination.messages[0]["timestamp"],
+            "KinesisBatchInfo": {
+                "shardId": "shardId-000000000001",
+                "startSequenceNumber": seqs[0],
+                "endSequenceNumber": seqs[9],
+                "approximateArrivalOfFirstRecord": "2023-11-14T22:13:20.000Z",
+                "approximateArrivalOfLastRecord": "2023-11-14T22:13:20.000Z",
+                "batchSize": 10,
+                "streamArn": STREAM_ARN,
+            },
+        }
+    ]
+    assert summary.stats.discarded == 10 and summary.stats.records_done == 15
+    assert summary.stats.retries == 2
+
+
+def test_partial_failure_retries_are_bounded_too() -> None:
+    stream = FakeStream()
+    seqs = stream.add("shardId-000000000000", 6)
+    function = FakeFunction(lambda batch: {"batchItemFailures": [{"itemIdentifier": seqs[3]}]})
+    destination = FakeDestination()
+    summary = run(
+        stream,
+        function,
+        destination,
+        batch_size=6,
+        report_batch_item_failures=True,
+        max_retry_attempts=1,
+    )
+    assert [d.seqs for d in function.deliveries] == [seqs, seqs[3:]]
+    info = destination.messages[0]["KinesisBatchInfo"]
+    assert (info["startSequenceNumber"], info["endSequenceNumber"]) == (seqs[3], seqs[5])
+    assert "functionError" not in destination.messages[0]["responseContext"]
+    assert summary.stats.discarded == 3 and summary.stats.records_done == 6
+
+
+def test_records_older_than_max_age_are_discarded_unprocessed() -> None:
+    stream = FakeStream()
+    old = stream.add("shardId-000000000000", 3, arrival=time.time() - 120)
+    fresh = stream.add("shardId-000000000000", 2)
+    function = FakeFunction()
+    destination = FakeDestination()
+    summary = run(stream, function, destination, batch_size=10, max_record_age_s=60)
+    assert function.delivered() == fresh
+    assert destination.messages[0]["requestContext"]["condition"] == "RecordAgeExceeded"
+    assert destination.messages[0]["KinesisBatchInfo"]["batchSize"] == len(old)
+    assert summary.stats.discarded == 3
+
+
+def test_parallelization_keeps_order_per_partition_key() -> None:
+    stream = FakeStream(per_read=50)
+    stream.add("shardId-000000000000", 400, key=lambda n: f"user-{n % 7}")
+    def slow(batch: list[str]) -> Any:
+        time.sleep(0.002)  # lets the three lanes overlap
+        return {}
+
+    function = FakeFunction(slow)
+    order: dict[str, list[int]] = {}
+    summary = run(stream, function, batch_size=20, parallelization_factor=3)
+    lanes_of_key: dict[str, set[int]] = {}
+    by_seq = {r.sequence_number: r for r in stream.records["shardId-000000000000"]}
+    for delivery in function.deliveries:
+        for seq in delivery.seqs:
+            key = by_seq[seq].partition_key
+            order.setdefault(key, []).append(int(seq))
+            lanes_of_key.setdefault(key, set()).add(delivery.lane)
+    assert all(seqs == sorted(seqs) for seqs in order.values())  # in order per key
+    assert all(len(lanes) == 1 for lanes in lanes_of_key.values())  # a key stays on one lane
+    assert function.environments == 3  # three concurrent batches, three environments
+    assert summary.stats.records_done == 400 and len(function.delivered()) == 400
+
+
+def test_batching_window_gathers_records() -> None:
+    def trickle(batching_window_s: float) -> FakeFunction:
+        stream = FakeStream()
+        stream.add("shardId-000000000000", 1)
+
+        def produce() -> None:  # one record every 20 ms
+            for _ in range(29):
+                time.sleep(0.02)
+                stream.add("shardId-000000000000", 1)
+
+        producer = threading.Thread(target=produce)
+        producer.start()
+        function = FakeFunction()
+        run(stream, function, batch_size=30, batching_window_s=batching_window_s)
+        producer.join()
+        assert len(function.delivered()) == 30
+        return function
+
+    unbatched = trickle(0)
+    windowed = trickle(1.0)
+    # Without a window each poll's few records go at once; with one, they are gathered.
+    assert len(unbatched.deliveries) > 5
+    assert len(windowed.deliveries) <= 2
+    assert len(windowed.deliveries[0].seqs) >= 20
+
+
+def test_batches_stay_under_the_6_mb_payload_limit() -> None:
+    stream = FakeStream()
+    stream.add("shardId-000000000000", 20, size=1024 * 1024)  # 1 MB records
+    function = FakeFunction()
+    run(stream, function, batch_size=100)
+    assert max(len(d.seqs) for d in function.deliveries) == 5
+    assert len(function.delivered()) == 20
+
+
+def test_latest_skips_what_was_there_before() -> None:
+    stream = FakeStream()
+    stream.add("shardId-000000000000", 5)
+    function = FakeFunction()
+    summary = run(stream, function, starting_position="LATEST")
+    assert function.delivered() == [] and summary.stats.records_done == 0
+
+
+def test_max_records_stops_after_that_many() -> None:
+    stream = FakeStream(per_read=7)
+    seqs = stream.add("shardId-000000000000", 100)
+    function = FakeFunction()
+    summary = run(stream, function, until_idle_s=None, max_records=25, batch_size=10)
+    assert summary.stopped == "max-records"
+    assert function.delivered() == seqs[:25]
+
+
+def test_infinite_retries_block_the_shard_until_stopped() -> None:
+    stream = FakeStream()
+    stream.add("shardId-000000000000", 3)
+
+    def behave(batch: list[str]) -> Any:
+        raise RuntimeError("always")
+
+    function = FakeFunction(behave)
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    summary = run(stream, function, until_idle_s=5, stop=stop, max_retry_attempts=-1)
+    assert summary.stopped == "interrupted"
+    assert summary.stats.records_done == 0 and summary.stats.retries >= 3
+    assert {tuple(d.seqs) for d in function.deliveries} == {tuple(function.deliveries[0].seqs)}
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"batch_size": 0}, "batch size must be 1-10000 (--batch-size)"),
+        ({"parallelization_factor": 11}, "parallelization factor must be 1-10"),
+        ({"max_record_age_s": 10}, "maximum record age must be -1 (infinite) or 60-604800"),
+        ({"starting_position": "AT_TIMESTAMP"}, "AT_TIMESTAMP needs a timestamp"),
+        ({"on_failure": "arn:aws:s3:::bucket"}, "must be an SQS queue or SNS topic ARN"),
+    ],
+)
+def test_settings_are_checked_against_lambdas_ranges(
+    settings: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        MappingSettings(**settings).validate()
+
+
+def test_settings_from_an_existing_mapping_and_flag_overrides() -> None:
+    mapping = {
+        "UUID": "abc",
+        "BatchSize": 500,
+        "MaximumBatchingWindowInSeconds": 2,
+        "StartingPosition": "LATEST",
+        "ParallelizationFactor": 2,
+        "BisectBatchOnFunctionError": True,
+        "MaximumRetryAttempts": 3,
+        "MaximumRecordAgeInSeconds": 3600,
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        "DestinationConfig": {"OnFailure": {"Destination": "arn:aws:sqs:us-east-1:1:dlq"}},
+    }
+    settings = MappingSettings.from_mapping(mapping).override(batch_size=50, bisect_on_error=None)
+    assert settings == MappingSettings(
+        batch_size=50,
+        batching_window_s=2.0,
+        starting_position="LATEST",
+        parallelization_factor=2,
+        bisect_on_error=True,
+        max_retry_attempts=3,
+        max_record_age_s=3600,
+        report_batch_item_failures=True,
+        on_failure="arn:aws:sqs:us-east-1:1:dlq",
+        source="abc",
+    )
+
+
+# -- against moto's streams -------------------------------------------------------------------
+
+
+class CapturingFunction:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def factory(self) -> Any:
+        outer = self
+
+        class Env:
+            def invoke(self, event: dict[str, Any]) -> Result:
+                outer.events.append(event)
+                return Result(response={"batchItemFailures": []})
+
+            def close(self) -> None:
+                pass
+
+        return Env()
+
+
+@mock_aws
+def test_kinesis_records_have_lambdas_event_shape() -> None:
+    kinesis = boto3.client("kinesis", region_name="us-east-1")
+    kinesis.create_stream(StreamName="events", ShardCount=2)
+    arn = kinesis.describe_stream_summary(StreamName="events")["StreamDescriptionSummary"][
+        "StreamARN"
+    ]
+    kinesis.put_records(
+        StreamName="events",
+        Records=[
+            {"Data": json.dumps({"text": f"t{i}"}).encode(), "PartitionKey": f"k{i}"}
+            for i in range(40)
+        ],
+    )
+    function = CapturingFunction()
+    source = KinesisSource(
+        kinesis, arn, region="us-east-1", invoke_identity_arn="arn:aws:iam::123456789012:role/r"
+    )
+    summary = StreamProcessor(
+        source, MappingSettings(batch_size=100), function.factory, poll_interval_s=0.02
+    ).run(until_idle_s=0.3)
+    records = [r for event in function.events for r in event["Records"]]
+    assert len(records) == 40 and summary.stats.records_done == 40
+    record = records[0]
+    assert set(record) == {
+        "kinesis",
+        "eventSource",
+        "eventVersion",
+        "eventID",
+        "eventName",
+        "invokeIdentityArn",
+        "awsRegion",
+        "eventSourceARN",
+    }
+    assert record["eventSource"] == "aws:kinesis" and record["eventSourceARN"] == arn
+    assert (
+        record["eventID"]
+        == f"{record['eventID'].split(':')[0]}:{record['kinesis']['sequenceNumber']}"
+    )
+    assert json.loads(base64.b64decode(record["kinesis"]["data"]))["text"].startswith("t")
+    assert isinstance(record["kinesis"]["approximateArrivalTimestamp"], float)
+    assert len({r["eventID"].split(":")[0] for r in records}) == 2
+
+
+@mock_aws
+def test_dynamodb_stream_records_and_sqs_on_failure() -> None:
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    dynamodb.create_table(
+        TableName="reviews",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    stream_arn = dynamodb.describe_table(TableName="reviews")["Table"]["LatestStreamArn"]
+    for i in range(5):
+        dynamodb.put_item(
+            TableName="reviews",
+            Item={"id": {"S": f"r{i}"}, "text": {"S": "ok"}, "blob": {"B": b"\x00"}},
+        )
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    queue_url = sqs.create_queue(QueueName="esm-failures")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+    events: list[dict[str, Any]] = []
+
+    class Failing:
+        def invoke(self, event: dict[str, Any]) -> Result:
+            events.append(event)
+            return Result(error={"errorType": "RuntimeError", "errorMessage": "down"})
+
+        def close(self) -> None:
+            pass
+
+    clients = {"sqs": sqs}
+    summary = StreamProcessor(
+        DynamoDBStreamSource(streams, stream_arn, region="us-east-1"),
+        MappingSettings(batch_size=10, max_retry_attempts=0),
+        Failing,
+        destination=AwsDestination(queue_arn, clients.__getitem__),
+        poll_interval_s=0.02,
+    ).run(until_idle_s=0.3)
+    record = events[0]["Records"][0]
+    assert record["eventSource"] == "aws:dynamodb" and record["eventSourceARN"] == stream_arn
+    assert record["eventName"] == "INSERT"
+    assert record["dynamodb"]["NewImage"]["text"] == {"S": "ok"}
+    assert record["dynamodb"]["NewImage"]["blob"] == {"B": base64.b64encode(b"\x00").decode()}
+    assert record["dynamodb"]["SequenceNumber"]
+    json.dumps(events)  # the event is JSON as Lambda delivers it
+    messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)["Messages"]
+    body = json.loads(messages[0]["Body"])
+    assert body["DDBStreamBatchInfo"]["batchSize"] == 5
+    assert body["DDBStreamBatchInfo"]["streamArn"] == stream_arn
+    assert body["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert summary.stats.discarded == 5

@@ -1,0 +1,205 @@
+"""Deterministic zips, sizes, hashes, and Lambda's size budgets.
+
+Layer zips must be byte-identical for identical inputs: publishing dedupes on the zip's
+sha256, and a rebuild that changes nothing must not look like a new layer. So entries are
+sorted by path, every entry gets the same timestamp (1980-01-01, the zip epoch) and one of
+two modes (0o755 for executables, 0o644 otherwise), and nothing of the build machine (owner,
+mtime, umask, directory order) reaches the archive.
+
+The budget helpers are shared by ``build-deps`` / ``build-model`` (warn early) and the
+publish commands (refuse before calling AWS).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import zipfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Lambda's limits (see shared/REFERENCE.md "Lambda limits").
+UNZIPPED_LIMIT = 262_144_000  # function + all its layers, unzipped: 250 MB
+DIRECT_UPLOAD_LIMIT = 52_428_800  # 50 MB zipped; larger zips are published from S3
+
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+FILE_MODE = 0o644
+EXEC_MODE = 0o755
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ZipResult:
+    """What :func:`write_zip` produced."""
+
+    path: Path
+    sha256: str
+    zip_bytes: int
+    unzipped_bytes: int
+    files: int
+
+
+def iter_files(root: Path) -> Iterator[Path]:
+    """Every regular file under ``root`` (symlinks to files included), sorted by relative path."""
+    found: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in filenames:
+            path = Path(dirpath) / name
+            if path.is_file():
+                found.append((path.relative_to(root).as_posix(), path))
+    for _, path in sorted(found):
+        yield path
+
+
+def write_zip(
+    sources: Iterable[tuple[Path, str]] | Path,
+    zip_path: Path,
+    *,
+    prefix: str = "",
+    compresslevel: int = 9,
+) -> ZipResult:
+    """Write a deterministic zip.
+
+    Args:
+        sources: a directory (all its files, under ``prefix``) or ``(file, arcname)`` pairs.
+        zip_path: the zip to (over)write; written to a temporary name and renamed, so a
+            failed build never leaves a half-written zip under the final name.
+        prefix: a folder inside the zip for a directory source, e.g. ``"python"``.
+        compresslevel: deflate level (Lambda accepts deflate and stored entries only).
+
+    Returns:
+        the zip's path, sha256, zipped and unzipped sizes and file count.
+    """
+    if isinstance(sources, Path):
+        root = sources
+        pairs = [
+            (path, _join(prefix, path.relative_to(root).as_posix())) for path in iter_files(root)
+        ]
+    else:
+        pairs = [(path, _join(prefix, name)) for path, name in sources]
+    pairs.sort(key=lambda pair: pair[1])
+    names = [name for _, name in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError("duplicate entries in zip sources")
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = zip_path.with_name(zip_path.name + ".tmp")
+    unzipped = 0
+    with zipfile.ZipFile(
+        tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel
+    ) as archive:
+        for path, name in pairs:
+            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+            info.create_system = 3  # Unix, so that external_attr's mode is honoured
+            mode = EXEC_MODE if os.stat(path).st_mode & stat.S_IXUSR else FILE_MODE
+            info.external_attr = (stat.S_IFREG | mode) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(path, "rb") as src, archive.open(info, "w") as dst:
+                while chunk := src.read(_CHUNK):
+                    dst.write(chunk)
+                    unzipped += len(chunk)
+    os.replace(tmp, zip_path)
+    return ZipResult(
+        path=zip_path,
+        sha256=sha256_file(zip_path),
+        zip_bytes=zip_path.stat().st_size,
+        unzipped_bytes=unzipped,
+        files=len(pairs),
+    )
+
+
+def _join(prefix: str, name: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/{name}" if prefix else name
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def dir_size(root: Path) -> tuple[int, int]:
+    """(bytes, files) of every regular file under ``root``; (0, 0) when it does not exist."""
+    total = count = 0
+    if root.exists():
+        for path in iter_files(root):
+            total += path.stat().st_size
+            count += 1
+    return total, count
+
+
+def zip_unzipped_size(zip_path: Path) -> int:
+    """Sum of the uncompressed sizes of a zip's entries (what Lambda counts)."""
+    with zipfile.ZipFile(zip_path) as archive:
+        return sum(info.file_size for info in archive.infolist())
+
+
+MB = 1_048_576  # Lambda's "MB": its 250 MB limit is 262,144,000 bytes
+
+
+def mb(n_bytes: int | float) -> str:
+    """Bytes as Lambda's megabytes (1,048,576 bytes) for messages, one decimal."""
+    return f"{n_bytes / MB:.1f} MB"
+
+
+@dataclass(frozen=True)
+class BudgetPart:
+    """One part of what a function loads: the function code or one layer."""
+
+    name: str
+    unzipped_bytes: int
+
+
+@dataclass
+class Budget:
+    """The unzipped total of a function and its layers against Lambda's 250 MB."""
+
+    parts: list[BudgetPart]
+    limit: int = UNZIPPED_LIMIT
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(part.unzipped_bytes for part in self.parts)
+
+    @property
+    def over_by(self) -> int:
+        return max(0, self.total - self.limit)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.limit
+
+    def shares(self) -> list[tuple[str, int, float]]:
+        """(name, bytes, percent of the limit) for each part."""
+        return [
+            (part.name, part.unzipped_bytes, 100.0 * part.unzipped_bytes / self.limit)
+            for part in self.parts
+        ]
+
+    def describe(self) -> str:
+        """One line: each part's share and the total against the limit."""
+        parts = ", ".join(f"{name} {mb(size)} ({pct:.0f}%)" for name, size, pct in self.shares())
+        verdict = "fits" if self.fits else f"over by {mb(self.over_by)}"
+        return f"{parts}; total {mb(self.total)} of {mb(self.limit)}: {verdict}"
+
+
+def needs_s3(zip_bytes: int) -> bool:
+    """True when a zip is over the direct-upload limit and must be published from S3."""
+    return zip_bytes > DIRECT_UPLOAD_LIMIT
+
+
+def upload_note(zip_bytes: int, what: str = "layer") -> str | None:
+    """What publishing a zip of this size involves, or None when a direct upload works."""
+    if not needs_s3(zip_bytes):
+        return None
+    return (
+        f"the {what} zip is {mb(zip_bytes)}, over the {mb(DIRECT_UPLOAD_LIMIT)} direct-upload "
+        "limit: publishing uploads it to S3 first (pass --bucket to the publish command)"
+    )

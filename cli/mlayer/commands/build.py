@@ -1,0 +1,366 @@
+"""``mlayer build-deps`` and ``mlayer build-model``: build the layers under layers/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlayer import options
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def _progress(console: Any, quiet: bool) -> Any:
+    if quiet:
+        return None
+    return lambda message: console.print(f"[dim]… {message}[/dim]")
+
+
+def _mb(n: int | float) -> str:
+    from mlayer.archive import mb
+
+    return mb(n)
+
+
+@click.command("build-deps")
+@click.option(
+    "--requirements",
+    "-r",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="requirements.txt",
+    show_default=True,
+    help="The pins to install (exact versions recommended).",
+)
+@options.runtime
+@options.arch
+@click.option(
+    "--method",
+    type=click.Choice(["pip", "docker"]),
+    default="pip",
+    show_default=True,
+    help="pip: manylinux wheels fetched for the target, no Docker. docker: inside a Lambda "
+    "build image (scripts/get-layer-package.sh).",
+)
+@click.option(
+    "--image",
+    metavar="IMAGE",
+    help="Build image for --method docker [default: public.ecr.aws/sam/build-<runtime>:latest-<arch>].",
+)
+@click.option(
+    "--python",
+    "python",
+    metavar="PATH",
+    help="An interpreter of the runtime's Python version, for bytecode and the import check "
+    "[default: this one or python3.X on PATH when the version matches].",
+)
+@click.option(
+    "--keep",
+    multiple=True,
+    metavar="GLOB",
+    help="Keep paths (relative to python/) that a slimming rule would remove, e.g. 'mypkg/tests/*'.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Also remove these paths (relative to python/), e.g. 'scipy/io'.",
+)
+@click.option(
+    "--strip/--no-strip",
+    default=True,
+    show_default=True,
+    help="strip --strip-unneeded the extension modules (never the vendored *.libs).",
+)
+@click.option(
+    "--bytecode",
+    type=click.Choice(["all", "imports", "none"]),
+    default="all",
+    show_default=True,
+    help="Which modules get .pyc: all, only those importing the packages loads, or none.",
+)
+@options.layers_dir
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Build cache [default: ~/.cache/mlayer, or MLAYER_CACHE_DIR].",
+)
+@click.option("--no-cache", is_flag=True, help="Rebuild even when an identical build is cached.")
+@click.option(
+    "--function-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="function",
+    show_default=True,
+    help="The function code, counted in the 250 MB budget.",
+)
+@options.json_output
+def build_deps(
+    requirements: Path,
+    runtime: str | None,
+    arch: str,
+    method: str,
+    image: str | None,
+    python: str | None,
+    keep: tuple[str, ...],
+    exclude: tuple[str, ...],
+    strip: bool,
+    bytecode: str,
+    layers_dir: str,
+    cache_dir: Path | None,
+    no_cache: bool,
+    function_dir: Path,
+    as_json: bool,
+) -> None:
+    """Build the dependency layer (layers/deps-<runtime>-<arch>.zip) from requirements.txt.
+
+    Installs manylinux wheels for the runtime's Python, CPU and glibc, removes what run time
+    never needs (with a report per rule), strips extension modules, adds bytecode for the
+    target Python, imports every package in a clean interpreter, and writes a deterministic
+    zip plus its manifest. Identical inputs reuse the cached build.
+
+    \b
+    Example:
+      mlayer build-deps                                  # newest runtime the pins support
+      mlayer build-deps --runtime python3.13 --arch arm64
+      mlayer build-deps --method docker --runtime python3.12
+    """
+    from mlayer.deps_layer import DepsBuildOptions
+    from mlayer.deps_layer import build_deps as build
+
+    console = _console()
+    result = build(
+        DepsBuildOptions(
+            requirements=requirements,
+            runtime=runtime,
+            arch=arch,
+            method=method,
+            image=image,
+            python=python,
+            keep=keep,
+            exclude=exclude,
+            strip=strip,
+            bytecode=bytecode,
+            layers_dir=Path(layers_dir),
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+            function_dir=function_dir,
+        ),
+        progress=_progress(console, as_json),
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "zip": str(result.zip_path),
+                    "manifest": result.manifest,
+                    "report": result.report,
+                    "cached": result.cached,
+                    "warnings": result.warnings,
+                    "notes": result.notes,
+                },
+                indent=2,
+            )
+        )
+        return
+    _render_deps(console, result)
+
+
+def _render_deps(console: Any, result: Any) -> None:
+    from rich.table import Table
+
+    manifest, report = result.manifest, result.report
+    for warning in result.warnings:
+        console.print(f"[yellow]Warning: {warning}[/yellow]")
+    slimming = report.get("slimming", {})
+    table = Table(title="Slimming", title_justify="left")
+    table.add_column("rule")
+    table.add_column("files", justify="right")
+    table.add_column("removed", justify="right")
+    table.add_column("why")
+    installed = report.get("installed", {})
+    table.add_row("installed", str(installed.get("files", "")), _mb(installed.get("bytes", 0)), "")
+    for rule in slimming.get("rules", []):
+        table.add_row(rule["rule"], str(rule["files"]), _mb(rule["bytes"]), rule["why"])
+    strip = report.get("strip", {})
+    if strip.get("skipped"):
+        table.add_row("strip extension modules", "-", "-", strip["skipped"])
+    else:
+        table.add_row(
+            "strip extension modules",
+            str(strip.get("files", 0)),
+            _mb(strip.get("bytes_saved", 0)),
+            f"{strip.get('tool')} --strip-unneeded",
+        )
+    bytecode = report.get("bytecode", {})
+    if bytecode.get("skipped"):
+        table.add_row("bytecode", "-", "-", f"none: {bytecode['skipped']}")
+    else:
+        table.add_row(
+            "bytecode (added)",
+            str(bytecode.get("files", 0)),
+            "+" + _mb(bytecode.get("bytes", 0)),
+            f"unchecked-hash .pyc for {bytecode.get('cache_tag')} ({bytecode.get('mode')})",
+        )
+    console.print(table)
+    kept = slimming.get("kept_for_imports") or []
+    if kept:
+        console.print(f"kept because run-time code imports them: {', '.join(kept)}")
+    verify = report.get("verify", {})
+    if verify.get("imported"):
+        console.print(
+            f"imports verified with Python {verify.get('python')}: {', '.join(verify['imported'])}"
+        )
+    packages = ", ".join(f"{k}=={v}" for k, v in sorted(manifest["packages"].items()))
+    click.echo(
+        f"{'Reused' if result.cached else 'Built'} {result.zip_path} "
+        f"({manifest['runtime']} {manifest['arch']}, {manifest['method']}): "
+        f"{_mb(manifest['unzipped_bytes'])} unzipped, {_mb(manifest['zip_bytes'])} zipped, "
+        f"{manifest['files']} files, sha256 {manifest['sha256'][:12]}"
+    )
+    click.echo(f"Packages: {packages}")
+    for note in result.notes:
+        click.echo(f"Budget: {note}" if note is result.notes[0] else f"Note: {note}")
+
+
+@click.command("build-model")
+@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    help="Version number [default: one more than the newest built or published].",
+)
+@click.option(
+    "--deps",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The dependency layer to check against (.zip or .json) [default: the newest in --layers-dir, for --runtime/--arch when given].",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(("python3.10", "python3.11", "python3.12", "python3.13", "python3.14")),
+    help="Pick layers/deps-<runtime>-*.json.",
+)
+@click.option(
+    "--arch", type=click.Choice(("x86_64", "arm64")), help="Pick layers/deps-*-<arch>.json."
+)
+@click.option(
+    "--sample",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='Records for the smoke test: a JSON list, {"records": [...]} or JSON lines [default: the metadata\'s examples].',
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Build even when the compatibility gate refuses (not recommended).",
+)
+@click.option(
+    "--no-smoke-test",
+    is_flag=True,
+    help="Skip running the function on the built layers (not recommended).",
+)
+@click.option(
+    "--function-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The function the smoke test runs [default: this checkout's function/].",
+)
+@click.option(
+    "--python",
+    "python",
+    metavar="PATH",
+    help="Interpreter of the deps layer's Python version for the smoke test.",
+)
+@options.layers_dir
+@options.json_output
+def build_model(
+    model_dir: Path,
+    version: int | None,
+    deps: Path | None,
+    runtime: str | None,
+    arch: str | None,
+    sample: Path | None,
+    force: bool,
+    no_smoke_test: bool,
+    function_dir: Path | None,
+    python: str | None,
+    layers_dir: str,
+    as_json: bool,
+) -> None:
+    """Build a versioned model layer (layers/model-<name>-v<N>.zip) from MODEL_DIR.
+
+    Checks the scikit-learn and numpy versions the model's pickles record against the
+    dependency layer's, then runs the real function on both layers with sample records
+    before writing the zip (model/ at its root, so /opt/model) and its manifest.
+
+    \b
+    Example:
+      python training/train.py --out training/out
+      mlayer build-model training/out
+      mlayer build-model training/out --sample records.json --version 7
+    """
+    from mlayer.model_layer import ModelBuildOptions
+    from mlayer.model_layer import build_model as build
+
+    console = _console()
+    result = build(
+        ModelBuildOptions(
+            model_dir=model_dir,
+            version=version,
+            layers_dir=Path(layers_dir),
+            deps=deps,
+            runtime=runtime,
+            arch=arch,
+            sample=sample,
+            force=force,
+            smoke_test=not no_smoke_test,
+            function_dir=function_dir,
+            python=python,
+        ),
+        progress=_progress(console, as_json),
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "zip": str(result.zip_path),
+                    "manifest": result.manifest,
+                    "gate": result.gate,
+                    "warnings": result.warnings,
+                    "notes": result.notes,
+                },
+                indent=2,
+            )
+        )
+        return
+    from rich.table import Table
+
+    for warning in result.warnings:
+        console.print(f"[bold red]WARNING: {warning}[/bold red]")
+    table = Table(title="Compatibility with the dependency layer", title_justify="left")
+    for column in ("library", "model", "layer", "verdict"):
+        table.add_column(column)
+    for check in result.gate:
+        table.add_row(check["library"], check["model"], check["layer"], check["verdict"])
+    console.print(table)
+    manifest = result.manifest
+    smoke = result.smoke
+    if "records" in smoke:
+        click.echo(
+            f"Smoke test: {smoke['records']} records scored by the function in "
+            f"{smoke['duration_ms']} ms (init {smoke['init_ms']} ms, {smoke['max_memory_mb']} MB)"
+        )
+    click.echo(
+        f"Built {result.zip_path}: {manifest['name']} v{manifest['version']}, "
+        f"{_mb(manifest['unzipped_bytes'])} unzipped, {_mb(manifest['zip_bytes'])} zipped, "
+        f"sha256 {manifest['sha256'][:12]}"
+    )
+    for i, note in enumerate(result.notes):
+        click.echo(f"Budget: {note}" if i == 0 else f"Note: {note}")
+
+
+COMMANDS = [build_deps, build_model]

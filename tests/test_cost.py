@@ -506,6 +506,30 @@ def test_measure_prices_each_invocation_as_billed(us: Prices, cold: str) -> None
     assert abs(row.first.per_invocation.total - measured.cost.mean) < D("1e-25")
 
 
+@pytest.mark.parametrize(
+    ("duration", "billed_ms", "init", "included"),
+    [
+        ("120.40", 121, "845.20", False),  # local runner / before 2025-08: handler only
+        ("120.40", 966, "845.20", True),  # Lambda since 2025-08: ceil(120.40 + 845.20)
+        ("120.40", 967, "845.20", True),  # ceil(duration) + ceil(init)
+        ("4000.50", 4100, "50.00", False),  # 100 ms era: slack over a short init
+        ("10.00", 10, "0.40", False),  # init under 1 ms: handler only
+    ],
+    ids=["handler-only", "init-summed", "init-rounded-apart", "100ms-era", "tiny-init"],
+)
+def test_init_in_billed_duration_detection(
+    us: Prices, duration: str, billed_ms: int, init: str, included: bool
+) -> None:
+    line = (
+        f"REPORT RequestId: r\tDuration: {duration} ms\tBilled Duration: {billed_ms} ms\t"
+        f"Memory Size: 1024 MB\tMax Memory Used: 1 MB\tInit Duration: {init} ms"
+    )
+    measured, _ = measure(_reports(line), us, Scenario(), 1024)
+    assert measured.init_in_billed == int(included)
+    expected_ms = D(billed_ms) if included else D(billed_ms) + billed(D(init), 1)
+    assert measured.total == X86 * expected_ms / 1000 + REQUEST
+
+
 def test_measure_regranulates_at_100_ms(us: Prices) -> None:
     reports = _reports(warm("w-1", "10.20", 11), warm("w-2", "130.00", 130))
     measured, _ = measure(reports, us, Scenario(granularity_ms=100), 1024)

@@ -623,3 +623,40 @@ def test_from_logs_against_moto_server(tmp_path: Path) -> None:
         assert sum(m["measured"]["invocations"] for m in data["memory_sizes"]) == 6
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_from_report_on_the_local_runner_log(tmp_path: Path) -> None:
+    """REPORT lines the local runner writes (two memory sizes, a cold start each) price as-is."""
+    from mlayer.local.sandbox import LambdaEnvironment
+
+    task = tmp_path / "task"
+    task.mkdir()
+    (task / "lambda_function.py").write_text(
+        "import time\n"
+        "def lambda_handler(event, context):\n"
+        "    time.sleep(0.002 * len(event['records']))\n"
+        "    return {'predictions': len(event['records'])}\n"
+    )
+    opt = tmp_path / "opt"
+    opt.mkdir()
+    log = tmp_path / "lambda.log"
+    for memory in (256, 512):
+        with LambdaEnvironment(
+            task_dir=task, opt_dir=opt, memory_mb=memory, timeout_s=30, log_path=log
+        ) as env:
+            for _ in range(3):
+                assert env.invoke({"records": [{"text": "x"}] * 10}).ok
+    data = run_json("cost", "--from-report", str(log), "--batch-size", "10", "--records", "1000")
+    rows = {m["memory_mb"]: m["measured"] for m in data["memory_sizes"]}
+    assert {m: (r["invocations"], r["cold_starts"]) for m, r in rows.items()} == {
+        256: (3, 1),
+        512: (3, 1),
+    }
+    for measured in rows.values():
+        # The local runner bills the handler only (pre-2025-08 style): init is added to it.
+        assert measured["cold_starts_with_init_in_billed_duration"] == 0
+        assert measured["billed_duration_ms"]["min"] >= 20  # 10 records x 2 ms
+        assert measured["init_duration_ms"]["count"] == 1
+    assert data["batches"][0]["invocations_per_ingest"] == 100
+    assert sum(m["cheapest"] for m in data["memory_sizes"]) == 1

@@ -984,10 +984,15 @@ def estimate(
     """
     _validate(workloads, scenario)
     extra = list(notes)
-    if scenario.free_tier and scenario.ingests_per_month is None:
+    if (
+        scenario.free_tier
+        and scenario.ingests_per_month is None
+        and scenario.compare_hourly is None
+        and scenario.compare_per_second is None
+    ):
         extra.append(
-            "the free tier applies to a month's totals: pass --ingests-per-month to apply it "
-            "(per-invocation figures never include it)"
+            "the free tier applies to a month's totals: pass --ingests-per-month (or a "
+            "comparison) to apply it; per-invocation figures never include it"
         )
     rows = [
         _memory_cost(w, scenario, prices, measured[i] if i < len(measured) else None)
@@ -1182,6 +1187,18 @@ def _decimal_of(value: float) -> Decimal:
     return Decimal(str(value))
 
 
+def _init_in_billed(duration: Decimal, init: Decimal, lambda_billed: Decimal) -> bool:
+    """Whether a cold start's Billed Duration already covers its init (Lambda since 2025-08-01).
+
+    Exact at 1 ms billing (a handler-only figure is below duration + init by at least 1 ms
+    once init is 1 ms or more). A line from the 100 ms era, when init was not billed, rounds
+    the handler alone up to 100 ms, and that slack can exceed a short init: not included.
+    """
+    if lambda_billed < billed(duration + init, 1):
+        return False
+    return lambda_billed != billed(duration, 100)
+
+
 def measure(
     reports: Sequence[Report], prices: Prices, scenario: Scenario, memory_mb: int
 ) -> tuple[Measured, Workload]:
@@ -1200,8 +1217,7 @@ def measure(
         duration = _decimal_of(report.duration_ms)
         init = None if report.init_duration_ms is None else _decimal_of(report.init_duration_ms)
         lambda_billed = Decimal(report.billed_duration_ms)
-        if init is not None and lambda_billed >= billed(duration + init, 1):
-            # Since 2025-08-01 Lambda's Billed Duration includes the cold start's init.
+        if init is not None and _init_in_billed(duration, init, lambda_billed):
             init_in_billed += 1
             warm = billed(duration, step)
             init_part = lambda_billed - billed(duration, 1) if step == 1 else billed(init, step)

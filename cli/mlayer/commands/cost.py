@@ -151,8 +151,8 @@ NON_NEGATIVE = DecimalType()
 @click.option(
     "--free-tier",
     is_flag=True,
-    help="Take the monthly free tier (1 M requests, 400,000 GB-s) off monthly totals "
-    "(needs --ingests-per-month). It is per account: only if nothing else uses it.",
+    help="Take the monthly free tier (1 M requests, 400,000 GB-s) off monthly totals and "
+    "break-even volumes. It is per account: only if nothing else uses it.",
 )
 @click.option("--records", type=click.IntRange(min=1), metavar="N", help="Records in one ingest.")
 @click.option(

@@ -1,0 +1,610 @@
+"""Publishing and rolling out: publish-deps, publish-model, promote, rollback, status,
+history, prune. Thin: each parses options, calls one function of mlayer.publish, renders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlayer import options
+
+
+def _require(value: str | None, flag: str) -> str:
+    if not value:
+        name = flag.lstrip("-").upper().replace("-", "_")
+        raise click.UsageError(
+            f"Missing option '{flag}' (or MLAYER_{name}, or {flag.lstrip('-')} = ... in mlayer.toml)."
+        )
+    return value
+
+
+def _layer_name(given: str | None, function: str | None, kind: str) -> str:
+    from mlayer.publish import default_layer_name
+
+    if given:
+        return given
+    if not function:
+        raise click.UsageError(f"Missing option '--function' (or '--{kind}-layer NAME').")
+    return default_layer_name(function, kind)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+class _UploadProgress:
+    """A rich progress bar that appears only once an S3 upload sends its first bytes."""
+
+    def __init__(self, label: str) -> None:
+        import threading
+
+        self.label = label
+        self.total = 0
+        self._progress: Any = None
+        self._task: Any = None
+        # s3transfer calls back from its worker threads.
+        self._lock = threading.Lock()
+
+    def __call__(self, sent: int) -> None:
+        with self._lock:
+            self._start()
+        self._progress.advance(self._task, sent)
+
+    def _start(self) -> None:
+        if self._progress is None:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                transient=False,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=self.total or None)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _published_line(layer: Any) -> str:
+    from mlayer.publish import mb
+
+    if layer.reused:
+        return (
+            f"Reused {layer.layer_name} version {layer.version}: identical content (sha256 "
+            f"{layer.sha256[:12]}) is already published, nothing uploaded.\n  {layer.arn}"
+        )
+    via = f" via {layer.s3_uri}" if layer.s3_uri else ""
+    return (
+        f"Published {layer.layer_name} version {layer.version}{via}: {mb(layer.zip_bytes)} "
+        f"zipped, {mb(layer.unzipped_bytes)} unzipped, sha256 {layer.sha256[:12]}.\n  {layer.arn}"
+    )
+
+
+@click.command("publish-deps")
+@options.function
+@options.deps_layer
+@options.runtime
+@options.arch
+@options.layers_dir
+@options.bucket
+@click.pass_obj
+def publish_deps(
+    settings: Any,
+    function: str | None,
+    deps_layer: str | None,
+    runtime: str | None,
+    arch: str,
+    layers_dir: str,
+    bucket: str | None,
+) -> None:
+    """Publish the built dependency layer (layers/deps-<runtime>-<arch>.zip).
+
+    The layer version is compatible with the build's runtime and architecture. Over 50 MB
+    zipped it is uploaded to --bucket first (with progress) and published from S3.
+    Identical content (same sha256, recorded in the version's description) reuses the
+    existing version: nothing is uploaded and no version is added.
+
+    \b
+    Example:
+      mlayer publish-deps --function scorer --runtime python3.13 --arch arm64
+      mlayer publish-deps --deps-layer sklearn-1-7 --bucket my-artifacts
+    """
+    from mlayer.publish import find_deps_build
+    from mlayer.publish import publish_deps as publish
+
+    layer_name = _layer_name(deps_layer, function, "deps")
+    build = find_deps_build(Path(layers_dir), runtime, arch)
+    progress = _UploadProgress(f"Uploading {build.zip_path.name}")
+    progress.total = build.zip_bytes
+    try:
+        layer = publish(
+            settings.client("lambda"),
+            settings.client("s3") if bucket else None,
+            build=build,
+            layer_name=layer_name,
+            bucket=bucket,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    click.echo(_published_line(layer))
+    click.echo(f"  compatible with {build.runtime} {build.arch}")
+
+
+@click.command("publish-model")
+@click.argument("source", required=False, metavar="[MODEL_DIR | ZIP]", type=click.Path(exists=True))
+@options.function
+@options.model_layer
+@options.alias
+@click.option(
+    "--canary",
+    type=click.FloatRange(0, 100, min_open=True, max_open=True),
+    metavar="PCT",
+    help="Route PCT% of the alias's invocations to the new version; `mlayer promote` completes it.",
+)
+@options.runtime
+@options.arch
+@options.layers_dir
+@options.bucket
+@click.pass_obj
+def publish_model(
+    settings: Any,
+    source: str | None,
+    function: str | None,
+    model_layer: str | None,
+    alias: str | None,
+    canary: float | None,
+    runtime: str | None,
+    arch: str,
+    layers_dir: str,
+    bucket: str | None,
+) -> None:
+    """Publish a model layer and roll it out to the function.
+
+    MODEL_DIR (a training output) is built first with the build's compatibility gate and
+    smoke test, as version one more than the newest built or published; a ZIP (a
+    build-model output) is published as is; without either, the newest model build in
+    --layers-dir. Identical content reuses its layer version.
+
+    The function is relinked: only the model layer's ARN changes, every other layer keeps
+    its place. Refused beyond 5 layers or 250 MB unzipped. Updates wait for the function to
+    settle before and after and retry while another update is in progress.
+
+    With --alias: a function version is published and the alias moved to it; with
+    --canary PCT the alias keeps its version and routes PCT% to the new one.
+
+    \b
+    Example:
+      mlayer publish-model training/out --function scorer --alias live
+      mlayer publish-model layers/model-sentiment-v3.zip --alias live --canary 10
+      mlayer promote --function scorer --alias live
+    """
+    from mlayer.publish import (
+        build_model_for,
+        default_layer_name,
+        load_build,
+        model_builds,
+    )
+    from mlayer.publish import publish_model as publish
+
+    function = _require(function, "--function")
+    layer_name = model_layer or default_layer_name(function, "model")
+    lam = settings.client("lambda")
+    layers = Path(layers_dir)
+    if source is None:
+        builds = model_builds(layers)
+        if not builds:
+            from mlayer.errors import NotFoundError
+
+            raise NotFoundError(
+                f"no model layer build in {layers}/; run `mlayer build-model MODEL_DIR` or pass "
+                "MODEL_DIR to publish-model"
+            )
+        build = builds[-1]
+    elif Path(source).is_dir():
+        click.echo(f"Building the model layer from {source}")
+        build = build_model_for(
+            lam,
+            Path(source),
+            layer_name=layer_name,
+            layers_dir=layers,
+            runtime=runtime,
+            arch=arch,
+            progress=lambda message: click.echo(f"  {message}"),
+        )
+        click.echo(f"Built {build.zip_path} (model {build.name} v{build.version}).")
+    else:
+        build = load_build(Path(source))
+    progress = _UploadProgress(f"Uploading {build.zip_path.name}")
+    progress.total = build.zip_bytes
+    try:
+        rollout = publish(
+            lam,
+            settings.client("s3") if bucket else None,
+            function=function,
+            build=build,
+            layer_name=layer_name,
+            alias=alias,
+            canary=canary,
+            bucket=bucket,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    click.echo(_published_line(rollout.layer))
+    old = rollout.old_model.label if rollout.old_model else "none"
+    click.echo(f"Model: {old} -> {rollout.new_model.label}")
+    if rollout.relinked:
+        click.echo(f"Relinked {rollout.function}: layers now")
+        for arn in rollout.layers:
+            click.echo(f"  {arn}")
+    else:
+        click.echo(f"{rollout.function} already links {rollout.layer.arn}")
+    click.echo(f"Size: {rollout.budget.describe()}")
+    if rollout.alias:
+        new_fv = rollout.new_function_version
+        if rollout.alias_created:
+            click.echo(f"Created alias {rollout.alias} -> function version {new_fv}")
+        elif rollout.canary_weight is not None:
+            click.echo(
+                f"Canary: alias {rollout.alias} stays on function version "
+                f"{rollout.old_function_version} and routes {rollout.canary_weight:.1%} to "
+                f"version {new_fv}; complete it with `mlayer promote --function "
+                f"{rollout.function} --alias {rollout.alias}` or undo it with `mlayer rollback`"
+            )
+        elif rollout.old_function_version != new_fv:
+            click.echo(
+                f"Alias {rollout.alias}: function version {rollout.old_function_version} -> {new_fv}"
+            )
+    for note in rollout.notes:
+        click.echo(f"Note: {note}")
+
+
+@click.command()
+@options.function
+@options.alias
+@options.model_layer
+@click.pass_obj
+def promote(
+    settings: Any, function: str | None, alias: str | None, model_layer: str | None
+) -> None:
+    """Complete a canary: move the alias fully to the canary version, clear the routing.
+
+    \b
+    Example:
+      mlayer publish-model training/out --function scorer --alias live --canary 10
+      mlayer promote --function scorer --alias live
+    """
+    from mlayer.publish import promote as do_promote
+
+    function = _require(function, "--function")
+    alias = _require(alias, "--alias")
+    result = do_promote(
+        settings.client("lambda"),
+        function=function,
+        alias=alias,
+        layer_name=_layer_name(model_layer, function, "model"),
+    )
+    old = result.old_model.label if result.old_model else "no model"
+    new = result.new_model.label if result.new_model else "no model"
+    click.echo(
+        f"Promoted: alias {result.alias} function version {result.old_function_version} -> "
+        f"{result.new_function_version} (was {result.weight:.1%} canary), routing cleared."
+    )
+    click.echo(f"Model: {old} -> {new}")
+
+
+@click.command()
+@options.function
+@options.alias
+@options.model_layer
+@click.option(
+    "--to",
+    "to",
+    type=click.IntRange(min=1),
+    metavar="VERSION",
+    help="Model version (the N of vN) to go back to [default: the newest one older than the live one].",
+)
+@click.pass_obj
+def rollback(
+    settings: Any,
+    function: str | None,
+    alias: str | None,
+    model_layer: str | None,
+    to: int | None,
+) -> None:
+    """Go back to the previous model version, or the one named with --to.
+
+    With --alias, the alias moves to the function version that carried that model (a canary
+    in progress is cancelled instead), and $LATEST is relinked to match. Without, the
+    function is relinked to the older model layer version. A deleted layer version cannot
+    be linked again: publish its zip again instead.
+
+    \b
+    Example:
+      mlayer rollback --function scorer --alias live
+      mlayer rollback --function scorer --alias live --to 3
+    """
+    from mlayer.publish import rollback as do_rollback
+
+    function = _require(function, "--function")
+    result = do_rollback(
+        settings.client("lambda"),
+        function=function,
+        layer_name=_layer_name(model_layer, function, "model"),
+        alias=alias,
+        to=to,
+    )
+    old = result.from_model.label if result.from_model else "none"
+    if result.canary_cancelled:
+        click.echo(
+            f"Cancelled the canary: alias {result.alias} no longer routes to function version "
+            f"{result.old_function_version} ({old}); it serves version "
+            f"{result.new_function_version} only."
+        )
+    else:
+        click.echo(f"Rolled back {result.function}: {old} -> {result.to_model.label}")
+        if result.alias:
+            click.echo(
+                f"Alias {result.alias}: function version {result.old_function_version} -> "
+                f"{result.new_function_version}"
+            )
+    if result.layers:
+        click.echo("Layers now:")
+        for arn in result.layers:
+            click.echo(f"  {arn}")
+    for note in result.notes:
+        click.echo(f"Note: {note}")
+
+
+@click.command()
+@options.function
+@options.alias
+@options.model_layer
+@options.layers_dir
+@options.json_output
+@click.pass_obj
+def status(
+    settings: Any,
+    function: str | None,
+    alias: str | None,
+    model_layer: str | None,
+    layers_dir: str,
+    as_json: bool,
+) -> None:
+    """Show the function, its layers, the live model and where its alias routes.
+
+    The live model is the one the alias serves (with --alias), else $LATEST's. Its
+    manifest comes from a local build with the same sha256, else from the layer itself.
+
+    \b
+    Example:
+      mlayer status --function scorer --alias live
+      mlayer status --function scorer --json
+    """
+    from dataclasses import asdict
+
+    from mlayer.publish import status as get_status
+
+    function = _require(function, "--function")
+    result = get_status(
+        settings.client("lambda"),
+        function=function,
+        layer_name=_layer_name(model_layer, function, "model"),
+        alias=alias,
+        layers_dir=Path(layers_dir),
+    )
+    if as_json:
+        data = asdict(result)
+        data["budget"]["total"] = result.budget.total
+        data["live_model_label"] = result.live_model.label if result.live_model else None
+        _echo_json(data)
+        return
+    _render_status(result)
+
+
+def _render_status(s: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlayer.publish import mb
+
+    console = Console(soft_wrap=True)
+    console.print(f"[bold]Function[/] {s.function}  {s.arn}")
+    console.print(
+        f"  {s.runtime} {s.arch}, {s.memory_mb} MB, timeout {s.timeout_s} s, handler "
+        f"{s.handler}, state {s.state} / {s.last_update_status}"
+    )
+    if s.environment:
+        env = ", ".join(f"{k}={v}" for k, v in sorted(s.environment.items()))
+        console.print(f"  environment: {env}", highlight=False)
+    table = Table(title="Linked layers (in order)", title_justify="left")
+    for column in ("#", "layer", "version", "kind", "sha256", "unzipped", "zipped"):
+        table.add_column(column)
+    for i, layer in enumerate(s.layers, 1):
+        table.add_row(
+            str(i),
+            layer.name,
+            str(layer.layer_version) + (" (deleted)" if layer.deleted else ""),
+            layer.kind or "not mlayer",
+            (layer.sha256 or "?")[:12],
+            mb(layer.unzipped_bytes) if layer.unzipped_bytes is not None else "?",
+            mb(layer.code_size) if layer.code_size is not None else "?",
+        )
+    console.print(table)
+    console.print(f"Size: {s.budget.describe()}", highlight=False)
+    live = s.live_model.label if s.live_model else "no model layer linked"
+    console.print(f"[bold]Live model[/] ({s.live_from}): {live}", highlight=False)
+    if s.manifest:
+        m = s.manifest
+        console.print(f"  manifest: {s.manifest_source}", highlight=False)
+        console.print(f"  stages: {', '.join(m.get('stages', []))}", highlight=False)
+        console.print(f"  input: {json.dumps(m.get('input'))}", highlight=False)
+        console.print(f"  labels: {', '.join(map(str, m.get('labels', [])))}", highlight=False)
+        versions = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())
+        console.print(f"  saved with: {versions}; created {m.get('created')}", highlight=False)
+    elif s.live_model:
+        console.print(
+            "  manifest: not available locally (no build with this sha256 in --layers-dir)",
+            highlight=False,
+        )
+    for a in s.aliases:
+        routes = [
+            f"version {a.function_version} ({a.models.get(a.function_version) or 'no model'})"
+        ]
+        routes += [
+            f"version {v} at {w:.1%} ({a.models.get(v) or 'no model'})"
+            for v, w in a.weights.items()
+        ]
+        console.print(f"[bold]Alias[/] {a.name}: {' + '.join(routes)}", highlight=False)
+
+
+@click.command()
+@options.function
+@options.alias
+@options.model_layer
+@options.json_output
+@click.pass_obj
+def history(
+    settings: Any,
+    function: str | None,
+    alias: str | None,
+    model_layer: str | None,
+    as_json: bool,
+) -> None:
+    """List the model layer's versions: model version, created, sha256, which is live, users.
+
+    Deleted layer versions still linked to a function version are listed too.
+
+    \b
+    Example:
+      mlayer history --function scorer --alias live
+    """
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from mlayer.publish import history as get_history
+    from mlayer.publish import mb
+
+    function = _require(function, "--function")
+    result = get_history(
+        settings.client("lambda"),
+        function=function,
+        layer_name=_layer_name(model_layer, function, "model"),
+        alias=alias,
+    )
+    if as_json:
+        _echo_json(asdict(result))
+        return
+    if not result.rows:
+        click.echo(
+            f"Layer {result.layer_name} has no versions yet; publish one with mlayer publish-model."
+        )
+        return
+    table = Table(title=f"{result.layer_name}: live = {result.live_from}", title_justify="left")
+    for column in (
+        "layer version",
+        "model",
+        "created",
+        "sha256",
+        "unzipped",
+        "live",
+        "function versions",
+        "aliases",
+    ):
+        table.add_column(column)
+    for r in result.rows:
+        table.add_row(
+            str(r.layer_version) + (" (deleted)" if r.deleted else ""),
+            f"{r.model} v{r.model_version}" if r.model_version is not None else "?",
+            (r.created or "")[:19],
+            (r.sha256 or "?")[:12],
+            mb(r.unzipped_bytes) if r.unzipped_bytes is not None else "?",
+            "LIVE" if r.live else "",
+            ", ".join(r.function_versions),
+            ", ".join(r.aliases),
+        )
+    Console(soft_wrap=True).print(table)
+
+
+@click.command()
+@options.function
+@options.model_layer
+@click.option(
+    "--keep",
+    type=click.IntRange(min=0),
+    required=True,
+    metavar="N",
+    help="Always keep the newest N versions.",
+)
+@options.dry_run
+@options.json_output
+@click.pass_obj
+def prune(
+    settings: Any,
+    function: str | None,
+    model_layer: str | None,
+    keep: int,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Delete old model layer versions that no function version or alias uses.
+
+    The newest N versions are kept, and so is every version a function version links
+    (alias rollbacks move to those). Layer versions count against the 75 GB code storage.
+
+    \b
+    Example:
+      mlayer prune --function scorer --keep 3 --dry-run
+      mlayer prune --function scorer --keep 3
+    """
+    from dataclasses import asdict
+
+    from mlayer.publish import prune as do_prune
+
+    function = _require(function, "--function")
+    result = do_prune(
+        settings.client("lambda"),
+        function=function,
+        layer_name=_layer_name(model_layer, function, "model"),
+        keep=keep,
+        dry_run=dry_run,
+    )
+    if as_json:
+        _echo_json(asdict(result))
+        return
+    verb = "Would delete" if dry_run else "Deleted"
+
+    def label(r: Any) -> str:
+        return f"{r.layer_version} ({r.model} v{r.model_version})"
+
+    click.echo(
+        f"{verb} {len(result.deleted)} version(s) of {result.layer_name}: "
+        f"{', '.join(label(r) for r in result.deleted) or 'none'}"
+    )
+    if result.kept_newest:
+        click.echo(f"Kept (newest {keep}): {', '.join(label(r) for r in result.kept_newest)}")
+    for r in result.kept_in_use:
+        users = ", ".join(
+            [f"function version {v}" for v in r.function_versions]
+            + [f"alias {a}" for a in r.aliases]
+        )
+        click.echo(f"Kept (in use by {users}): {label(r)}")
+
+
+COMMANDS = [publish_deps, publish_model, promote, rollback, status, history, prune]

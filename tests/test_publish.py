@@ -1,0 +1,780 @@
+"""publish-deps, publish-model, promote: through the CLI against moto, checking AWS state after.
+
+Also: dedupe, S3 uploads over 50 MB, the 5-layer limit and the 250 MB budget, the update race
+(Stubber and a moto patch), and each error a user can act on, with its exact text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from click.testing import CliRunner, Result
+from fake_layers import (
+    create_function,
+    layer_list,
+    layer_version_arn,
+    publish_raw_layer,
+    write_deps_build,
+    write_model_build,
+)
+from moto import mock_aws
+
+from mlayer.aws import AwsSettings
+from mlayer.cli import cli
+from mlayer.errors import BudgetError
+from mlayer.publish import (
+    Pace,
+    deps_description,
+    model_description,
+    parse_description,
+    parse_layer_arn,
+    relinked,
+    update_configuration,
+)
+
+ACCOUNT = "123456789012"
+
+
+@pytest.fixture
+def aws() -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        yield {
+            "lambda": boto3.client("lambda", region_name="us-east-1"),
+            "iam": boto3.client("iam", region_name="us-east-1"),
+            "s3": boto3.client("s3", region_name="us-east-1"),
+        }
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> Path:
+    return tmp_path / "layers"
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+def deps_arn(lam: Any) -> str:
+    return layer_version_arn(lam, "scorer-deps", 1)
+
+
+@pytest.fixture
+def deployed(aws: dict[str, Any], layers: Path) -> dict[str, Any]:
+    """Given: the deps layer published and a function linked to it."""
+    write_deps_build(layers)
+    result = run("publish-deps", "--function", "scorer", "--layers-dir", str(layers))
+    assert result.exit_code == 0, result.output
+    create_function(aws["lambda"], aws["iam"], layers=[deps_arn(aws["lambda"])])
+    return aws
+
+
+# ---------------------------------------------------------------------------- descriptions
+
+
+def test_descriptions_round_trip() -> None:
+    deps = deps_description("a" * 64, 123, "python3.13", "arm64")
+    assert deps == f"mlayer deps sha256={'a' * 64} unzipped=123 runtime=python3.13 arch=arm64"
+    record = parse_description(deps)
+    assert record is not None
+    assert (record.kind, record.unzipped_bytes, record.runtime, record.arch) == (
+        "deps",
+        123,
+        "python3.13",
+        "arm64",
+    )
+    model = model_description("sentiment", 7, "b" * 64, 456)
+    assert model == f"mlayer model sentiment v7 sha256={'b' * 64} unzipped=456"
+    record = parse_description(model)
+    assert record is not None
+    assert (record.kind, record.name, record.version, record.sha256) == (
+        "model",
+        "sentiment",
+        7,
+        "b" * 64,
+    )
+    assert parse_description("some other layer") is None
+    assert parse_description(None) is None
+
+
+@pytest.mark.parametrize(
+    ("layers", "new", "expected"),
+    [
+        (["d:1", "m:1"], "m:2", ["d:1", "m:2"]),
+        (["o:4", "m:1", "d:1"], "m:2", ["o:4", "m:2", "d:1"]),
+        (["d:1"], "m:1", ["d:1", "m:1"]),
+        ([], "m:1", ["m:1"]),
+    ],
+    ids=["replace-last", "replace-in-place", "append", "empty"],
+)
+def test_relinked_replaces_only_the_same_layer(
+    layers: list[str], new: str, expected: list[str]
+) -> None:
+    def arn(short: str) -> str:
+        name, version = short.split(":")
+        return f"arn:aws:lambda:us-east-1:{ACCOUNT}:layer:{name}:{version}"
+
+    assert relinked([arn(a) for a in layers], arn(new)) == [arn(e) for e in expected]
+
+
+# ---------------------------------------------------------------------------- publish-deps
+
+
+def test_publish_deps_records_content_and_compatibility(aws: dict[str, Any], layers: Path) -> None:
+    zip_path = write_deps_build(layers, "python3.13", "arm64")
+    manifest = json.loads(zip_path.with_suffix(".json").read_text())
+
+    result = run(
+        "publish-deps", "--function", "scorer", "--runtime", "python3.13", "--arch", "arm64",
+        "--layers-dir", str(layers),
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Published scorer-deps version 1:")
+    version = aws["lambda"].get_layer_version(LayerName="scorer-deps", VersionNumber=1)
+    assert version["CompatibleRuntimes"] == ["python3.13"]
+    assert version["CompatibleArchitectures"] == ["arm64"]
+    assert version["Description"] == (
+        f"mlayer deps sha256={manifest['sha256']} unzipped={manifest['unzipped_bytes']} "
+        "runtime=python3.13 arch=arm64"
+    )
+
+
+def test_publish_deps_twice_reuses_the_version(aws: dict[str, Any], layers: Path) -> None:
+    write_deps_build(layers)
+    args = ("publish-deps", "--function", "scorer", "--layers-dir", str(layers))
+    first = run(*args)
+    second = run(*args)
+
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    assert second.output.startswith("Reused scorer-deps version 1: identical content (sha256 "), (
+        second.output
+    )
+    versions = aws["lambda"].list_layer_versions(LayerName="scorer-deps")["LayerVersions"]
+    assert [v["Version"] for v in versions] == [1]
+
+    # A changed build is a new version.
+    write_deps_build(layers, marker="2")
+    third = run(*args)
+    assert third.output.startswith("Published scorer-deps version 2:"), third.output
+
+
+def test_publish_deps_without_a_build_names_the_command(aws: dict[str, Any], layers: Path) -> None:
+    result = run(
+        "publish-deps", "--function", "scorer", "--runtime", "python3.12", "--layers-dir",
+        str(layers),
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: no dependency layer build for python3.12 x86_64 in {layers}/ "
+        "(deps-python3.12-x86_64.zip); run `mlayer build-deps --runtime python3.12 --arch x86_64`\n"
+    )
+
+
+OVER_50_MB = 50 * 1024 * 1024 + 4096
+
+
+def test_publish_deps_over_50mb_needs_a_bucket(aws: dict[str, Any], layers: Path) -> None:
+    write_deps_build(layers, filler_bytes=OVER_50_MB)
+    result = run("publish-deps", "--function", "scorer", "--layers-dir", str(layers))
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {layers}/deps-python3.11-x86_64.zip is 50.0 MB zipped, over Lambda's 50 MB "
+        "direct-upload limit by 0.0 MB: pass --bucket NAME (an S3 bucket in us-east-1) to "
+        "upload it there first\n"
+    )
+
+    missing = run(
+        "publish-deps", "--function", "scorer", "--layers-dir", str(layers), "--bucket", "nope"
+    )
+    assert missing.exit_code == 1
+    assert missing.output == (
+        "Error: bucket nope does not exist; create it (aws s3 mb s3://nope) or pass --bucket "
+        "with an existing one in the function's region\n"
+    )
+    assert aws["lambda"].list_layer_versions(LayerName="scorer-deps")["LayerVersions"] == []
+
+
+def test_publish_deps_over_50mb_goes_through_s3(aws: dict[str, Any], layers: Path) -> None:
+    zip_path = write_deps_build(layers, filler_bytes=OVER_50_MB)
+    manifest = json.loads(zip_path.with_suffix(".json").read_text())
+    aws["s3"].create_bucket(Bucket="artifacts")
+
+    result = run(
+        "publish-deps", "--function", "scorer", "--layers-dir", str(layers), "--bucket", "artifacts"
+    )
+
+    assert result.exit_code == 0, result.output
+    key = f"mlayer/scorer-deps/{manifest['sha256']}.zip"
+    assert f"via s3://artifacts/{key}" in result.output
+    head = aws["s3"].head_object(Bucket="artifacts", Key=key)
+    assert head["ContentLength"] == manifest["zip_bytes"]
+    version = aws["lambda"].get_layer_version(LayerName="scorer-deps", VersionNumber=1)
+    assert version["Content"]["CodeSize"] == manifest["zip_bytes"]
+
+    # Identical content again: no upload, no new version.
+    aws["s3"].delete_object(Bucket="artifacts", Key=key)
+    again = run(
+        "publish-deps", "--function", "scorer", "--layers-dir", str(layers), "--bucket", "artifacts"
+    )
+    assert again.output.startswith("Reused scorer-deps version 1"), again.output
+    assert "Contents" not in aws["s3"].list_objects_v2(Bucket="artifacts")
+
+
+# ---------------------------------------------------------------------------- publish-model
+
+
+def test_publish_model_relinks_only_the_model_layer(deployed: dict[str, Any], layers: Path) -> None:
+    lam = deployed["lambda"]
+    v1 = write_model_build(layers, 1)
+    v2 = write_model_build(layers, 2)
+
+    first = run("publish-model", str(v1), "--function", "scorer")
+    assert first.exit_code == 0, first.output
+    model_v1 = layer_version_arn(lam, "scorer-model", 1)
+    assert layer_list(lam, "scorer") == [deps_arn(lam), model_v1]
+    assert "Model: none -> sentiment v1 (layer version 1)" in first.output
+
+    second = run("publish-model", str(v2), "--function", "scorer")
+    assert second.exit_code == 0, second.output
+    model_v2 = layer_version_arn(lam, "scorer-model", 2)
+    assert layer_list(lam, "scorer") == [deps_arn(lam), model_v2]
+    assert (
+        "Model: sentiment v1 (layer version 1) -> sentiment v2 (layer version 2)" in second.output
+    )
+    description = lam.get_layer_version(LayerName="scorer-model", VersionNumber=2)["Description"]
+    sidecar = json.loads(v2.with_suffix(".json").read_text())
+    assert description == (
+        f"mlayer model sentiment v2 sha256={sidecar['sha256']} unzipped={sidecar['unzipped_bytes']}"
+    )
+
+
+def test_publish_model_keeps_other_layers_and_their_order(
+    deployed: dict[str, Any], layers: Path
+) -> None:
+    lam = deployed["lambda"]
+    other = publish_raw_layer(lam, "observability")
+    run("publish-model", str(write_model_build(layers, 1)), "--function", "scorer")
+    extra = publish_raw_layer(lam, "patches")
+    model_v1 = layer_version_arn(lam, "scorer-model", 1)
+    lam.update_function_configuration(
+        FunctionName="scorer", Layers=[other, model_v1, deps_arn(lam), extra]
+    )
+
+    result = run("publish-model", str(write_model_build(layers, 2)), "--function", "scorer")
+
+    assert result.exit_code == 0, result.output
+    model_v2 = layer_version_arn(lam, "scorer-model", 2)
+    assert layer_list(lam, "scorer") == [other, model_v2, deps_arn(lam), extra]
+
+
+def test_publish_model_twice_creates_one_version(deployed: dict[str, Any], layers: Path) -> None:
+    lam = deployed["lambda"]
+    v1 = write_model_build(layers, 1)
+    run("publish-model", str(v1), "--function", "scorer", "--alias", "live")
+
+    again = run("publish-model", str(v1), "--function", "scorer", "--alias", "live")
+
+    assert again.exit_code == 0, again.output
+    assert "Reused scorer-model version 1: identical content" in again.output
+    assert f"scorer already links {layer_version_arn(lam, 'scorer-model', 1)}" in again.output
+    assert "alias live already serves function version 1" in again.output
+    assert len(lam.list_layer_versions(LayerName="scorer-model")["LayerVersions"]) == 1
+    versions = lam.list_versions_by_function(FunctionName="scorer")["Versions"]
+    assert [v["Version"] for v in versions] == ["$LATEST", "1"]
+
+
+def test_publish_model_without_argument_takes_the_newest_build(
+    deployed: dict[str, Any], layers: Path
+) -> None:
+    write_model_build(layers, 1)
+    write_model_build(layers, 2)
+    result = run("publish-model", "--function", "scorer", "--layers-dir", str(layers))
+    assert result.exit_code == 0, result.output
+    assert "-> sentiment v2 (layer version 1)" in result.output
+
+
+def test_publish_model_without_any_build_names_the_command(
+    deployed: dict[str, Any], layers: Path
+) -> None:
+    result = run("publish-model", "--function", "scorer", "--layers-dir", str(layers))
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: no model layer build in {layers}/; run `mlayer build-model MODEL_DIR` or pass "
+        "MODEL_DIR to publish-model\n"
+    )
+
+
+def test_publish_model_with_alias_publishes_versions_and_moves_the_alias(
+    deployed: dict[str, Any], layers: Path
+) -> None:
+    lam = deployed["lambda"]
+    first = run(
+        "publish-model",
+        str(write_model_build(layers, 1)),
+        "--function",
+        "scorer",
+        "--alias",
+        "live",
+    )
+    assert "Created alias live -> function version 1" in first.output, first.output
+    second = run(
+        "publish-model",
+        str(write_model_build(layers, 2)),
+        "--function",
+        "scorer",
+        "--alias",
+        "live",
+    )
+    assert second.exit_code == 0, second.output
+    assert "Alias live: function version 1 -> 2" in second.output
+
+    alias = lam.get_alias(FunctionName="scorer", Name="live")
+    assert alias["FunctionVersion"] == "2"
+    assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
+    assert layer_list(lam, "scorer", "2") == [
+        deps_arn(lam),
+        layer_version_arn(lam, "scorer-model", 2),
+    ]
+    assert layer_list(lam, "scorer", "1") == [
+        deps_arn(lam),
+        layer_version_arn(lam, "scorer-model", 1),
+    ]
+    descriptions = {
+        v["Version"]: v["Description"]
+        for v in lam.list_versions_by_function(FunctionName="scorer")["Versions"]
+    }
+    assert descriptions["1"] == "mlayer model sentiment v1"
+    assert descriptions["2"] == "mlayer model sentiment v2"
+
+
+def test_canary_routes_a_share_then_promote_completes_it(
+    deployed: dict[str, Any], layers: Path
+) -> None:
+    lam = deployed["lambda"]
+    run(
+        "publish-model",
+        str(write_model_build(layers, 1)),
+        "--function",
+        "scorer",
+        "--alias",
+        "live",
+    )
+
+    canary = run(
+        "publish-model", str(write_model_build(layers, 2)), "--function", "scorer",
+        "--alias", "live", "--canary", "10",
+    )  # fmt: skip
+
+    assert canary.exit_code == 0, canary.output
+    assert "Canary: alias live stays on function version 1 and routes 10.0% to version 2" in (
+        canary.output
+    )
+    alias = lam.get_alias(FunctionName="scorer", Name="live")
+    assert alias["FunctionVersion"] == "1"
+    assert alias["RoutingConfig"]["AdditionalVersionWeights"] == {"2": 0.1}
+
+    promoted = run("promote", "--function", "scorer", "--alias", "live")
+
+    assert promoted.exit_code == 0, promoted.output
+    assert promoted.output == (
+        "Promoted: alias live function version 1 -> 2 (was 10.0% canary), routing cleared.\n"
+        "Model: sentiment v1 (layer version 1) -> sentiment v2 (layer version 2)\n"
+    )
+    alias = lam.get_alias(FunctionName="scorer", Name="live")
+    assert alias["FunctionVersion"] == "2"
+    assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
+
+    nothing = run("promote", "--function", "scorer", "--alias", "live")
+    assert nothing.exit_code == 1
+    assert nothing.output == (
+        "Error: alias live routes all traffic to function version 2: no canary to promote; "
+        "start one with mlayer publish-model --alias live --canary PCT\n"
+    )
+
+
+def test_canary_needs_an_existing_alias(deployed: dict[str, Any], layers: Path) -> None:
+    result = run(
+        "publish-model", str(write_model_build(layers, 1)), "--function", "scorer",
+        "--alias", "live", "--canary", "10",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: alias live does not exist yet, so there is no version to keep serving while a "
+        "canary runs; publish without --canary first (that creates the alias)\n"
+    )
+
+
+@pytest.mark.parametrize("pct", ["0", "100", "-5"])
+def test_canary_percent_must_be_between_0_and_100(layers: Path, pct: str) -> None:
+    result = run("publish-model", "--function", "scorer", "--alias", "live", "--canary", pct)
+    assert result.exit_code == 2
+    assert "Invalid value for '--canary'" in result.output
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+def test_layer_limit_refused_before_publishing(deployed: dict[str, Any], layers: Path) -> None:
+    lam = deployed["lambda"]
+    others = [publish_raw_layer(lam, f"extra{i}") for i in range(4)]
+    lam.update_function_configuration(FunctionName="scorer", Layers=[deps_arn(lam), *others])
+
+    result = run("publish-model", str(write_model_build(layers, 1)), "--function", "scorer")
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: function scorer would have 6 layers (scorer-deps, extra0, extra1, extra2, "
+        "extra3, scorer-model); Lambda allows 5: unlink one (aws lambda "
+        "update-function-configuration --layers ...) or merge layers\n"
+    )
+    assert lam.list_layer_versions(LayerName="scorer-model")["LayerVersions"] == []
+    assert layer_list(lam, "scorer") == [deps_arn(lam), *others]
+
+
+def test_budget_exceeded_names_each_share(deployed: dict[str, Any], layers: Path) -> None:
+    lam = deployed["lambda"]
+    # A deps layer version whose recorded unzipped size is 240 MB, and a foreign layer that
+    # only has its (zipped) CodeSize to go by.
+    big = publish_raw_layer(
+        lam, "scorer-deps", deps_description("c" * 64, 240 * 1048576, "python3.11", "x86_64")
+    )
+    foreign = publish_raw_layer(lam, "vendor-tools", body=b"y" * 1000)
+    lam.update_function_configuration(FunctionName="scorer", Layers=[big, foreign])
+    model = write_model_build(layers, 1)
+    model_unzipped = json.loads(model.with_suffix(".json").read_text())["unzipped_bytes"]
+    code_size = lam.get_function_configuration(FunctionName="scorer")["CodeSize"]
+    foreign_size = lam.get_layer_version(LayerName="vendor-tools", VersionNumber=1)["Content"][
+        "CodeSize"
+    ]
+
+    # The model alone fits: 240 MB + small parts.
+    ok = run("publish-model", str(model), "--function", "scorer")
+    assert ok.exit_code == 0, ok.output
+
+    # A deps version recorded 250 KB under the limit leaves no room for a 400 KB model.
+    deps_bytes = 262_144_000 - 250_000
+    bigger = publish_raw_layer(
+        lam, "scorer-deps", deps_description("d" * 64, deps_bytes, "python3.11", "x86_64")
+    )
+    lam.update_function_configuration(
+        FunctionName="scorer", Layers=[bigger, foreign, layer_version_arn(lam, "scorer-model", 1)]
+    )
+    model2 = write_model_build(layers, 2, weights="x" * 400_000)
+    model2_unzipped = json.loads(model2.with_suffix(".json").read_text())["unzipped_bytes"]
+    result = run("publish-model", str(model2), "--function", "scorer")
+
+    total = code_size + deps_bytes + foreign_size + model2_unzipped
+    over = total - 262_144_000
+
+    def share(n: int) -> str:
+        return f"{n / 1048576:.1f} MB ({100 * n / 262_144_000:.0f}%)"
+
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: function scorer would be {total / 1048576:.1f} MB unzipped ({total:,} bytes), "
+        f"over Lambda's 250 MB (262,144,000 bytes) by {over / 1048576:.1f} MB: "
+        f"function scorer (at least) {share(code_size)}, layer scorer-deps:3 (deps) "
+        f"{share(deps_bytes)}, layer vendor-tools:1 (at least) {share(foreign_size)}, "
+        f"layer scorer-model (model sentiment v2) {share(model2_unzipped)}; total "
+        f"{total / 1048576:.1f} MB of 250.0 MB: over by {over / 1048576:.1f} MB "
+        "(layer vendor-tools:1: not published by mlayer, so its zipped size counts as a lower "
+        "bound of its unzipped size) (function scorer: not deployed by mlayer, so its zipped "
+        "size counts as a lower bound). Slim the biggest part (layer scorer-deps:3 (deps)), "
+        "e.g. rebuild it with mlayer build-deps --exclude PATTERN\n"
+    )
+    assert model_unzipped < model2_unzipped
+    assert len(lam.list_layer_versions(LayerName="scorer-model")["LayerVersions"]) == 1
+
+
+def test_budget_error_is_raised_by_the_library(deployed: dict[str, Any]) -> None:
+    from mlayer.publish import check_budget
+
+    lam = deployed["lambda"]
+    big = publish_raw_layer(
+        lam, "huge", deps_description("e" * 64, 262_144_001, "python3.11", "x86_64")
+    )
+    config = lam.get_function_configuration(FunctionName="scorer")
+    with pytest.raises(BudgetError, match=r"over Lambda's 250 MB \(262,144,000 bytes\)"):
+        check_budget(lam, config, [big])
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+def test_unknown_function_suggests_deploy_function(aws: dict[str, Any], layers: Path) -> None:
+    result = run("publish-model", str(write_model_build(layers, 1)), "--function", "ghost")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: function ghost does not exist in us-east-1; create it with "
+        "`mlayer deploy-function --function ghost --role ARN`\n"
+    )
+    assert "Traceback" not in result.output
+
+
+def test_missing_function_option_is_a_usage_error() -> None:
+    result = run("publish-model")
+    assert result.exit_code == 2
+    assert (
+        "Missing option '--function' (or MLAYER_FUNCTION, or function = ... in mlayer.toml)."
+        in result.output
+    )
+
+
+def test_no_credentials(monkeypatch: pytest.MonkeyPatch, layers: Path, tmp_path: Path) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    result = run("publish-model", str(write_model_build(layers, 1)), "--function", "scorer")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: no AWS credentials found. Configure them (aws configure, AWS_PROFILE, or "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or pass --profile; for the local endpoint "
+        "any values work\n"
+    )
+
+
+def test_access_denied(monkeypatch: pytest.MonkeyPatch, layers: Path) -> None:
+    """Publishing without lambda:PublishLayerVersion, simulated with botocore's Stubber."""
+    write_deps_build(layers)
+    lam = boto3.client("lambda", region_name="us-east-1")
+    stubber = Stubber(lam)
+    stubber.add_response("list_layer_versions", {"LayerVersions": []}, {"LayerName": "scorer-deps"})
+    stubber.add_client_error(
+        "publish_layer_version",
+        service_error_code="AccessDeniedException",
+        service_message=f"User: arn:aws:iam::{ACCOUNT}:user/dev is not authorized to perform: "
+        "lambda:PublishLayerVersion",
+        http_status_code=403,
+    )
+    stubber.activate()
+    monkeypatch.setattr(AwsSettings, "client", lambda self, service: lam)
+
+    result = run("publish-deps", "--function", "scorer", "--layers-dir", str(layers))
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: PublishLayerVersion failed (AccessDeniedException): the credentials in use lack "
+        "permission for PublishLayerVersion; grant it (lambda:PublishLayerVersion) or pass "
+        f"--profile with a role that has it. AWS said: User: arn:aws:iam::{ACCOUNT}:user/dev is "
+        "not authorized to perform: lambda:PublishLayerVersion\n"
+    )
+    stubber.assert_no_pending_responses()
+
+
+def test_not_a_layer_zip_is_refused(aws: dict[str, Any], tmp_path: Path) -> None:
+    bad = tmp_path / "model.zip"
+    bad.write_bytes(b"not a zip")
+    result = run("publish-model", str(bad), "--function", "scorer")
+    assert result.exit_code == 1
+    assert result.output == f"Error: {bad} is not a zip file: File is not a zip file\n"
+
+
+def test_tampered_build_is_refused(aws: dict[str, Any], layers: Path) -> None:
+    path = write_model_build(layers, 1)
+    sidecar = path.with_suffix(".json")
+    data = json.loads(sidecar.read_text())
+    data["sha256"] = "f" * 64
+    sidecar.write_text(json.dumps(data))
+    actual = json.loads(json.dumps(data))  # the zip itself is unchanged
+    result = run("publish-model", str(path), "--function", "scorer")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {path} does not match its manifest (sha256 ")
+    assert result.output.endswith(f"on disk, {actual['sha256'][:12]}… recorded); rebuild it\n")
+
+
+# ---------------------------------------------------------------------------- the race
+
+
+def _function_response(status: str) -> dict[str, Any]:
+    return {
+        "Configuration": {
+            "FunctionName": "scorer",
+            "State": "Active",
+            "LastUpdateStatus": status,
+        }
+    }
+
+
+def test_update_waits_and_retries_a_conflict_stubbed() -> None:
+    """InProgress before, a ResourceConflictException on the first try, InProgress after."""
+    lam = boto3.client("lambda", region_name="us-east-1")
+    layers = [f"arn:aws:lambda:us-east-1:{ACCOUNT}:layer:scorer-model:2"]
+    stubber = Stubber(lam)
+    get = {"FunctionName": "scorer"}
+    stubber.add_response("get_function", _function_response("InProgress"), get)
+    stubber.add_response("get_function", _function_response("Successful"), get)
+    stubber.add_client_error(
+        "update_function_configuration",
+        service_error_code="ResourceConflictException",
+        service_message="The operation cannot be performed at this time. An update is in "
+        "progress for resource: arn:aws:lambda:us-east-1:123456789012:function:scorer",
+        http_status_code=409,
+        expected_params={"FunctionName": "scorer", "Layers": layers},
+    )
+    stubber.add_response("get_function", _function_response("Successful"), get)
+    stubber.add_response(
+        "update_function_configuration",
+        {"FunctionName": "scorer", "LastUpdateStatus": "InProgress"},
+        {"FunctionName": "scorer", "Layers": layers},
+    )
+    stubber.add_response("get_function", _function_response("InProgress"), get)
+    stubber.add_response("get_function", _function_response("Successful"), get)
+    sleeps: list[float] = []
+    pace = Pace(waiter_delay=0, sleep=sleeps.append)
+
+    with stubber:
+        result = update_configuration(lam, "scorer", pace, Layers=layers)
+
+    stubber.assert_no_pending_responses()
+    assert result["LastUpdateStatus"] == "InProgress"
+    assert sleeps == [1.0]
+
+
+def test_conflict_backoff_is_bounded() -> None:
+    from botocore.exceptions import ClientError
+
+    from mlayer.errors import to_click_exception
+
+    lam = boto3.client("lambda", region_name="us-east-1")
+    stubber = Stubber(lam)
+    sleeps: list[float] = []
+    pace = Pace(waiter_delay=0, conflict_attempts=3, sleep=sleeps.append)
+    stubber.add_response("get_function", _function_response("Successful"))
+    for attempt in range(3):
+        stubber.add_client_error(
+            "update_function_configuration",
+            service_error_code="ResourceConflictException",
+            service_message="An update is in progress",
+            http_status_code=409,
+        )
+        if attempt < 2:
+            stubber.add_response("get_function", _function_response("Successful"))
+
+    with stubber, pytest.raises(ClientError) as info:
+        update_configuration(lam, "scorer", pace, MemorySize=256)
+
+    stubber.assert_no_pending_responses()
+    assert sleeps == [1.0, 2.0]
+    assert str(to_click_exception(info.value)) == (
+        "UpdateFunctionConfiguration failed (ResourceConflictException): another update of the "
+        "function is in progress; wait and run the command again. AWS said: An update is in "
+        "progress"
+    )
+
+
+def test_failed_update_is_a_clear_error() -> None:
+    lam = boto3.client("lambda", region_name="us-east-1")
+    stubber = Stubber(lam)
+    failed = _function_response("Failed")
+    failed["Configuration"]["LastUpdateStatusReason"] = "The layer version could not be extracted"
+    stubber.add_response("get_function", failed)
+    with stubber, pytest.raises(Exception) as info:
+        update_configuration(lam, "scorer", Pace(waiter_delay=0), MemorySize=256)
+    assert str(info.value) == (
+        "function scorer is in a failed state: The layer version could not be extracted; fix "
+        "the cause and run the command again"
+    )
+
+
+def test_publish_model_waits_out_an_update_in_progress_on_moto(
+    deployed: dict[str, Any], layers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto never reports InProgress: a botocore hook on the real client makes it do so
+    (InProgress then Successful around each update) and fails the first update with a
+    ResourceConflictException, through the CLI."""
+    from botocore.exceptions import ClientError
+
+    calls: list[str] = []
+    state = {"in_progress": 1, "conflicts": 1}
+
+    def after_get_function(parsed: dict[str, Any], **_: Any) -> None:
+        config = parsed.get("Configuration", {})
+        if state["in_progress"] > 0:
+            state["in_progress"] -= 1
+            config["LastUpdateStatus"] = "InProgress"
+        calls.append(f"get_function:{config.get('LastUpdateStatus')}")
+
+    def before_update(params: dict[str, Any], **_: Any) -> None:
+        calls.append("update")
+        if state["conflicts"] > 0:
+            state["conflicts"] -= 1
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "ResourceConflictException",
+                        "Message": "An update is in progress",
+                    }
+                },
+                "UpdateFunctionConfiguration",
+            )
+
+    def after_update(**_: Any) -> None:
+        state["in_progress"] = 1  # the update just started: the next check sees InProgress
+
+    original = AwsSettings.client
+
+    def client(self: AwsSettings, service: str) -> Any:
+        created = original(self, service)
+        if service == "lambda" and not getattr(created, "_race_hooks", False):
+            events = created.meta.events
+            events.register("after-call.lambda.GetFunction", after_get_function)
+            events.register(
+                "before-parameter-build.lambda.UpdateFunctionConfiguration", before_update
+            )
+            events.register("after-call.lambda.UpdateFunctionConfiguration", after_update)
+            created._race_hooks = True
+        return created
+
+    monkeypatch.setattr(AwsSettings, "client", client)
+    lam = deployed["lambda"]
+
+    import mlayer.publish as publish_module
+
+    real = publish_module.publish_model
+
+    def fast(*args: Any, **kwargs: Any) -> Any:
+        # Lambda's pace (1 s between checks, backoff from 1 s) with the sleeps taken out.
+        return real(*args, **kwargs, pace=Pace(waiter_delay=0, sleep=lambda _: None))
+
+    monkeypatch.setattr(publish_module, "publish_model", fast)
+    result = run("publish-model", str(write_model_build(layers, 1)), "--function", "scorer")
+
+    assert result.exit_code == 0, result.output
+    assert calls == [
+        "get_function:InProgress",
+        "get_function:Successful",
+        "update",
+        "get_function:Successful",
+        "update",
+        "get_function:InProgress",
+        "get_function:Successful",
+    ]
+    assert layer_list(lam, "scorer") == [deps_arn(lam), layer_version_arn(lam, "scorer-model", 1)]
+
+
+def test_publish_model_arn_parsing() -> None:
+    parsed = parse_layer_arn(f"arn:aws:lambda:eu-west-1:{ACCOUNT}:layer:scorer-model:12")
+    assert (parsed.name, parsed.version) == ("scorer-model", 12)
+    assert parsed.layer_arn == f"arn:aws:lambda:eu-west-1:{ACCOUNT}:layer:scorer-model"
+
+
+def test_upload_progress_reports_bytes(aws: dict[str, Any], tmp_path: Path) -> None:
+    from mlayer.publish import upload_to_s3
+
+    aws["s3"].create_bucket(Bucket="artifacts")
+    path = tmp_path / "blob.zip"
+    path.write_bytes(b"z" * 3_000_000)
+    seen: list[int] = []
+    upload_to_s3(aws["s3"], path, "artifacts", "k.zip", seen.append)
+    assert sum(seen) == 3_000_000
+    body = aws["s3"].get_object(Bucket="artifacts", Key="k.zip")["Body"]
+    assert len(io.BytesIO(body.read()).getvalue()) == 3_000_000

@@ -1,0 +1,193 @@
+"""Kinesis Data Streams events: thin typed accessors over the raw event dict.
+
+In the manner of Powertools' ``kinesis_stream_event.py``: properties only read the dict,
+decoding happens in explicit methods (``data_as_bytes``, ``data_as_text``, ``data_as_json``)
+so a caller decides when to pay for it and sees each failure where it happens.
+
+Record shape (what Lambda delivers)::
+
+    {"eventSource": "aws:kinesis", "eventID": "shardId-000000000006:4959...",
+     "eventName": "aws:kinesis:record", "eventSourceARN": ..., "awsRegion": ...,
+     "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": "1",
+                 "sequenceNumber": "4959...", "data": "<base64>",
+                 "approximateArrivalTimestamp": 1545084650.987}}
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+EVENT_SOURCE = "aws:kinesis"
+
+JsonLoads = Callable[[bytes], Any]
+
+
+def _json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _stdlib_loads(payload: bytes) -> Any:
+    """``json.loads`` with orjson's strictness: UTF-8 only, no NaN / Infinity literals."""
+    return json.loads(payload.decode("utf-8"), parse_constant=_json_constant)
+
+
+try:
+    import orjson
+
+    # orjson is pinned in the dependency layer: about 3x faster than json on small objects.
+    fast_loads: JsonLoads = orjson.loads
+except ImportError:  # pragma: no cover - exercised by the isolated-process test without orjson
+    fast_loads = _stdlib_loads
+
+
+def loads(payload: bytes) -> Any:
+    """Parse one JSON document strictly (UTF-8, RFC 8259), fast when orjson is present.
+
+    orjson refuses integers beyond 64 bits, which are valid JSON: on its refusal the
+    standard library has the last word, so the verdict never depends on orjson's presence.
+    """
+    try:
+        return fast_loads(payload)
+    except ValueError:
+        if fast_loads is _stdlib_loads:
+            raise
+        return _stdlib_loads(payload)
+
+
+def b64decode(data: str | bytes) -> bytes:
+    """Strict base64 (RFC 4648): any character outside the alphabet is an error.
+
+    The lenient default of ``base64.b64decode`` silently drops such characters and can turn
+    garbage into plausible bytes; a record should rather be reported as bad.
+    """
+    return binascii.a2b_base64(data, strict_mode=True)
+
+
+class KinesisStreamRecordPayload:
+    """The ``kinesis`` member of a record."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        return self._data
+
+    @property
+    def sequence_number(self) -> str | None:
+        return self._data.get("sequenceNumber")
+
+    @property
+    def partition_key(self) -> str | None:
+        return self._data.get("partitionKey")
+
+    @property
+    def data(self) -> str | None:
+        """The record's data, still base64-encoded as Lambda delivers it."""
+        return self._data.get("data")
+
+    @property
+    def approximate_arrival_timestamp(self) -> float | None:
+        return self._data.get("approximateArrivalTimestamp")
+
+    @property
+    def kinesis_schema_version(self) -> str | None:
+        return self._data.get("kinesisSchemaVersion")
+
+    def data_as_bytes(self) -> bytes:
+        """Decode the base64 data.
+
+        Raises:
+            ValueError: no data, or not valid base64 (``binascii.Error`` is a ValueError).
+        """
+        data = self.data
+        if not isinstance(data, str | bytes):
+            raise ValueError("the record has no base64 'data'")
+        return b64decode(data)
+
+    def data_as_text(self) -> str:
+        """Decode the data as UTF-8 text. Raises ValueError (UnicodeDecodeError) if it is not."""
+        return self.data_as_bytes().decode("utf-8")
+
+    def data_as_json(self) -> Any:
+        """Decode the data as one JSON document. Raises ValueError if it is not one."""
+        return loads(self.data_as_bytes())
+
+
+class KinesisStreamRecord:
+    """One record of a Kinesis event."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        return self._data
+
+    @property
+    def event_id(self) -> str | None:
+        return self._data.get("eventID")
+
+    @property
+    def event_name(self) -> str | None:
+        return self._data.get("eventName")
+
+    @property
+    def event_source(self) -> str | None:
+        return self._data.get("eventSource")
+
+    @property
+    def event_source_arn(self) -> str | None:
+        return self._data.get("eventSourceARN")
+
+    @property
+    def aws_region(self) -> str | None:
+        return self._data.get("awsRegion")
+
+    @property
+    def kinesis(self) -> KinesisStreamRecordPayload:
+        inner = self._data.get("kinesis")
+        return KinesisStreamRecordPayload(inner if isinstance(inner, Mapping) else {})
+
+
+class KinesisStreamEvent:
+    """A Kinesis event: ``{"Records": [...]}``."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self._data = data
+
+    @property
+    def raw_records(self) -> list[dict[str, Any]]:
+        records = self._data.get("Records")
+        return records if isinstance(records, list) else []
+
+    @property
+    def records(self) -> Iterator[KinesisStreamRecord]:
+        for record in self.raw_records:
+            yield KinesisStreamRecord(record)
+
+    def columns(self) -> tuple[list[str], list[str], list[str]]:
+        """(eventIDs, sequence numbers, base64 data) of every record, in one pass.
+
+        The batch decoder's fast path: a wrapper object per record costs about a
+        microsecond, as much as decoding the record. Raises KeyError / TypeError when a
+        record lacks one of them; the caller then takes the per-record path.
+        """
+        event_ids = []
+        sequence_numbers = []
+        datas = []
+        for record in self.raw_records:
+            kinesis = record["kinesis"]
+            event_ids.append(record["eventID"])
+            sequence_numbers.append(kinesis["sequenceNumber"])
+            datas.append(kinesis["data"])
+        return event_ids, sequence_numbers, datas

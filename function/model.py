@@ -1,0 +1,306 @@
+"""Load the model once per execution environment and predict through its stages.
+
+A model directory (MODEL_DIR, default /opt/model: the model layer) holds the joblib stages
+and ``manifest.json`` (written by ``mlayer build-model``) or ``metadata.json`` (written by
+``training/train.py``)::
+
+    {"name": "sentiment",
+     "stages": ["PreProc1_sentiment.joblib", "PreProc2_sentiment.joblib", "sentiment.joblib"],
+     "input": {"kind": "text", "field": "text"},
+     "labels": ["negative", "positive"], "versions": {...}, "version": 3}
+
+Every stage but the last is applied with ``transform``, the last with ``predict`` (and
+``predict_proba`` when it has one). A stage that is a scikit-learn Pipeline is unrolled
+into its steps, so ``predict`` and ``predict_proba`` share one pass of the transforms.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from records import InputSpec
+
+DEFAULT_MODEL_DIR = "/opt/model"
+UNVERSIONED = "unversioned"
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory is missing, incomplete or cannot be loaded here."""
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One label and one probability (None without predict_proba) per input, in order."""
+
+    labels: list[Any]
+    probabilities: list[float | None]
+
+
+@dataclass
+class Model:
+    """A loaded model: its identity, what it reads, and its stage chain."""
+
+    name: str
+    version: int | str
+    input: InputSpec
+    directory: Path
+    transforms: list[Any]
+    final: Any
+    labels: list[Any] | None
+    load_ms: float
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import numpy as np
+
+        self._np = np
+        self._has_proba = hasattr(self.final, "predict_proba")
+        classes = getattr(self.final, "classes_", None)
+        self._classes = None if classes is None else np.asarray(classes)
+        if self._classes is not None:
+            # classes_ is sorted for every scikit-learn classifier; the sorter keeps the
+            # label lookup exact for any estimator that does not sort.
+            self._sorter = np.argsort(self._classes, kind="stable")
+            names = self.labels if self.labels is not None else self._classes.tolist()
+            self._label_array = np.empty(len(names), dtype=object)
+            self._label_array[:] = names
+
+    def predict(self, inputs: Sequence[Any]) -> Predictions:
+        """Predict every input in one vectorized pass through the stages.
+
+        ``inputs`` are texts (text models) or rows of finite numbers in the model's column
+        order (feature models), as ``records.decode_event`` produces them.
+        """
+        count = len(inputs)
+        if count == 0:
+            return Predictions([], [])
+        np = self._np
+        features: Any = inputs if self.input.kind == "text" else np.asarray(inputs, np.float64)
+        from sklearn import config_context
+
+        # The inputs were validated record by record (finite numbers, strings), and the text
+        # stages cannot produce NaN: scikit-learn's finiteness check of every intermediate
+        # matrix is redundant, and costs about 7% of a 100-record text batch.
+        with config_context(assume_finite=True):
+            for stage in self.transforms:
+                features = stage.transform(features)
+            predicted = self.final.predict(features)
+            proba = self.final.predict_proba(features) if self._has_proba else None
+        if self._classes is None:
+            return Predictions(predicted.tolist(), [None] * count)
+        positions = np.searchsorted(self._classes, predicted, sorter=self._sorter)
+        index = self._sorter[positions]
+        labels = self._label_array[index].tolist()
+        if proba is None:
+            return Predictions(labels, [None] * count)
+        return Predictions(labels, proba[np.arange(count), index].tolist())
+
+
+def load(
+    directory: Path | str, *, input_field: str | None = None, version: str | None = None
+) -> Model:
+    """Load the model in ``directory``.
+
+    Args:
+        input_field: overrides the field the model reads (env INPUT_FIELD).
+        version: the version to report when the directory has no manifest (env MODEL_VERSION).
+
+    Raises:
+        ModelLoadError: with what is wrong and how to fix it.
+    """
+    started = time.perf_counter()
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelLoadError(
+            f"model directory {directory} does not exist: attach the model layer to the "
+            "function (its files unzip to /opt/model) or set MODEL_DIR to a directory "
+            "written by training/train.py"
+        )
+    manifest = directory / "manifest.json"
+    meta_path = manifest if manifest.is_file() else directory / "metadata.json"
+    if not meta_path.is_file():
+        raise ModelLoadError(
+            f"{directory} has neither manifest.json nor metadata.json: it is not a model "
+            "directory (training/train.py and mlayer build-model write one)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {meta_path}: {exc}") from None
+    if not isinstance(meta, Mapping):
+        raise ModelLoadError(f"{meta_path} holds {type(meta).__name__}, expected an object")
+
+    stage_names = meta.get("stages")
+    if (
+        not isinstance(stage_names, list)
+        or not stage_names
+        or not all(isinstance(name, str) and name for name in stage_names)
+    ):
+        raise ModelLoadError(f'{meta_path}: "stages" must be a non-empty list of file names')
+    spec = _input_spec(meta.get("input"), meta_path, input_field)
+    stages = [_load_stage(directory / name, meta) for name in stage_names]
+    caught = [message for _, message in stages if message]
+    transforms, final = _unroll([stage for stage, _ in stages], meta_path)
+
+    labels = _labels(final, meta.get("labels"), meta_path)
+    if manifest.is_file() and meta.get("version") is not None:
+        model_version: int | str = meta["version"]
+    else:
+        model_version = version or UNVERSIONED
+    name = meta.get("name") or Path(stage_names[-1]).stem
+    return Model(
+        name=str(name),
+        version=model_version,
+        input=spec,
+        directory=directory,
+        transforms=transforms,
+        final=final,
+        labels=labels,
+        load_ms=round((time.perf_counter() - started) * 1000, 2),
+        warnings=caught + _version_warnings(meta),
+    )
+
+
+def _input_spec(raw: Any, meta_path: Path, input_field: str | None) -> InputSpec:
+    if not isinstance(raw, Mapping) or raw.get("kind") not in ("text", "features"):
+        raise ModelLoadError(
+            f'{meta_path}: "input" must be {{"kind": "text", "field": ...}} or '
+            '{"kind": "features", "features": [...]}'
+        )
+    if raw["kind"] == "text":
+        text_field = input_field or raw.get("field") or "text"
+        return InputSpec(kind="text", field=str(text_field))
+    features = raw.get("features")
+    if (
+        not isinstance(features, list)
+        or not features
+        or not all(isinstance(name, str) and name for name in features)
+    ):
+        raise ModelLoadError(f'{meta_path}: "input.features" must be a non-empty list of names')
+    container = input_field or raw.get("field") or None
+    return InputSpec(kind="features", field=container, features=tuple(features))
+
+
+def _load_stage(path: Path, meta: Mapping[str, Any]) -> tuple[Any, str]:
+    if not path.is_file():
+        raise ModelLoadError(f"stage {path.name} is listed in the metadata but {path} is missing")
+    import joblib
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            stage = joblib.load(path)
+        except Exception as exc:  # unpickling runs arbitrary library code: any error
+            raise ModelLoadError(
+                f"cannot load {path}: {type(exc).__name__}: {exc}. {_version_hint(meta)}"
+            ) from exc
+    return stage, "; ".join(str(warning.message) for warning in caught)
+
+
+def _unroll(stages: list[Any], meta_path: Path) -> tuple[list[Any], Any]:
+    from sklearn.pipeline import Pipeline
+
+    flat: list[Any] = []
+    pending = list(stages)
+    while pending:
+        stage = pending.pop(0)
+        if isinstance(stage, Pipeline):
+            steps = [step for _, step in stage.steps if step is not None and step != "passthrough"]
+            pending[:0] = steps
+        else:
+            flat.append(stage)
+    *transforms, final = flat
+    for stage in transforms:
+        if not hasattr(stage, "transform"):
+            raise ModelLoadError(
+                f"{meta_path}: stage {type(stage).__name__} has no transform(); every stage "
+                "but the last must be a transformer"
+            )
+    if not hasattr(final, "predict"):
+        raise ModelLoadError(f"{meta_path}: the last stage {type(final).__name__} has no predict()")
+    return transforms, final
+
+
+def _labels(final: Any, labels: Any, meta_path: Path) -> list[Any] | None:
+    classes = getattr(final, "classes_", None)
+    if classes is None:
+        return None  # a regressor: the prediction is the label
+    if isinstance(classes, list):
+        raise ModelLoadError(
+            f"{meta_path}: {type(final).__name__} is a multi-output classifier; the function "
+            "serves one label per record"
+        )
+    if classes.dtype.kind in "US" or all(isinstance(value, str) for value in classes.tolist()):
+        return [str(value) for value in classes.tolist()]  # string classes are the labels
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or len(labels) != len(classes):
+        raise ModelLoadError(
+            f'{meta_path}: "labels" names {len(labels) if isinstance(labels, list) else 0} '
+            f"classes but the model has {len(classes)} ({list(classes)[:10]})"
+        )
+    return labels
+
+
+def _version_hint(meta: Mapping[str, Any]) -> str:
+    saved = meta.get("versions") if isinstance(meta.get("versions"), Mapping) else {}
+    try:
+        import sklearn
+
+        here = sklearn.__version__
+    except ImportError:
+        return "scikit-learn is not importable: attach the dependency layer to the function."
+    trained = saved.get("scikit-learn", "unknown") if saved else "unknown"
+    return (
+        f"It was saved with scikit-learn {trained}; this environment has {here}. Build the "
+        "dependency layer from the training pins (requirements.txt) or retrain."
+    )
+
+
+def _version_warnings(meta: Mapping[str, Any]) -> list[str]:
+    saved = meta.get("versions")
+    if not isinstance(saved, Mapping):
+        return []
+    import joblib
+    import numpy
+    import sklearn
+
+    here = {
+        "scikit-learn": sklearn.__version__,
+        "numpy": numpy.__version__,
+        "joblib": joblib.__version__,
+    }
+    return [
+        f"{package} {saved[package]} at training, {version} here"
+        for package, version in here.items()
+        if saved.get(package) and saved[package] != version
+    ]
+
+
+_LOADED: dict[tuple[str, str | None, str | None], Model] = {}
+
+
+def get_model(environ: Mapping[str, str] = os.environ) -> Model:
+    """The model of this execution environment, loaded at the first call and kept.
+
+    Keyed by MODEL_DIR / INPUT_FIELD / MODEL_VERSION, which never change inside a Lambda
+    execution environment; tests that change them get a fresh load.
+    """
+    key = (
+        environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR,
+        environ.get("INPUT_FIELD") or None,
+        environ.get("MODEL_VERSION") or None,
+    )
+    model = _LOADED.get(key)
+    if model is None:
+        model = load(key[0], input_field=key[1], version=key[2])
+        _LOADED.clear()
+        _LOADED[key] = model
+    return model

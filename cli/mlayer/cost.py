@@ -1141,15 +1141,13 @@ def fetch_reports(
     group = log_group_for(function)
     end = now or datetime.now(UTC)
     start_ms = int((end - since).timestamp() * 1000)
-    end_ms = int(end.timestamp() * 1000)
     paginator = logs.get_paginator("filter_log_events")
     config: dict[str, int] = {"PageSize": page_size} if page_size else {}
     reports: list[Report] = []
     try:
         for page in paginator.paginate(
             logGroupName=group,
-            startTime=start_ms,
-            endTime=end_ms,
+            startTime=start_ms,  # no endTime: the newest lines count too, whatever the clocks
             filterPattern=REPORT_FILTER_PATTERN,
             PaginationConfig=config,
         ):

@@ -955,6 +955,12 @@ def publish_model(
         bucket=bucket, progress=progress,
     )  # fmt: skip
     new_layers = relinked(current, layer.arn)
+    budget.parts = [
+        BudgetPart(f"layer {layer_name}:{layer.version} (model)", p.unzipped_bytes)
+        if p is share
+        else p
+        for p in budget.parts
+    ]
     new_model = models.ref(layer.arn)
     rollout = Rollout(
         function=function_name(function),

@@ -431,7 +431,7 @@ def _render_status(s: Any) -> None:
     if s.environment:
         env = ", ".join(f"{k}={v}" for k, v in sorted(s.environment.items()))
         console.print(f"  environment: {env}", highlight=False)
-    table = Table(title="Linked layers (in order)", title_justify="left")
+    table = Table(title="Layers linked to $LATEST, in order", title_justify="left")
     for column in ("#", "layer", "version", "kind", "sha256", "unzipped", "zipped"):
         table.add_column(column)
     for i, layer in enumerate(s.layers, 1):

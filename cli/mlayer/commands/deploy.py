@@ -1,0 +1,313 @@
+"""deploy-function and trigger. Thin: parse options, call one function of mlayer.deploy,
+render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlayer import options
+
+
+def _env_pairs(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", ctx=ctx, param=param)
+        env[key] = value
+    return env
+
+
+def _destination(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = value.split(":")
+    if len(parts) < 6 or parts[0] != "arn" or parts[2] not in ("sqs", "sns", "s3"):
+        raise click.BadParameter(
+            f"{value!r} is not an SQS queue, SNS topic or S3 bucket ARN "
+            "(e.g. arn:aws:sqs:us-east-1:123456789012:scorer-failures)",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
+def _require_function(function: str | None) -> str:
+    if not function:
+        raise click.UsageError(
+            "Missing option '--function' (or MLAYER_FUNCTION, or function = ... in mlayer.toml)."
+        )
+    return function
+
+
+@click.command("deploy-function")
+@options.function
+@click.option(
+    "--function-dir",
+    type=click.Path(file_okay=False, path_type=str),
+    default="function",
+    show_default=True,
+    help="Directory holding lambda_function.py (zipped without caches).",
+)
+@options.role
+@options.runtime
+@options.arch
+@click.option(
+    "--memory",
+    type=click.IntRange(128, 10_240),
+    metavar="MB",
+    help="Memory (128-10,240 MB; CPU grows with it) [default: 512 on create, else unchanged].",
+)
+@click.option(
+    "--timeout",
+    type=click.IntRange(1, 900),
+    metavar="SECONDS",
+    help="Timeout (1-900 s) [default: 60 on create, else unchanged].",
+)
+@click.option(
+    "--env",
+    "environment",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_env_pairs,
+    help="Environment variable, repeatable (OUTPUT_TABLE, OUTPUT_STREAM, DEAD_LETTER_QUEUE_URL, "
+    "INPUT_FIELD, ...); merged into the existing ones, KEY= removes one.",
+)
+@options.deps_layer
+@options.model_layer
+@options.alias
+@options.layers_dir
+@click.pass_obj
+def deploy_function(
+    settings: Any,
+    function: str | None,
+    function_dir: str,
+    role: str | None,
+    runtime: str | None,
+    arch: str,
+    memory: int | None,
+    timeout: int | None,
+    environment: dict[str, str],
+    deps_layer: str | None,
+    model_layer: str | None,
+    alias: str | None,
+    layers_dir: str,
+) -> None:
+    """Create or update the function from function/, with its layers linked.
+
+    Handler lambda_function.lambda_handler; the runtime defaults to the dependency layer's.
+    Linked: the newest published dependency layer version for the runtime and
+    architecture, and the model layer (kept on update, else the newest published). Waits
+    until the function is Active / its update Successful. --role is needed to create it
+    (on a local endpoint such as moto_server, mlayer makes a stand-in role when omitted).
+    With --alias, publishes a version and points the alias at it.
+
+    \b
+    Example:
+      mlayer deploy-function --function scorer --role arn:aws:iam::123456789012:role/scorer \\
+        --env OUTPUT_TABLE=predictions --env DEAD_LETTER_QUEUE_URL=https://sqs...
+      mlayer deploy-function --function scorer --memory 1024 --alias live
+    """
+    from mlayer.archive import mb
+    from mlayer.deploy import deploy_function as deploy
+    from mlayer.publish import default_layer_name
+
+    function = _require_function(function)
+    result = deploy(
+        settings.client("lambda"),
+        function=function,
+        function_dir=Path(function_dir),
+        role=role,
+        runtime=runtime,
+        arch=arch,
+        memory_mb=memory,
+        timeout_s=timeout,
+        environment=environment,
+        deps_layer=deps_layer or default_layer_name(function, "deps"),
+        model_layer=model_layer or default_layer_name(function, "model"),
+        layers_dir=Path(layers_dir),
+        alias=alias,
+        local_iam=settings.client("iam") if settings.is_local and not role else None,
+    )
+    verb = "Created" if result.created else "Updated"
+    code = "new code" if result.code_changed else "code unchanged"
+    click.echo(f"{verb} {result.function} ({result.arn}): {code}, {mb(result.code_bytes)} zipped")
+    click.echo(
+        f"  {result.runtime} {result.arch}, {result.memory_mb} MB, timeout {result.timeout_s} s, "
+        f"handler lambda_function.lambda_handler, role {result.role}"
+    )
+    if result.environment:
+        env = ", ".join(f"{k}={v}" for k, v in sorted(result.environment.items()))
+        click.echo(f"  environment: {env}")
+    click.echo("  layers:" if result.layers else "  layers: none")
+    for arn in result.layers:
+        click.echo(f"    {arn}")
+    click.echo(f"  size: {result.budget.describe()}")
+    if result.alias:
+        click.echo(f"  alias {result.alias} -> version {result.function_version}")
+    for note in result.notes:
+        click.echo(f"Note: {note}")
+
+
+@click.command()
+@options.function
+@options.alias
+@click.option(
+    "--stream",
+    required=True,
+    metavar="ARN|NAME",
+    help="Kinesis stream or DynamoDB stream ARN; a DynamoDB table name resolves to its stream, "
+    "a Kinesis stream name to its ARN.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 10_000),
+    default=100,
+    show_default=True,
+    help="Records per invocation.",
+)
+@click.option(
+    "--starting-position",
+    type=click.Choice(["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]),
+    help="Where a new mapping starts reading [default: TRIM_HORIZON: nothing already in the "
+    "stream is skipped; outputs are keyed by record, so rereading is harmless]. Fixed once created.",
+)
+@click.option(
+    "--starting-timestamp",
+    type=float,
+    metavar="EPOCH_SECONDS",
+    help="With --starting-position AT_TIMESTAMP.",
+)
+@click.option(
+    "--bisect/--no-bisect",
+    default=True,
+    show_default=True,
+    help="Split a batch in two when the function fails as a whole, to isolate a bad record.",
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(-1, 10_000),
+    default=10,
+    show_default=True,
+    help="Retries of a failing batch before its metadata goes to --on-failure (-1: until the "
+    "records expire, blocking the shard); 10 lets bisect isolate one record of 100.",
+)
+@click.option(
+    "--max-record-age",
+    type=click.IntRange(-1, 604_800),
+    default=86_400,
+    show_default=True,
+    metavar="SECONDS",
+    help="Skip records older than this (-1: never); a day matches the streams' default retention.",
+)
+@click.option(
+    "--batching-window",
+    type=click.IntRange(0, 300),
+    metavar="SECONDS",
+    help="Wait up to this long to fill a batch [default: Lambda's, 0].",
+)
+@click.option(
+    "--parallelization",
+    type=click.IntRange(1, 10),
+    metavar="N",
+    help="Concurrent batches per shard, in order per partition key [default: Lambda's, 1].",
+)
+@click.option(
+    "--on-failure",
+    metavar="ARN",
+    callback=_destination,
+    help="SQS queue or SNS topic (or S3 bucket) receiving the metadata of batches given up on.",
+)
+@click.option(
+    "--report-failures/--no-report-failures",
+    default=True,
+    show_default=True,
+    help="ReportBatchItemFailures: retry from the first failed record, not the whole batch.",
+)
+@click.option("--enable/--disable", "enabled", default=None, help="Turn the mapping on or off.")
+@click.pass_obj
+def trigger(
+    settings: Any,
+    function: str | None,
+    alias: str | None,
+    stream: str,
+    batch_size: int,
+    starting_position: str | None,
+    starting_timestamp: float | None,
+    bisect: bool,
+    max_retries: int,
+    max_record_age: int,
+    batching_window: int | None,
+    parallelization: int | None,
+    on_failure: str | None,
+    report_failures: bool,
+    enabled: bool | None,
+) -> None:
+    """Create or update the stream trigger (event source mapping) of the alias or function.
+
+    Safe defaults: batches of 100, ReportBatchItemFailures, bisect on function error, 10
+    retries, records up to a day old, TRIM_HORIZON; flags override each. An existing mapping
+    of the stream to the function is updated (and moved to --alias).
+
+    \b
+    Example:
+      mlayer trigger --function scorer --alias live --stream arn:aws:kinesis:...:stream/reviews
+      mlayer trigger --function scorer --alias live --stream reviews-table \\
+        --on-failure arn:aws:sqs:us-east-1:123456789012:scorer-failures
+    """
+    from mlayer.deploy import TriggerSettings
+    from mlayer.deploy import trigger as make_trigger
+
+    function = _require_function(function)
+    result = make_trigger(
+        settings.client("lambda"),
+        settings.client("kinesis"),
+        settings.client("dynamodb"),
+        function=function,
+        stream=stream,
+        alias=alias,
+        settings=TriggerSettings(
+            batch_size=batch_size,
+            starting_position=starting_position,
+            starting_position_timestamp=starting_timestamp,
+            bisect_on_error=bisect,
+            maximum_retry_attempts=max_retries,
+            maximum_record_age_s=max_record_age,
+            batching_window_s=batching_window,
+            parallelization_factor=parallelization,
+            on_failure=on_failure,
+            report_batch_item_failures=report_failures,
+            enabled=enabled,
+        ),
+    )
+    verb = "Created" if result.created else "Updated"
+    moved = f" (moved from {result.moved_from})" if result.moved_from else ""
+    click.echo(f"{verb} the {result.stream_kind} trigger of {result.target}{moved}:")
+    m = result.mapping
+    on_failure_dest = ((m.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination")
+    rows = [
+        ("UUID", m.get("UUID")),
+        ("EventSourceArn", m.get("EventSourceArn")),
+        ("FunctionArn", m.get("FunctionArn")),
+        ("State", m.get("State")),
+        ("StartingPosition", m.get("StartingPosition")),
+        ("BatchSize", m.get("BatchSize")),
+        ("MaximumBatchingWindowInSeconds", m.get("MaximumBatchingWindowInSeconds")),
+        ("ParallelizationFactor", m.get("ParallelizationFactor")),
+        ("FunctionResponseTypes", ", ".join(m.get("FunctionResponseTypes") or []) or None),
+        ("BisectBatchOnFunctionError", m.get("BisectBatchOnFunctionError")),
+        ("MaximumRetryAttempts", m.get("MaximumRetryAttempts")),
+        ("MaximumRecordAgeInSeconds", m.get("MaximumRecordAgeInSeconds")),
+        ("OnFailure", on_failure_dest),
+    ]
+    for key, value in rows:
+        if value is not None:
+            click.echo(f"  {key}: {value}")
+
+
+COMMANDS = [deploy_function, trigger]

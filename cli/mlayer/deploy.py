@@ -1,0 +1,630 @@
+"""deploy-function (create or update the function from function/) and trigger (its stream
+event source mapping).
+
+Both take boto3 clients and return dataclasses; nothing prints. Updates go through
+:func:`mlayer.publish.update_configuration`, which waits for the function to settle before
+and after and retries while another update is in progress.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlayer.archive import DIRECT_UPLOAD_LIMIT, Budget, iter_files, mb, write_zip
+from mlayer.errors import ConfigError, NotFoundError
+from mlayer.publish import (
+    DEFAULT_PACE,
+    Pace,
+    call_with_backoff,
+    check_budget,
+    find_layer,
+    function_description,
+    function_name,
+    get_alias,
+    get_configuration,
+    get_layer_version,
+    layer_arns,
+    list_layer_versions,
+    parse_description,
+    parse_version_description,
+    publish_function_version,
+    relinked,
+    update_configuration,
+    version_description,
+    wait_active,
+    wait_updated,
+)
+
+HANDLER = "lambda_function.lambda_handler"
+# 512 MB: the measured function peaks near 150 MB, but Lambda gives CPU in proportion to
+# memory and the cold start (numpy/scipy/scikit-learn imports) is CPU-bound.
+DEFAULT_MEMORY_MB = 512
+# A batch of 100 predicts in milliseconds; 60 s leaves room for a cold start and slow sinks.
+DEFAULT_TIMEOUT_S = 60
+LOCAL_ROLE_NAME = "mlayer-local-lambda-role"
+# Not shipped: bytecode of the build machine's Python, test and tool caches.
+_SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests"}
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+@dataclass
+class Deployment:
+    """What deploy-function did."""
+
+    function: str
+    arn: str
+    created: bool
+    runtime: str
+    arch: str
+    memory_mb: int
+    timeout_s: int
+    role: str
+    layers: list[str]
+    environment: dict[str, str]
+    code_sha256: str
+    code_bytes: int
+    code_unzipped_bytes: int
+    code_changed: bool
+    budget: Budget
+    alias: str | None = None
+    function_version: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FunctionZip:
+    """The function's code as a deterministic zip, in memory."""
+
+    data: bytes
+    sha256: str
+    unzipped_bytes: int
+    files: list[str]
+
+    @property
+    def code_sha256_b64(self) -> str:
+        """The zip's sha256 as Lambda reports CodeSha256 (base64 of the digest)."""
+        return base64.b64encode(bytes.fromhex(self.sha256)).decode()
+
+
+def zip_function(function_dir: Path) -> FunctionZip:
+    """Zip ``function_dir`` deterministically (archive.write_zip), without caches.
+
+    Raises:
+        NotFoundError: no such directory, or no lambda_function.py in it.
+    """
+    if not (function_dir / "lambda_function.py").is_file():
+        raise NotFoundError(
+            f"{function_dir}/lambda_function.py not found; run from the project root or pass "
+            "--function-dir DIR (the directory holding the handler)"
+        )
+    pairs = [
+        (path, path.relative_to(function_dir).as_posix())
+        for path in iter_files(function_dir)
+        if not _SKIP_DIRS.intersection(path.relative_to(function_dir).parts[:-1])
+        and not path.name.endswith(_SKIP_SUFFIXES)
+    ]
+    with tempfile.TemporaryDirectory(prefix="mlayer-function-") as tmp:
+        result = write_zip(pairs, Path(tmp) / "function.zip")
+        data = result.path.read_bytes()
+    if len(data) > DIRECT_UPLOAD_LIMIT:
+        raise ConfigError(
+            f"{function_dir} zips to {mb(len(data))}, over the 50 MB direct-upload limit; "
+            "move dependencies into the dependency layer (requirements.txt, mlayer build-deps)"
+        )
+    return FunctionZip(
+        data=data,
+        sha256=result.sha256,
+        unzipped_bytes=result.unzipped_bytes,
+        files=sorted(name for _, name in pairs),
+    )
+
+
+def ensure_local_role(iam: Any) -> str:
+    """A role for the local endpoint, which checks that a function's role exists in its IAM."""
+    try:
+        return str(iam.get_role(RoleName=LOCAL_ROLE_NAME)["Role"]["Arn"])
+    except Exception as exc:
+        if "NoSuchEntity" not in str(exc):
+            raise
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "lambda.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = iam.create_role(RoleName=LOCAL_ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))
+    return str(role["Role"]["Arn"])
+
+
+def newest_deps_version(
+    lam: Any, layer_name: str, runtime: str | None, arch: str
+) -> dict[str, Any] | None:
+    """The newest published deps layer version for ``runtime`` (any, when None) and ``arch``."""
+    for version in list_layer_versions(lam, layer_name):
+        record = parse_description(version.get("Description"))
+        if record is None or record.kind != "deps":
+            continue
+        if record.arch not in (None, arch):
+            continue
+        if runtime and record.runtime not in (None, runtime):
+            continue
+        return version
+    return None
+
+
+def _default_runtime(lam: Any, deps_layer: str, arch: str, layers_dir: Path) -> str | None:
+    published = newest_deps_version(lam, deps_layer, None, arch)
+    if published is not None:
+        record = parse_description(published.get("Description"))
+        if record and record.runtime:
+            return record.runtime
+    runtimes = set()
+    for sidecar in layers_dir.glob(f"deps-*-{arch}.json"):
+        try:
+            runtime = json.loads(sidecar.read_text(encoding="utf-8")).get("runtime")
+        except (OSError, json.JSONDecodeError):
+            continue
+        if runtime:
+            runtimes.add(str(runtime))
+    return runtimes.pop() if len(runtimes) == 1 else None
+
+
+def _exists(lam: Any, function: str) -> dict[str, Any] | None:
+    try:
+        return get_configuration(lam, function)
+    except NotFoundError:
+        return None
+
+
+def deploy_function(
+    lam: Any,
+    *,
+    function: str,
+    function_dir: Path,
+    role: str | None,
+    runtime: str | None,
+    arch: str,
+    memory_mb: int | None,
+    timeout_s: int | None,
+    environment: dict[str, str],
+    deps_layer: str,
+    model_layer: str,
+    layers_dir: Path,
+    alias: str | None = None,
+    local_iam: Any | None = None,
+    pace: Pace = DEFAULT_PACE,
+) -> Deployment:
+    """Create or update ``function`` from ``function_dir`` with its layers linked.
+
+    The runtime defaults to the dependency layer's (published, else built). Linked: the
+    newest published dependency layer version for that runtime and architecture, and the
+    model layer (the one already linked on update, else the newest published). On update,
+    ``environment`` is merged into the existing variables (an empty value removes one), and
+    memory / timeout / role keep their values unless given. Waits until the function is
+    Active (create) or its update Successful. With ``alias``: publishes a version and points
+    the alias at it. ``local_iam`` (an IAM client of a local endpoint) provides a stand-in
+    role when none is given.
+
+    Raises:
+        ConfigError: no role to create with, or no runtime to choose.
+        BudgetError: over 5 layers or 250 MB unzipped.
+    """
+    name = function_name(function)
+    existing = _exists(lam, function)
+    code = zip_function(function_dir)
+    notes: list[str] = []
+    if runtime is None:
+        runtime = _default_runtime(lam, deps_layer, arch, layers_dir) or (
+            existing.get("Runtime") if existing else None
+        )
+        if runtime is None:
+            raise ConfigError(
+                f"no runtime to deploy {name} with: pass --runtime (no dependency layer "
+                f"{deps_layer} is published and no single build in {layers_dir}/ to take it from)"
+            )
+
+    current = layer_arns(existing) if existing else []
+    deps = newest_deps_version(lam, deps_layer, runtime, arch)
+    layers = list(current)
+    if deps is not None:
+        if find_layer(layers, deps_layer) is None:
+            layers.insert(0, deps["LayerVersionArn"])
+        else:
+            layers = relinked(layers, deps["LayerVersionArn"])
+    else:
+        notes.append(
+            f"no version of {deps_layer} published for {runtime} {arch}: the function cannot "
+            f"import scikit-learn until you run `mlayer build-deps --runtime {runtime} --arch "
+            f"{arch}` and `mlayer publish-deps`, then deploy again"
+        )
+    if find_layer(layers, model_layer) is None:
+        models = list_layer_versions(lam, model_layer)
+        if models:
+            layers.append(models[0]["LayerVersionArn"])
+        else:
+            notes.append(f"no model layer published yet ({model_layer}): run mlayer publish-model")
+
+    env = dict(((existing or {}).get("Environment") or {}).get("Variables", {}))
+    for key, value in environment.items():
+        if value == "":
+            env.pop(key, None)
+        else:
+            env[key] = value
+
+    description = function_description(code.sha256, code.unzipped_bytes)
+    planned = dict(existing or {})
+    planned.update({"FunctionName": name, "Description": description})
+    budget = check_budget(lam, planned, layers)
+
+    if existing is None:
+        if not role and local_iam is not None:
+            role = ensure_local_role(local_iam)
+            notes.append(f"created with the local endpoint's stand-in role {role}")
+        if not role:
+            raise ConfigError(
+                f"function {name} does not exist yet: creating it needs --role ARN, an IAM role "
+                "Lambda can assume with read access to the stream (e.g. the managed policy "
+                "AWSLambdaKinesisExecutionRole or AWSLambdaDynamoDBExecutionRole)"
+            )
+        memory = memory_mb or DEFAULT_MEMORY_MB
+        timeout = timeout_s or DEFAULT_TIMEOUT_S
+        result = lam.create_function(
+            FunctionName=name,
+            Runtime=runtime,
+            Role=role,
+            Handler=HANDLER,
+            Code={"ZipFile": code.data},
+            Description=description,
+            Timeout=timeout,
+            MemorySize=memory,
+            Environment={"Variables": env},
+            Architectures=[arch],
+            Layers=layers,
+            PackageType="Zip",
+        )
+        wait_active(lam, name, pace)
+        code_changed = True
+    else:
+        memory = memory_mb or int(existing.get("MemorySize") or DEFAULT_MEMORY_MB)
+        timeout = timeout_s or int(existing.get("Timeout") or DEFAULT_TIMEOUT_S)
+        role = role or str(existing.get("Role"))
+        old_arch = (existing.get("Architectures") or ["x86_64"])[0]
+        code_changed = existing.get("CodeSha256") != code.code_sha256_b64 or old_arch != arch
+        if code_changed:
+            wait_updated(lam, name, pace)
+            call_with_backoff(
+                lambda: lam.update_function_code(
+                    FunctionName=name, ZipFile=code.data, Architectures=[arch]
+                ),
+                lam,
+                name,
+                pace,
+            )
+        result = update_configuration(
+            lam,
+            name,
+            pace,
+            Runtime=runtime,
+            Role=role,
+            Handler=HANDLER,
+            Description=description,
+            Timeout=timeout,
+            MemorySize=memory,
+            Environment={"Variables": env},
+            Layers=layers,
+        )
+    deployment = Deployment(
+        function=name,
+        arn=str(result.get("FunctionArn", "")).split(":$LATEST")[0],
+        created=existing is None,
+        runtime=runtime,
+        arch=arch,
+        memory_mb=memory,
+        timeout_s=timeout,
+        role=str(role),
+        layers=layers,
+        environment=env,
+        code_sha256=code.sha256,
+        code_bytes=len(code.data),
+        code_unzipped_bytes=code.unzipped_bytes,
+        code_changed=code_changed,
+        budget=budget,
+        notes=notes,
+    )
+    if alias:
+        _point_alias(lam, name, alias, model_layer, layers, deployment, pace)
+    return deployment
+
+
+def _point_alias(
+    lam: Any,
+    function: str,
+    alias: str,
+    model_layer: str,
+    layers: list[str],
+    deployment: Deployment,
+    pace: Pace,
+) -> None:
+    # Record the model this version carries, as publish-model does, so that rollback can
+    # still name it after its layer version is deleted.
+    description = "mlayer deploy-function"
+    model_arn = find_layer(layers, model_layer)
+    if model_arn is not None:
+        version = get_layer_version(lam, model_arn)
+        record = parse_description((version or {}).get("Description"))
+        if record and record.name and record.version is not None:
+            description = version_description(record.name, record.version)
+    new_version = publish_function_version(lam, function, description, pace)
+    current = get_alias(lam, function, alias)
+    if current is None:
+        lam.create_alias(FunctionName=function, Name=alias, FunctionVersion=new_version)
+    elif str(current["FunctionVersion"]) != new_version or current.get("RoutingConfig"):
+        lam.update_alias(
+            FunctionName=function,
+            Name=alias,
+            FunctionVersion=new_version,
+            RoutingConfig={"AdditionalVersionWeights": {}},
+        )
+    deployment.alias = alias
+    deployment.function_version = new_version
+    if parse_version_description(description) is None:
+        deployment.notes.append(f"alias {alias} -> version {new_version}, which has no model layer")
+
+
+# --------------------------------------------------------------------------------------
+# trigger
+
+
+STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
+
+
+@dataclass(frozen=True)
+class TriggerSettings:
+    """Event source mapping settings; None leaves a setting as it is on update.
+
+    Defaults, and why:
+    - batch_size 100: Lambda's default; a batch of 100 predicts in about a millisecond, so
+      larger batches mostly add latency per record.
+    - report_batch_item_failures: the function reports failed records by sequence number,
+      so Lambda retries from the first failure instead of the whole batch.
+    - bisect on function error: a whole-batch error (a record the function cannot even
+      decode, a timeout) is split in two until the culprit is isolated.
+    - maximum_retry_attempts 10: enough for bisecting a batch of 100 down to one record
+      (7 halvings) plus a few transient failures, while a poison batch stops blocking its
+      shard after that instead of Lambda's default of retrying until the record expires.
+    - maximum_record_age_s 86,400: the default retention of Kinesis and DynamoDB Streams,
+      so an outage shorter than a day never drops records for age, and a stream with longer
+      retention is not ground through week-old data.
+    - starting position TRIM_HORIZON (on create; it cannot change later): nothing already
+      in the stream is skipped, and the function's outputs are keyed by record identity,
+      so reading older records again is harmless. LATEST would silently skip what producers
+      wrote before the mapping existed.
+    """
+
+    batch_size: int | None = 100
+    starting_position: str | None = None
+    starting_position_timestamp: float | None = None
+    bisect_on_error: bool | None = True
+    maximum_retry_attempts: int | None = 10
+    maximum_record_age_s: int | None = 86_400
+    batching_window_s: int | None = None
+    parallelization_factor: int | None = None
+    on_failure: str | None = None
+    report_batch_item_failures: bool = True
+    enabled: bool | None = None
+
+
+DEFAULT_TRIGGER = TriggerSettings()
+
+
+@dataclass
+class Trigger:
+    """What trigger did, and the mapping as Lambda reports it."""
+
+    stream_arn: str
+    stream_kind: str  # "kinesis" | "dynamodb"
+    target: str
+    created: bool
+    mapping: dict[str, Any]
+    moved_from: str | None = None
+
+
+def stream_kind(arn: str) -> str | None:
+    """ "kinesis" or "dynamodb" for a stream ARN; None for anything else."""
+    parts = arn.split(":")
+    if len(parts) < 6:
+        return None
+    if parts[2] == "kinesis" and parts[5].startswith("stream/"):
+        return "kinesis"
+    if parts[2] == "dynamodb" and "/stream/" in parts[5]:
+        return "dynamodb"
+    return None
+
+
+def resolve_stream(kinesis: Any, dynamodb: Any, stream: str) -> tuple[str, str]:
+    """(stream ARN, kind) for a stream ARN, a DynamoDB table (name or ARN) or a Kinesis name.
+
+    Raises:
+        NotFoundError: neither a Kinesis stream nor a DynamoDB table of that name exists.
+        ConfigError: the table has no stream, or the name is both.
+    """
+    kind = stream_kind(stream)
+    if kind:
+        return stream, kind
+    if stream.startswith("arn:"):
+        parts = stream.split(":")
+        if parts[2] == "dynamodb" and parts[5].startswith("table/"):
+            return _table_stream(dynamodb, parts[5].split("/")[1]), "dynamodb"
+        raise ConfigError(
+            f"{stream} is not a Kinesis stream or DynamoDB stream ARN "
+            "(arn:aws:kinesis:...:stream/NAME or arn:aws:dynamodb:...:table/T/stream/LABEL)"
+        )
+    kinesis_arn = None
+    try:
+        summary = kinesis.describe_stream_summary(StreamName=stream)
+        kinesis_arn = summary["StreamDescriptionSummary"]["StreamARN"]
+    except Exception as exc:
+        if "ResourceNotFoundException" not in str(exc):
+            raise
+    table_arn = None
+    with contextlib.suppress(NotFoundError):
+        table_arn = _table_stream(dynamodb, stream)
+    if kinesis_arn and table_arn:
+        raise ConfigError(
+            f"{stream} names both a Kinesis stream and a DynamoDB table; pass the stream ARN"
+        )
+    if kinesis_arn:
+        return kinesis_arn, "kinesis"
+    if table_arn:
+        return table_arn, "dynamodb"
+    raise NotFoundError(
+        f"no Kinesis stream or DynamoDB table named {stream} in {kinesis.meta.region_name}; "
+        "check --region, or pass the stream ARN"
+    )
+
+
+def _table_stream(dynamodb: Any, table: str) -> str:
+    try:
+        description = dynamodb.describe_table(TableName=table)["Table"]
+    except Exception as exc:
+        if "ResourceNotFoundException" in str(exc):
+            raise NotFoundError(f"no DynamoDB table named {table}") from exc
+        raise
+    arn = description.get("LatestStreamArn")
+    enabled = (description.get("StreamSpecification") or {}).get("StreamEnabled")
+    if not arn or enabled is False:
+        raise ConfigError(
+            f"DynamoDB table {table} has no stream; enable one: aws dynamodb update-table "
+            f"--table-name {table} --stream-specification "
+            "StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES"
+        )
+    return str(arn)
+
+
+def _mapping_function(mapping: dict[str, Any]) -> tuple[str, str | None]:
+    parts = str(mapping.get("FunctionArn", "")).split(":")
+    return (parts[6] if len(parts) > 6 else "", parts[7] if len(parts) > 7 else None)
+
+
+def trigger(
+    lam: Any,
+    kinesis: Any,
+    dynamodb: Any,
+    *,
+    function: str,
+    stream: str,
+    alias: str | None = None,
+    settings: TriggerSettings = DEFAULT_TRIGGER,
+    pace: Pace = DEFAULT_PACE,
+) -> Trigger:
+    """Create or update the event source mapping from ``stream`` to the alias (or function).
+
+    An existing mapping of this stream to the function (any qualifier) is updated, and moved
+    to the alias when one is given.
+
+    Raises:
+        NotFoundError: no such function, alias or stream.
+        ConfigError: a starting position different from the existing mapping's.
+    """
+    name = function_name(function)
+    get_configuration(lam, name)
+    if alias and get_alias(lam, name, alias) is None:
+        raise NotFoundError(
+            f"function {name} has no alias {alias}; create it with mlayer publish-model "
+            f"--alias {alias} (or mlayer deploy-function --alias {alias}), or drop --alias to "
+            "trigger $LATEST"
+        )
+    target = f"{name}:{alias}" if alias else name
+    stream_arn, kind = resolve_stream(kinesis, dynamodb, stream)
+
+    mappings: list[dict[str, Any]] = []
+    for page in lam.get_paginator("list_event_source_mappings").paginate(EventSourceArn=stream_arn):
+        mappings.extend(page.get("EventSourceMappings", []))
+    ours = [m for m in mappings if _mapping_function(m)[0] == name]
+    ours.sort(key=lambda m: _mapping_function(m)[1] != alias)
+
+    common: dict[str, Any] = {}
+    if settings.batch_size is not None:
+        common["BatchSize"] = settings.batch_size
+    if settings.bisect_on_error is not None:
+        common["BisectBatchOnFunctionError"] = settings.bisect_on_error
+    if settings.maximum_retry_attempts is not None:
+        common["MaximumRetryAttempts"] = settings.maximum_retry_attempts
+    if settings.maximum_record_age_s is not None:
+        common["MaximumRecordAgeInSeconds"] = settings.maximum_record_age_s
+    if settings.batching_window_s is not None:
+        common["MaximumBatchingWindowInSeconds"] = settings.batching_window_s
+    if settings.parallelization_factor is not None:
+        common["ParallelizationFactor"] = settings.parallelization_factor
+    if settings.on_failure:
+        common["DestinationConfig"] = {"OnFailure": {"Destination": settings.on_failure}}
+    if settings.enabled is not None:
+        common["Enabled"] = settings.enabled
+    common["FunctionResponseTypes"] = (
+        ["ReportBatchItemFailures"] if settings.report_batch_item_failures else []
+    )
+
+    if ours:
+        existing = ours[0]
+        position = existing.get("StartingPosition")
+        if settings.starting_position and position and settings.starting_position != position:
+            raise ConfigError(
+                f"the mapping {existing['UUID']} from this stream starts at {position}; Lambda "
+                "cannot change a mapping's starting position: delete it (aws lambda "
+                f"delete-event-source-mapping --uuid {existing['UUID']}) and run trigger again"
+            )
+        moved_from = None
+        fn, qualifier = _mapping_function(existing)
+        if qualifier != alias:
+            moved_from = f"{fn}:{qualifier}" if qualifier else fn
+        _wait_mapping(lam, existing["UUID"], pace)
+        mapping = call_with_backoff(
+            lambda: lam.update_event_source_mapping(
+                UUID=existing["UUID"], FunctionName=target, **common
+            ),
+            lam,
+            name,
+            pace,
+        )
+        mapping = _wait_mapping(lam, existing["UUID"], pace) or mapping
+        return Trigger(stream_arn, kind, target, False, _clean(mapping), moved_from)
+
+    position = settings.starting_position or "TRIM_HORIZON"
+    create: dict[str, Any] = {
+        "EventSourceArn": stream_arn,
+        "FunctionName": target,
+        "StartingPosition": position,
+        **common,
+    }
+    if position == "AT_TIMESTAMP":
+        if settings.starting_position_timestamp is None:
+            raise ConfigError("--starting-position AT_TIMESTAMP needs --starting-timestamp")
+        create["StartingPositionTimestamp"] = settings.starting_position_timestamp
+    mapping = lam.create_event_source_mapping(**create)
+    mapping = _wait_mapping(lam, mapping["UUID"], pace) or mapping
+    return Trigger(stream_arn, kind, target, True, _clean(mapping))
+
+
+def _wait_mapping(lam: Any, uuid: str, pace: Pace) -> dict[str, Any] | None:
+    """Wait while the mapping is Creating / Updating / Enabling (updates fail meanwhile)."""
+    mapping: dict[str, Any] | None = None
+    for _ in range(pace.waiter_attempts):
+        mapping = lam.get_event_source_mapping(UUID=uuid)
+        if mapping.get("State") not in ("Creating", "Updating", "Enabling", "Disabling"):
+            return mapping
+        pace.sleep(pace.waiter_delay)
+    return mapping
+
+
+def _clean(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in mapping.items() if k != "ResponseMetadata"}

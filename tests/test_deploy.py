@@ -1,0 +1,418 @@
+"""deploy-function and trigger through the CLI against moto, checking AWS state afterwards."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from click.testing import CliRunner, Result
+from fake_layers import layer_list, layer_version_arn, role_arn, write_deps_build, write_model_build
+from moto import mock_aws
+
+from mlayer.cli import cli
+from mlayer.deploy import deploy_function, zip_function
+
+REGION = "us-east-1"
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture
+def aws() -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        yield {
+            service: boto3.client(service, region_name=REGION)
+            for service in ("lambda", "iam", "kinesis", "dynamodb", "sqs")
+        }
+
+
+@pytest.fixture
+def function_dir(tmp_path: Path) -> Path:
+    src = tmp_path / "function"
+    src.mkdir()
+    (src / "lambda_function.py").write_text("def lambda_handler(event, context):\n    return 1\n")
+    (src / "records.py").write_text("X = 1\n")
+    (src / "__pycache__").mkdir()
+    (src / "__pycache__" / "records.cpython-311.pyc").write_bytes(b"\0" * 10)
+    (src / "tests").mkdir()
+    (src / "tests" / "test_x.py").write_text("")
+    return src
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> Path:
+    return tmp_path / "layers"
+
+
+@pytest.fixture
+def published(aws: dict[str, Any], layers: Path) -> dict[str, Any]:
+    """Given: deps (python3.11) and model v1 published."""
+    write_deps_build(layers)
+    assert run("publish-deps", "--function", "scorer", "--layers-dir", str(layers)).exit_code == 0
+    lam = aws["lambda"]
+    lam.publish_layer_version(
+        LayerName="scorer-model",
+        Description=_model_description(layers, 1),
+        Content={"ZipFile": write_model_build(layers, 1).read_bytes()},
+    )
+    return aws
+
+
+def _model_description(layers: Path, version: int) -> str:
+    import json
+
+    from mlayer.publish import model_description
+
+    path = write_model_build(layers, version)
+    data = json.loads(path.with_suffix(".json").read_text())
+    return model_description("sentiment", version, data["sha256"], data["unzipped_bytes"])
+
+
+def deploy(function_dir: Path, layers: Path, *extra: str) -> Result:
+    return run(
+        "deploy-function", "--function", "scorer", "--function-dir", str(function_dir),
+        "--layers-dir", str(layers), *extra,
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- deploy-function
+
+
+def test_zip_is_deterministic_and_skips_caches(function_dir: Path) -> None:
+    first = zip_function(function_dir)
+    second = zip_function(function_dir)
+    assert first.data == second.data
+    assert first.files == ["lambda_function.py", "records.py"]
+    assert first.sha256 == hashlib.sha256(first.data).hexdigest()
+
+
+def test_create_links_layers_and_settings(
+    published: dict[str, Any], function_dir: Path, layers: Path
+) -> None:
+    lam = published["lambda"]
+    role = role_arn(published["iam"])
+
+    result = deploy(
+        function_dir, layers, "--role", role,
+        "--env", "OUTPUT_TABLE=predictions",
+        "--env", "DEAD_LETTER_QUEUE_URL=https://sqs.us-east-1.amazonaws.com/123456789012/dlq",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Created scorer (arn:aws:lambda:us-east-1:")
+    config = lam.get_function_configuration(FunctionName="scorer")
+    assert config["Runtime"] == "python3.11"  # the deps layer's
+    assert config["Handler"] == "lambda_function.lambda_handler"
+    assert config["MemorySize"] == 512 and config["Timeout"] == 60
+    assert config["Architectures"] == ["x86_64"]
+    assert config["Role"] == role
+    assert config["State"] == "Active"
+    assert config["Environment"]["Variables"] == {
+        "OUTPUT_TABLE": "predictions",
+        "DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/dlq",
+    }
+    assert layer_list(lam, "scorer") == [
+        layer_version_arn(lam, "scorer-deps", 1),
+        layer_version_arn(lam, "scorer-model", 1),
+    ]
+    code = zip_function(function_dir)
+    assert config["CodeSha256"] == base64.b64encode(hashlib.sha256(code.data).digest()).decode()
+    assert config["Description"] == (
+        f"mlayer function sha256={code.sha256} unzipped={code.unzipped_bytes}"
+    )
+
+
+def test_update_merges_env_keeps_settings_and_relinks_deps(
+    published: dict[str, Any], function_dir: Path, layers: Path
+) -> None:
+    lam = published["lambda"]
+    role = role_arn(published["iam"])
+    first = deploy(
+        function_dir, layers, "--role", role, "--memory", "1024", "--env", "A=1", "--env", "B=2"
+    )
+    assert first.exit_code == 0, first.output
+    # A newer deps build is published; a newer model too (deploy keeps the linked model).
+    write_deps_build(layers, marker="2")
+    assert run("publish-deps", "--function", "scorer", "--layers-dir", str(layers)).exit_code == 0
+    lam.publish_layer_version(
+        LayerName="scorer-model",
+        Description=_model_description(layers, 2),
+        Content={"ZipFile": write_model_build(layers, 2).read_bytes()},
+    )
+    (function_dir / "records.py").write_text("X = 2\n")
+
+    result = deploy(function_dir, layers, "--env", "B=", "--env", "C=3", "--timeout", "30")
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Updated scorer (arn:aws:lambda:us-east-1:")
+    assert "new code" in result.output
+    config = lam.get_function_configuration(FunctionName="scorer")
+    assert config["Environment"]["Variables"] == {"A": "1", "C": "3"}
+    assert (config["MemorySize"], config["Timeout"], config["Role"]) == (1024, 30, role)
+    assert layer_list(lam, "scorer") == [
+        layer_version_arn(lam, "scorer-deps", 2),
+        layer_version_arn(lam, "scorer-model", 1),
+    ]
+    assert config["CodeSha256"] == zip_function(function_dir).code_sha256_b64
+
+    unchanged = deploy(function_dir, layers)
+    assert "code unchanged" in unchanged.output
+
+
+def test_deploy_with_alias_publishes_a_version_recording_the_model(
+    published: dict[str, Any], function_dir: Path, layers: Path
+) -> None:
+    lam = published["lambda"]
+    result = deploy(function_dir, layers, "--role", role_arn(published["iam"]), "--alias", "live")
+    assert result.exit_code == 0, result.output
+    assert "  alias live -> version 1" in result.output
+    assert lam.get_alias(FunctionName="scorer", Name="live")["FunctionVersion"] == "1"
+    version = lam.get_function_configuration(FunctionName="scorer", Qualifier="1")
+    assert version["Description"] == "mlayer model sentiment v1"
+
+
+def test_create_needs_a_role(published: dict[str, Any], function_dir: Path, layers: Path) -> None:
+    result = deploy(function_dir, layers)
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: function scorer does not exist yet: creating it needs --role ARN, an IAM role "
+        "Lambda can assume with read access to the stream (e.g. the managed policy "
+        "AWSLambdaKinesisExecutionRole or AWSLambdaDynamoDBExecutionRole)\n"
+    )
+
+
+def test_local_endpoint_gets_a_stand_in_role(
+    published: dict[str, Any], function_dir: Path, layers: Path
+) -> None:
+    lam = published["lambda"]
+    result = deploy_function(
+        lam,
+        function="scorer",
+        function_dir=function_dir,
+        role=None,
+        runtime=None,
+        arch="x86_64",
+        memory_mb=None,
+        timeout_s=None,
+        environment={},
+        deps_layer="scorer-deps",
+        model_layer="scorer-model",
+        layers_dir=layers,
+        local_iam=published["iam"],
+    )
+    assert result.role.endswith(":role/mlayer-local-lambda-role")
+    assert lam.get_function_configuration(FunctionName="scorer")["Role"] == result.role
+
+
+def test_runtime_needed_without_a_deps_layer(
+    aws: dict[str, Any], function_dir: Path, tmp_path: Path
+) -> None:
+    result = deploy(function_dir, tmp_path / "empty", "--role", role_arn(aws["iam"]))
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: no runtime to deploy scorer with: pass --runtime (no dependency layer "
+        f"scorer-deps is published and no single build in {tmp_path / 'empty'}/ to take it from)\n"
+    )
+
+    with_runtime = deploy(
+        function_dir, tmp_path / "empty", "--role", role_arn(aws["iam"]), "--runtime", "python3.12"
+    )
+    assert with_runtime.exit_code == 0, with_runtime.output
+    assert (
+        "Note: no version of scorer-deps published for python3.12 x86_64: the function cannot "
+        "import scikit-learn until you run `mlayer build-deps --runtime python3.12 --arch "
+        "x86_64` and `mlayer publish-deps`, then deploy again\n"
+    ) in with_runtime.output
+
+
+def test_missing_function_dir(aws: dict[str, Any], tmp_path: Path, layers: Path) -> None:
+    result = deploy(tmp_path / "nowhere", layers, "--role", role_arn(aws["iam"]))
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {tmp_path / 'nowhere'}/lambda_function.py not found; run from the project root "
+        "or pass --function-dir DIR (the directory holding the handler)\n"
+    )
+
+
+@pytest.mark.parametrize("item", ["NOEQUALS", "=value"])
+def test_bad_env_is_a_usage_error(item: str) -> None:
+    result = run("deploy-function", "--function", "scorer", "--env", item)
+    assert result.exit_code == 2
+    assert f"{item!r} is not KEY=VALUE" in result.output
+
+
+# ---------------------------------------------------------------------------- trigger
+
+
+@pytest.fixture
+def live(published: dict[str, Any], function_dir: Path, layers: Path) -> dict[str, Any]:
+    """Given: the function deployed with alias live."""
+    result = deploy(function_dir, layers, "--role", role_arn(published["iam"]), "--alias", "live")
+    assert result.exit_code == 0, result.output
+    return published
+
+
+def _kinesis(aws: dict[str, Any], name: str = "reviews") -> str:
+    aws["kinesis"].create_stream(StreamName=name, ShardCount=2)
+    summary = aws["kinesis"].describe_stream_summary(StreamName=name)
+    return str(summary["StreamDescriptionSummary"]["StreamARN"])
+
+
+def _mappings(aws: dict[str, Any], arn: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = aws["lambda"].list_event_source_mappings(EventSourceArn=arn)[
+        "EventSourceMappings"
+    ]
+    return found
+
+
+def test_trigger_creates_the_mapping_with_safe_defaults(live: dict[str, Any]) -> None:
+    stream = _kinesis(live)
+
+    result = run("trigger", "--function", "scorer", "--alias", "live", "--stream", stream)
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Created the kinesis trigger of scorer:live:\n  UUID: ")
+    [mapping] = _mappings(live, stream)
+    assert mapping["BatchSize"] == 100
+    assert mapping["StartingPosition"] == "TRIM_HORIZON"
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["BisectBatchOnFunctionError"] is True
+    assert mapping["MaximumRetryAttempts"] == 10
+    assert mapping["MaximumRecordAgeInSeconds"] == 86_400
+    assert "  MaximumRetryAttempts: 10" in result.output.splitlines()
+
+
+def test_trigger_updates_the_existing_mapping(live: dict[str, Any]) -> None:
+    stream = _kinesis(live)
+    queue = live["sqs"].create_queue(QueueName="scorer-failures")["QueueUrl"]
+    queue_arn = live["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    assert run("trigger", "--function", "scorer", "--stream", stream).exit_code == 0
+
+    result = run(
+        "trigger", "--function", "scorer", "--alias", "live", "--stream", "reviews",
+        "--batch-size", "500", "--max-retries", "3", "--no-bisect", "--on-failure", queue_arn,
+        "--batching-window", "5", "--parallelization", "2",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(
+        "Updated the kinesis trigger of scorer:live (moved from scorer):\n"
+    )
+    [mapping] = _mappings(live, stream)
+    assert mapping["BatchSize"] == 500
+    assert mapping["MaximumRetryAttempts"] == 3
+    assert mapping["BisectBatchOnFunctionError"] is False
+    assert mapping["DestinationConfig"] == {"OnFailure": {"Destination": queue_arn}}
+    assert mapping["MaximumBatchingWindowInSeconds"] == 5
+    assert mapping["ParallelizationFactor"] == 2
+
+    conflict = run(
+        "trigger", "--function", "scorer", "--alias", "live", "--stream", stream,
+        "--starting-position", "LATEST",
+    )  # fmt: skip
+    assert conflict.exit_code == 1
+    uuid = mapping["UUID"]
+    assert conflict.output == (
+        f"Error: the mapping {uuid} from this stream starts at TRIM_HORIZON; Lambda cannot "
+        f"change a mapping's starting position: delete it (aws lambda "
+        f"delete-event-source-mapping --uuid {uuid}) and run trigger again\n"
+    )
+
+
+def test_trigger_resolves_a_dynamodb_table_to_its_stream(live: dict[str, Any]) -> None:
+    ddb = live["dynamodb"]
+    table = ddb.create_table(
+        TableName="reviews-table",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )["TableDescription"]
+
+    result = run(
+        "trigger", "--function", "scorer", "--alias", "live", "--stream", "reviews-table",
+        "--starting-position", "LATEST",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("Created the dynamodb trigger of scorer:live:")
+    [mapping] = _mappings(live, table["LatestStreamArn"])
+    assert mapping["StartingPosition"] == "LATEST"
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_trigger_on_a_table_without_stream(live: dict[str, Any]) -> None:
+    live["dynamodb"].create_table(
+        TableName="plain",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    result = run("trigger", "--function", "scorer", "--stream", "plain")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: DynamoDB table plain has no stream; enable one: aws dynamodb update-table "
+        "--table-name plain --stream-specification "
+        "StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--stream", "nowhere"],
+            "Error: no Kinesis stream or DynamoDB table named nowhere in us-east-1; check "
+            "--region, or pass the stream ARN\n",
+        ),
+        (
+            ["--alias", "beta", "--stream", "x"],
+            "Error: function scorer has no alias beta; create it with mlayer publish-model "
+            "--alias beta (or mlayer deploy-function --alias beta), or drop --alias to trigger "
+            "$LATEST\n",
+        ),
+        (
+            ["--stream", "arn:aws:sqs:us-east-1:123456789012:q"],
+            "Error: arn:aws:sqs:us-east-1:123456789012:q is not a Kinesis stream or DynamoDB "
+            "stream ARN (arn:aws:kinesis:...:stream/NAME or "
+            "arn:aws:dynamodb:...:table/T/stream/LABEL)\n",
+        ),
+    ],
+    ids=["unknown-stream", "unknown-alias", "not-a-stream"],
+)
+def test_trigger_errors(live: dict[str, Any], args: list[str], message: str) -> None:
+    result = run("trigger", "--function", "scorer", *args)
+    assert result.exit_code == 1
+    assert result.output == message
+
+
+def test_trigger_bad_destination_is_a_usage_error() -> None:
+    result = run("trigger", "--function", "scorer", "--stream", "s", "--on-failure", "queue")
+    assert result.exit_code == 2
+    assert "'queue' is not an SQS queue, SNS topic or S3 bucket ARN" in result.output
+
+
+def test_trigger_unknown_function(aws: dict[str, Any]) -> None:
+    result = run("trigger", "--function", "ghost", "--stream", "s")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: function ghost does not exist in us-east-1; create it with "
+        "`mlayer deploy-function --function ghost --role ARN`\n"
+    )
+
+
+def test_function_zip_has_no_caches(function_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "f.zip"
+    path.write_bytes(zip_function(function_dir).data)
+    with zipfile.ZipFile(path) as zf:
+        assert zf.namelist() == ["lambda_function.py", "records.py"]

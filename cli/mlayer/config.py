@@ -70,6 +70,7 @@ def build_default_map(
         if command is None:
             continue
         params = {p.name for p in command.params if p.name}
+        repeatable = {p.name for p in command.params if p.name and getattr(p, "multiple", False)}
         known |= params
         values = {k: v for k, v in defaults.items() if k in params}
         extra = per_command.get(name, {})
@@ -80,6 +81,10 @@ def build_default_map(
                 f"{', '.join(sorted(unknown))}; see `mlayer {name} --help`"
             )
         values.update(extra)
+        # `memory = 512` in the file means one value of a repeatable option.
+        for key in repeatable & set(values):
+            if not isinstance(values[key], list | tuple):
+                values[key] = [values[key]]
         if values:
             default_map[name] = values
     unknown_cmds = set(per_command) - set(group.list_commands(ctx))

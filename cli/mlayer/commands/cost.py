@@ -63,20 +63,6 @@ class SinceType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-class RepeatableOption(click.Option):
-    """A ``multiple`` option that also takes one scalar from mlayer.toml (``memory = 512``)."""
-
-    def consume_value(self, ctx: click.Context, opts: Any) -> tuple[Any, Any]:
-        value, source = super().consume_value(ctx, opts)
-        if (
-            source == click.core.ParameterSource.DEFAULT_MAP
-            and value is not None
-            and not isinstance(value, list | tuple)
-        ):
-            value = [value]
-        return value, source
-
-
 POSITIVE = DecimalType(open_minimum=True)
 NON_NEGATIVE = DecimalType()
 
@@ -84,7 +70,6 @@ NON_NEGATIVE = DecimalType()
 @click.command()
 @click.option(
     "--memory",
-    cls=RepeatableOption,
     type=click.IntRange(128, 10_240),
     multiple=True,
     metavar="MB",
@@ -93,7 +78,6 @@ NON_NEGATIVE = DecimalType()
 )
 @click.option(
     "--duration-ms",
-    cls=RepeatableOption,
     type=DecimalType(open_minimum=True),
     multiple=True,
     metavar="MS",
@@ -102,7 +86,6 @@ NON_NEGATIVE = DecimalType()
 )
 @click.option(
     "--duration-per-record-ms",
-    cls=RepeatableOption,
     type=NON_NEGATIVE,
     multiple=True,
     metavar="MS",
@@ -111,7 +94,6 @@ NON_NEGATIVE = DecimalType()
 )
 @click.option(
     "--init-ms",
-    cls=RepeatableOption,
     type=NON_NEGATIVE,
     multiple=True,
     metavar="MS",
@@ -157,7 +139,6 @@ NON_NEGATIVE = DecimalType()
 @click.option("--records", type=click.IntRange(min=1), metavar="N", help="Records in one ingest.")
 @click.option(
     "--batch-size",
-    cls=RepeatableOption,
     type=click.IntRange(1, 10_000),
     multiple=True,
     metavar="N",

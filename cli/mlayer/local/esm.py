@@ -448,6 +448,7 @@ class RunSummary:
     settings: MappingSettings
     stats: RunStats
     elapsed_s: float
+    active_s: float  # from the start to the last record done (the idle tail excluded)
     stopped: str  # "idle", "max-records", "interrupted", "closed"
     # The last checkpointed sequence number of each shard's lanes (one lane per
     # parallelization slot; records of a partition key always go to the same lane).
@@ -455,8 +456,8 @@ class RunSummary:
 
     @property
     def throughput(self) -> float:
-        """Records checkpointed per second of the run."""
-        return self.stats.records_done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Records done per second, from the start to the last record done."""
+        return self.stats.records_done / self.active_s if self.active_s > 0 else 0.0
 
     def percentile(self, q: float) -> float | None:
         values = sorted(self.stats.durations_ms)
@@ -480,6 +481,7 @@ class RunSummary:
             "settings": settings,
             "stats": stats,
             "elapsed_s": round(self.elapsed_s, 3),
+            "active_s": round(self.active_s, 3),
             "throughput_records_per_s": round(self.throughput, 1),
             "duration_ms": {
                 "p50": self.percentile(50),
@@ -547,6 +549,7 @@ class StreamProcessor:
         self._finished_shards: set[str] = set()
         self._budget: int | None = None
         self._last_activity = time.monotonic()
+        self._last_done: float | None = None
         self._errors: list[BaseException] = []
         self._shards_known: set[str] = set()
 
@@ -565,8 +568,6 @@ class StreamProcessor:
         done, every shard is closed and drained, or ``stop`` is set (Ctrl-C: the caller sets
         it, or a KeyboardInterrupt reaches here). In-flight batches finish first.
         """
-        if until_idle_s is None and max_records is None and stop is None:
-            raise ConfigError("give --until-idle or --max-records (or stop with Ctrl-C)")
         self._budget = max_records
         started = time.monotonic()
         stopped = "interrupted"
@@ -614,6 +615,7 @@ class StreamProcessor:
             settings=self.settings,
             stats=self.snapshot(),
             elapsed_s=time.monotonic() - started,
+            active_s=max(0.0, (self._last_done or started) - started),
             stopped=stopped,
             shard_checkpoints=checkpoints,
         )
@@ -885,7 +887,7 @@ class StreamProcessor:
             self.stats.records_done += len(done)
             self.stats.predictions += predicted
             lane.checkpoint = done[-1].sequence_number
-            self._last_activity = time.monotonic()
+            self._last_activity = self._last_done = time.monotonic()
 
     def _discard(
         self,
@@ -902,6 +904,7 @@ class StreamProcessor:
             self.stats.discarded += len(chunk)
             self.stats.records_done += len(chunk)
             self.stats.on_failure_messages += int(self.destination is not None)
+            self._last_activity = self._last_done = time.monotonic()
             if lane is not None:
                 lane.checkpoint = chunk[-1].sequence_number
 

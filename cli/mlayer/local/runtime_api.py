@@ -175,6 +175,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     state: _State
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A runtime killed mid-request (timeout, out of memory) is expected: stay quiet."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
 
 class RuntimeApiServer:
     """The Runtime API for one execution environment, on an ephemeral 127.0.0.1 port."""

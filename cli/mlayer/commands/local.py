@@ -1,0 +1,437 @@
+"""``mlayer invoke`` and ``mlayer run-local``: the deployed function, run on this machine.
+
+The library is :mod:`mlayer.local.runner` (which resolves the code and layers, starts the
+Lambda-like execution environments and, for run-local, the event source mapping
+emulator); these commands parse options and render.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from mlayer import options
+
+if TYPE_CHECKING:
+    from mlayer.local.esm import MappingSettings, RunStats
+    from mlayer.local.resolve import LocalFunction
+    from mlayer.local.runner import RunLocalResult
+
+DEFAULT_LOG = ".mlayer/local/lambda.log"
+
+function_dir = click.option(
+    "--function-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default="function",
+    show_default=True,
+    help="The function's code, used when its sha256 matches the deployed code "
+    "(the endpoint may not serve deployed code).",
+)
+local_code = click.option(
+    "--local-code",
+    is_flag=True,
+    help="Run --function-dir as it is, even when it differs from the deployed code.",
+)
+python_option = click.option(
+    "--python",
+    metavar="PATH",
+    help="Interpreter of the function's Python version [default: this one, or pythonX.Y on PATH].",
+)
+log_option = click.option(
+    "--log",
+    "log_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_LOG,
+    show_default=True,
+    help="Where START / END / REPORT lines are appended (mlayer cost --from-report reads it).",
+)
+
+
+def _require_function(function: str | None) -> str:
+    if not function:
+        raise click.BadParameter(
+            "no function given: pass --function NAME (or set function in mlayer.toml)",
+            param_hint="--function",
+        )
+    return function
+
+
+def _describe(local: LocalFunction) -> str:
+    layers = ", ".join(
+        f"{layer.arn.split(':layer:')[-1]} ({'endpoint' if layer.source == 'endpoint' else 'local build'})"
+        for layer in local.layers
+    )
+    return (
+        f"{local.name} ({local.version}, {local.runtime}, {local.memory_mb} MB, "
+        f"timeout {local.timeout_s:g} s) on layers: {layers or 'none'}"
+    )
+
+
+@click.command("invoke")
+@options.function
+@options.alias
+@click.option(
+    "--event",
+    "event_file",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Event JSON file ('-' for stdin) [default: records built from the model's metadata].",
+)
+@options.layers_dir
+@function_dir
+@local_code
+@python_option
+@log_option
+@options.json_output
+@click.pass_obj
+def invoke_command(
+    aws: Any,
+    function: str | None,
+    alias: str | None,
+    event_file: Path | None,
+    layers_dir: str,
+    function_dir: Path,
+    local_code: bool,
+    python: str | None,
+    log_path: Path,
+    as_json: bool,
+) -> None:
+    """Invoke the deployed function once, locally, on its linked layers.
+
+    Runs the function's code and layer versions (from the endpoint, or local builds with
+    the same sha256) in a fresh Lambda-like execution environment, and prints the response
+    and the REPORT line. Exits 1 when the function fails.
+
+    \b
+    Example:
+      mlayer --endpoint-url http://127.0.0.1:5000 invoke --function scorer
+      mlayer invoke --function scorer --alias live --event tests/events/kinesis.json
+    """
+    from mlayer.local.runner import invoke
+
+    name = _require_function(function)
+    event: Any | None = None
+    if event_file is not None:
+        try:
+            text = sys.stdin.read() if str(event_file) == "-" else event_file.read_text("utf-8")
+            event = json.loads(text)
+        except FileNotFoundError as exc:
+            raise click.BadParameter(f"{event_file} does not exist", param_hint="--event") from exc
+        except ValueError as exc:
+            raise click.BadParameter(
+                f"{event_file} is not valid JSON: {exc}", param_hint="--event"
+            ) from exc
+    result = invoke(
+        aws,
+        function=name,
+        qualifier=alias,
+        event=event,
+        layers_dir=Path(layers_dir),
+        function_dir=function_dir,
+        local_code=local_code,
+        python=python,
+        log_path=log_path,
+    )
+    invocation = result.invocation
+    from mlayer.reports import format_report
+
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "function": result.function.name,
+                    "version": result.function.version,
+                    "request_id": invocation.request_id,
+                    "response": invocation.response,
+                    "error": invocation.error,
+                    "report": format_report(invocation.report),
+                    "logs": invocation.logs,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    else:
+        from rich.console import Console
+
+        console = Console(soft_wrap=True)
+        console.print(f"[bold]Invoked[/] {_describe(result.function)}")
+        for note in result.function.notes:
+            console.print(f"[yellow]note:[/] {note}")
+        console.print("[bold]Log:[/]")
+        click.echo(invocation.logs.rstrip("\n"))
+        console.print("[bold]Error:[/]" if invocation.error else "[bold]Response:[/]")
+        payload = invocation.error if invocation.error else invocation.response
+        click.echo(json.dumps(payload, indent=2, default=str))
+        console.print(f"REPORT log appended to {log_path}", style="dim")
+    if invocation.error is not None:
+        raise click.ClickException(
+            f"the function failed: {invocation.error.get('errorType')}: "
+            f"{invocation.error.get('errorMessage')}"
+        )
+
+
+def _position(value: str | None) -> str | None:
+    return value.upper() if value else None
+
+
+@click.command("run-local")
+@click.option(
+    "--stream",
+    required=True,
+    metavar="NAME|ARN",
+    help="Kinesis stream (name or ARN), or a DynamoDB table (name) or its stream ARN.",
+)
+@options.function
+@options.alias
+@click.option("--batch-size", type=click.IntRange(1, 10_000), help="Records per batch (1-10000).")
+@click.option(
+    "--batching-window",
+    type=click.FloatRange(0, 300),
+    help="Seconds to gather records before invoking (0-300).",
+)
+@click.option(
+    "--starting-position",
+    type=click.Choice(["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"], case_sensitive=False),
+    help="Where to start reading each shard.",
+)
+@click.option(
+    "--starting-timestamp",
+    type=click.DateTime(),
+    help="For AT_TIMESTAMP: e.g. 2026-11-23T06:00:00.",
+)
+@click.option(
+    "--parallelization-factor",
+    type=click.IntRange(1, 10),
+    help="Concurrent batches per shard (1-10), ordered per partition key.",
+)
+@click.option(
+    "--bisect/--no-bisect", default=None, help="Split a failing batch in two before retrying."
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(-1, 10_000),
+    help="Retries of a failing batch before it is discarded (-1: until the record expires).",
+)
+@click.option(
+    "--max-record-age",
+    type=int,
+    help="Discard records older than this many seconds (-1, or 60-604800).",
+)
+@click.option(
+    "--report-batch-item-failures/--no-report-batch-item-failures",
+    default=None,
+    help="Honour the function's batchItemFailures (partial batch response).",
+)
+@click.option("--on-failure", metavar="ARN", help="SQS queue or SNS topic for discarded batches.")
+@click.option(
+    "--until-idle",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop once no record arrived and none was in flight for this long.",
+)
+@click.option(
+    "--max-records", type=click.IntRange(min=1), metavar="N", help="Stop after N records."
+)
+@options.layers_dir
+@function_dir
+@local_code
+@python_option
+@log_option
+@options.json_output
+@click.pass_obj
+def run_local_command(
+    aws: Any,
+    stream: str,
+    function: str | None,
+    alias: str | None,
+    batch_size: int | None,
+    batching_window: float | None,
+    starting_position: str | None,
+    starting_timestamp: Any,
+    parallelization_factor: int | None,
+    bisect: bool | None,
+    max_retries: int | None,
+    max_record_age: int | None,
+    report_batch_item_failures: bool | None,
+    on_failure: str | None,
+    until_idle: float | None,
+    max_records: int | None,
+    layers_dir: str,
+    function_dir: Path,
+    local_code: bool,
+    python: str | None,
+    log_path: Path,
+    as_json: bool,
+) -> None:
+    """Consume a stream with the function locally, as its event source mapping would.
+
+    One poller per shard, one execution environment per concurrent batch; batch size and
+    window, starting position, per-shard order, partial batch responses, bisect on error,
+    retries and record age, and the on-failure destination behave as in Lambda. Settings
+    come from the function's mapping from this stream when there is one (else mlayer
+    trigger's defaults); flags override them. Runs until --until-idle, --max-records, or
+    Ctrl-C, then prints a summary.
+
+    \b
+    Example:
+      mlayer --endpoint-url http://127.0.0.1:5000 run-local --function scorer \\
+          --stream reviews --until-idle 5
+      mlayer run-local --function scorer --stream reviews --batch-size 500 --max-records 10000
+    """
+    from mlayer.local.runner import run_local
+
+    name = _require_function(function)
+    overrides = {
+        "batch_size": batch_size,
+        "batching_window_s": batching_window,
+        "starting_position": _position(starting_position),
+        "starting_timestamp": starting_timestamp,
+        "parallelization_factor": parallelization_factor,
+        "bisect_on_error": bisect,
+        "max_retry_attempts": max_retries,
+        "max_record_age_s": max_record_age,
+        "report_batch_item_failures": report_batch_item_failures,
+        "on_failure": on_failure,
+    }
+    from rich.console import Console
+
+    console = Console(stderr=as_json)
+    progress = _Progress(console, max_records, quiet=as_json)
+    try:
+        result = run_local(
+            aws,
+            function=name,
+            stream=stream,
+            qualifier=alias,
+            overrides=overrides,
+            until_idle_s=until_idle,
+            max_records=max_records,
+            layers_dir=Path(layers_dir),
+            function_dir=function_dir,
+            local_code=local_code,
+            python=python,
+            log_path=log_path,
+            on_progress=progress.update,
+            on_ready=progress.ready,
+        )
+    finally:
+        progress.close()
+    if as_json:
+        data = result.summary.to_dict()
+        data.update(
+            {
+                "function": result.function.name,
+                "version": result.function.version,
+                "log": str(result.log_path),
+                "notes": result.notes,
+            }
+        )
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    render_summary(console, result)
+
+
+class _Progress:
+    """A live status line while the emulator runs (rich)."""
+
+    def __init__(self, console: Any, total: int | None, *, quiet: bool) -> None:
+        self.console = console
+        self.total = total
+        self.quiet = quiet
+        self._progress: Any = None
+        self._task: Any = None
+
+    def ready(self, local: LocalFunction, settings: MappingSettings, shards: int) -> None:
+        if self.quiet:
+            return
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console.print(f"[bold]Running[/] {_describe(local)}")
+        self.console.print(
+            f"  {shards} shard(s) x parallelization {settings.parallelization_factor}; batch "
+            f"{settings.batch_size}, window {settings.batching_window_s:g} s, from "
+            f"{settings.starting_position}; bisect {'on' if settings.bisect_on_error else 'off'}, "
+            f"retries {settings.max_retry_attempts}, max age {settings.max_record_age_s}, partial "
+            f"batch response {'on' if settings.report_batch_item_failures else 'off'}, on-failure "
+            f"{settings.on_failure or 'none'}  [dim](settings: {settings.source})[/]"
+        )
+        for note in local.notes:
+            self.console.print(f"[yellow]note:[/] {note}")
+        columns: list[Any] = [SpinnerColumn(), TextColumn("{task.description}")]
+        if self.total:
+            columns.insert(1, BarColumn())
+        columns.append(TimeElapsedColumn())
+        self._progress = Progress(*columns, console=self.console, transient=False)
+        self._task = self._progress.add_task("starting", total=self.total)
+        self._progress.start()
+
+    def update(self, stats: RunStats) -> None:
+        if self._progress is None:
+            return
+        errors = sum(stats.function_errors.values())
+        self._progress.update(
+            self._task,
+            completed=stats.records_done,
+            description=(
+                f"{stats.records_done:,} records done of {stats.records_read:,} read, "
+                f"{stats.in_flight:,} in flight | {stats.invocations:,} batches, "
+                f"{stats.predictions:,} predictions, {stats.retries} retries, "
+                f"{errors} errors, {stats.discarded} discarded"
+            ),
+        )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def render_summary(console: Any, result: RunLocalResult) -> None:
+    """The run-local summary table (shared with mlayer demo)."""
+    from rich.table import Table
+
+    summary = result.summary
+    stats = summary.stats
+    table = Table(title=f"run-local: {summary.stream_arn}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    p50, p99 = summary.percentile(50), summary.percentile(99)
+    init = sorted(stats.init_durations_ms)
+    rows = [
+        ("records", f"{stats.records_done:,}"),
+        ("predictions", f"{stats.predictions:,}"),
+        ("reported (batchItemFailures)", f"{stats.reported:,}"),
+        ("dead-lettered by the function", f"{stats.dead_lettered:,}"),
+        ("discarded to on-failure destination", f"{stats.discarded:,}"),
+        ("batches (invocations)", f"{stats.invocations:,}"),
+        ("retries", f"{stats.retries:,}"),
+        ("bisections", f"{stats.bisections:,}"),
+        (
+            "function errors",
+            ", ".join(f"{k} x{v}" for k, v in stats.function_errors.items()) or "0",
+        ),
+        (
+            "cold starts",
+            f"{stats.cold_starts} (init {init[len(init) // 2]:.0f} ms median)" if init else "0",
+        ),
+        (
+            "duration p50 / p99",
+            f"{p50:.1f} / {p99:.1f} ms" if p50 is not None and p99 is not None else "-",
+        ),
+        ("elapsed", f"{summary.elapsed_s:.1f} s ({summary.active_s:.1f} s until the last record)"),
+        ("throughput", f"{summary.throughput:,.0f} records/s"),
+        ("stopped", summary.stopped),
+    ]
+    for what, value in rows:
+        table.add_row(what, value)
+    console.print(table)
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"REPORT lines appended to {result.log_path}", style="dim")
+
+
+COMMANDS = [invoke_command, run_local_command]

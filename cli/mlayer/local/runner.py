@@ -1,0 +1,242 @@
+"""``mlayer invoke`` and ``mlayer run-local`` as library calls: they return data, never print.
+
+Both run the deployed function (code and linked layers resolved by
+:mod:`mlayer.local.resolve`) in local execution environments
+(:mod:`mlayer.local.sandbox`); its sinks (output table, stream, dead-letter queue) write to
+the same endpoint, with the caller's credentials standing in for the execution role's.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlayer.aws import AwsSettings
+from mlayer.errors import ConfigError
+from mlayer.local.esm import (
+    AwsDestination,
+    DynamoDBStreamSource,
+    KinesisSource,
+    MappingSettings,
+    RunStats,
+    RunSummary,
+    StreamProcessor,
+    StreamSource,
+)
+from mlayer.local.resolve import LocalFunction, resolve_function
+from mlayer.local.sandbox import Invocation
+
+DEFAULT_LOG = Path(".mlayer") / "local" / "lambda.log"
+
+
+def function_env(aws: AwsSettings) -> dict[str, str]:
+    """What the function needs to reach the endpoint: its URL, region and credentials."""
+    env: dict[str, str] = {}
+    session = aws.session()
+    if aws.endpoint_url:
+        env["AWS_ENDPOINT_URL"] = aws.endpoint_url
+    region = session.region_name or aws.region
+    if region:
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = region
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        env["AWS_ACCESS_KEY_ID"] = frozen.access_key
+        env["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
+        if frozen.token:
+            env["AWS_SESSION_TOKEN"] = frozen.token
+    # DynamoDB Streams calls need it against moto (boto3 builds an account-specific host).
+    mode = os.environ.get("AWS_ACCOUNT_ID_ENDPOINT_MODE")
+    if mode:
+        env["AWS_ACCOUNT_ID_ENDPOINT_MODE"] = mode
+    return env
+
+
+@dataclass
+class InvokeResult:
+    function: LocalFunction
+    event: Any
+    invocation: Invocation
+    log_path: Path
+
+
+def default_event(function: LocalFunction) -> dict[str, Any]:
+    """A direct invocation of records built from the model's metadata (examples or spec).
+
+    Raises:
+        ConfigError: the function has no model layer to build records from.
+    """
+    from mlayer.model_layer import sample_records
+
+    meta = function.model_metadata()
+    if meta is None:
+        raise ConfigError(
+            f"function {function.name} has no model layer to build sample records from; "
+            "pass --event FILE"
+        )
+    return {"records": sample_records(meta, None)}
+
+
+def invoke(
+    aws: AwsSettings,
+    *,
+    function: str,
+    qualifier: str | None = None,
+    event: Any | None = None,
+    layers_dir: Path = Path("layers"),
+    function_dir: Path = Path("function"),
+    local_code: bool = False,
+    python: str | None = None,
+    log_path: Path = DEFAULT_LOG,
+) -> InvokeResult:
+    """Invoke the deployed function once in a local execution environment (a cold start)."""
+    local = resolve_function(
+        aws.client("lambda"),
+        function=function,
+        qualifier=qualifier,
+        layers_dir=layers_dir,
+        function_dir=function_dir,
+        local_code=local_code,
+        python=python,
+    )
+    payload = event if event is not None else default_event(local)
+    with local.environment_for(extra_env=function_env(aws), log_path=log_path) as env:
+        invocation = env.invoke(payload)
+    return InvokeResult(local, payload, invocation, log_path)
+
+
+@dataclass
+class RunLocalResult:
+    function: LocalFunction
+    summary: RunSummary
+    log_path: Path
+    mapping: dict[str, Any] | None  # the function's mapping the settings came from
+    notes: list[str] = field(default_factory=list)
+
+
+def find_mapping(
+    lam: Any, function: str, stream_arn: str, qualifier: str | None
+) -> dict[str, Any] | None:
+    """The function's event source mapping from ``stream_arn`` (the qualifier's first)."""
+    from mlayer.publish import function_name
+
+    name = function_name(function)
+    mappings: list[dict[str, Any]] = []
+    for page in lam.get_paginator("list_event_source_mappings").paginate(EventSourceArn=stream_arn):
+        mappings.extend(page.get("EventSourceMappings", []))
+    ours = []
+    for mapping in mappings:
+        parts = str(mapping.get("FunctionArn", "")).split(":")
+        if len(parts) > 6 and parts[6] == name:
+            ours.append((parts[7] if len(parts) > 7 else None, mapping))
+    ours.sort(key=lambda pair: pair[0] != qualifier)
+    return ours[0][1] if ours else None
+
+
+def mlayer_defaults() -> MappingSettings:
+    """The settings ``mlayer trigger`` would create a mapping with (see deploy.TriggerSettings)."""
+    from mlayer.deploy import DEFAULT_TRIGGER as t
+
+    return MappingSettings(
+        batch_size=t.batch_size or 100,
+        bisect_on_error=bool(t.bisect_on_error),
+        max_retry_attempts=-1 if t.maximum_retry_attempts is None else t.maximum_retry_attempts,
+        max_record_age_s=-1 if t.maximum_record_age_s is None else t.maximum_record_age_s,
+        report_batch_item_failures=t.report_batch_item_failures,
+        source="mlayer trigger defaults (the function has no mapping from this stream)",
+    )
+
+
+def run_local(
+    aws: AwsSettings,
+    *,
+    function: str,
+    stream: str,
+    qualifier: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    until_idle_s: float | None = None,
+    max_records: int | None = None,
+    layers_dir: Path = Path("layers"),
+    function_dir: Path = Path("function"),
+    local_code: bool = False,
+    python: str | None = None,
+    log_path: Path = DEFAULT_LOG,
+    on_progress: Callable[[RunStats], None] | None = None,
+    on_ready: Callable[[LocalFunction, MappingSettings, int], None] | None = None,
+    stop: threading.Event | None = None,
+    poll_interval_s: float | None = None,
+) -> RunLocalResult:
+    """Consume ``stream`` with the function as its event source mapping would, locally.
+
+    Settings: the function's mapping from this stream when one exists (its qualifier is
+    then the one run, unless ``qualifier`` is given), else mlayer's trigger defaults; then
+    ``overrides`` (MappingSettings field names; None values ignored).
+
+    Raises:
+        NotFoundError / ConfigError: unknown function or stream, bad settings, layers that
+            cannot be found locally.
+    """
+    from mlayer.deploy import resolve_stream
+
+    lam = aws.client("lambda")
+    stream_arn, kind = resolve_stream(aws.client("kinesis"), aws.client("dynamodb"), stream)
+    mapping = find_mapping(lam, function, stream_arn, qualifier)
+    if mapping is not None:
+        settings = MappingSettings.from_mapping(mapping)
+        if qualifier is None:
+            parts = str(mapping.get("FunctionArn", "")).split(":")
+            qualifier = parts[7] if len(parts) > 7 else None
+    else:
+        settings = mlayer_defaults()
+    settings = settings.override(**(overrides or {})).validate()
+    local = resolve_function(
+        lam,
+        function=function,
+        qualifier=qualifier,
+        layers_dir=layers_dir,
+        function_dir=function_dir,
+        local_code=local_code,
+        python=python,
+    )
+    region = aws.session().region_name or "us-east-1"
+    source: StreamSource
+    if kind == "kinesis":
+        source = KinesisSource(
+            aws.client("kinesis"), stream_arn, region=region, invoke_identity_arn=local.role
+        )
+    else:
+        source = DynamoDBStreamSource(aws.client("dynamodbstreams"), stream_arn, region=region)
+    destination = AwsDestination(settings.on_failure, aws.client) if settings.on_failure else None
+    extra_env = function_env(aws)
+
+    def factory() -> Any:
+        return local.environment_for(extra_env=extra_env, log_path=log_path)
+
+    processor = StreamProcessor(
+        source,
+        settings,
+        factory,
+        destination=destination,
+        function_arn=local.arn,
+        function_version=local.version,
+        poll_interval_s=poll_interval_s
+        if poll_interval_s is not None
+        else (0.2 if aws.is_local else 1.0),
+    )
+    if on_ready is not None:
+        on_ready(local, settings, len(source.shards()))
+    summary = processor.run(
+        until_idle_s=until_idle_s, max_records=max_records, on_progress=on_progress, stop=stop
+    )
+    notes = list(local.notes)
+    if mapping is not None and kind == "dynamodb" and aws.is_local:
+        notes.append(
+            "moto empties a DynamoDB stream that has an event source mapping on every write: "
+            "on the local endpoint, run DynamoDB streams without a mapping (pass the settings "
+            "as flags)"
+        )
+    return RunLocalResult(local, summary, log_path, mapping, notes)

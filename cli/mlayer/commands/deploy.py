@@ -113,7 +113,6 @@ def deploy_function(
         --env OUTPUT_TABLE=predictions --env DEAD_LETTER_QUEUE_URL=https://sqs...
       mlayer deploy-function --function scorer --memory 1024 --alias live
     """
-    from mlayer.archive import mb
     from mlayer.deploy import deploy_function as deploy
     from mlayer.publish import default_layer_name
 
@@ -136,7 +135,10 @@ def deploy_function(
     )
     verb = "Created" if result.created else "Updated"
     code = "new code" if result.code_changed else "code unchanged"
-    click.echo(f"{verb} {result.function} ({result.arn}): {code}, {mb(result.code_bytes)} zipped")
+    click.echo(
+        f"{verb} {result.function} ({result.arn}): {code}, {result.code_bytes:,} bytes zipped "
+        f"({result.code_unzipped_bytes:,} unzipped)"
+    )
     click.echo(
         f"  {result.runtime} {result.arch}, {result.memory_mb} MB, timeout {result.timeout_s} s, "
         f"handler lambda_function.lambda_handler, role {result.role}"

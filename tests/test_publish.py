@@ -32,6 +32,7 @@ from mlayer.errors import BudgetError
 from mlayer.publish import (
     Pace,
     deps_description,
+    direct_request_bytes,
     model_description,
     parse_description,
     parse_layer_arn,
@@ -180,14 +181,41 @@ def test_publish_deps_without_a_build_names_the_command(aws: dict[str, Any], lay
 OVER_50_MB = 50 * 1024 * 1024 + 4096
 
 
+@pytest.mark.parametrize(
+    ("zip_bytes", "fits"),
+    [(52_428_800 - 4096, True), (52_428_800 - 100, False), (52_428_800, False)],
+    ids=["under", "base64-plus-envelope-over", "exactly-50-MiB"],
+)
+def test_direct_upload_limit_counts_base64_and_the_envelope(zip_bytes: int, fits: bool) -> None:
+    """Lambda's 50 MB is a request limit of 69,905,067 bytes: a zip of exactly 50 MiB is
+    already over once base64-encoded, before the JSON around it."""
+    params = {"LayerName": "scorer-deps", "Description": "mlayer deps " + "x" * 200}
+    assert (direct_request_bytes(zip_bytes, params) <= 69_905_067) is fits
+
+
 def test_publish_deps_over_50mb_needs_a_bucket(aws: dict[str, Any], layers: Path) -> None:
     write_deps_build(layers, filler_bytes=OVER_50_MB)
     result = run("publish-deps", "--function", "scorer", "--layers-dir", str(layers))
     assert result.exit_code == 1
+    zip_bytes = (layers / "deps-python3.11-x86_64.zip").stat().st_size
+    manifest = json.loads((layers / "deps-python3.11-x86_64.json").read_text())
+    description = deps_description(
+        manifest["sha256"], manifest["unzipped_bytes"], "python3.11", "x86_64"
+    )
+    request = direct_request_bytes(
+        zip_bytes,
+        {
+            "LayerName": "scorer-deps",
+            "Description": description,
+            "CompatibleRuntimes": ["python3.11"],
+            "CompatibleArchitectures": ["x86_64"],
+        },
+    )
     assert result.output == (
-        f"Error: {layers}/deps-python3.11-x86_64.zip is 50.0 MB zipped, over Lambda's 50 MB "
-        "direct-upload limit by 0.0 MB: pass --bucket NAME (an S3 bucket in us-east-1) to "
-        "upload it there first\n"
+        f"Error: {layers}/deps-python3.11-x86_64.zip is 50.0 MB zipped: uploaded directly, its "
+        f"request would be {request:,} bytes, over the 69,905,067 Lambda accepts (its 50 MB "
+        "direct-upload limit): pass --bucket NAME (an S3 bucket in us-east-1) to upload it "
+        "there first\n"
     )
 
     missing = run(
@@ -778,3 +806,31 @@ def test_upload_progress_reports_bytes(aws: dict[str, Any], tmp_path: Path) -> N
     assert sum(seen) == 3_000_000
     body = aws["s3"].get_object(Bucket="artifacts", Key="k.zip")["Body"]
     assert len(io.BytesIO(body.read()).getvalue()) == 3_000_000
+
+
+def test_build_for_publishing_numbers_after_the_published_versions(
+    deployed: dict[str, Any], layers: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """publish-model MODEL_DIR builds one more than the newest built *or published*: here v2
+    and v3 are published from elsewhere and nothing is built locally, so the build is v4."""
+    import mlayer.model_layer as model_layer
+    from mlayer.publish import build_model_for
+
+    elsewhere = tmp_path / "elsewhere"
+    run("publish-model", str(write_model_build(elsewhere, 2)), "--function", "scorer")
+    run("publish-model", str(write_model_build(elsewhere, 3)), "--function", "scorer")
+    seen: dict[str, int] = {}
+
+    def fake_build(options: Any, progress: Any = None) -> Any:
+        seen["version"] = model_layer.next_version(
+            options.layers_dir, "sentiment", options.published_versions
+        )
+        path = write_model_build(options.layers_dir, seen["version"])
+        return type("Result", (), {"zip_path": path})()
+
+    monkeypatch.setattr(model_layer, "build_model", fake_build)
+    build = build_model_for(
+        deployed["lambda"], tmp_path / "model", layer_name="scorer-model", layers_dir=layers
+    )
+    assert seen["version"] == 4
+    assert build.version == 4

@@ -26,10 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlayer.archive import DIRECT_UPLOAD_LIMIT, Budget, BudgetPart, mb, sha256_file
+from mlayer.archive import Budget, BudgetPart, mb, sha256_file
 from mlayer.errors import AwsError, BudgetError, BuildError, ConfigError, NotFoundError
 
 MAX_LAYERS = 5
+# Lambda rejects a request body over this many bytes. A direct upload sends the zip
+# base64-encoded inside the JSON body, so the largest zip that fits is a little under
+# Lambda's "50 MB" (52,428,800 bytes, whose base64 alone is 69,905,068 bytes).
+REQUEST_LIMIT = 69_905_067
 
 _DEPS_RE = re.compile(
     r"^mlayer deps sha256=(?P<sha>[0-9a-f]{64}) unzipped=(?P<unzipped>\d+)"
@@ -658,30 +662,28 @@ def publish_layer(
             description=existing.get("Description", ""),
             created=existing.get("CreatedDate"),
         )
-    s3_uri = None
-    if build.zip_bytes > DIRECT_UPLOAD_LIMIT:
-        if not bucket:
-            raise ConfigError(
-                f"{build.zip_path} is {mb(build.zip_bytes)} zipped, over Lambda's 50 MB "
-                f"direct-upload limit by {mb(build.zip_bytes - DIRECT_UPLOAD_LIMIT)}: pass "
-                f"--bucket NAME (an S3 bucket in {lam.meta.region_name}) to upload it there first"
-            )
-        assert s3 is not None, "an S3 client is needed to upload over 50 MB"
-        key = f"mlayer/{layer_name}/{build.sha256}.zip"
-        upload_to_s3(s3, build.zip_path, bucket, key, progress)
-        content: dict[str, Any] = {"S3Bucket": bucket, "S3Key": key}
-        s3_uri = f"s3://{bucket}/{key}"
-    else:
-        content = {"ZipFile": build.zip_path.read_bytes()}
-    kwargs: dict[str, Any] = {
-        "LayerName": layer_name,
-        "Description": description,
-        "Content": content,
-    }
+    kwargs: dict[str, Any] = {"LayerName": layer_name, "Description": description}
     if runtimes:
         kwargs["CompatibleRuntimes"] = runtimes
     if arches:
         kwargs["CompatibleArchitectures"] = arches
+    s3_uri = None
+    request_bytes = direct_request_bytes(build.zip_bytes, kwargs)
+    if request_bytes > REQUEST_LIMIT:
+        if not bucket:
+            raise ConfigError(
+                f"{build.zip_path} is {mb(build.zip_bytes)} zipped: uploaded directly, its "
+                f"request would be {request_bytes:,} bytes, over the {REQUEST_LIMIT:,} Lambda "
+                f"accepts (its 50 MB direct-upload limit): pass --bucket NAME (an S3 bucket in "
+                f"{lam.meta.region_name}) to upload it there first"
+            )
+        assert s3 is not None, "an S3 client is needed to upload over 50 MB"
+        key = f"mlayer/{layer_name}/{build.sha256}.zip"
+        upload_to_s3(s3, build.zip_path, bucket, key, progress)
+        kwargs["Content"] = {"S3Bucket": bucket, "S3Key": key}
+        s3_uri = f"s3://{bucket}/{key}"
+    else:
+        kwargs["Content"] = {"ZipFile": build.zip_path.read_bytes()}
     result = lam.publish_layer_version(**kwargs)
     return PublishedLayer(
         layer_name=layer_name,
@@ -695,6 +697,12 @@ def publish_layer(
         s3_uri=s3_uri,
         created=result.get("CreatedDate"),
     )
+
+
+def direct_request_bytes(zip_bytes: int, params: dict[str, Any]) -> int:
+    """The size of a PublishLayerVersion request carrying a zip of ``zip_bytes`` inline."""
+    envelope = json.dumps({**params, "Content": {"ZipFile": ""}}, separators=(",", ":"))
+    return len(envelope.encode()) + 4 * -(-zip_bytes // 3)
 
 
 def upload_to_s3(

@@ -248,3 +248,41 @@ def test_prune_keeps_versions_function_versions_use(lam: Any, layers: Path) -> N
     )
     remaining = lam.list_layer_versions(LayerName="scorer-model")["LayerVersions"]
     assert sorted(v["Version"] for v in remaining) == [1, 3, 4]
+
+
+def test_live_manifest_is_read_from_the_layer_when_no_local_build_matches(
+    lam: Any, layers: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On AWS, GetLayerVersion gives a presigned https URL of the content: status reads
+    model/manifest.json from it when no local build has the same sha256."""
+    import io
+
+    import mlayer.publish as publish_module
+
+    publish(layers, 1)
+    zip_bytes = (layers / "model-sentiment-v1.zip").read_bytes()
+    real_get = publish_module.get_layer_version
+    fetched: list[str] = []
+
+    def get_layer_version(client: Any, arn: str) -> dict[str, Any] | None:
+        version = real_get(client, arn)
+        if version is not None and ":layer:scorer-model:" in arn:
+            version["Content"]["Location"] = "https://awslambda-us-east-1-layers.s3/presigned"
+        return version
+
+    def urlopen(url: str, timeout: float) -> io.BytesIO:
+        fetched.append(url)
+        return io.BytesIO(zip_bytes)
+
+    monkeypatch.setattr(publish_module, "get_layer_version", get_layer_version)
+    monkeypatch.setattr(publish_module.urllib.request, "urlopen", urlopen)
+
+    data = json.loads(
+        run(
+            "status", "--function", "scorer", "--json", "--layers-dir", str(tmp_path / "none")
+        ).output
+    )
+
+    assert fetched == ["https://awslambda-us-east-1-layers.s3/presigned"]
+    assert data["manifest_source"] == "the layer version's content"
+    assert (data["manifest"]["name"], data["manifest"]["version"]) == ("sentiment", 1)

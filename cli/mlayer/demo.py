@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -181,7 +181,7 @@ def _queue_messages(sqs: Any, url: str, limit: int = 10) -> tuple[int, list[dict
     return total, [json.loads(m["Body"]) for m in sample.get("Messages", [])]
 
 
-def run_demo(options: DemoOptions = DemoOptions()) -> Iterator[Step]:
+def run_demo(options: DemoOptions = DemoOptions()) -> Generator[Step, None, None]:
     """Run the pipeline end to end on a fresh local endpoint, step by step."""
     import boto3
 

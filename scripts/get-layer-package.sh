@@ -167,8 +167,8 @@ step_compile() {
   check_interpreter compile
   local layer
   layer=$(cd "$OUT/python" && pwd)
-  # One process, sorted order, fixed hash seed: marshal output then does not depend on the
-  # order or the process in which files were compiled, so two builds give identical pycs.
+  # One process, sorted order, fixed hash seed, fixed recorded path: marshal output then
+  # depends on nothing of the build, so two builds give identical pycs.
   (cd / && PYTHONHASHSEED=0 "$PYTHON_BIN" -I -S - "$layer" "$COMPILE_LIST" <<'PY'
 import os, py_compile, sys
 layer, listing = sys.argv[1], sys.argv[2]
@@ -183,7 +183,9 @@ else:
 compiled = failed = 0
 for rel in files:
     try:
-        py_compile.compile(os.path.join(layer, rel), doraise=True,
+        # dfile: the path recorded in the pyc is where Lambda puts the file, not this
+        # build's temporary folder (import fixes it up anyway), so builds are identical.
+        py_compile.compile(os.path.join(layer, rel), dfile="/opt/python/" + rel, doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         compiled += 1
     except py_compile.PyCompileError:

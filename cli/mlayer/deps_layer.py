@@ -347,6 +347,8 @@ def _no_wheel_error(output: str, target: Target, requirements: Path) -> BuildErr
         if candidates:
             newest = str(max(candidates))
     pinned = _pinned_version(requirements, name)
+    if pinned:
+        requirement = f"{name}=={pinned}"
     others = _runtimes_with_wheel(name, pinned, target) if pinned else []
     fixes = []
     if newest:
@@ -1154,6 +1156,13 @@ def _notes(report: dict[str, Any], manifest: dict[str, Any], budget: Budget) -> 
     return notes
 
 
+def _foreign(target: Target) -> str:
+    return (
+        f"this machine is {host_machine()}, the layer is for {target.machine}: its extension "
+        "modules cannot load here"
+    )
+
+
 def _verify_and_compile(
     options: DepsBuildOptions,
     target: Target,
@@ -1170,6 +1179,8 @@ def _verify_and_compile(
     verify: dict[str, Any]
     if python is None:
         reason = f"no Python {target.python_version} interpreter here"
+        if not can_import:
+            return {"skipped": _foreign(target)}, {"skipped": reason, "files": 0}
         return {"skipped": reason}, {"skipped": reason, "files": 0}
     if can_import:
         say(f"verifying imports with Python {target.python_version}")
@@ -1194,10 +1205,7 @@ def _verify_and_compile(
                 "rule removed something needed (--keep PATTERN keeps it)"
             )
     else:
-        verify = {
-            "skipped": f"this machine is {host_machine()}, the layer is for "
-            f"{target.machine}: its extension modules cannot load here"
-        }
+        verify = {"skipped": _foreign(target)}
     if options.bytecode == "none":
         return verify, {"skipped": "--bytecode none", "files": 0}
     extra: list[str] = []

@@ -1,0 +1,104 @@
+"""Deterministic zips and Lambda's size budgets (mlayer.archive)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from mlayer.archive import (
+    DIRECT_UPLOAD_LIMIT,
+    UNZIPPED_LIMIT,
+    Budget,
+    BudgetPart,
+    dir_size,
+    mb,
+    needs_s3,
+    sha256_file,
+    upload_note,
+    write_zip,
+    zip_unzipped_size,
+)
+
+
+def _tree(root: Path, *, reverse: bool = False) -> None:
+    """The same files, created in a different order and with other mtimes and modes."""
+    files = {
+        "pkg/__init__.py": b"x = 1\n",
+        "pkg/sub/mod.py": b"y = 2\n" * 100,
+        "pkg/tool.sh": b"#!/bin/sh\necho hi\n",
+        "a.txt": b"a",
+    }
+    items = sorted(files.items(), reverse=reverse)
+    for i, (name, data) in enumerate(items):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, (1_600_000_000 + i * 1000 + (7 if reverse else 0),) * 2)
+        path.chmod(0o600 if not reverse else 0o664)
+    (root / "pkg/tool.sh").chmod(0o700 if not reverse else 0o775)
+
+
+def test_same_files_give_the_same_bytes(tmp_path: Path) -> None:
+    # given two trees with equal contents but different creation order, mtimes and modes
+    _tree(tmp_path / "one")
+    _tree(tmp_path / "two", reverse=True)
+    # when both are zipped
+    first = write_zip(tmp_path / "one", tmp_path / "one.zip", prefix="python")
+    second = write_zip(tmp_path / "two", tmp_path / "two.zip", prefix="python")
+    # then the zips are byte-identical
+    assert first.sha256 == second.sha256 == sha256_file(tmp_path / "one.zip")
+    assert (tmp_path / "one.zip").read_bytes() == (tmp_path / "two.zip").read_bytes()
+    assert first.files == 4
+    assert first.unzipped_bytes == dir_size(tmp_path / "one")[0]
+    assert zip_unzipped_size(tmp_path / "one.zip") == first.unzipped_bytes
+
+
+def test_entries_are_sorted_with_fixed_times_and_modes(tmp_path: Path) -> None:
+    _tree(tmp_path / "src", reverse=True)
+    write_zip(tmp_path / "src", tmp_path / "out.zip", prefix="python")
+    with zipfile.ZipFile(tmp_path / "out.zip") as archive:
+        infos = archive.infolist()
+        names = [info.filename for info in infos]
+        assert names == sorted(names)
+        assert all(name.startswith("python/") for name in names)
+        assert {info.date_time for info in infos} == {(1980, 1, 1, 0, 0, 0)}
+        modes = {info.filename: stat.S_IMODE(info.external_attr >> 16) for info in infos}
+        assert modes["python/pkg/tool.sh"] == 0o755
+        assert {m for n, m in modes.items() if n != "python/pkg/tool.sh"} == {0o644}
+        assert archive.read("python/pkg/sub/mod.py") == b"y = 2\n" * 100
+
+
+def test_pairs_source_and_duplicates(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"data")
+    result = write_zip([(tmp_path / "f", "model/f")], tmp_path / "m.zip")
+    assert result.files == 1
+    with pytest.raises(ValueError, match="duplicate"):
+        write_zip([(tmp_path / "f", "x"), (tmp_path / "f", "x")], tmp_path / "d.zip")
+
+
+def test_budget_shares_and_verdict() -> None:
+    budget = Budget(
+        [BudgetPart("dependency layer", 190 * 1_048_576), BudgetPart("model", 70 * 1_048_576)]
+    )
+    assert budget.limit == UNZIPPED_LIMIT == 250 * 1_048_576
+    assert not budget.fits
+    assert budget.over_by == 10 * 1_048_576
+    assert budget.describe() == (
+        "dependency layer 190.0 MB (76%), model 70.0 MB (28%); total 260.0 MB of 250.0 MB: "
+        "over by 10.0 MB"
+    )
+    assert Budget([BudgetPart("x", 1)]).fits
+
+
+def test_direct_upload_limit() -> None:
+    assert DIRECT_UPLOAD_LIMIT == 52_428_800  # 69,905,067 base64 bytes in the API request
+    assert not needs_s3(DIRECT_UPLOAD_LIMIT)
+    assert needs_s3(DIRECT_UPLOAD_LIMIT + 1)
+    assert upload_note(1000) is None
+    note = upload_note(60 * 1_048_576, "dependency layer")
+    assert note is not None and "--bucket" in note and "60.0 MB" in note
+    assert mb(262_144_000) == "250.0 MB"

@@ -25,13 +25,13 @@ EVENT_SOURCE = "aws:kinesis"
 JsonLoads = Callable[[bytes], Any]
 
 
-def _json_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _stdlib_loads(payload: bytes) -> Any:
-    """``json.loads`` with orjson's strictness: UTF-8 only, no NaN / Infinity literals."""
-    return json.loads(payload.decode("utf-8"), parse_constant=_json_constant)
+    """``json.loads`` of UTF-8 bytes (orjson reads only UTF-8; json would guess UTF-16/32)."""
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except RecursionError:
+        # A deeply nested payload must be one bad record, not a crashed batch.
+        raise ValueError("JSON nested too deeply") from None
 
 
 try:
@@ -44,10 +44,13 @@ except ImportError:  # pragma: no cover - exercised by the isolated-process test
 
 
 def loads(payload: bytes) -> Any:
-    """Parse one JSON document strictly (UTF-8, RFC 8259), fast when orjson is present.
+    """Parse one JSON document, fast when orjson is present.
 
-    orjson refuses integers beyond 64 bits, which are valid JSON: on its refusal the
-    standard library has the last word, so the verdict never depends on orjson's presence.
+    What orjson refuses is given to the standard library, so whether a record is valid
+    never depends on orjson: a lone surrogate escape (``"\\ud800"``), a number beyond the
+    double range, and the NaN / Infinity literals Python's ``json.dumps`` writes for
+    ``float("nan")`` (a feature model then reports "feature 'x' is nan", a text model
+    still scores the text).
     """
     try:
         return fast_loads(payload)

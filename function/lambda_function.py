@@ -33,11 +33,31 @@ from model import Model, ModelLoadError, get_model
 from records import Batch, decode_event
 
 _cold_start = True
+_announced: Model | None = None
 
 
 def _log(entry: dict[str, Any]) -> None:
     # One JSON object per line on stdout: CloudWatch Logs Insights parses the fields.
     print(json.dumps(entry, default=str), flush=True)
+
+
+def _model() -> Model:
+    """The environment's model; its first use (the init phase, normally) logs how it loaded."""
+    global _announced
+    model = get_model(os.environ)
+    if model is not _announced:
+        _announced = model
+        entry: dict[str, Any] = {
+            "message": "model loaded",
+            "model": model.name,
+            "model_version": model.version,
+            "input": model.input.describe(),
+            "load_ms": model.load_ms,
+        }
+        if model.warnings:
+            entry["warnings"] = model.warnings
+        _log(entry)
+    return model
 
 
 def _load_at_init() -> None:
@@ -47,20 +67,9 @@ def _load_at_init() -> None:
     batch), with the same clear message.
     """
     try:
-        model = get_model()
+        _model()
     except ModelLoadError as exc:
         _log({"message": "model load failed", "error": str(exc)})
-        return
-    entry: dict[str, Any] = {
-        "message": "model loaded",
-        "model": model.name,
-        "model_version": model.version,
-        "input": model.input.describe(),
-        "load_ms": model.load_ms,
-    }
-    if model.warnings:
-        entry["warnings"] = model.warnings
-    _log(entry)
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
@@ -68,7 +77,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     global _cold_start
     cold_start, _cold_start = _cold_start, False
     environ = os.environ
-    model = get_model(environ)
+    model = _model()
 
     started = time.perf_counter()
     batch = decode_event(event, model.input)

@@ -257,10 +257,16 @@ def _version_hint(meta: Mapping[str, Any]) -> str:
         here = sklearn.__version__
     except ImportError:
         return "scikit-learn is not importable: attach the dependency layer to the function."
-    trained = saved.get("scikit-learn", "unknown") if saved else "unknown"
+    trained = saved.get("scikit-learn") if saved else None
+    if trained == here:
+        return (
+            f"scikit-learn {here} here, as at training: the file is damaged or not a joblib "
+            "pickle; rebuild the model layer (mlayer build-model) from the training output."
+        )
     return (
-        f"It was saved with scikit-learn {trained}; this environment has {here}. Build the "
-        "dependency layer from the training pins (requirements.txt) or retrain."
+        f"It was saved with scikit-learn {trained or 'an unknown version'}; this environment "
+        f"has {here}. Build the dependency layer from the training pins (requirements.txt) "
+        "or retrain with this environment's versions."
     )
 
 

@@ -46,6 +46,17 @@ def client(service: str) -> Any:
     return created
 
 
+def _aws_errors() -> tuple[type[Exception], ...]:
+    """botocore's errors, for ``except`` clauses (evaluated only once an exception is raised).
+
+    Anything else (a bug) propagates: the batch fails visibly instead of its records being
+    reported as sink failures.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (ClientError, BotoCoreError)
+
+
 # --- DynamoDB table --------------------------------------------------------------------------
 
 
@@ -82,7 +93,7 @@ def write_table(
                 sleep(BACKOFF_S * 2 ** (attempt - 1))
             try:
                 response = dynamodb.batch_write_item(RequestItems={table: pending})
-            except Exception as exc:  # botocore ClientError / BotoCoreError: the whole chunk
+            except _aws_errors() as exc:  # the whole chunk: no such table, throttled past retries
                 error = _describe(exc)
                 break
             pending = response.get("UnprocessedItems", {}).get(table, [])
@@ -155,7 +166,7 @@ def put_stream(
             ]
             try:
                 response = kinesis.put_records(Records=entries, **target)
-            except Exception as exc:  # botocore ClientError / BotoCoreError: the whole chunk
+            except _aws_errors() as exc:  # the whole chunk: no such table, throttled past retries
                 reasons.update(dict.fromkeys(pending, _describe(exc)))
                 break
             if not response.get("FailedRecordCount"):
@@ -219,7 +230,7 @@ def dead_letter(
                 entries.append(entry)
             try:
                 response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-            except Exception as exc:  # botocore ClientError / BotoCoreError: the whole chunk
+            except _aws_errors() as exc:  # the whole chunk: no such table, throttled past retries
                 reasons.update(dict.fromkeys(pending, _describe(exc)))
                 break
             retry = []

@@ -380,6 +380,7 @@ def test_records_older_than_max_age_are_discarded_unprocessed() -> None:
 def test_parallelization_keeps_order_per_partition_key() -> None:
     stream = FakeStream(per_read=50)
     stream.add("shardId-000000000000", 400, key=lambda n: f"user-{n % 7}")
+
     def slow(batch: list[str]) -> Any:
         time.sleep(0.002)  # lets the three lanes overlap
         return {}
@@ -631,3 +632,20 @@ def test_dynamodb_stream_records_and_sqs_on_failure() -> None:
     assert body["DDBStreamBatchInfo"]["streamArn"] == stream_arn
     assert body["requestContext"]["condition"] == "RetryAttemptsExhausted"
     assert summary.stats.discarded == 5
+
+
+def test_a_slow_read_is_not_idleness() -> None:
+    # moto takes seconds to return 10,000 records: the run must wait for them, not stop idle.
+    class SlowStream(FakeStream):
+        def read(
+            self, shard_id: str, iterator: str, limit: int
+        ) -> tuple[list[StreamRecord], str | None]:
+            time.sleep(0.8)
+            return super().read(shard_id, iterator, limit)
+
+    stream = SlowStream()
+    seqs = stream.add("shardId-000000000000", 50)
+    function = FakeFunction()
+    summary = run(stream, function, until_idle_s=0.3)
+    assert function.delivered() == seqs
+    assert summary.stopped == "idle"

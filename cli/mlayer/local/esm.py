@@ -550,6 +550,10 @@ class StreamProcessor:
         self._budget: int | None = None
         self._last_activity = time.monotonic()
         self._last_done: float | None = None
+        # A read in progress (GetRecords of 10,000 records takes seconds on moto) or a shard
+        # not read once yet may still bring records: never idle meanwhile.
+        self._reads_in_flight = 0
+        self._unread_shards: set[str] = set()
         self._errors: list[BaseException] = []
         self._shards_known: set[str] = set()
 
@@ -648,6 +652,7 @@ class StreamProcessor:
             lanes = [_Lane(shard.shard_id, i) for i in range(self.settings.parallelization_factor)]
             with self._lock:
                 self._lanes[shard.shard_id] = lanes
+                self._unread_shards.add(shard.shard_id)
             for lane in lanes:
                 self._spawn(self._lane_loop, lane, name=f"lane-{shard.shard_id}-{lane.index}")
             self._spawn(self._poll_loop, shard.shard_id, name=f"poll-{shard.shard_id}")
@@ -665,6 +670,13 @@ class StreamProcessor:
         thread.start()
 
     def _poll_loop(self, shard_id: str) -> None:
+        try:
+            self._poll(shard_id)
+        finally:
+            with self._lock:
+                self._unread_shards.discard(shard_id)
+
+    def _poll(self, shard_id: str) -> None:
         settings = self.settings
         iterator: str | None = self.source.iterator(
             shard_id, settings.starting_position, settings.starting_timestamp
@@ -681,6 +693,8 @@ class StreamProcessor:
             if queued >= buffer_limit or (budget_left is not None and budget_left <= 0):
                 self._stop.wait(self.poll_interval_s)  # back-pressure: the lanes are behind
                 continue
+            with self._lock:
+                self._reads_in_flight += 1
             try:
                 records, next_iterator = self.source.read(shard_id, iterator, 10_000)
             except Exception as exc:
@@ -691,6 +705,10 @@ class StreamProcessor:
                     self._stop.wait(1.0)
                     continue
                 raise
+            finally:
+                with self._lock:
+                    self._reads_in_flight -= 1
+                    self._unread_shards.discard(shard_id)
             if budget_left is not None:
                 records = records[:budget_left]
             if records:
@@ -946,7 +964,7 @@ class StreamProcessor:
     def _idle_for(self) -> float:
         with self._lock:
             busy = any(lane.busy or lane.queue for lanes in self._lanes.values() for lane in lanes)
-            if busy:
+            if busy or self._reads_in_flight or self._unread_shards:
                 return 0.0
             return time.monotonic() - self._last_activity
 

@@ -178,19 +178,21 @@ class KinesisStreamEvent:
         for record in self.raw_records:
             yield KinesisStreamRecord(record)
 
-    def columns(self) -> tuple[list[str], list[str], list[str]]:
-        """(eventIDs, sequence numbers, base64 data) of every record, in one pass.
+    def decoded_columns(self) -> tuple[list[str], list[str], list[bytes]]:
+        """(eventIDs, sequence numbers, base64-decoded data) of every record, in one pass.
 
-        The batch decoder's fast path: a wrapper object per record costs about a
-        microsecond, as much as decoding the record. Raises KeyError / TypeError when a
-        record lacks one of them; the caller then takes the per-record path.
+        The batch decoder's fast path: a wrapper object per record would cost about as
+        much as decoding the record. Raises KeyError / TypeError when a record lacks a
+        member and ValueError (binascii.Error) on bad base64; the caller then takes the
+        per-record path.
         """
+        a2b = binascii.a2b_base64
         event_ids = []
         sequence_numbers = []
-        datas = []
+        payloads = []
         for record in self.raw_records:
             kinesis = record["kinesis"]
             event_ids.append(record["eventID"])
             sequence_numbers.append(kinesis["sequenceNumber"])
-            datas.append(kinesis["data"])
-        return event_ids, sequence_numbers, datas
+            payloads.append(a2b(kinesis["data"], strict_mode=True))  # as b64decode() does
+        return event_ids, sequence_numbers, payloads

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any
 
@@ -36,9 +37,25 @@ _cold_start = True
 _announced: Model | None = None
 
 
+try:
+    import orjson
+
+    def _dumps(entry: dict[str, Any]) -> str:
+        return orjson.dumps(entry, default=str).decode("utf-8")
+
+except ImportError:  # the dependency layer pins orjson; json is the fallback
+    _encoder = json.JSONEncoder(default=str, ensure_ascii=False)
+
+    def _dumps(entry: dict[str, Any]) -> str:
+        return _encoder.encode(entry)
+
+
 def _log(entry: dict[str, Any]) -> None:
     # One JSON object per line on stdout: CloudWatch Logs Insights parses the fields.
-    print(json.dumps(entry, default=str), flush=True)
+    # Flushed so each line reaches the log stream with its invocation.
+    stdout = sys.stdout
+    stdout.write(_dumps(entry) + "\n")
+    stdout.flush()
 
 
 def _model() -> Model:

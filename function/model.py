@@ -88,7 +88,7 @@ class Model:
         # The inputs were validated record by record (finite numbers, strings), and the text
         # stages cannot produce NaN: scikit-learn's finiteness check of every intermediate
         # matrix is redundant, and costs about 7% of a 100-record text batch.
-        with config_context(assume_finite=True):
+        with config_context(assume_finite=True, skip_parameter_validation=True):
             for stage in self.transforms:
                 features = stage.transform(features)
             predicted = self.final.predict(features)

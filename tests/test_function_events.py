@@ -52,10 +52,10 @@ def test_kinesis_accessors_on_the_aws_documentation_sample() -> None:
     assert first.kinesis.approximate_arrival_timestamp == 1545084650.987
     assert first.kinesis.data_as_text() == "Hello, this is a test."
     assert second.kinesis.data_as_bytes() == b"This is only a test."
-    ids, sequence_numbers, datas = event.columns()
+    ids, sequence_numbers, payloads = event.decoded_columns()
     assert ids == [first.event_id, second.event_id]
     assert sequence_numbers == [first.kinesis.sequence_number, second.kinesis.sequence_number]
-    assert datas == [first.kinesis.data, second.kinesis.data]
+    assert payloads == [first.kinesis.data_as_bytes(), second.kinesis.data_as_bytes()]
 
 
 def test_kinesis_data_as_json_on_a_json_payload() -> None:

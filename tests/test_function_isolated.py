@@ -164,7 +164,12 @@ def run_isolated(
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (line,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    return json.loads(line.removeprefix("RESULT "))
+    result: dict[str, Any] = json.loads(line.removeprefix("RESULT "))
+    # Everything else on stdout is the function's log: one JSON object per line.
+    result["logs"] = [
+        json.loads(line) for line in proc.stdout.splitlines() if not line.startswith("RESULT ")
+    ]
+    return result
 
 
 def requests_for(text_model_dir: Path, numeric_model_dir: Path) -> list[dict[str, Any]]:
@@ -211,6 +216,9 @@ def test_handler_runs_on_stdlib_and_the_layer_alone(
     assert result["json"] == ("orjson" if orjson else "kinesis_event")
     expected = [invoke(request["event"], **request["env"]).response for request in requests]
     assert result["responses"] == expected
+    batches = [log for log in result["logs"] if log["message"] == "batch"]
+    assert [log["counts"] for log in batches] == [r["counts"] for r in expected]
+    assert [log["cold_start"] for log in batches] == [True] + [False] * (len(requests) - 1)
     assert result["responses"][2]["batchItemFailures"] == [
         {"itemIdentifier": requests[2]["event"]["Records"][1]["kinesis"]["sequenceNumber"]}
     ]

@@ -705,6 +705,7 @@ def slim(root: Path, keep: Iterable[str] = (), exclude: Iterable[str] = ()) -> d
         per_rule[rule_name][1] += size
         files[rel].unlink()
     _prune_empty_dirs(root)
+    _drop_removed_from_records(root)
     return {
         "rules": [
             {
@@ -742,6 +743,25 @@ def _keep_imported(files: dict[str, Path], removal: dict[str, str]) -> list[str]
                         restored.append(candidate)
                         queue.append(candidate)
     return restored
+
+
+def _drop_removed_from_records(root: Path) -> None:
+    """Keep each RECORD true to the layer: drop the rows of files no longer in it.
+
+    Besides honesty (importlib.metadata.files()), this matters for determinism: the rows
+    of removed console scripts hash launchers that name the build machine's interpreter.
+    """
+    for record in sorted(root.glob("*.dist-info/RECORD")):
+        text = record.read_text(encoding="utf-8", errors="surrogateescape")
+        kept = []
+        for line in text.splitlines(keepends=True):
+            rel = line.split(",", 1)[0].strip('"')
+            target = os.path.normpath(root / rel)
+            inside = target.startswith(str(root) + os.sep)
+            if rel and (not inside or not os.path.exists(target)):
+                continue
+            kept.append(line)
+        record.write_text("".join(kept), encoding="utf-8", errors="surrogateescape")
 
 
 def _prune_empty_dirs(root: Path) -> None:
@@ -1117,11 +1137,12 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
             "package_sizes": sizes,
             "warnings": [w for w in warnings_ if not w.startswith("Lambda deprecated")],
         }
-        if options.use_cache:
-            cache_entry.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(staged, cache_entry / "layer.zip")
-            (cache_entry / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            (cache_entry / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        # --no-cache skips reusing a build, not remembering this one.
+        cache_entry.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(staged, cache_entry / "layer.zip")
+        (cache_entry / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        # report.json last: its presence marks a complete entry
+        (cache_entry / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         layers_dir.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staged), zip_path)
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")

@@ -563,10 +563,20 @@ def smoke_test(
         )
     output = init.stdout + init.stderr + invocation.stdout + invocation.stderr
     warnings = [line.strip() for line in output.splitlines() if _WARNING_LINE.search(line)]
+    # The function catches the warnings of loading the model and logs them in its JSON
+    # "model loaded" line: those count as much as printed ones.
+    for line in output.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("warnings"):
+            logged = entry["warnings"]
+            warnings += [str(w) for w in (logged if isinstance(logged, list) else [logged])]
     if warnings:
         raise SmokeTestError(
             "the function printed warnings while loading or scoring the model: "
-            + " | ".join(warnings[:3])
+            + " | ".join(" ".join(w.split()) for w in warnings[:3])
             + " (an InconsistentVersionWarning means the model and the dependency layer "
             "disagree on scikit-learn: retrain or rebuild the layer)"
         )

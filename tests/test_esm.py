@@ -120,8 +120,8 @@ class FakeFunction:
         function = self
 
         class Env:
-            def invoke(self, event: dict[str, Any]) -> Result:
-                records = event["Records"]
+            def invoke(self, event: bytes) -> Result:
+                records = json.loads(event)["Records"]
                 seqs = [r["kinesis"]["sequenceNumber"] for r in records]
                 with function.lock:
                     function.deliveries.append(
@@ -525,8 +525,8 @@ class CapturingFunction:
         outer = self
 
         class Env:
-            def invoke(self, event: dict[str, Any]) -> Result:
-                outer.events.append(event)
+            def invoke(self, event: bytes) -> Result:
+                outer.events.append(json.loads(event))
                 return Result(response={"batchItemFailures": []})
 
             def close(self) -> None:
@@ -604,8 +604,8 @@ def test_dynamodb_stream_records_and_sqs_on_failure() -> None:
     events: list[dict[str, Any]] = []
 
     class Failing:
-        def invoke(self, event: dict[str, Any]) -> Result:
-            events.append(event)
+        def invoke(self, event: bytes) -> Result:
+            events.append(json.loads(event))
             return Result(error={"errorType": "RuntimeError", "errorMessage": "down"})
 
         def close(self) -> None:

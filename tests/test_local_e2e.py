@@ -349,8 +349,8 @@ def test_kinesis_payload_round_trip_is_lambdas(deployed: Deployed) -> None:
     seen: list[dict[str, Any]] = []
 
     class Capture:
-        def invoke(self, event: dict[str, Any]) -> Any:
-            seen.append(event)
+        def invoke(self, event: bytes) -> Any:
+            seen.append(json.loads(event))
             from mlayer.reports import Report
 
             @dataclass

@@ -155,6 +155,7 @@ class StreamRecord:
     arrival: float  # epoch seconds (approximate arrival / creation time)
     event: dict[str, Any]  # the record exactly as Lambda puts it in the event
     size: int  # bytes of ``event`` as JSON
+    raw: bytes | None = None  # ``event`` as JSON, encoded once when read
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,8 @@ def _jsonable(value: Any) -> Any:
 def _sized(
     shard_id: str, seq: str, key: str, arrival: float, event: dict[str, Any]
 ) -> StreamRecord:
-    return StreamRecord(shard_id, seq, key, arrival, event, len(json.dumps(event)) + 2)
+    raw = json.dumps(event, separators=(",", ":")).encode()
+    return StreamRecord(shard_id, seq, key, arrival, event, len(raw) + 1, raw)
 
 
 class KinesisSource:
@@ -361,7 +363,8 @@ class InvocationLike(Protocol):
 
 
 class Invoker(Protocol):
-    """One execution environment (sandbox.LambdaEnvironment fits)."""
+    """One execution environment (sandbox.LambdaEnvironment fits); the emulator hands it
+    each event as JSON bytes."""
 
     def invoke(self, event: Any) -> InvocationLike: ...
     def close(self) -> None: ...
@@ -834,7 +837,7 @@ class StreamProcessor:
     def _invoke(self, lane: _Lane, chunk: list[StreamRecord], *, retry: bool) -> InvocationLike:
         if lane.invoker is None:
             lane.invoker = self.invoker_factory()
-        event = {"Records": [r.event for r in chunk]}
+        event = _event_json(chunk)
         began = time.perf_counter()
         result = lane.invoker.invoke(event)
         wall = time.perf_counter() - began
@@ -983,6 +986,15 @@ class StreamProcessor:
         for thread in self._threads:
             thread.join()
         self._threads.clear()
+
+
+def _event_json(chunk: list[StreamRecord]) -> bytes:
+    """``{"Records": [...]}`` as JSON, joined from each record's JSON encoded when read."""
+    parts = [
+        r.raw if r.raw is not None else json.dumps(r.event, separators=(",", ":")).encode()
+        for r in chunk
+    ]
+    return b'{"Records":[' + b",".join(parts) + b"]}"
 
 
 def _lane_of(partition_key: str, lanes: int) -> int:

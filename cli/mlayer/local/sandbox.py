@@ -332,16 +332,23 @@ class LambdaEnvironment:
         )
 
     def invoke(self, event: Any) -> Invocation:
-        """Run one invocation of ``event`` (any JSON value) and return its outcome.
+        """Run one invocation of ``event`` and return its outcome.
+
+        ``event`` is any JSON value, or ``bytes`` already holding its JSON (the stream
+        emulator encodes each record once, when read, and joins them: encoding a batch of
+        1,000 records again per invocation took 5 ms here).
 
         Raises:
             MlayerError: the event cannot be serialized as JSON, or the environment is closed.
         """
         self._check_open()
-        try:
-            body = json.dumps(event).encode()
-        except (TypeError, ValueError) as exc:
-            raise MlayerError(f"the event is not JSON-serializable: {exc}") from exc
+        if isinstance(event, bytes | bytearray):
+            body = bytes(event)
+        else:
+            try:
+                body = json.dumps(event).encode()
+            except (TypeError, ValueError) as exc:
+                raise MlayerError(f"the event is not JSON-serializable: {exc}") from exc
         if not self.alive:
             self.start()
         init, self._pending_init = self._pending_init, None

@@ -54,8 +54,9 @@ _CHANGE_RECORD_KEYS = frozenset(
     }
 )
 # First characters a plain-text payload may not start with on the fast path: "{" marks a
-# JSON object, whitespace may precede one, and an empty payload is bad.
-_NOT_PLAIN_TEXT = frozenset({"", "{", " ", "\t", "\r", "\n"})
+# JSON object, ASCII whitespace (what bytes.lstrip() strips) may precede one, and an empty
+# payload is bad.
+_NOT_PLAIN_TEXT = frozenset({"", "{", " ", "\t", "\n", "\r", "\x0b", "\x0c"})
 
 
 class InvalidEventError(ValueError):
@@ -193,7 +194,7 @@ def _decode_kinesis(event: Mapping[str, Any], records: list[Any], spec: InputSpe
                 f"Kinesis record {index} has no kinesis.sequenceNumber: it could not be "
                 "reported in batchItemFailures (events from Lambda always carry one)"
             )
-        record_id = record.event_id or sequence_number
+        record_id = _identity(record.event_id, sequence_number)
         try:
             value = _kinesis_value(record, spec)
         except RecordError as exc:
@@ -223,7 +224,12 @@ def _kinesis_fast_path(
         )
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
-    if inputs is None or not all(sequence_numbers):
+    if (
+        inputs is None
+        or not all(sequence_numbers)
+        or not all(event_ids)
+        or set(map(type, sequence_numbers)) | set(map(type, event_ids)) != {str}
+    ):
         return None
     count = len(records)
     return Batch(
@@ -271,6 +277,11 @@ def _fast_rows(payloads: list[bytes], spec: InputSpec) -> list[list[float]] | No
         if not math.isfinite(sum(row)):
             return None
     return rows
+
+
+def _identity(event_id: Any, sequence_number: str) -> str:
+    # The eventID names the record in outputs; a hand-made event may lack it.
+    return event_id if isinstance(event_id, str) and event_id else sequence_number
 
 
 class _Skip:
@@ -322,7 +333,7 @@ def _decode_dynamodb(records: list[Any], spec: InputSpec) -> Batch:
                 f"DynamoDB Streams record {index} has no dynamodb.SequenceNumber: it could "
                 "not be reported in batchItemFailures (events from Lambda always carry one)"
             )
-        record_id = record.event_id or sequence_number
+        record_id = _identity(record.event_id, sequence_number)
         try:
             value = _change_record_value(record, spec)
         except RecordError as exc:

@@ -368,3 +368,73 @@ def _b64(data: str) -> bytes:
     import base64
 
     return base64.b64decode(data)
+
+
+# --- not only the two samples: any scikit-learn chain ----------------------------------------
+
+
+def _save_model(directory: Path, name: str, stage: Any, features: list[str], labels: Any) -> Path:
+    directory.mkdir(parents=True)
+    joblib.dump(stage, directory / f"{name}.joblib")
+    meta = {
+        "name": name,
+        "stages": [f"{name}.joblib"],
+        "input": {"kind": "features", "features": features},
+        "labels": labels,
+        "versions": {"scikit-learn": sklearn.__version__},
+    }
+    (directory / "metadata.json").write_text(json.dumps(meta))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def other_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 2))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int)
+    base = tmp_path_factory.mktemp("models")
+    return {
+        "regressor": _save_model(
+            base / "regressor",
+            "price",
+            make_pipeline(StandardScaler(), LinearRegression()).fit(X, 3 * X[:, 0] + 1),
+            ["a", "b"],
+            None,
+        ),
+        "no-proba": _save_model(
+            base / "no-proba", "svm", LinearSVC().fit(X, y), ["a", "b"], ["low", "high"]
+        ),
+        "string-classes": _save_model(
+            base / "string-classes",
+            "spam",
+            make_pipeline(StandardScaler(), LinearSVC()).fit(X, np.where(y, "spam", "ham")),
+            ["a", "b"],
+            None,
+        ),
+    }
+
+
+def test_regressor_predictions_are_the_values(other_models: dict[str, Path]) -> None:
+    run = invoke(
+        {"records": [{"a": 1.0, "b": 0}, {"a": -1.0, "b": 5}]}, MODEL_DIR=other_models["regressor"]
+    )
+    values = [p["label"] for p in run.response["predictions"]]
+    assert values == pytest.approx([4.0, -2.0])
+    assert [p["probability"] for p in run.response["predictions"]] == [None, None]
+
+
+def test_classifier_without_predict_proba(other_models: dict[str, Path]) -> None:
+    run = invoke({"records": [{"a": 3, "b": 3}, [-3, -3]]}, MODEL_DIR=other_models["no-proba"])
+    assert [p["label"] for p in run.response["predictions"]] == ["high", "low"]
+    assert [p["probability"] for p in run.response["predictions"]] == [None, None]
+
+
+def test_string_classes_are_the_labels(other_models: dict[str, Path]) -> None:
+    run = invoke({"records": [[3, 3], [-3, -3]]}, MODEL_DIR=other_models["string-classes"])
+    assert [p["label"] for p in run.response["predictions"]] == ["spam", "ham"]

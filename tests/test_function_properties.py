@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
+import records
 import sinks
 
 # The autouse fake-credentials fixture is function-scoped but constant across examples.
@@ -256,3 +257,60 @@ def test_dead_letter_queue_receives_exactly_the_bad_records(
         )
     ]
     assert all(body["reason"] for body in bodies)
+
+
+def _decode_both(event: dict[str, Any], spec: records.InputSpec) -> tuple[Any, Any]:
+    quick = records.decode_event(event, spec)
+    original = records._kinesis_fast_path
+    records._kinesis_fast_path = lambda *args: None  # type: ignore[assignment]
+    try:
+        slow = records.decode_event(event, spec)
+    finally:
+        records._kinesis_fast_path = original
+    return quick, slow
+
+
+def _outcome(batch: records.Batch) -> tuple[Any, ...]:
+    return (
+        batch.inputs,
+        batch.record_ids,
+        batch.sequence_numbers,
+        batch.indexes,
+        [(r.index, r.reason) for r in batch.rejected],
+        [(s.index, s.reason) for s in batch.skipped],
+    )
+
+
+whitespace = st.sampled_from(["", " ", "\t", "\n", "\r", "\x0b", "\x0c"])
+text_payloads = st.one_of(
+    st.text(max_size=30).map(str.encode),
+    st.binary(max_size=30),
+    st.tuples(whitespace, texts).map(lambda p: (p[0] + json.dumps({"text": p[1]})).encode()),
+    st.fixed_dictionaries({"text": st.one_of(texts, numbers, st.none())}).map(
+        lambda d: json.dumps(d).encode()
+    ),
+)
+feature_payloads = st.one_of(
+    st.fixed_dictionaries({name: st.one_of(numbers, st.just("1")) for name in FEATURES}).map(
+        lambda d: json.dumps(d).encode()
+    ),
+    st.lists(numbers, min_size=4, max_size=6).map(lambda row: json.dumps(row).encode()),
+    st.binary(max_size=20),
+)
+
+
+@PROPERTY_SETTINGS
+@given(payloads=st.lists(text_payloads, min_size=1, max_size=8))
+def test_fast_path_equals_per_record_path_text(payloads: list[bytes]) -> None:
+    event = {"Records": [kinesis_record(p, str(100 + i)) for i, p in enumerate(payloads)]}
+    quick, slow = _decode_both(event, records.InputSpec(kind="text", field="text"))
+    assert _outcome(quick) == _outcome(slow)
+
+
+@PROPERTY_SETTINGS
+@given(payloads=st.lists(feature_payloads, min_size=1, max_size=8))
+def test_fast_path_equals_per_record_path_features(payloads: list[bytes]) -> None:
+    event = {"Records": [kinesis_record(p, str(100 + i)) for i, p in enumerate(payloads)]}
+    spec = records.InputSpec(kind="features", field=None, features=FEATURES)
+    quick, slow = _decode_both(event, spec)
+    assert _outcome(quick) == _outcome(slow)

@@ -41,12 +41,15 @@ import kinesis_event
 
 results = []
 for request in json.load(open(requests_path)):
-    os.environ.pop("INPUT_FIELD", None)
+    for name in ("INPUT_FIELD", "DEAD_LETTER_QUEUE_URL", "OUTPUT_TABLE", "OUTPUT_STREAM"):
+        os.environ.pop(name, None)
     os.environ.update(request["env"])
     results.append(lambda_function.lambda_handler(request["event"], None))
 
 import sklearn
 assert sklearn.__file__.startswith(layer_dir), sklearn.__file__
+# No sink configured, and a dead-letter queue with nothing to send: boto3 never loads.
+assert "boto3" not in sys.modules and "botocore" not in sys.modules
 heavy = sorted(m for m in ("boto3", "botocore", "s3transfer", "mlayer", "pytest") if m in sys.modules)
 outside = sorted(
     {name: getattr(module, "__file__", None) for name, module in sys.modules.items()
@@ -184,6 +187,10 @@ def requests_for(text_model_dir: Path, numeric_model_dir: Path) -> list[dict[str
         {"env": text, "event": load_event("kinesis_dynamodb")},
         {"env": {**text, "INPUT_FIELD": "Message"}, "event": load_event("dynamodb_update")},
         {"env": text, "event": load_event("direct")},
+        {
+            "env": {**text, "DEAD_LETTER_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/1/dlq"},
+            "event": load_event("kinesis_reviews"),
+        },
         {"env": numeric, "event": load_event("kinesis_income")},
         {"env": numeric, "event": load_event("dynamodb_income")},
     ]

@@ -421,6 +421,8 @@ def _pipeline(
         on_progress=options.on_progress,
     )
     summary = result.summary
+    if summary.stopped == "interrupted":
+        raise KeyboardInterrupt  # Ctrl-C during the run stops the demo, not just this step
     stats = summary.stats
     p50, p99 = summary.percentile(50), summary.percentile(99)
     yield step.finish(

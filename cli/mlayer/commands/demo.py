@@ -51,8 +51,9 @@ def demo(records: int, workdir: Path) -> None:
     progress = _Progress(console, records)
     options = DemoOptions(records=records, workdir=workdir, on_progress=progress.update)
     count = 0
+    steps = run_demo(options)
     try:
-        for step in run_demo(options):
+        for step in steps:
             if not step.done:
                 count += 1
                 console.print(f"\n[bold cyan]{count:>2}. {step.title}[/] ...")
@@ -64,6 +65,9 @@ def demo(records: int, workdir: Path) -> None:
             _render(console, step)
     finally:
         progress.stop()
+        # Stops the endpoint now, also on Ctrl-C or an error (not whenever the generator
+        # happens to be garbage-collected).
+        steps.close()
     console.print(
         "\n[bold green]Demo finished.[/] Try the same commands on your own model: mlayer --help"
     )

@@ -77,21 +77,27 @@ def unzip(zip_path: Path, out: Path) -> Path:
     return out / "python"
 
 
-def cold_start(layer: Path, model_dir: Path, runs: int) -> float:
-    """Median seconds from interpreter start to 100 predictions, fresh process each run."""
+def cold_starts(layers: list[Path], model_dir: Path, runs: int) -> list[float]:
+    """Median seconds from interpreter start to 100 predictions, per layer.
+
+    Runs are interleaved (one of each layer per round), so a load change on this shared
+    machine hits every layer alike instead of whichever was measured at the time.
+    """
     env = {"PATH": os.environ.get("PATH", ""), "MODEL_DIR": str(model_dir), "HOME": "/tmp"}
-    site = layer / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-    times = []
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    times: list[list[float]] = [[] for _ in layers]
     for _ in range(runs):
-        proc = subprocess.run(
-            [sys.executable, "-I", "-S", "-B", "-c", COLD_START, repr(time.time()),
-             str(ROOT / "function"), str(site), str(layer)],
-            capture_output=True, text=True, env=env, cwd=ROOT / "function",
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise SystemExit(f"cold start failed on {layer}:\n{proc.stderr[-2000:]}")
-        times.append(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
-    return statistics.median(times)
+        for i, layer in enumerate(layers):
+            site = layer / "lib" / version / "site-packages"
+            proc = subprocess.run(
+                [sys.executable, "-I", "-S", "-B", "-c", COLD_START, repr(time.time()),
+                 str(ROOT / "function"), str(site), str(layer)],
+                capture_output=True, text=True, env=env, cwd=ROOT / "function",
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise SystemExit(f"cold start failed on {layer}:\n{proc.stderr[-2000:]}")
+            times[i].append(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -110,8 +116,8 @@ def main() -> None:
         )  # fmt: skip
         print("naive pip install --target ...", file=sys.stderr)
         naive = naive_install(work / "naive", here)
-        rows.append(("naive pip --target", "python3.11 x86_64", *sizes(naive, work),
-                     cold_start(naive, model_dir, args.runs)))  # fmt: skip
+        rows.append(("naive pip --target", "python3.11 x86_64", *sizes(naive, work), None))
+        measured = [naive]
         variants = [("slim, no bytecode", "none"), ("mlayer --bytecode imports", "imports"),
                     ("mlayer build-deps (default)", "all")]  # fmt: skip
         for label, mode in variants:
@@ -123,7 +129,11 @@ def main() -> None:
             layer = unzip(result.zip_path, work / f"u-{mode}")
             m = result.manifest
             rows.append((label, "python3.11 x86_64", m["unzipped_bytes"], m["zip_bytes"],
-                         m["files"], cold_start(layer, model_dir, args.runs)))  # fmt: skip
+                         m["files"], None))  # fmt: skip
+            measured.append(layer)
+        print(f"cold starts: {args.runs} rounds ...", file=sys.stderr)
+        for i, median in enumerate(cold_starts(measured, model_dir, args.runs)):
+            rows[i] = (*rows[i][:5], median)
         if not args.no_cross:
             cross = Target("python3.13", "arm64")
             print("naive / mlayer for python3.13 arm64 ...", file=sys.stderr)

@@ -23,6 +23,7 @@ Limits are enforced as Lambda does, from outside the process:
   the address space here is 366 MB for a 119 MB resident set (OpenBLAS maps per-thread
   buffers it never touches), and it grows with the core count, so a 256 MB function would
   fail to import numpy on a large laptop while it runs fine in Lambda.
+  Linux only (``/proc``): elsewhere memory is not enforced and Max Memory Used reads 0.
 - timeout: the invocation is killed after ``timeout_s`` with Lambda's
   ``Task timed out after N.NN seconds``; the next invocation starts a new environment
   (a cold start), as in Lambda.

@@ -10,7 +10,12 @@ invocation, no sink configured, its log line written to /dev/null). "bare predic
 hand-written function would call on the already-decoded inputs: each stage's ``transform``
 then the last stage's ``predict``, no probability, no decoding, no response. The ratio is
 handler time / bare time: the handler's whole overhead (decoding, probabilities, identities,
-the response, the log line). Rounds alternate the two and the median round is reported.
+the response, the log line). Rounds alternate the two; times are this process's CPU time
+by default (``--clock wall`` for elapsed time) and the best round is kept, with the median
+of the rounds' paired ratios beside it.
+
+Not measured here: Lambda's runtime encodes the returned response as JSON after the
+handler returns (about 24 ms for 10,000 predictions, 2.8 MB, on this machine).
 """
 
 from __future__ import annotations
@@ -143,12 +148,14 @@ def measure(
     rounds: int,
     budget_s: float,
     clock: Callable[[], float],
-) -> tuple[float, float, float, float, float]:
-    """Seconds per call of the handler and of bare predict, and their ratio.
+) -> tuple[float, float, float]:
+    """Seconds per call of the handler and of bare predict (best round), and the median
+    of the rounds' paired ratios.
 
-    Rounds alternate the two; each round's ratio pairs calls made moments apart, so a
-    burst of load from other processes moves both. Returns the median round of each, the
-    median paired ratio and the lowest / highest paired ratio.
+    Rounds alternate the two. On a shared machine other processes only ever slow a round
+    down, so the best round is the least disturbed measurement (timeit's advice); the
+    median paired ratio (each round's handler time over the bare time measured right after
+    it) is shown next to it as a check.
     """
     once = timed(lambda: handler(event, None), 1, time.perf_counter)
     number = max(1, int(budget_s / rounds / 2 / max(once, 1e-6)))
@@ -157,16 +164,10 @@ def measure(
         handler_times.append(timed(lambda: handler(event, None), number, clock))
         bare_times.append(timed(lambda: bare(decoded), number, clock))
     ratios = [h / b for h, b in zip(handler_times, bare_times, strict=True)]
-    return (
-        statistics.median(handler_times),
-        statistics.median(bare_times),
-        statistics.median(ratios),
-        min(ratios),
-        max(ratios),
-    )
+    return min(handler_times), min(bare_times), statistics.median(ratios)
 
 
-Row = tuple[int, float, float, float, float, float]
+Row = tuple[int, float, float, float, float]
 
 
 def run_model(
@@ -207,27 +208,34 @@ def run_model(
         with contextlib.redirect_stdout(devnull):
             response = lambda_function.lambda_handler(event, None)
             assert response["counts"]["predicted"] == size, response["counts"]
-            handler_s, bare_s, ratio, low, high = measure(
+            handler_s, bare_s, paired = measure(
                 lambda_function.lambda_handler, bare, event, decoded, rounds, budget_s, clock
             )
-        rows.append((size, size / handler_s, size / bare_s, ratio, low, high))
+        rows.append((size, size / handler_s, size / bare_s, handler_s / bare_s, paired))
     return rows
 
 
 def render(title: str, rows: list[Row], targets: dict[int, float]) -> None:
-    header = ("records", "handler rec/s", "bare predict rec/s", "ratio", "rounds' range", "target")
+    header = (
+        "records",
+        "handler rec/s",
+        "bare predict rec/s",
+        "ratio",
+        "median paired ratio",
+        "target",
+    )
     lines = [
         (
             f"{size:,}",
             f"{handler:,.0f}",
             f"{bare:,.0f}",
             f"{ratio:.3f}",
-            f"{low:.3f}-{high:.3f}",
+            f"{paired:.3f}",
             (f"<= {targets[size]:.2f} " + ("met" if ratio <= targets[size] else "MISSED"))
             if size in targets
             else "",
         )
-        for size, handler, bare, ratio, low, high in rows
+        for size, handler, bare, ratio, paired in rows
     ]
     try:
         from rich.console import Console
@@ -275,8 +283,8 @@ def main() -> None:
     )
     parser.add_argument("--no-numeric", action="store_true", help="skip the numeric model's table")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds, median kept")
-    parser.add_argument("--budget", type=float, default=6.0, help="seconds of timing per size")
+    parser.add_argument("--rounds", type=int, default=15, help="alternating rounds, best kept")
+    parser.add_argument("--budget", type=float, default=8.0, help="seconds of timing per size")
     parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),
@@ -299,7 +307,7 @@ def main() -> None:
         print(
             f"python {sys.version.split()[0]}, scikit-learn {sklearn.__version__}, "
             f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
-            f"{args.clock} clock, {args.rounds} alternating rounds per size, median"
+            f"{args.clock} clock, best of {args.rounds} alternating rounds per size"
         )
         sizes = tuple(args.sizes)
         render(

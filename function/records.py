@@ -35,7 +35,7 @@ from dynamodb_event import (
     deserialize,
 )
 from kinesis_event import EVENT_SOURCE as KINESIS_SOURCE
-from kinesis_event import KinesisStreamEvent, KinesisStreamRecord, fast_loads, loads
+from kinesis_event import KinesisStreamEvent, KinesisStreamRecord, b64decode, fast_loads, loads
 
 Source = Literal["kinesis", "dynamodb", "direct"]
 
@@ -212,24 +212,31 @@ def _kinesis_fast_path(
 ) -> Batch | None:
     """Decode a batch of well-formed records with bulk operations, or return None.
 
-    Measured on 10,000 JSON records: about 1.4 us a record here against 4.6 us on the
+    Measured on 10,000 JSON records: about 1.3 us a record here against 4.6 us on the
     per-record path (the sample text model predicts in about 21 us a record). It accepts
     exactly what the per-record path accepts as good and gives the same values; anything
     else (a bad or skipped record, an unusual shape) sends the whole batch there.
     """
+    columns = KinesisStreamEvent(event)
+    inputs: list[Any] | None
     try:
-        event_ids, sequence_numbers, payloads = KinesisStreamEvent(event).decoded_columns()
-        inputs: list[Any] | None = (
-            _fast_texts(payloads, spec) if spec.kind == "text" else _fast_rows(payloads, spec)
-        )
+        if spec.kind == "text" and _json_objects(records, spec):
+            event_ids, sequence_numbers, inputs = columns.decoded_json_members(str(spec.field))
+            # Only strings are text ("".join raises TypeError on anything else, in C: about
+            # 5x faster than a type test per element).
+            "".join(inputs)
+        else:
+            event_ids, sequence_numbers, payloads = columns.decoded_columns()
+            inputs = (
+                _fast_plain_texts(payloads) if spec.kind == "text" else _fast_rows(payloads, spec)
+            )
+        # Identities must be non-empty strings (an itemIdentifier of "" or null would
+        # fail the whole batch); the per-record path decides what to do otherwise.
+        "".join(sequence_numbers)
+        "".join(event_ids)
     except (KeyError, TypeError, ValueError, OverflowError):
         return None
-    if (
-        inputs is None
-        or not all(sequence_numbers)
-        or not all(event_ids)
-        or set(map(type, sequence_numbers)) | set(map(type, event_ids)) != {str}
-    ):
+    if inputs is None or not all(sequence_numbers) or not all(event_ids):
         return None
     count = len(records)
     return Batch(
@@ -243,18 +250,19 @@ def _kinesis_fast_path(
     )
 
 
-def _fast_texts(payloads: list[bytes], spec: InputSpec) -> list[str] | None:
-    if payloads and payloads[0][:1] == b"{":
-        if spec.field in _CHANGE_RECORD_KEYS:
-            return None
-        key = spec.field
-        texts = [obj[key] for obj in map(fast_loads, payloads)]
-    else:
-        texts = [payload.decode("utf-8") for payload in payloads]
-        if any(text[:1] in _NOT_PLAIN_TEXT for text in texts):
-            return None
-    # A payload "[1]" indexes fine with some keys; only strings are text.
-    if not all(type(text) is str for text in texts):
+def _json_objects(records: list[Any], spec: InputSpec) -> bool:
+    """Whether the batch looks like JSON objects with the input field (by its first record).
+
+    Not when the field is a key of change records: one could pass the member lookup.
+    """
+    if spec.field in _CHANGE_RECORD_KEYS:
+        return False
+    return b64decode(records[0]["kinesis"]["data"])[:1] == b"{"
+
+
+def _fast_plain_texts(payloads: list[bytes]) -> list[str] | None:
+    texts = [payload.decode("utf-8") for payload in payloads]
+    if any(text[:1] in _NOT_PLAIN_TEXT for text in texts):
         return None
     return texts
 

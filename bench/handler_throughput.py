@@ -283,8 +283,8 @@ def main() -> None:
     )
     parser.add_argument("--no-numeric", action="store_true", help="skip the numeric model's table")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    parser.add_argument("--rounds", type=int, default=15, help="alternating rounds, best kept")
-    parser.add_argument("--budget", type=float, default=8.0, help="seconds of timing per size")
+    parser.add_argument("--rounds", type=int, default=21, help="alternating rounds, best kept")
+    parser.add_argument("--budget", type=float, default=10.0, help="seconds of timing per size")
     parser.add_argument(
         "--clock",
         choices=sorted(CLOCKS),

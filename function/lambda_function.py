@@ -24,6 +24,7 @@ when a sink or the dead-letter queue is configured, boto3 are imported.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -91,6 +92,19 @@ def _load_at_init() -> None:
 
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
     """Score every record of the event in one prediction call; see the module docstring."""
+    # A batch allocates a few container objects per record (decoded payloads, feature
+    # rows, predictions), all freed by reference counting: the cyclic collector's passes
+    # over them cost about 9% of a 10,000-record numeric batch. It resumes after the batch.
+    if not gc.isenabled():
+        return _handle(event, context)
+    gc.disable()
+    try:
+        return _handle(event, context)
+    finally:
+        gc.enable()
+
+
+def _handle(event: Any, context: Any) -> dict[str, Any]:
     global _cold_start
     cold_start, _cold_start = _cold_start, False
     environ = os.environ

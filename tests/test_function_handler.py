@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -226,6 +227,12 @@ def test_every_batch_item_failure_has_an_identifier(text_model_dir: Path) -> Non
 def test_invalid_event_raises(text_model_dir: Path) -> None:
     with pytest.raises(InvalidEventError, match="unsupported eventSource 'aws:sqs'"):
         invoke({"Records": [{"eventSource": "aws:sqs"}]}, MODEL_DIR=text_model_dir)
+    assert gc.isenabled()  # paused for the batch only, even when it raises
+
+
+def test_garbage_collection_resumes_after_a_batch(text_model_dir: Path) -> None:
+    invoke(load_event("kinesis_reviews"), MODEL_DIR=text_model_dir)
+    assert gc.isenabled()
 
 
 # --- one model load, one predict call --------------------------------------------------------

@@ -23,8 +23,10 @@ content duplicates another's.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, Literal
 
 from dynamodb_event import EVENT_SOURCE as DYNAMODB_SOURCE
@@ -267,7 +269,7 @@ def _fast_plain_texts(payloads: list[bytes]) -> list[str] | None:
     return texts
 
 
-def _fast_rows(payloads: list[bytes], spec: InputSpec) -> list[list[float]] | None:
+def _fast_rows(payloads: list[bytes], spec: InputSpec) -> list[tuple[Any, ...]] | None:
     if spec.field in _CHANGE_RECORD_KEYS or any(f in _CHANGE_RECORD_KEYS for f in spec.features):
         return None
     objects = list(map(fast_loads, payloads))
@@ -275,15 +277,18 @@ def _fast_rows(payloads: list[bytes], spec: InputSpec) -> list[list[float]] | No
         key = spec.field
         objects = [obj[key] for obj in objects]
     features = spec.features
-    rows = [[obj[name] for name in features] for obj in objects]
-    for row in rows:
-        for value in row:
-            if type(value) is not float and type(value) is not int:
-                return None
-        # The sum of finite numbers is finite unless it overflows (then the per-record
-        # path decides); one NaN or infinity makes it NaN or infinite.
-        if not math.isfinite(sum(row)):
-            return None
+    if len(features) == 1:
+        (name,) = features
+        rows = [(obj[name],) for obj in objects]
+    else:
+        rows = list(map(operator.itemgetter(*features), objects))
+    # Numbers only (bool is not one here), checked in C rather than value by value.
+    if not set(map(type, chain.from_iterable(rows))) <= {int, float}:
+        return None
+    # The sum of finite numbers is finite unless it overflows (then the per-record path
+    # decides); one NaN or infinity makes it NaN or infinite.
+    if not all(map(math.isfinite, map(sum, rows))):
+        return None
     return rows
 
 
@@ -434,14 +439,16 @@ def _extract(document: Any, spec: InputSpec) -> Any:
             if name not in container:
                 raise RecordError(_missing("feature", name, container))
             row.append(_feature(name, container[name]))
-        return row
+        return tuple(row)
     if isinstance(container, list):
         if len(container) != len(spec.features):
             raise RecordError(
                 f"got {len(container)} feature values, expected {len(spec.features)} in the "
                 f"model's column order {list(spec.features)}"
             )
-        return [_feature(name, value) for name, value in zip(spec.features, container, strict=True)]
+        return tuple(
+            _feature(name, value) for name, value in zip(spec.features, container, strict=True)
+        )
     raise RecordError(
         f"payload is {_json_type(container)}, expected an object with {spec.describe()}"
     )

@@ -74,6 +74,8 @@ def _model() -> Model:
         }
         if model.warnings:
             entry["warnings"] = model.warnings
+        if model.version_drift:
+            entry["version_drift"] = model.version_drift
         _log(entry)
     return model
 

@@ -55,7 +55,12 @@ class Model:
     final: Any
     labels: list[Any] | None
     load_ms: float
+    # What Python warned about while unpickling (e.g. scikit-learn's
+    # InconsistentVersionWarning): the pickles do not match this environment.
     warnings: list[str] = field(default_factory=list)
+    # Where metadata.json's library versions differ from this environment's (informational:
+    # the pickles, not the metadata, say what they need).
+    version_drift: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         import numpy as np
@@ -164,7 +169,8 @@ def load(
         final=final,
         labels=labels,
         load_ms=round((time.perf_counter() - started) * 1000, 2),
-        warnings=caught + _version_warnings(meta),
+        warnings=caught,
+        version_drift=_version_drift(meta),
     )
 
 
@@ -270,7 +276,7 @@ def _version_hint(meta: Mapping[str, Any]) -> str:
     )
 
 
-def _version_warnings(meta: Mapping[str, Any]) -> list[str]:
+def _version_drift(meta: Mapping[str, Any]) -> list[str]:
     saved = meta.get("versions")
     if not isinstance(saved, Mapping):
         return []

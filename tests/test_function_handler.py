@@ -311,7 +311,7 @@ def test_manifest_version_and_model_version_env(text_model_dir: Path, tmp_path: 
     assert run.batch_log["model_version"] == 7
 
 
-def test_library_version_drift_is_logged_at_load(text_model_dir: Path, tmp_path: Path) -> None:
+def test_metadata_version_drift_is_logged_at_load(text_model_dir: Path, tmp_path: Path) -> None:
     layer = tmp_path / "model"
     shutil.copytree(text_model_dir, layer)
     meta = json.loads((layer / "metadata.json").read_text())
@@ -319,7 +319,25 @@ def test_library_version_drift_is_logged_at_load(text_model_dir: Path, tmp_path:
     (layer / "metadata.json").write_text(json.dumps(meta))
     run = invoke({"records": ["fine"]}, MODEL_DIR=layer)
     (loaded,) = [log for log in run.logs if log["message"] == "model loaded"]
-    assert f"scikit-learn 1.5.0 at training, {sklearn.__version__} here" in loaded["warnings"]
+    assert loaded["version_drift"] == [
+        f"scikit-learn 1.5.0 at training, {sklearn.__version__} here"
+    ]
+    assert "warnings" not in loaded  # the pickles themselves load cleanly
+    assert run.response["counts"]["predicted"] == 1
+
+
+def test_unpickling_warnings_are_logged_at_load(text_model_dir: Path, tmp_path: Path) -> None:
+    """A pickle from another scikit-learn (its recorded version rewritten in place)."""
+    layer = tmp_path / "model"
+    shutil.copytree(text_model_dir, layer)
+    final = layer / json.loads((layer / "metadata.json").read_text())["stages"][-1]
+    here = sklearn.__version__.encode()
+    other = b"0" * (len(here) - 4) + b".0.0"  # same length: the pickle stays valid
+    assert final.read_bytes().count(here) == 1  # the pickled _sklearn_version
+    final.write_bytes(final.read_bytes().replace(here, other))
+    run = invoke({"records": ["fine"]}, MODEL_DIR=layer)
+    (loaded,) = [log for log in run.logs if log["message"] == "model loaded"]
+    assert f"from version {other.decode()} when using version" in loaded["warnings"][0]
     assert run.response["counts"]["predicted"] == 1
 
 

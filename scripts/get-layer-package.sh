@@ -8,10 +8,10 @@
 #
 #   docker run --rm -v "$PWD":/var/task public.ecr.aws/sam/build-python3.13:latest-x86_64 \
 #     bash /var/task/scripts/get-layer-package.sh -r /var/task/requirements.txt -o /var/task/out
-#   -> out/python/ (wheels + unchecked-hash bytecode, imports verified) and out/layer.zip
+#   -> out/python/ (wheels as sourceless bytecode, imports verified) and out/layer.zip
 #
 # Usage: get-layer-package.sh [options] [STEP...]
-#   STEP: install | verify | compile | zip | platforms   (default: install verify compile zip)
+#   STEP: install | verify | compile | zip | platforms   (default: install compile verify zip)
 #   -r, --requirements FILE   pins to install (default: requirements.txt)
 #   -o, --out DIR             output folder; the layer goes to DIR/python (default: layer)
 #   --runtime python3.X       Lambda runtime (default: the interpreter's version)
@@ -20,7 +20,14 @@
 #                             python3.11 on Amazon Linux 2, 2.34 for Amazon Linux 2023)
 #   --python PATH             interpreter for pip (install) and of the target version (verify,
 #                             compile) (default: python3, else python)
-#   --compile-list FILE       compile only these .py files (paths relative to python/)
+#   --bytecode sourceless|all sourceless (default): each module's .pyc replaces its .py
+#                             (pkg/mod.pyc, loaded without source); all: .pyc in __pycache__
+#                             beside the kept sources
+#   --keep-source GLOB        sourceless: keep the .py (and a __pycache__ .pyc) of paths
+#                             matching GLOB (relative to python/; a folder covers its files);
+#                             repeatable
+#   --compile-list FILE       compile only these .py files (paths relative to python/), into
+#                             __pycache__ (--bytecode all)
 #   --trace FILE              verify: write the layer files the imports loaded (JSON) to FILE
 #
 # install: pip install --target with --only-binary=:all: and the manylinux tags the runtime
@@ -28,8 +35,11 @@
 #   newer glibc, another CPU or another Python is never picked.
 # verify:  imports every top-level package of python/ in a fresh `python -I -S -B` whose
 #   sys.path is only the layer and the standard library (as Lambda's /opt/python is).
-# compile: unchecked-hash .pyc for the interpreter's version into __pycache__ (Lambda's /opt is
-#   read-only, and unchecked-hash pycs stay valid whatever timestamps extraction gives).
+# compile: unchecked-hash .pyc for the interpreter's version (Lambda's /opt is read-only, and
+#   unchecked-hash pycs stay valid whatever timestamps extraction gives). sourceless: written
+#   as pkg/mod.pyc and the .py removed, so imports skip the source and __pycache__ lookups and
+#   the layer is ~24 MB smaller; tracebacks then show file and line but no source text, and
+#   inspect.getsource fails for those modules. The dist-info RECORDs are updated to match.
 set -euo pipefail
 
 REQUIREMENTS=requirements.txt
@@ -40,6 +50,8 @@ GLIBC=""
 PYTHON_BIN=""
 COMPILE_LIST=""
 TRACE=""
+BYTECODE=sourceless
+KEEP_SOURCE=()
 STEPS=()
 
 die() { echo "get-layer-package.sh: $*" >&2; exit 2; }
@@ -53,13 +65,22 @@ while [[ $# -gt 0 ]]; do
     --glibc) GLIBC="$2"; shift 2 ;;
     --python) PYTHON_BIN="$2"; shift 2 ;;
     --compile-list) COMPILE_LIST="$2"; shift 2 ;;
+    --bytecode) BYTECODE="$2"; shift 2 ;;
+    --keep-source) KEEP_SOURCE+=("$2"); shift 2 ;;
     --trace) TRACE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     install|verify|compile|zip|platforms) STEPS+=("$1"); shift ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
-[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(install verify compile zip)
+[[ ${#STEPS[@]} -gt 0 ]] || STEPS=(install compile verify zip)
+case "$BYTECODE" in
+  sourceless|all) ;;
+  *) die "--bytecode must be sourceless or all, got $BYTECODE" ;;
+esac
+[[ -z "$COMPILE_LIST" || "$BYTECODE" == all ]] || die "--compile-list needs --bytecode all"
+[[ ${#KEEP_SOURCE[@]} -eq 0 || "$BYTECODE" == sourceless ]] \
+  || die "--keep-source only applies to --bytecode sourceless"
 
 if [[ -z "$PYTHON_BIN" ]]; then
   PYTHON_BIN=$(command -v python3 || command -v python || true)
@@ -130,8 +151,8 @@ for entry in sorted(os.listdir(layer)):
     if os.path.isdir(path):
         if ident.match(entry) and entry not in ("bin", "__pycache__"):
             names.add(entry)
-    elif entry.endswith(".py") and ident.match(entry[:-3]):
-        names.add(entry[:-3])
+    elif entry.endswith((".py", ".pyc")) and ident.match(entry.rsplit(".", 1)[0]):
+        names.add(entry.rsplit(".", 1)[0])  # a one-module distribution, source or sourceless
     elif entry.endswith(".so") and ident.match(entry.split(".")[0]):
         names.add(entry.split(".")[0])
 failed, caught = {}, []
@@ -169,28 +190,68 @@ step_compile() {
   layer=$(cd "$OUT/python" && pwd)
   # One process, sorted order, fixed hash seed, fixed recorded path: marshal output then
   # depends on nothing of the build, so two builds give identical pycs.
-  (cd / && PYTHONHASHSEED=0 "$PYTHON_BIN" -I -S - "$layer" "$COMPILE_LIST" <<'PY'
-import os, py_compile, sys
-layer, listing = sys.argv[1], sys.argv[2]
+  (cd / && PYTHONHASHSEED=0 "$PYTHON_BIN" -I -S - "$layer" "$BYTECODE" "$COMPILE_LIST" \
+      ${KEEP_SOURCE[@]+"${KEEP_SOURCE[@]}"} <<'PY'
+import csv, fnmatch, io, os, py_compile, sys
+layer, mode, listing, keep = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+
+def kept(rel):
+    # As mlayer's --keep: a glob matches the path or one of the folders it is in.
+    parts = rel.split("/")
+    return any(fnmatch.fnmatchcase("/".join(parts[: i + 1]), glob)
+               for glob in keep for i in range(len(parts)))
+
 if listing:
     with open(listing) as handle:
         files = sorted({line.strip() for line in handle if line.strip().endswith(".py")})
 else:
     files = sorted(
-        os.path.relpath(os.path.join(d, f), layer)
+        os.path.relpath(os.path.join(d, f), layer).replace(os.sep, "/")
         for d, _, fs in os.walk(layer) for f in fs if f.endswith(".py")
     )
 compiled = failed = 0
+replaced, sources_kept = set(), 0
 for rel in files:
+    top = rel.split("/")[0]
+    if top.endswith((".dist-info", ".libs")) or top == "bin":
+        continue  # not importable modules
+    source = os.path.join(layer, rel)
+    legacy = mode == "sourceless" and not kept(rel)
+    sources_kept += mode == "sourceless" and not legacy
     try:
         # dfile: the path recorded in the pyc is where Lambda puts the file, not this
-        # build's temporary folder (import fixes it up anyway), so builds are identical.
-        py_compile.compile(os.path.join(layer, rel), dfile="/opt/python/" + rel, doraise=True,
+        # build's temporary folder, so builds are identical; a sourceless module's
+        # tracebacks name it (import only fixes the path up for modules with a source).
+        py_compile.compile(source, cfile=source + "c" if legacy else None,
+                           dfile="/opt/python/" + rel, doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
         compiled += 1
     except py_compile.PyCompileError:
-        failed += 1  # sources that do not compile for this version (e.g. py2 leftovers)
-print(f"compile: {compiled} modules for {sys.implementation.cache_tag}, {failed} not compilable")
+        failed += 1  # sources that do not compile for this version (e.g. py2 leftovers) stay
+        continue
+    if legacy:
+        os.remove(source)
+        replaced.add(rel)
+# Keep each RECORD true to the layer: a replaced source's row names its .pyc (no hash, as
+# RECORD rows of generated bytecode have).
+for info in sorted(os.listdir(layer)):
+    record = os.path.join(layer, info, "RECORD")
+    if not (info.endswith(".dist-info") and os.path.isfile(record) and replaced):
+        continue
+    with open(record, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    for row in rows:
+        if row and os.path.normpath(row[0]).replace(os.sep, "/") in replaced:
+            row = [row[0] + "c", "", ""]
+        writer.writerow(row)
+    with open(record, "w", newline="", encoding="utf-8") as handle:
+        handle.write(out.getvalue())
+where = "as sourceless pkg/mod.pyc" if mode == "sourceless" else "in __pycache__"
+print(f"compile: {compiled} modules for {sys.implementation.cache_tag} {where}, "
+      f"{len(replaced)} sources removed, {sources_kept} kept (--keep-source), "
+      f"{failed} not compilable (left as source)")
 PY
   )
 }

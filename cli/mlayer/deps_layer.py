@@ -11,9 +11,11 @@ One build, whatever the method:
    ``*.dist-info`` and the vendored ``*.libs`` are never touched.
 3. strip: ``strip --strip-unneeded`` on extension modules only, with a strip for the target
    CPU (stripping the vendored libraries breaks numpy: see REFERENCE.md).
-4. verify + bytecode: with an interpreter of the target version (the local one, ``--python``,
-   or the image's), import every top-level package with only the layer and the standard
-   library on ``sys.path``, then write unchecked-hash pycs for that version.
+4. bytecode + verify: with an interpreter of the target version (``--python``, the local one,
+   ``python3.X`` on PATH, pyenv's, uv's, or the image's), write unchecked-hash pycs for that
+   version (by default *sourceless*: ``pkg/mod.pyc`` replaces ``pkg/mod.py``, see
+   ``BYTECODE_MODES``), then import every top-level package with only the layer and the
+   standard library on ``sys.path``: the layer is checked as it ships.
 5. zip deterministically into ``layers/deps-<runtime>-<arch>.zip`` with its manifest, and
    check Lambda's size budget.
 
@@ -33,6 +35,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -60,7 +63,9 @@ Progress = Callable[[str], None]
 SCRIPT_NAME = "get-layer-package.sh"
 DEFAULT_IMAGE = "public.ecr.aws/sam/build-{runtime}:latest-{arch}"
 METHODS = ("pip", "docker")
-BYTECODE_MODES = ("all", "imports", "none")
+# sourceless (default): each module's .pyc replaces its .py; all: __pycache__ .pyc beside the
+# sources; imports: __pycache__ .pyc only for the modules importing the packages loads.
+BYTECODE_MODES = ("sourceless", "all", "imports", "none")
 
 # Runtime -> (OS, newest glibc, deprecation date or None). REFERENCE.md "Python runtimes".
 RUNTIME_INFO: dict[str, tuple[str, tuple[int, int], str | None]] = {
@@ -177,7 +182,8 @@ class DepsBuildOptions:
     keep: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     strip: bool = True
-    bytecode: str = "all"
+    bytecode: str = "sourceless"
+    keep_source: tuple[str, ...] = ()
     layers_dir: Path = Path("layers")
     cache_dir: Path | None = None
     use_cache: bool = True
@@ -241,42 +247,160 @@ def _read_requirements(path: Path) -> bytes:
 # --------------------------------------------------------------------------- interpreters
 
 
+_PROBE = (
+    "import sys, sysconfig; print('%d.%d' % sys.version_info[:2], sys.implementation.name, "
+    "1 if sysconfig.get_config_var('Py_GIL_DISABLED') else 0)"
+)
+
+
 def interpreter_version(python: str) -> str | None:
-    """'3.13' for a working interpreter, None when it does not run."""
+    """'3.13' for a working CPython interpreter, None when it does not run.
+
+    Another implementation or a free-threaded build answers with what it is (e.g.
+    '3.13 (pypy)', '3.13t (free-threaded)'), which matches no runtime: their bytecode or
+    extension modules are not CPython's.
+    """
     try:
         proc = subprocess.run(
-            [python, "-I", "-S", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            timeout=30,
+            [python, "-I", "-S", "-c", _PROBE], capture_output=True, text=True, timeout=30
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return proc.stdout.strip() if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        return None
+    fields = proc.stdout.split()
+    if len(fields) != 3:
+        return None
+    version, implementation, free_threaded = fields
+    if implementation != "cpython":
+        return f"{version} ({implementation})"
+    return f"{version}t (free-threaded)" if free_threaded == "1" else version
+
+
+@dataclass(frozen=True)
+class InterpreterSearch:
+    """Where an interpreter of one Python version was looked for, and what was found."""
+
+    version: str
+    path: str | None = None
+    source: str | None = None  # "--python", "this interpreter", "PATH", "pyenv", "uv"
+    tried: tuple[str, ...] = ()  # each place looked at, and why it did not serve
+
+    def describe(self) -> str:
+        if self.path:
+            return f"Python {self.version} from {self.source} ({self.path})"
+        return f"no Python {self.version} interpreter found (tried {'; '.join(self.tried)})"
+
+
+def _pyenv_root() -> Path:
+    return Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    """Sort key for pyenv version folders ('3.13.10' after '3.13.9'); odd names sort first."""
+    numbers = re.findall(r"\d+", name)
+    return tuple(int(n) for n in numbers) if re.fullmatch(r"[\d.]+", name) else (-1,)
+
+
+def _this_interpreter(version: str) -> str | None:
+    """The running interpreter's path when it is a (GIL) CPython of ``version``."""
+    if (
+        f"{sys.version_info[0]}.{sys.version_info[1]}" == version
+        and sys.implementation.name == "cpython"
+        and not sysconfig.get_config_var("Py_GIL_DISABLED")
+    ):
+        return sys.executable
+    return None
+
+
+def locate_interpreter(version: str, explicit: str | None = None) -> InterpreterSearch:
+    """Find a working CPython of ``version`` ('3.13'), checking each candidate runs.
+
+    Order: ``explicit`` (``--python``), this interpreter, every ``python3.X`` on PATH (a
+    pyenv shim for a version that is not active does not run: it is skipped), pyenv's
+    versions folder (``$PYENV_ROOT`` or ``~/.pyenv``, newest patch release first), then
+    ``uv python find 3.X`` when uv is installed.
+
+    Raises:
+        ConfigError: ``explicit`` is not a CPython of ``version``.
+    """
+    if explicit:
+        given = shutil.which(explicit) or explicit
+        have = interpreter_version(given)
+        if have != version:
+            what = f"Python {have}" if have else "not a working Python interpreter"
+            raise ConfigError(
+                f"--python {explicit} is {what}; python{version} needs Python {version}"
+            )
+        return InterpreterSearch(version, given, "--python")
+    running = _this_interpreter(version)
+    if running:
+        return InterpreterSearch(version, running, "this interpreter")
+    tried: list[str] = []
+    name = f"python{version}"
+
+    def check(path: str, source: str) -> InterpreterSearch | None:
+        have = interpreter_version(path)
+        if have == version:
+            return InterpreterSearch(version, path, source, tuple(tried))
+        tried.append(f"{path}: {'is Python ' + have if have else 'does not run'}")
+        return None
+
+    seen: set[str] = set()
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if os.access(candidate, os.X_OK) and os.path.isfile(candidate):
+            real = os.path.realpath(candidate)
+            if real in seen:
+                continue
+            seen.add(real)
+            if hit := check(candidate, "PATH"):
+                return hit
+    if not seen:
+        tried.append(f"{name} on PATH: none")
+    versions = _pyenv_root() / "versions"
+    matches = sorted(
+        (p for p in versions.glob(f"{version}*") if (p / "bin" / name).is_file()),
+        key=lambda p: _version_key(p.name),
+        reverse=True,
+    )
+    for match in matches:
+        if hit := check(str(match / "bin" / name), "pyenv"):
+            return hit
+    if not matches:
+        tried.append(f"pyenv: no {versions}/{version}*/bin/{name}")
+    uv = shutil.which("uv")
+    if uv is None:
+        tried.append("uv: not installed")
+    else:
+        try:
+            proc = subprocess.run(
+                [uv, "python", "find", version],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                cwd="/",  # not a project's .venv of wherever mlayer runs
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            tried.append(f"uv python find {version}: {exc}")
+        else:
+            path = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+            if proc.returncode == 0 and path:
+                if hit := check(path, "uv"):
+                    return hit
+            else:
+                tried.append(f"uv python find {version}: none")
+    return InterpreterSearch(version, None, None, tuple(tried))
 
 
 def find_interpreter(target: Target, explicit: str | None = None) -> str | None:
-    """An interpreter of the target's Python version: ``explicit``, this one, or on PATH.
+    """The path of an interpreter of the target's Python version, None when none is found
+    (see :func:`locate_interpreter`).
 
     Raises:
         ConfigError: ``explicit`` is not an interpreter of the target version.
     """
-    if explicit:
-        found = shutil.which(explicit) or explicit
-        version = interpreter_version(found)
-        if version != target.python_version:
-            what = f"Python {version}" if version else "not a working Python interpreter"
-            raise ConfigError(
-                f"--python {explicit} is {what}; {target.runtime} needs Python "
-                f"{target.python_version}"
-            )
-        return found
-    if f"{sys.version_info[0]}.{sys.version_info[1]}" == target.python_version:
-        return sys.executable
-    on_path = shutil.which(f"python{target.python_version}")
-    if on_path and interpreter_version(on_path) == target.python_version:
-        return on_path
-    return None
+    return locate_interpreter(target.python_version, explicit).path
 
 
 def host_machine() -> str:
@@ -705,6 +829,7 @@ def slim(root: Path, keep: Iterable[str] = (), exclude: Iterable[str] = ()) -> d
         per_rule[rule_name][1] += size
         files[rel].unlink()
     _prune_empty_dirs(root)
+    records_before = _records_bytes(root)
     _drop_removed_from_records(root)
     return {
         "rules": [
@@ -720,7 +845,13 @@ def slim(root: Path, keep: Iterable[str] = (), exclude: Iterable[str] = ()) -> d
         "kept_by_keep": len(kept_by_keep),
         "removed_files": sum(v[0] for v in per_rule.values()),
         "removed_bytes": sum(v[1] for v in per_rule.values()),
+        # the RECORD rows of removed files, dropped
+        "records_trimmed_bytes": records_before - _records_bytes(root),
     }
+
+
+def _records_bytes(root: Path) -> int:
+    return sum(record.stat().st_size for record in root.glob("*.dist-info/RECORD"))
 
 
 def _keep_imported(files: dict[str, Path], removal: dict[str, str]) -> list[str]:
@@ -973,6 +1104,7 @@ def _cache_key(
         "strip": options.strip,
         "strip_tool": find_strip(target.machine) if options.strip else None,
         "bytecode": options.bytecode,
+        "keep_source": sorted(options.keep_source),
         "python": interpreter_version(python) if python else None,
         "code": _source_fingerprint(),
     }
@@ -998,7 +1130,12 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
         raise ConfigError(f"unknown method {options.method!r}; choose pip or docker")
     if options.bytecode not in BYTECODE_MODES:
         raise ConfigError(
-            f"unknown bytecode mode {options.bytecode!r}; choose all, imports or none"
+            f"unknown bytecode mode {options.bytecode!r}; choose {', '.join(BYTECODE_MODES)}"
+        )
+    if options.keep_source and options.bytecode != "sourceless":
+        raise ConfigError(
+            f"--keep-source only applies to --bytecode sourceless (with --bytecode "
+            f"{options.bytecode} every .py is kept)"
         )
     requirements_bytes = _read_requirements(options.requirements)
     cache_dir = options.cache_dir or default_cache_dir()
@@ -1014,15 +1151,16 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
         )
     image = None
     docker = None
-    python: str | None
     if options.method == "docker":
         docker = ensure_docker()
         image = options.image or DEFAULT_IMAGE.format(runtime=target.runtime, arch=target.arch)
-        python = "python"  # the image's own interpreter is the target's
+        # the image's own interpreter is the target's
+        search = InterpreterSearch(target.python_version, "python", f"the image {image}")
     else:
         if options.image:
             raise ConfigError("--image only applies to --method docker")
-        python = find_interpreter(target, options.python)
+        search = locate_interpreter(target.python_version, options.python)
+    python = search.path
 
     key = _cache_key(options, target, requirements_bytes, python if docker is None else None, image)
     cache_entry = cache_dir / "deps" / key
@@ -1081,15 +1219,20 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
             )
 
         verify_report, bytecode_report = _verify_and_compile(
-            options, target, python, layer, work, docker_build, say
+            options, target, search, layer, work, docker_build, say
         )
         if verify_report.get("skipped"):
             warnings_.append(f"imports not verified: {verify_report['skipped']}")
-        if bytecode_report.get("skipped"):
+        if options.bytecode == "none":
             warnings_.append(
-                f"the layer ships WITHOUT bytecode ({bytecode_report['skipped']}): "
+                f"the layer ships WITHOUT bytecode (--bytecode none): {NO_BYTECODE_COST}"
+            )
+        elif bytecode_report.get("skipped"):
+            kept = " and with every .py source" if options.bytecode == "sourceless" else ""
+            warnings_.append(
+                f"the layer ships WITHOUT bytecode{kept} ({bytecode_report['skipped']}): "
                 f"{NO_BYTECODE_COST}; pass --python PATH to a Python {target.python_version} "
-                "or use --method docker"
+                "(or install one with pyenv or uv), or use --method docker"
             )
 
         sizes = package_sizes(layer)
@@ -1111,6 +1254,7 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
             "files": result.files,
             "packages": packages,
             "bytecode": bool(bytecode_report.get("files")),
+            "bytecode_mode": bytecode_report["mode"],
             "method": options.method,
             "requirements_sha256": hashlib.sha256(requirements_bytes).hexdigest(),
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -1187,73 +1331,133 @@ def _foreign(target: Target) -> str:
 def _verify_and_compile(
     options: DepsBuildOptions,
     target: Target,
-    python: str | None,
+    search: InterpreterSearch,
     layer: Path,
     work: Path,
     docker_build: DockerBuild | None,
     say: Progress,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Verify imports (tracing which layer files load), then write the target's bytecode."""
-    trace = work / "trace.json"
-    listing = work / "compile.txt"
+    """Write the target's bytecode and verify imports, in the order the mode needs.
+
+    ``imports`` compiles what the import check loaded, so it verifies first; the other
+    modes compile first, so the check imports the layer as it ships (a sourceless module
+    that needed its source fails here, not in Lambda).
+    """
+    python = search.path
     can_import = docker_build is not None or host_machine() == target.machine
-    verify: dict[str, Any]
     if python is None:
-        reason = f"no Python {target.python_version} interpreter here"
-        if not can_import:
-            return {"skipped": _foreign(target)}, {"skipped": reason, "files": 0}
-        return {"skipped": reason}, {"skipped": reason, "files": 0}
-    if can_import:
-        say(f"verifying imports with Python {target.python_version}")
-        if docker_build is not None:
-            proc = docker_build.run(["verify"], ["--trace", f"{DockerBuild.WORK}/trace.json"])
-        else:
-            proc = _run_script(
-                ["verify"], out=work, target=target, python=python, extra=["--trace", str(trace)]
-            )
-        if not trace.is_file():
-            raise BuildError(
-                f"the import check could not run:\n{_pip_tail(proc.stdout + proc.stderr)}"
-            )
-        verify = json.loads(trace.read_text())
-        if verify["failed"]:
-            lines = "; ".join(
-                f"{name}: {error.splitlines()[-1]}" for name, error in verify["failed"].items()
-            )
-            raise BuildError(
-                f"importing the layer's packages with only the layer and the standard library "
-                f"on sys.path failed ({lines}); a wheel is for the wrong platform or a slimming "
-                "rule removed something needed (--keep PATTERN keeps it)"
-            )
-    else:
-        verify = {"skipped": _foreign(target)}
-    if options.bytecode == "none":
-        return verify, {"skipped": "--bytecode none", "files": 0}
-    extra: list[str] = []
+        reason = search.describe()
+        verify = {"skipped": _foreign(target) if not can_import else reason}
+        return verify, {
+            "skipped": reason,
+            "files": 0,
+            "mode": "none",
+            "requested": options.bytecode,
+        }
     if options.bytecode == "imports":
+        verify = _verify(options, target, python, work, docker_build, can_import, say)
         if not verify.get("loaded"):
             raise ConfigError(
                 "--bytecode imports needs the import check, which cannot run for this target "
-                "here; use --bytecode all"
+                "here; use --bytecode sourceless or all"
             )
+        listing = work / "compile.txt"
         listing.write_text("\n".join(r for r in verify["loaded"] if r.endswith(".py")) + "\n")
-        extra = [
-            "--compile-list",
-            str(listing) if docker_build is None else f"{DockerBuild.WORK}/compile.txt",
-        ]
-    say(f"compiling bytecode for {target.cache_tag}")
+        where = str(listing) if docker_build is None else f"{DockerBuild.WORK}/compile.txt"
+        bytecode = _compile(
+            options, target, search, layer, work, docker_build, say, ["--compile-list", where]
+        )
+        return verify, bytecode
+    if options.bytecode == "none":
+        verify = _verify(options, target, python, work, docker_build, can_import, say)
+        return verify, {"skipped": "--bytecode none", "files": 0, "mode": "none"}
+    bytecode = _compile(options, target, search, layer, work, docker_build, say, [])
+    verify = _verify(options, target, python, work, docker_build, can_import, say)
+    return verify, bytecode
+
+
+def _verify(
+    options: DepsBuildOptions,
+    target: Target,
+    python: str,
+    work: Path,
+    docker_build: DockerBuild | None,
+    can_import: bool,
+    say: Progress,
+) -> dict[str, Any]:
+    """Import every top-level package with only the layer and the standard library."""
+    if not can_import:
+        return {"skipped": _foreign(target)}
+    trace = work / "trace.json"
+    say(f"verifying imports with Python {target.python_version}")
     if docker_build is not None:
-        proc = docker_build.run(["compile"], extra)
+        proc = docker_build.run(["verify"], ["--trace", f"{DockerBuild.WORK}/trace.json"])
     else:
-        proc = _run_script(["compile"], out=work, target=target, python=python, extra=extra)
+        proc = _run_script(
+            ["verify"], out=work, target=target, python=python, extra=["--trace", str(trace)]
+        )
+    if not trace.is_file():
+        raise BuildError(f"the import check could not run:\n{_pip_tail(proc.stdout + proc.stderr)}")
+    verify: dict[str, Any] = json.loads(trace.read_text())
+    if verify["failed"]:
+        lines = "; ".join(
+            f"{name}: {error.splitlines()[-1]}" for name, error in verify["failed"].items()
+        )
+        fixes = "a wheel is for the wrong platform or a slimming rule removed something needed "
+        fixes += "(--keep PATTERN keeps it)"
+        if options.bytecode == "sourceless":
+            fixes += (
+                ", or a module needs its .py source (--keep-source PATTERN keeps it, "
+                "--bytecode all keeps every source)"
+            )
+        raise BuildError(
+            f"importing the layer's packages with only the layer and the standard library "
+            f"on sys.path failed ({lines}); {fixes}"
+        )
+    return verify
+
+
+def _compile(
+    options: DepsBuildOptions,
+    target: Target,
+    search: InterpreterSearch,
+    layer: Path,
+    work: Path,
+    docker_build: DockerBuild | None,
+    say: Progress,
+    extra: list[str],
+) -> dict[str, Any]:
+    """Run the script's compile step for the mode; report what it wrote and removed."""
+    mode = options.bytecode
+    script_mode = "sourceless" if mode == "sourceless" else "all"
+    args = ["--bytecode", script_mode, *extra]
+    for glob in options.keep_source:
+        args += ["--keep-source", glob]
+    sources = {p: p.stat().st_size for p in layer.rglob("*.py")} if mode == "sourceless" else {}
+    records_before = _records_bytes(layer)
+    say(f"compiling bytecode for {target.cache_tag} ({mode})")
+    if docker_build is not None:
+        proc = docker_build.run(["compile"], args)
+    else:
+        assert search.path is not None
+        proc = _run_script(["compile"], out=work, target=target, python=search.path, extra=args)
     if proc.returncode != 0:
         raise BuildError(f"compiling bytecode failed:\n{_pip_tail(proc.stdout + proc.stderr)}")
-    pycs = [p for p in layer.rglob(f"*.{target.cache_tag}.pyc")]
-    return verify, {
-        "mode": options.bytecode,
+    pycs = [p for p in layer.rglob("*.pyc")]
+    removed = [p for p in sources if not p.exists()]
+    return {
+        "mode": mode,
         "cache_tag": target.cache_tag,
         "files": len(pycs),
         "bytes": sum(p.stat().st_size for p in pycs),
-        "interpreter": python,
+        "sources_removed": len(removed),
+        "sources_removed_bytes": sum(sources[p] for p in removed),
+        "sources_kept": len(sources) - len(removed),
+        # RECORD rows of replaced sources name the .pyc, without hash and size
+        "records_trimmed_bytes": records_before - _records_bytes(layer),
+        "keep_source": list(options.keep_source),
+        "interpreter": search.path,
+        "interpreter_source": search.source,
+        "interpreter_skipped": list(search.tried),
         "skipped": None,
     }

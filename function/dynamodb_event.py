@@ -23,6 +23,8 @@ import binascii
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from stream_event import DictWrapper, EventRecord, StreamEvent
+
 EVENT_SOURCE = "aws:dynamodb"
 SCORED_EVENT_NAMES = frozenset({"INSERT", "MODIFY"})
 
@@ -104,17 +106,13 @@ def deserialize_image(image: Any) -> dict[str, Any]:
     return {key: deserialize(value) for key, value in image.items()}
 
 
-class StreamRecord:
+class StreamRecord(DictWrapper):
     """The ``dynamodb`` member of a change record."""
 
-    __slots__ = ("_data",)
+    __slots__ = ()
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any]) -> None:  # per class: see DictWrapper
         self._data = data
-
-    @property
-    def raw(self) -> Mapping[str, Any]:
-        return self._data
 
     @property
     def keys(self) -> Mapping[str, Any] | None:
@@ -154,38 +152,13 @@ class StreamRecord:
         return deserialize_image(self.keys)
 
 
-class DynamoDBStreamRecord:
+class DynamoDBStreamRecord(EventRecord):
     """One change record (from DynamoDB Streams, or decoded from a Kinesis record)."""
 
-    __slots__ = ("_data",)
+    __slots__ = ()
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any]) -> None:  # per class: see DictWrapper
         self._data = data
-
-    @property
-    def raw(self) -> Mapping[str, Any]:
-        return self._data
-
-    @property
-    def event_id(self) -> str | None:
-        return self._data.get("eventID")
-
-    @property
-    def event_name(self) -> str | None:
-        """INSERT, MODIFY or REMOVE."""
-        return self._data.get("eventName")
-
-    @property
-    def event_source(self) -> str | None:
-        return self._data.get("eventSource")
-
-    @property
-    def event_source_arn(self) -> str | None:
-        return self._data.get("eventSourceARN")
-
-    @property
-    def aws_region(self) -> str | None:
-        return self._data.get("awsRegion")
 
     @property
     def table_name(self) -> str | None:
@@ -207,18 +180,10 @@ class DynamoDBStreamRecord:
         )
 
 
-class DynamoDBStreamEvent:
+class DynamoDBStreamEvent(StreamEvent):
     """A DynamoDB Streams event: ``{"Records": [...]}``."""
 
-    __slots__ = ("_data",)
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self._data = data
-
-    @property
-    def raw_records(self) -> list[dict[str, Any]]:
-        records = self._data.get("Records")
-        return records if isinstance(records, list) else []
+    __slots__ = ()
 
     @property
     def records(self) -> Iterator[DynamoDBStreamRecord]:

@@ -20,6 +20,8 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from stream_event import DictWrapper, EventRecord, StreamEvent
+
 EVENT_SOURCE = "aws:kinesis"
 
 JsonLoads = Callable[[bytes], Any]
@@ -69,17 +71,13 @@ def b64decode(data: str | bytes) -> bytes:
     return binascii.a2b_base64(data, strict_mode=True)
 
 
-class KinesisStreamRecordPayload:
+class KinesisStreamRecordPayload(DictWrapper):
     """The ``kinesis`` member of a record."""
 
-    __slots__ = ("_data",)
+    __slots__ = ()
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any]) -> None:  # per class: see DictWrapper
         self._data = data
-
-    @property
-    def raw(self) -> Mapping[str, Any]:
-        return self._data
 
     @property
     def sequence_number(self) -> str | None:
@@ -122,37 +120,13 @@ class KinesisStreamRecordPayload:
         return loads(self.data_as_bytes())
 
 
-class KinesisStreamRecord:
+class KinesisStreamRecord(EventRecord):
     """One record of a Kinesis event."""
 
-    __slots__ = ("_data",)
+    __slots__ = ()
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    def __init__(self, data: Mapping[str, Any]) -> None:  # per class: see DictWrapper
         self._data = data
-
-    @property
-    def raw(self) -> Mapping[str, Any]:
-        return self._data
-
-    @property
-    def event_id(self) -> str | None:
-        return self._data.get("eventID")
-
-    @property
-    def event_name(self) -> str | None:
-        return self._data.get("eventName")
-
-    @property
-    def event_source(self) -> str | None:
-        return self._data.get("eventSource")
-
-    @property
-    def event_source_arn(self) -> str | None:
-        return self._data.get("eventSourceARN")
-
-    @property
-    def aws_region(self) -> str | None:
-        return self._data.get("awsRegion")
 
     @property
     def kinesis(self) -> KinesisStreamRecordPayload:
@@ -160,18 +134,10 @@ class KinesisStreamRecord:
         return KinesisStreamRecordPayload(inner if isinstance(inner, Mapping) else {})
 
 
-class KinesisStreamEvent:
+class KinesisStreamEvent(StreamEvent):
     """A Kinesis event: ``{"Records": [...]}``."""
 
-    __slots__ = ("_data",)
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self._data = data
-
-    @property
-    def raw_records(self) -> list[dict[str, Any]]:
-        records = self._data.get("Records")
-        return records if isinstance(records, list) else []
+    __slots__ = ()
 
     @property
     def records(self) -> Iterator[KinesisStreamRecord]:

@@ -24,10 +24,10 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from dynamodb_event import EVENT_SOURCE as DYNAMODB_SOURCE
 from dynamodb_event import (
@@ -38,8 +38,10 @@ from dynamodb_event import (
 )
 from kinesis_event import EVENT_SOURCE as KINESIS_SOURCE
 from kinesis_event import KinesisStreamEvent, KinesisStreamRecord, b64decode, fast_loads, loads
+from stream_event import EventRecord
 
 Source = Literal["kinesis", "dynamodb", "direct"]
+R = TypeVar("R", bound=EventRecord)
 
 # Top-level keys of a Kinesis Data Streams for DynamoDB change record. When the input field
 # is one of them, a change record could pass the fast path's field lookup by accident.
@@ -187,26 +189,15 @@ def _decode_kinesis(event: Mapping[str, Any], records: list[Any], spec: InputSpe
     batch = _kinesis_fast_path(event, records, spec)
     if batch is not None:
         return batch
-    batch = Batch(source="kinesis", received=len(records), raw_records=records)
-    for index, raw in enumerate(records):
-        record = KinesisStreamRecord(raw if isinstance(raw, Mapping) else {})
-        sequence_number = record.kinesis.sequence_number
-        if not sequence_number or not isinstance(sequence_number, str):
-            raise InvalidEventError(
-                f"Kinesis record {index} has no kinesis.sequenceNumber: it could not be "
-                "reported in batchItemFailures (events from Lambda always carry one)"
-            )
-        record_id = _identity(record.event_id, sequence_number)
-        try:
-            value = _kinesis_value(record, spec)
-        except RecordError as exc:
-            batch.rejected.append(Rejected(index, record_id, sequence_number, str(exc), raw))
-            continue
-        if isinstance(value, _Skip):
-            batch.skipped.append(Skipped(index, record_id, sequence_number, value.reason))
-            continue
-        batch.add(index, record_id, sequence_number, value)
-    return batch
+    return _decode_each(
+        records,
+        spec,
+        source="kinesis",
+        wrap=KinesisStreamRecord,
+        sequence_of=operator.attrgetter("kinesis.sequence_number"),
+        value_of=_kinesis_value,
+        sequence_member="Kinesis record {index} has no kinesis.sequenceNumber",
+    )
 
 
 def _kinesis_fast_path(
@@ -292,6 +283,44 @@ def _fast_rows(payloads: list[bytes], spec: InputSpec) -> list[tuple[Any, ...]] 
     return rows
 
 
+def _decode_each(
+    records: list[Any],
+    spec: InputSpec,
+    *,
+    source: Source,
+    wrap: Callable[[Mapping[str, Any]], R],
+    sequence_of: Callable[[R], Any],
+    value_of: Callable[[R, InputSpec], Any],
+    sequence_member: str,
+) -> Batch:
+    """Decode stream records one by one: each is predicted, skipped or rejected.
+
+    ``wrap`` makes the source's record accessor, ``sequence_of`` reads its sequence number,
+    ``value_of`` gives its model input, a _Skip, or raises RecordError. ``sequence_member``
+    names the missing sequence number in the error (``{index}`` is the record's index).
+    """
+    batch = Batch(source=source, received=len(records), raw_records=records)
+    for index, raw in enumerate(records):
+        record = wrap(raw if isinstance(raw, Mapping) else {})
+        sequence_number = sequence_of(record)
+        if not sequence_number or not isinstance(sequence_number, str):
+            raise InvalidEventError(
+                f"{sequence_member.format(index=index)}: it could not be reported in "
+                "batchItemFailures (events from Lambda always carry one)"
+            )
+        record_id = _identity(record.event_id, sequence_number)
+        try:
+            value = value_of(record, spec)
+        except RecordError as exc:
+            batch.rejected.append(Rejected(index, record_id, sequence_number, str(exc), raw))
+            continue
+        if isinstance(value, _Skip):
+            batch.skipped.append(Skipped(index, record_id, sequence_number, value.reason))
+            continue
+        batch.add(index, record_id, sequence_number, value)
+    return batch
+
+
 def _identity(event_id: Any, sequence_number: str) -> str:
     # The eventID names the record in outputs; a hand-made event may lack it.
     return event_id if isinstance(event_id, str) and event_id else sequence_number
@@ -337,26 +366,15 @@ def _kinesis_value(record: KinesisStreamRecord, spec: InputSpec) -> Any:
 
 
 def _decode_dynamodb(records: list[Any], spec: InputSpec) -> Batch:
-    batch = Batch(source="dynamodb", received=len(records), raw_records=records)
-    for index, raw in enumerate(records):
-        record = DynamoDBStreamRecord(raw if isinstance(raw, Mapping) else {})
-        sequence_number = record.dynamodb.sequence_number
-        if not sequence_number or not isinstance(sequence_number, str):
-            raise InvalidEventError(
-                f"DynamoDB Streams record {index} has no dynamodb.SequenceNumber: it could "
-                "not be reported in batchItemFailures (events from Lambda always carry one)"
-            )
-        record_id = _identity(record.event_id, sequence_number)
-        try:
-            value = _change_record_value(record, spec)
-        except RecordError as exc:
-            batch.rejected.append(Rejected(index, record_id, sequence_number, str(exc), raw))
-            continue
-        if isinstance(value, _Skip):
-            batch.skipped.append(Skipped(index, record_id, sequence_number, value.reason))
-            continue
-        batch.add(index, record_id, sequence_number, value)
-    return batch
+    return _decode_each(
+        records,
+        spec,
+        source="dynamodb",
+        wrap=DynamoDBStreamRecord,
+        sequence_of=operator.attrgetter("dynamodb.sequence_number"),
+        value_of=_change_record_value,
+        sequence_member="DynamoDB Streams record {index} has no dynamodb.SequenceNumber",
+    )
 
 
 def _change_record_value(record: DynamoDBStreamRecord, spec: InputSpec) -> Any:

@@ -651,17 +651,7 @@ def publish_layer(
     """
     existing = find_published(lam, layer_name, build.sha256)
     if existing is not None:
-        return PublishedLayer(
-            layer_name=layer_name,
-            arn=existing["LayerVersionArn"],
-            version=int(existing["Version"]),
-            reused=True,
-            sha256=build.sha256,
-            zip_bytes=build.zip_bytes,
-            unzipped_bytes=build.unzipped_bytes,
-            description=existing.get("Description", ""),
-            created=existing.get("CreatedDate"),
-        )
+        return _published(layer_name, build, existing, existing.get("Description", ""), reused=True)
     kwargs: dict[str, Any] = {"LayerName": layer_name, "Description": description}
     if runtimes:
         kwargs["CompatibleRuntimes"] = runtimes
@@ -685,17 +675,30 @@ def publish_layer(
     else:
         kwargs["Content"] = {"ZipFile": build.zip_path.read_bytes()}
     result = lam.publish_layer_version(**kwargs)
+    return _published(layer_name, build, result, description, reused=False, s3_uri=s3_uri)
+
+
+def _published(
+    layer_name: str,
+    build: Build,
+    layer_version: dict[str, Any],
+    description: str,
+    *,
+    reused: bool,
+    s3_uri: str | None = None,
+) -> PublishedLayer:
+    """``build`` as the layer version Lambda returned (from publish or from a listing)."""
     return PublishedLayer(
         layer_name=layer_name,
-        arn=result["LayerVersionArn"],
-        version=int(result["Version"]),
-        reused=False,
+        arn=layer_version["LayerVersionArn"],
+        version=int(layer_version["Version"]),
+        reused=reused,
         sha256=build.sha256,
         zip_bytes=build.zip_bytes,
         unzipped_bytes=build.unzipped_bytes,
         description=description,
         s3_uri=s3_uri,
-        created=result.get("CreatedDate"),
+        created=layer_version.get("CreatedDate"),
     )
 
 

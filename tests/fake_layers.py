@@ -1,5 +1,7 @@
 """Small hand-made layer builds (zip + manifest, as CONTRACTS.md "Layers on disk" describes)
-and a moto-backed function, for the publish / rollback / status / deploy tests.
+and a moto-backed function, for the publish / rollback / status / deploy tests; and the
+givens those tests share (the deps layer published and a function linked to it, a model
+version published), done through the CLI as a user would.
 
 The zips are tiny but real: deterministic, with ``python/`` or ``model/`` at the root, and a
 manifest whose sha256 and sizes are measured from the zip, exactly as the builds write them.
@@ -14,6 +16,10 @@ import os
 import zipfile
 from pathlib import Path
 from typing import Any
+
+from click.testing import CliRunner, Result
+
+from mlayer.cli import cli
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 REGION = "us-east-1"
@@ -160,3 +166,24 @@ def layer_list(lam: Any, function: str, qualifier: str | None = None) -> list[st
 def layer_version_arn(lam: Any, layer: str, version: int) -> str:
     arn = lam.get_layer_version(LayerName=layer, VersionNumber=version)["LayerVersionArn"]
     return str(arn)
+
+
+def _mlayer(*args: str) -> Result:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def function_on_deps_layer(lam: Any, iam: Any, layers: Path, name: str = "scorer") -> None:
+    """Given (inside mock_aws): ``mlayer publish-deps`` of a fake deps build into ``layers``,
+    and function ``name`` created linked to that layer version."""
+    write_deps_build(layers)
+    _mlayer("publish-deps", "--function", name, "--layers-dir", str(layers))
+    create_function(lam, iam, name, layers=[layer_version_arn(lam, f"{name}-deps", 1)])
+
+
+def publish_model(layers: Path, version: int, *extra: str) -> Result:
+    """``mlayer publish-model`` of a fake model build ``version`` for function "scorer"."""
+    return _mlayer(
+        "publish-model", str(write_model_build(layers, version)), "--function", "scorer", *extra
+    )

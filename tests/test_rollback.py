@@ -11,11 +11,10 @@ import boto3
 import pytest
 from click.testing import CliRunner, Result
 from fake_layers import (
-    create_function,
+    function_on_deps_layer,
     layer_list,
     layer_version_arn,
-    write_deps_build,
-    write_model_build,
+    publish_model,
 )
 from moto import mock_aws
 
@@ -27,34 +26,17 @@ def run(*args: str) -> Result:
 
 
 @pytest.fixture
-def lam(tmp_path: Path) -> Iterator[Any]:
-    """Given: a function linked to the published deps layer."""
-    with mock_aws():
-        client = boto3.client("lambda", region_name="us-east-1")
-        layers = tmp_path / "layers"
-        write_deps_build(layers)
-        assert (
-            run("publish-deps", "--function", "scorer", "--layers-dir", str(layers)).exit_code == 0
-        )
-        create_function(
-            client,
-            boto3.client("iam", region_name="us-east-1"),
-            layers=[layer_version_arn(client, "scorer-deps", 1)],
-        )
-        yield client
-
-
-@pytest.fixture
 def layers(tmp_path: Path) -> Path:
     return tmp_path / "layers"
 
 
-def publish(layers: Path, version: int, *extra: str) -> Result:
-    result = run(
-        "publish-model", str(write_model_build(layers, version)), "--function", "scorer", *extra
-    )
-    assert result.exit_code == 0, result.output
-    return result
+@pytest.fixture
+def lam(layers: Path) -> Iterator[Any]:
+    """Given: a function linked to the published deps layer."""
+    with mock_aws():
+        client = boto3.client("lambda", region_name="us-east-1")
+        function_on_deps_layer(client, boto3.client("iam", region_name="us-east-1"), layers)
+        yield client
 
 
 def deps(lam: Any) -> str:
@@ -74,8 +56,8 @@ def alias_of(lam: Any) -> dict[str, Any]:
 
 
 def test_rollback_relinks_the_previous_model(lam: Any, layers: Path) -> None:
-    publish(layers, 1)
-    publish(layers, 2)
+    publish_model(layers, 1)
+    publish_model(layers, 2)
     assert layer_list(lam, "scorer") == [deps(lam), model(lam, 2)]
 
     result = run("rollback", "--function", "scorer")
@@ -100,7 +82,7 @@ def test_rollback_relinks_the_previous_model(lam: Any, layers: Path) -> None:
 
 def test_rollback_to_a_named_version_goes_forward_too(lam: Any, layers: Path) -> None:
     for version in (1, 2, 3):
-        publish(layers, version)
+        publish_model(layers, version)
 
     back = run("rollback", "--function", "scorer", "--to", "1")
     assert back.exit_code == 0, back.output
@@ -112,7 +94,7 @@ def test_rollback_to_a_named_version_goes_forward_too(lam: Any, layers: Path) ->
 
 
 def test_rollback_with_a_single_version_is_refused(lam: Any, layers: Path) -> None:
-    publish(layers, 1)
+    publish_model(layers, 1)
     result = run("rollback", "--function", "scorer")
     assert result.exit_code == 1
     assert result.output == (
@@ -131,8 +113,8 @@ def test_rollback_without_any_model_is_refused(lam: Any) -> None:
 
 
 def test_rollback_to_an_unknown_version(lam: Any, layers: Path) -> None:
-    publish(layers, 1)
-    publish(layers, 2)
+    publish_model(layers, 1)
+    publish_model(layers, 2)
     result = run("rollback", "--function", "scorer", "--to", "7")
     assert result.exit_code == 1
     assert result.output == (
@@ -159,8 +141,8 @@ def test_rollback_unknown_function(lam: Any) -> None:
 def test_rollback_moves_the_alias_to_the_version_that_carried_the_model(
     lam: Any, layers: Path
 ) -> None:
-    publish(layers, 1, "--alias", "live")
-    publish(layers, 2, "--alias", "live")
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2, "--alias", "live")
     assert alias_of(lam)["FunctionVersion"] == "2"
 
     result = run("rollback", "--function", "scorer", "--alias", "live")
@@ -187,8 +169,8 @@ def test_rollback_moves_the_alias_to_the_version_that_carried_the_model(
 
 
 def test_rollback_during_a_canary_cancels_it(lam: Any, layers: Path) -> None:
-    publish(layers, 1, "--alias", "live")
-    publish(layers, 2, "--alias", "live", "--canary", "25")
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2, "--alias", "live", "--canary", "25")
     assert alias_of(lam)["RoutingConfig"]["AdditionalVersionWeights"] == {"2": 0.25}
 
     result = run("rollback", "--function", "scorer", "--alias", "live")
@@ -206,8 +188,8 @@ def test_rollback_during_a_canary_cancels_it(lam: Any, layers: Path) -> None:
 
 def test_alias_rollback_works_after_the_layer_version_was_deleted(lam: Any, layers: Path) -> None:
     """A deleted layer version stays usable by the function version linked to it."""
-    publish(layers, 1, "--alias", "live")
-    publish(layers, 2, "--alias", "live")
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2, "--alias", "live")
     lam.delete_layer_version(LayerName="scorer-model", VersionNumber=1)
 
     result = run("rollback", "--function", "scorer", "--alias", "live")
@@ -228,8 +210,8 @@ def test_alias_rollback_works_after_the_layer_version_was_deleted(lam: Any, laye
 
 def test_relinking_a_deleted_version_is_refused(lam: Any, layers: Path) -> None:
     """Without an alias the only way back is relinking: impossible for a deleted version."""
-    publish(layers, 1, "--alias", "live")
-    publish(layers, 2, "--alias", "live")
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2, "--alias", "live")
     lam.delete_layer_version(LayerName="scorer-model", VersionNumber=1)
 
     result = run("rollback", "--function", "scorer")
@@ -245,8 +227,8 @@ def test_relinking_a_deleted_version_is_refused(lam: Any, layers: Path) -> None:
 
 def test_alias_rollback_to_a_model_no_version_carried(lam: Any, layers: Path) -> None:
     """v1 was published before the alias existed: rollback links it and publishes a version."""
-    publish(layers, 1)
-    publish(layers, 2, "--alias", "live")
+    publish_model(layers, 1)
+    publish_model(layers, 2, "--alias", "live")
     assert alias_of(lam)["FunctionVersion"] == "1"
 
     result = run("rollback", "--function", "scorer", "--alias", "live")
@@ -260,7 +242,7 @@ def test_alias_rollback_to_a_model_no_version_carried(lam: Any, layers: Path) ->
 
 
 def test_rollback_with_a_missing_alias(lam: Any, layers: Path) -> None:
-    publish(layers, 1)
+    publish_model(layers, 1)
     result = run("rollback", "--function", "scorer", "--alias", "live")
     assert result.exit_code == 1
     assert result.output == (

@@ -12,11 +12,10 @@ import boto3
 import pytest
 from click.testing import CliRunner, Result
 from fake_layers import (
-    create_function,
+    function_on_deps_layer,
     layer_version_arn,
+    publish_model,
     publish_raw_layer,
-    write_deps_build,
-    write_model_build,
 )
 from moto import mock_aws
 
@@ -37,21 +36,8 @@ def lam(layers: Path) -> Iterator[Any]:
     """Given: the deps layer published and a function linked to it."""
     with mock_aws():
         client = boto3.client("lambda", region_name="us-east-1")
-        write_deps_build(layers)
-        result = run("publish-deps", "--function", "scorer", "--layers-dir", str(layers))
-        assert result.exit_code == 0, result.output
-        create_function(
-            client,
-            boto3.client("iam", region_name="us-east-1"),
-            layers=[layer_version_arn(client, "scorer-deps", 1)],
-        )
+        function_on_deps_layer(client, boto3.client("iam", region_name="us-east-1"), layers)
         yield client
-
-
-def publish(layers: Path, version: int, *extra: str) -> None:
-    path = write_model_build(layers, version)
-    result = run("publish-model", str(path), "--function", "scorer", *extra)
-    assert result.exit_code == 0, result.output
 
 
 def sidecar(layers: Path, name: str) -> dict[str, Any]:
@@ -62,9 +48,9 @@ def sidecar(layers: Path, name: str) -> dict[str, Any]:
 def test_status_json_describes_function_layers_live_model_and_routing(
     lam: Any, layers: Path
 ) -> None:
-    publish(layers, 1, "--alias", "live")
-    publish(layers, 2, "--alias", "live")
-    publish(layers, 3, "--alias", "live", "--canary", "20")
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2, "--alias", "live")
+    publish_model(layers, 3, "--alias", "live", "--canary", "20")
 
     result = run(
         "status", "--function", "scorer", "--alias", "live", "--layers-dir", str(layers), "--json"
@@ -110,8 +96,8 @@ def test_status_json_describes_function_layers_live_model_and_routing(
 
 
 def test_status_text(lam: Any, layers: Path) -> None:
-    publish(layers, 1, "--alias", "live")
-    publish(layers, 2, "--alias", "live", "--canary", "5")
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2, "--alias", "live", "--canary", "5")
 
     result = run("status", "--function", "scorer", "--alias", "live", "--layers-dir", str(layers))
 
@@ -133,7 +119,7 @@ def test_status_text(lam: Any, layers: Path) -> None:
 
 
 def test_status_without_alias_reports_latest_and_foreign_layers(lam: Any, layers: Path) -> None:
-    publish(layers, 1)
+    publish_model(layers, 1)
     foreign = publish_raw_layer(lam, "vendor-tools")
     lam.update_function_configuration(
         FunctionName="scorer",
@@ -168,9 +154,9 @@ def test_status_unknown_function(lam: Any) -> None:
 
 
 def test_history_lists_versions_users_and_the_live_one(lam: Any, layers: Path) -> None:
-    publish(layers, 1, "--alias", "live")
-    publish(layers, 2, "--alias", "live")
-    publish(layers, 3, "--alias", "live", "--canary", "10")
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2, "--alias", "live")
+    publish_model(layers, 3, "--alias", "live", "--canary", "10")
     assert run("rollback", "--function", "scorer", "--alias", "live").exit_code == 0  # cancel
 
     result = run("history", "--function", "scorer", "--alias", "live", "--json")
@@ -198,8 +184,8 @@ def test_history_lists_versions_users_and_the_live_one(lam: Any, layers: Path) -
 
 
 def test_history_shows_deleted_versions_still_in_use(lam: Any, layers: Path) -> None:
-    publish(layers, 1, "--alias", "live")
-    publish(layers, 2, "--alias", "live")
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2, "--alias", "live")
     lam.delete_layer_version(LayerName="scorer-model", VersionNumber=1)
 
     data = json.loads(run("history", "--function", "scorer", "--json").output)
@@ -212,7 +198,7 @@ def test_history_shows_deleted_versions_still_in_use(lam: Any, layers: Path) -> 
 
 def test_prune_deletes_unused_versions_beyond_keep(lam: Any, layers: Path) -> None:
     for version in (1, 2, 3, 4):
-        publish(layers, version)
+        publish_model(layers, version)
 
     dry = run("prune", "--function", "scorer", "--keep", "1", "--dry-run")
     assert dry.exit_code == 0, dry.output
@@ -232,10 +218,10 @@ def test_prune_deletes_unused_versions_beyond_keep(lam: Any, layers: Path) -> No
 
 
 def test_prune_keeps_versions_function_versions_use(lam: Any, layers: Path) -> None:
-    publish(layers, 1, "--alias", "live")
-    publish(layers, 2)  # relinks $LATEST only: nothing else uses v1's successor
-    publish(layers, 3, "--alias", "live")
-    publish(layers, 4)
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2)  # relinks $LATEST only: nothing else uses v1's successor
+    publish_model(layers, 3, "--alias", "live")
+    publish_model(layers, 4)
 
     result = run("prune", "--function", "scorer", "--keep", "0")
 
@@ -259,7 +245,7 @@ def test_live_manifest_is_read_from_the_layer_when_no_local_build_matches(
 
     import mlayer.publish as publish_module
 
-    publish(layers, 1)
+    publish_model(layers, 1)
     zip_bytes = (layers / "model-sentiment-v1.zip").read_bytes()
     real_get = publish_module.get_layer_version
     fetched: list[str] = []

@@ -1,4 +1,5 @@
-"""Shared fixtures: fake AWS credentials for moto, the project root, the sample models."""
+"""Shared fixtures: fake AWS credentials for moto, the project root, the sample models, the
+layers directory and the published-deps-layer function the rollback / status tests start from."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +36,28 @@ def _fake_aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def layers(tmp_path: Path) -> Path:
+    """Where the test's layer builds go (``--layers-dir``)."""
+    return tmp_path / "layers"
+
+
+@pytest.fixture
+def lam(layers: Path) -> Iterator[Any]:
+    """Given (under moto): the deps layer published and function "scorer" linked to it.
+
+    Yields the Lambda client.
+    """
+    import boto3
+    from fake_layers import function_on_deps_layer
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("lambda", region_name="us-east-1")
+        function_on_deps_layer(client, boto3.client("iam", region_name="us-east-1"), layers)
+        yield client
 
 
 TRAIN_SCRIPT = ROOT / "training" / "train.py"

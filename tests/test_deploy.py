@@ -48,11 +48,6 @@ def function_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def layers(tmp_path: Path) -> Path:
-    return tmp_path / "layers"
-
-
-@pytest.fixture
 def published(aws: dict[str, Any], layers: Path) -> dict[str, Any]:
     """Given: deps (python3.11) and model v1 published."""
     write_deps_build(layers)

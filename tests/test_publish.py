@@ -53,11 +53,6 @@ def aws() -> Iterator[dict[str, Any]]:
         }
 
 
-@pytest.fixture
-def layers(tmp_path: Path) -> Path:
-    return tmp_path / "layers"
-
-
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
 

@@ -3,40 +3,21 @@ nothing to roll back to. Through the CLI against moto; AWS state checked after e
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
-import pytest
 from click.testing import CliRunner, Result
 from fake_layers import (
-    function_on_deps_layer,
     layer_list,
     layer_version_arn,
     publish_model,
 )
-from moto import mock_aws
 
 from mlayer.cli import cli
 
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
-
-
-@pytest.fixture
-def layers(tmp_path: Path) -> Path:
-    return tmp_path / "layers"
-
-
-@pytest.fixture
-def lam(layers: Path) -> Iterator[Any]:
-    """Given: a function linked to the published deps layer."""
-    with mock_aws():
-        client = boto3.client("lambda", region_name="us-east-1")
-        function_on_deps_layer(client, boto3.client("iam", region_name="us-east-1"), layers)
-        yield client
 
 
 def deps(lam: Any) -> str:

@@ -4,40 +4,22 @@ through the CLI against moto."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from click.testing import CliRunner, Result
 from fake_layers import (
-    function_on_deps_layer,
     layer_version_arn,
     publish_model,
     publish_raw_layer,
 )
-from moto import mock_aws
 
 from mlayer.cli import cli
 
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
-
-
-@pytest.fixture
-def layers(tmp_path: Path) -> Path:
-    return tmp_path / "layers"
-
-
-@pytest.fixture
-def lam(layers: Path) -> Iterator[Any]:
-    """Given: the deps layer published and a function linked to it."""
-    with mock_aws():
-        client = boto3.client("lambda", region_name="us-east-1")
-        function_on_deps_layer(client, boto3.client("iam", region_name="us-east-1"), layers)
-        yield client
 
 
 def sidecar(layers: Path, name: str) -> dict[str, Any]:

@@ -6,16 +6,23 @@ Prints one table for the same pins (requirements.txt):
   interpreter: the best case for naive; zipped with mtimes lost, they would all be stale);
 - slim, no bytecode: ``mlayer build-deps --bytecode none`` (slimmed and stripped);
 - mlayer, bytecode for imports only: ``--bytecode imports``;
-- mlayer (default): unchecked-hash bytecode for every module.
+- mlayer, ``--bytecode all``: unchecked-hash bytecode in __pycache__ beside every source;
+- mlayer (default, ``--bytecode sourceless``): each module's unchecked-hash .pyc replaces its
+  .py (loaded without source).
 
 Sizes: unzipped and zipped (deflate level 9, as mlayer writes) in MB = 10^6 bytes (Lambda's
 own "MB" is 2^20: divide by 1.048576), and files. Cold start: a fresh ``python -I -S -B``
 (nothing written back, as in Lambda's read-only /opt) whose sys.path is the function dir,
 the layer and the standard library, from interpreter start to the first 100 predictions of
 the text model through the real handler; the median of ``--runs`` runs (default 10).
-Layers for python3.13 arm64 are built too (sizes only: they cannot run on x86_64).
+Layers for python3.13 arm64 are built too (sizes only: they cannot run on x86_64); their
+bytecode needs a Python 3.13 here (PATH, pyenv or uv), else the row says it has none.
+The 1-minute load average before and after the cold starts is printed: on a busy machine
+every figure grows, the ratios less so.
 
-Usage: python bench/layer_size.py [--runs 10] [--no-cross]
+Usage: python bench/layer_size.py [--runs 10] [--no-cross] [--quiet-load 0.7 --max-wait 1200]
+(--quiet-load: before the cold starts, wait until the 1-minute load average is below it, at
+most --max-wait seconds, so the builds' own load has settled.)
 """
 
 from __future__ import annotations
@@ -77,8 +84,8 @@ def unzip(zip_path: Path, out: Path) -> Path:
     return out / "python"
 
 
-def cold_starts(layers: list[Path], model_dir: Path, runs: int) -> list[float]:
-    """Median seconds from interpreter start to 100 predictions, per layer.
+def cold_starts(layers: list[Path], model_dir: Path, runs: int) -> list[list[float]]:
+    """Seconds from interpreter start to 100 predictions, per layer: every run's.
 
     Runs are interleaved (one of each layer per round), so a load change on this shared
     machine hits every layer alike instead of whichever was measured at the time.
@@ -97,16 +104,26 @@ def cold_starts(layers: list[Path], model_dir: Path, runs: int) -> list[float]:
             if proc.returncode != 0:
                 raise SystemExit(f"cold start failed on {layer}:\n{proc.stderr[-2000:]}")
             times[i].append(json.loads(proc.stdout.strip().splitlines()[-1])["seconds"])
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def wait_for_quiet(threshold: float, max_wait: float) -> None:
+    """Sleep until the 1-minute load average is below ``threshold`` (or ``max_wait`` passed)."""
+    deadline = time.monotonic() + max_wait
+    while os.getloadavg()[0] >= threshold and time.monotonic() < deadline:
+        print(f"load {os.getloadavg()[0]:.2f} >= {threshold}: waiting", file=sys.stderr)
+        time.sleep(30)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--no-cross", action="store_true", help="skip python3.13 arm64")
+    parser.add_argument("--quiet-load", type=float, help="wait for a 1-min load below this")
+    parser.add_argument("--max-wait", type=float, default=1200, help="seconds, at most")
     args = parser.parse_args()
     here = Target("python3.11", "x86_64")
-    rows: list[tuple[str, str, int, int, int, float | None]] = []
+    rows: list[tuple[str, str, int, int, int, list[float] | None]] = []
     with tempfile.TemporaryDirectory(prefix="mlayer-bench-") as tmp:
         work = Path(tmp)
         model_dir = work / "model"
@@ -119,7 +136,8 @@ def main() -> None:
         rows.append(("naive pip --target", "python3.11 x86_64", *sizes(naive, work), None))
         measured = [naive]
         variants = [("slim, no bytecode", "none"), ("mlayer --bytecode imports", "imports"),
-                    ("mlayer build-deps (default)", "all")]  # fmt: skip
+                    ("mlayer --bytecode all", "all"),
+                    ("mlayer build-deps (default: sourceless)", "sourceless")]  # fmt: skip
         for label, mode in variants:
             print(f"{label} ...", file=sys.stderr)
             result = build_deps(
@@ -131,9 +149,13 @@ def main() -> None:
             rows.append((label, "python3.11 x86_64", m["unzipped_bytes"], m["zip_bytes"],
                          m["files"], None))  # fmt: skip
             measured.append(layer)
+        if args.quiet_load is not None:
+            wait_for_quiet(args.quiet_load, args.max_wait)
         print(f"cold starts: {args.runs} rounds ...", file=sys.stderr)
-        for i, median in enumerate(cold_starts(measured, model_dir, args.runs)):
-            rows[i] = (*rows[i][:5], median)
+        load_before = os.getloadavg()[0]
+        for i, seconds in enumerate(cold_starts(measured, model_dir, args.runs)):
+            rows[i] = (*rows[i][:5], seconds)
+        load_after = os.getloadavg()[0]
         if not args.no_cross:
             cross = Target("python3.13", "arm64")
             print("naive / mlayer for python3.13 arm64 ...", file=sys.stderr)
@@ -144,22 +166,28 @@ def main() -> None:
                                  layers_dir=work / "l-cross")
             )  # fmt: skip
             m = result.manifest
-            note = "" if m["bytecode"] else " (no bytecode: no Python 3.13 here)"
+            note = (f" ({m['bytecode_mode']})" if m["bytecode"]
+                    else " (no bytecode: no Python 3.13 here)")  # fmt: skip
             rows.append((f"mlayer build-deps{note}", "python3.13 arm64", m["unzipped_bytes"],
                          m["zip_bytes"], m["files"], None))  # fmt: skip
-    base = next(r[5] for r in rows if r[0] == "slim, no bytecode")
+    base_runs = next(r[5] for r in rows if r[0] == "slim, no bytecode")
+    base = statistics.median(base_runs) if base_runs else None
     header = ("layer", "target", "unzipped MB", "zipped MB", "files", "cold start s",
-              "vs no bytecode")  # fmt: skip
+              "best s", "vs no bytecode")  # fmt: skip
     lines = [header]
-    for label, target_text, unzipped, zipped, files, seconds in rows:
+    for label, target_text, unzipped, zipped, files, runs in rows:
+        median = statistics.median(runs) if runs else None
         lines.append((
             label, target_text, f"{unzipped / 1e6:.1f}", f"{zipped / 1e6:.1f}", str(files),
-            "-" if seconds is None else f"{seconds:.2f}",
-            "-" if seconds is None or not base else f"{100 * seconds / base:.0f}%",
+            "-" if median is None else f"{median:.2f}",
+            "-" if not runs else f"{min(runs):.2f}",
+            "-" if median is None or not base else f"{100 * median / base:.0f}%",
         ))  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    print(f"Pins: {REQUIREMENTS.name}; cold start = median of {args.runs} fresh processes, "
-          "interpreter start to 100 predictions of the text model (real handler)")  # fmt: skip
+    print(f"Pins: {REQUIREMENTS.name}; cold start = median (best) of {args.runs} fresh processes, "
+          "interpreter start to 100 predictions of the text model (real handler); "
+          f"1-min load average {load_before:.2f} before, {load_after:.2f} after, "
+          f"{os.cpu_count()} CPUs")  # fmt: skip
     for i, line in enumerate(lines):
         print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |")
         if i == 0:

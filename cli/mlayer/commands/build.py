@@ -234,7 +234,11 @@ def _render_deps(console: Any, result: Any) -> None:
     console.print(table)
     if bytecode.get("interpreter") and not bytecode.get("skipped"):
         source = bytecode.get("interpreter_source")
-        console.print(f"bytecode written by {bytecode['interpreter']} ({source})")
+        skipped = "; ".join(bytecode.get("interpreter_skipped") or [])
+        console.print(
+            f"bytecode written by {bytecode['interpreter']} ({source}"
+            + (f"; skipped {skipped})" if skipped else ")")
+        )
     kept = slimming.get("kept_for_imports") or []
     if kept:
         console.print(f"kept because run-time code imports them: {', '.join(kept)}")

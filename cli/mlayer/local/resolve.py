@@ -244,16 +244,18 @@ def find_python(runtime: str, python: str | None) -> str:
                 f"pass a Python {wanted} interpreter"
             )
         return python
-    if f"{sys.version_info.major}.{sys.version_info.minor}" == wanted:
-        return sys.executable
-    candidate = shutil.which(f"python{wanted}")
-    if candidate:
-        return candidate
+    # The same search build-deps uses: a pyenv shim for an inactive version is on PATH but
+    # does not run, so each candidate must start and report the right version.
+    from mlayer.deps_layer import locate_interpreter
+
+    search = locate_interpreter(wanted)
+    if search.path:
+        return search.path
     raise ConfigError(
         f"the function runs {runtime}, and running it locally needs a Python {wanted} "
-        f"interpreter (its layers hold cp{wanted.replace('.', '')} extension modules); none is on "
-        f"PATH. Install one and pass --python PATH, or deploy with layers built for this "
-        f"Python ({sys.version_info.major}.{sys.version_info.minor}): mlayer build-deps "
+        f"interpreter (its layers hold cp{wanted.replace('.', '')} extension modules); none "
+        f"was found (on PATH, in pyenv, or by uv). Install one and pass --python PATH, or "
+        f"deploy with layers built for this Python ({sys.version_info.major}.{sys.version_info.minor}): mlayer build-deps "
         f"--runtime python{sys.version_info.major}.{sys.version_info.minor}"
     )
 

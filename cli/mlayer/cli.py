@@ -25,6 +25,17 @@ COMMAND_MODULES: tuple[str, ...] = ("demo", "build", "cost", "publish", "deploy"
 class MlayerGroup(click.Group):
     """A group that turns expected failures into one ``Error: ...`` line (exit 1)."""
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Click cuts each command's one-line help at 45 columns; say the whole sentence.
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=78)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -29,7 +29,7 @@ def _mb(n: int | float) -> str:
     return mb(n)
 
 
-@click.command("build-deps")
+@click.command("build-deps", short_help="Build the dependency layer from requirements.txt.")
 @click.option(
     "--requirements",
     "-r",
@@ -259,7 +259,7 @@ def _render_deps(console: Any, result: Any) -> None:
         click.echo(f"Budget: {note}" if note is result.notes[0] else f"Note: {note}")
 
 
-@click.command("build-model")
+@click.command("build-model", short_help="Build a versioned model layer from MODEL_DIR.")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--version",

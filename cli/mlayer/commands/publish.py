@@ -93,7 +93,7 @@ def _published_line(layer: Any) -> str:
     )
 
 
-@click.command("publish-deps")
+@click.command("publish-deps", short_help="Publish the built dependency layer.")
 @options.function
 @options.deps_layer
 @options.runtime

@@ -1147,7 +1147,8 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
     if target.deprecated:
         warnings_.append(
             f"Lambda deprecated {target.runtime} on {target.deprecated} (Amazon Linux 2): "
-            "new functions on it cannot be created in time; prefer python3.12 or newer"
+            "it gets no more security patches, and Lambda later blocks creating and then "
+            "updating functions on it; prefer python3.12 or newer"
         )
     image = None
     docker = None

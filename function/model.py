@@ -64,8 +64,10 @@ class Model:
 
     def __post_init__(self) -> None:
         import numpy as np
+        from sklearn import config_context
 
         self._np = np
+        self._config_context = config_context
         self._has_proba = hasattr(self.final, "predict_proba")
         classes = getattr(self.final, "classes_", None)
         self._classes = None if classes is None else np.asarray(classes)
@@ -88,12 +90,11 @@ class Model:
             return Predictions([], [])
         np = self._np
         features: Any = inputs if self.input.kind == "text" else np.asarray(inputs, np.float64)
-        from sklearn import config_context
 
         # The inputs were validated record by record (finite numbers, strings), and the text
         # stages cannot produce NaN: scikit-learn's finiteness check of every intermediate
         # matrix is redundant, and costs about 7% of a 100-record text batch.
-        with config_context(assume_finite=True, skip_parameter_validation=True):
+        with self._config_context(assume_finite=True, skip_parameter_validation=True):
             for stage in self.transforms:
                 features = stage.transform(features)
             predicted = self.final.predict(features)

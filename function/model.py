@@ -17,6 +17,7 @@ into its steps, so ``predict`` and ``predict_proba`` share one pass of the trans
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -68,6 +69,20 @@ class Model:
 
         self._np = np
         self._config_context = config_context
+        self._frame = None
+        if self.input.frame:
+            try:
+                import pandas
+            except ImportError:
+                raise ModelLoadError(
+                    "this model was fitted on a pandas DataFrame and must be given one, but "
+                    "pandas is not importable: add pandas to the dependency layer's "
+                    "requirements (mlayer build-model names the version) and rebuild it"
+                ) from None
+            self._frame = pandas.DataFrame
+            self._column_dtypes = [
+                np.float64 if kind == "number" else object for kind in self.input.types
+            ]
         self._has_proba = hasattr(self.final, "predict_proba")
         classes = getattr(self.final, "classes_", None)
         self._classes = None if classes is None else np.asarray(classes)
@@ -89,7 +104,13 @@ class Model:
         if count == 0:
             return Predictions([], [])
         np = self._np
-        features: Any = inputs if self.input.kind == "text" else np.asarray(inputs, np.float64)
+        features: Any
+        if self.input.kind == "text":
+            features = inputs
+        elif self._frame is not None:
+            features = self._dataframe(inputs)
+        else:
+            features = np.asarray(inputs, np.float64)
 
         # The inputs were validated record by record (finite numbers, strings), and the text
         # stages cannot produce NaN: scikit-learn's finiteness check of every intermediate
@@ -100,13 +121,46 @@ class Model:
             predicted = self.final.predict(features)
             proba = self.final.predict_proba(features) if self._has_proba else None
         if self._classes is None:
-            return Predictions(predicted.tolist(), [None] * count)
+            return Predictions(_json_values(predicted), [None] * count)
         positions = np.searchsorted(self._classes, predicted, sorter=self._sorter)
         index = self._sorter[positions]
         labels = self._label_array[index].tolist()
         if proba is None:
             return Predictions(labels, [None] * count)
         return Predictions(labels, proba[np.arange(count), index].tolist())
+
+    def _dataframe(self, rows: Sequence[Any]) -> Any:
+        """The batch as a DataFrame with the training columns, built once column by column."""
+        np = self._np
+        columns = zip(*rows, strict=True)
+        data = {
+            name: np.array(values, dtype=dtype)
+            for name, dtype, values in zip(
+                self.input.features, self._column_dtypes, columns, strict=True
+            )
+        }
+        return self._frame(data, columns=list(self.input.features), copy=False)
+
+
+def _json_values(predicted: Any) -> list[Any]:
+    """Predictions as JSON-safe Python values (NaN and infinities as strings).
+
+    Raises:
+        ValueError: the model predicts several values per record.
+    """
+    if getattr(predicted, "ndim", 1) != 1:
+        raise ValueError(
+            f"the model predicts {predicted.shape[1:]} values per record; the function serves one"
+        )
+    values: list[Any] = predicted.tolist()
+    kind = predicted.dtype.kind
+    if kind == "f":
+        if all(map(math.isfinite, values)):
+            return values
+        return [v if math.isfinite(v) else str(v) for v in values]
+    if kind in "biuUS":
+        return values
+    return [v if v is None or isinstance(v, bool | int | float | str) else str(v) for v in values]
 
 
 def load(
@@ -150,10 +204,20 @@ def load(
         or not all(isinstance(name, str) and name for name in stage_names)
     ):
         raise ModelLoadError(f'{meta_path}: "stages" must be a non-empty list of file names')
-    spec = _input_spec(meta.get("input"), meta_path, input_field)
     stages = [_load_stage(directory / name, meta) for name in stage_names]
     caught = [message for _, message in stages if message]
-    transforms, final = _unroll([stage for stage, _ in stages], meta_path)
+    loaded = [stage for stage, _ in stages]
+    raw_input = meta.get("input")
+    if raw_input is None:
+        # A hand-written metadata.json may leave the input out: read it from the model.
+        import schema
+
+        try:
+            raw_input = schema.infer_input(loaded)
+        except ValueError as exc:
+            raise ModelLoadError(f"{meta_path}: no input given and {exc}") from None
+    spec = _input_spec(raw_input, meta_path, input_field)
+    transforms, final = _unroll(loaded, meta_path)
 
     labels = _labels(final, meta.get("labels"), meta_path)
     if manifest.is_file() and meta.get("version") is not None:
@@ -182,8 +246,10 @@ def _input_spec(raw: Any, meta_path: Path, input_field: str | None) -> InputSpec
             '{"kind": "features", "features": [...]}'
         )
     if raw["kind"] == "text":
-        text_field = input_field or raw.get("field") or "text"
-        return InputSpec(kind="text", field=str(text_field))
+        # A model layer built from a bare model reads a plain text or the object's only
+        # string field (field null); training/train.py's metadata names its field.
+        text_field = input_field or raw.get("field", "text")
+        return InputSpec(kind="text", field=str(text_field) if text_field else None)
     features = raw.get("features")
     if (
         not isinstance(features, list)
@@ -191,8 +257,24 @@ def _input_spec(raw: Any, meta_path: Path, input_field: str | None) -> InputSpec
         or not all(isinstance(name, str) and name for name in features)
     ):
         raise ModelLoadError(f'{meta_path}: "input.features" must be a non-empty list of names')
+    types = raw.get("types") or ["number"] * len(features)
+    if (
+        not isinstance(types, list)
+        or len(types) != len(features)
+        or not all(kind in ("number", "string") for kind in types)
+    ):
+        raise ModelLoadError(
+            f'{meta_path}: "input.types" must list "number" or "string" for each feature'
+        )
     container = input_field or raw.get("field") or None
-    return InputSpec(kind="features", field=container, features=tuple(features))
+    return InputSpec(
+        kind="features",
+        field=container,
+        features=tuple(features),
+        types=tuple(types),
+        named=bool(raw.get("named", True)),
+        frame=bool(raw.get("dataframe", False)),
+    )
 
 
 def _load_stage(path: Path, meta: Mapping[str, Any]) -> tuple[Any, str]:

@@ -61,6 +61,10 @@ _CHANGE_RECORD_KEYS = frozenset(
 # JSON object, ASCII whitespace (what bytes.lstrip() strips) may precede one, and an empty
 # payload is bad.
 _NOT_PLAIN_TEXT = frozenset({"", "{", " ", "\t", "\n", "\r", "\x0b", "\x0c"})
+# First characters of a JSON array, number, true, false or null: a text payload starting
+# with one is parsed to tell text from such a value. (A quoted payload stays text, verbatim,
+# as it always was.)
+_JSON_LEADS = frozenset("[-0123456789tfn")
 
 
 class InvalidEventError(ValueError):
@@ -78,20 +82,43 @@ class RecordError(ValueError):
 class InputSpec:
     """What the model reads from a record.
 
-    ``kind`` "text": the string in ``field``. ``kind`` "features": the finite numbers named
-    ``features`` (the model's column order), read from the object in ``field`` or, when
-    ``field`` is None, from the record's object itself.
+    ``kind`` "text": a plain-text payload, or the string in ``field`` of a JSON object (when
+    ``field`` is None, the object's only string field). ``kind`` "features": the values
+    named ``features`` (the model's column order), read from the object in ``field`` or,
+    when ``field`` is None, from the record's object itself; ``types`` says per feature
+    whether it is a finite number ("number") or a string ("string"). ``named`` False: the
+    model was fitted without column names, so a record is a JSON array of the values.
+    ``frame``: the model is given a pandas DataFrame with the feature names as columns.
     """
 
     kind: Literal["text", "features"]
     field: str | None
     features: tuple[str, ...] = ()
+    types: tuple[str, ...] = ()
+    named: bool = True
+    frame: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.types:
+            object.__setattr__(self, "types", ("number",) * len(self.features))
+
+    @property
+    def numeric(self) -> bool:
+        """Every feature is a number (the fast paths' common case)."""
+        return all(kind == "number" for kind in self.types)
 
     def describe(self) -> str:
         if self.kind == "text":
+            if self.field is None:
+                return "text (a plain-text payload, or a JSON object's only string field)"
             return f"text in field {self.field!r}"
         where = f" in field {self.field!r}" if self.field else ""
-        return f"features {list(self.features)}{where}"
+        if not self.named:
+            return f"a JSON array of {len(self.features)} numbers{where}"
+        if self.numeric:
+            return f"features {list(self.features)}{where}"
+        shown = [f"{name} ({kind})" for name, kind in zip(self.features, self.types, strict=True)]
+        return f"features {shown}{where}"
 
 
 @dataclass(slots=True)
@@ -213,7 +240,7 @@ def _kinesis_fast_path(
     columns = KinesisStreamEvent(event)
     inputs: list[Any] | None
     try:
-        if spec.kind == "text" and _json_objects(records, spec):
+        if spec.kind == "text" and spec.field is not None and _json_objects(records, spec):
             event_ids, sequence_numbers, inputs = columns.decoded_json_members(str(spec.field))
             # Only strings are text ("".join raises TypeError on anything else, in C: about
             # 5x faster than a type test per element).
@@ -257,7 +284,21 @@ def _fast_plain_texts(payloads: list[bytes]) -> list[str] | None:
     texts = [payload.decode("utf-8") for payload in payloads]
     if any(text[:1] in _NOT_PLAIN_TEXT for text in texts):
         return None
+    # A payload that is JSON but neither an object nor a string (an array, a number, true,
+    # false, null) is no text: the per-record path reports it. Only payloads that start like
+    # one are parsed.
+    if any(text[:1] in _JSON_LEADS and _json_non_text(text) for text in texts):
+        return None
     return texts
+
+
+def _json_non_text(text: str) -> bool:
+    """Whether ``text`` parses as a JSON array, number, boolean or null."""
+    try:
+        fast_loads(text.encode("utf-8", "surrogatepass"))
+    except ValueError:
+        return False
+    return True  # it starts with one of _JSON_LEADS: not an object, not a string
 
 
 def _fast_rows(payloads: list[bytes], spec: InputSpec) -> list[tuple[Any, ...]] | None:
@@ -268,11 +309,15 @@ def _fast_rows(payloads: list[bytes], spec: InputSpec) -> list[tuple[Any, ...]] 
         key = spec.field
         objects = [obj[key] for obj in objects]
     features = spec.features
+    if not spec.named:
+        return None  # records are arrays: the per-record path checks their length
     if len(features) == 1:
         (name,) = features
         rows = [(obj[name],) for obj in objects]
     else:
         rows = list(map(operator.itemgetter(*features), objects))
+    if not spec.numeric:
+        return _fast_typed_rows(rows, spec)
     # Numbers only (bool is not one here), checked in C rather than value by value.
     if not set(map(type, chain.from_iterable(rows))) <= {int, float}:
         return None
@@ -280,6 +325,17 @@ def _fast_rows(payloads: list[bytes], spec: InputSpec) -> list[tuple[Any, ...]] 
     # decides); one NaN or infinity makes it NaN or infinite.
     if not all(map(math.isfinite, map(sum, rows))):
         return None
+    return rows
+
+
+def _fast_typed_rows(rows: list[tuple[Any, ...]], spec: InputSpec) -> list[tuple[Any, ...]] | None:
+    """Rows of mixed numbers and strings, checked column by column (None: a bad value)."""
+    columns = list(zip(*rows, strict=True)) if rows else []
+    for column, kind in zip(columns, spec.types, strict=True):
+        if kind == "string":
+            "".join(column)  # TypeError unless every value is a string
+        elif not set(map(type, column)) <= {int, float} or not math.isfinite(sum(column)):
+            return None
     return rows
 
 
@@ -348,9 +404,18 @@ def _kinesis_value(record: KinesisStreamRecord, spec: InputSpec) -> Any:
         raise RecordError("data is empty")
     if spec.kind == "text" and payload.lstrip()[:1] != b"{":
         try:
-            return payload.decode("utf-8")
+            text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RecordError(f"payload is neither a JSON object nor UTF-8 text ({exc})") from None
+        if text.lstrip()[:1] not in _JSON_LEADS:
+            return text
+        try:
+            value = loads(payload)
+        except ValueError:
+            return text  # not JSON: plain text that starts like it ("5 stars", "-- ok")
+        raise RecordError(
+            f"payload is JSON {_json_type(value)}, not text; this model reads {spec.describe()}"
+        )
     try:
         document = loads(payload)
     except ValueError as exc:
@@ -393,7 +458,15 @@ def _change_record_value(record: DynamoDBStreamRecord, spec: InputSpec) -> Any:
         raise RecordError(f"NewImage is {_json_type(image)}, expected an object")
     # Only the attributes the model reads are converted: a malformed attribute the model
     # ignores does not make the record bad.
-    wanted = (spec.field,) if spec.field is not None else spec.features
+    if spec.kind == "text" and spec.field is None:
+        strings = [
+            key for key, value in image.items() if isinstance(value, Mapping) and "S" in value
+        ]
+        if len(strings) != 1:
+            raise RecordError(_no_single_text(strings, image))
+        wanted: tuple[str, ...] = (strings[0],)
+    else:
+        wanted = (spec.field,) if spec.field is not None else spec.features
     for key in wanted:
         if key not in image:
             raise RecordError(_missing("NewImage attribute", key, image))
@@ -401,6 +474,8 @@ def _change_record_value(record: DynamoDBStreamRecord, spec: InputSpec) -> Any:
         item = {key: deserialize(image[key]) for key in wanted}
     except AttributeValueError as exc:
         raise RecordError(f"NewImage is malformed ({exc})") from None
+    if spec.kind == "text" and spec.field is None:
+        return _text_value(item[wanted[0]], wanted[0])
     return _extract(item, spec)
 
 
@@ -438,6 +513,16 @@ def _decode_direct(records: list[Any], spec: InputSpec) -> Batch:
 
 def _extract(document: Any, spec: InputSpec) -> Any:
     """The model input in a decoded JSON document (or a NewImage as Python values)."""
+    if spec.kind == "text" and spec.field is None:
+        if not isinstance(document, Mapping):
+            raise RecordError(
+                f"payload is {_json_type(document)}, expected text or an object with one "
+                "string field"
+            )
+        strings = [key for key, value in document.items() if isinstance(value, str)]
+        if len(strings) != 1:
+            raise RecordError(_no_single_text(strings, document))
+        return _text_value(document[strings[0]], strings[0])
     container = document
     if spec.field is not None:
         if not isinstance(document, Mapping):
@@ -452,23 +537,54 @@ def _extract(document: Any, spec: InputSpec) -> Any:
             raise RecordError(f"field {spec.field!r} is {_json_type(container)}, expected a string")
         return container
     if isinstance(container, Mapping):
+        if not spec.named:
+            raise RecordError(
+                f"payload is an object; this model was fitted without column names and reads "
+                f"{spec.describe()} (or rebuild it with --features a,b,c to read objects)"
+            )
         row = []
-        for name in spec.features:
+        for name, kind in zip(spec.features, spec.types, strict=True):
             if name not in container:
                 raise RecordError(_missing("feature", name, container))
-            row.append(_feature(name, container[name]))
+            row.append(_typed(name, kind, container[name]))
         return tuple(row)
     if isinstance(container, list):
         if len(container) != len(spec.features):
+            order = f" in the model's column order {list(spec.features)}" if spec.named else ""
             raise RecordError(
-                f"got {len(container)} feature values, expected {len(spec.features)} in the "
-                f"model's column order {list(spec.features)}"
+                f"got {len(container)} feature values, expected {len(spec.features)}{order}"
             )
         return tuple(
-            _feature(name, value) for name, value in zip(spec.features, container, strict=True)
+            _typed(name, kind, value)
+            for name, kind, value in zip(spec.features, spec.types, container, strict=True)
         )
     raise RecordError(
         f"payload is {_json_type(container)}, expected an object with {spec.describe()}"
+    )
+
+
+def _typed(name: str, kind: str, value: Any) -> Any:
+    if kind == "string":
+        if not isinstance(value, str):
+            raise RecordError(f"feature {name!r} is {_json_type(value)}, expected a string")
+        return value
+    return _feature(name, value)
+
+
+def _text_value(value: Any, name: str) -> str:
+    if not value:
+        raise RecordError(f"field {name!r} is an empty string")
+    return str(value)
+
+
+def _no_single_text(strings: list[str], document: Mapping[str, Any]) -> str:
+    if not strings:
+        found = "no string field"
+    else:
+        found = f"{len(strings)} string fields ({', '.join(repr(s) for s in sorted(strings)[:5])})"
+    return (
+        f"the record has {found} ({_keys(document)}); this model reads one text: set "
+        "INPUT_FIELD to the field to read, or rebuild the model with --input-field"
     )
 
 

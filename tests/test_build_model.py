@@ -239,8 +239,8 @@ def test_bad_model_dirs_and_missing_deps(text_model_dir: Path, tmp_path: Path) -
     empty.mkdir()
     proc = build_model(empty, tmp_path / "layers")
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"Error: {empty} has no metadata.json; it is not a model directory "
-        "(python training/train.py --out DIR writes one)"
+        f"Error: {empty} holds no model file (.joblib, .pkl, .pickle, .sav) and no "
+        "metadata.json: pass the file your training saved, or a directory of them"
     )
     proc = build_model(text_model_dir, tmp_path / "no-layers")
     assert proc.returncode == 1

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -41,85 +40,26 @@ from mlayer.deps_layer import (
     function_size,
     host_machine,
 )
-from mlayer.errors import BudgetError, BuildError, CompatibilityError, ConfigError, SmokeTestError
+from mlayer.errors import BudgetError, CompatibilityError, ConfigError, SmokeTestError
+from mlayer.model_files import ModelSource, Overrides, resolve
 
 Progress = Callable[[str], None]
 PublishedVersions = Callable[[], Iterable[int]] | Iterable[int] | None
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_WARNING_LINE = re.compile(r"\b[A-Z][A-Za-z]*Warning\b: ")
 
-# Runs in a separate interpreter: loads each stage with joblib's own unpickler, observing
-# every BUILD (where sklearn's pickled state carries ``_sklearn_version``) and every global
-# the pickle references (numpy 2 pickles name ``numpy._core``, numpy 1 ``numpy.core``).
-_INSPECT = r"""
-import json, pickle, sys, warnings
-import joblib
-from joblib import numpy_pickle as npk
-
-_Base = npk.NumpyUnpickler
-
-class Recording(_Base):
-    # joblib.load builds its unpickler from this module attribute at call time, so
-    # swapping the class in observes joblib's own loading, whatever its file format.
-    dispatch = _Base.dispatch.copy()
-    sklearn_versions = set()
-    modules = set()
-    classes = set()
-
-    def find_class(self, module, name):
-        Recording.modules.add(module)
-        Recording.classes.add(module + "." + name)
-        return super().find_class(module, name)
-
-    def load_build(self):
-        state = self.stack[-1]
-        if isinstance(state, tuple) and len(state) == 2:
-            state = state[0]
-        if isinstance(state, dict) and "_sklearn_version" in state:
-            Recording.sklearn_versions.add(str(state["_sklearn_version"]))
-        _Base.load_build(self)
-
-    dispatch[pickle.BUILD[0]] = load_build
-
-npk.NumpyUnpickler = Recording
-result = {}
-for path in sys.argv[1:]:
-    Recording.sklearn_versions, Recording.modules, Recording.classes = set(), set(), set()
-    entry = {"sklearn_versions": [], "numpy_major": None, "classes": [], "error": None,
-             "api": []}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            obj = joblib.load(path)
-        entry["api"] = [m for m in ("transform", "predict", "predict_proba")
-                        if callable(getattr(obj, m, None))]
-    except BaseException as exc:
-        entry["error"] = type(exc).__name__ + ": " + str(exc)
-    entry["sklearn_versions"] = sorted(Recording.sklearn_versions)
-    entry["classes"] = sorted(Recording.classes)
-    mods = Recording.modules
-    if any(m == "numpy._core" or m.startswith("numpy._core.") for m in mods):
-        entry["numpy_major"] = 2
-    elif any(m == "numpy.core" or m.startswith("numpy.core.") for m in mods):
-        entry["numpy_major"] = 1
-    result[path] = entry
-import numpy
-try:
-    import sklearn
-    sk = sklearn.__version__
-except ImportError:
-    sk = None
-print(json.dumps({"stages": result, "reader": {"joblib": joblib.__version__,
-                  "numpy": numpy.__version__, "scikit-learn": sk}}))
-"""
+# pandas for a dependency layer whose numpy is older than 2.3 (pandas 3 needs numpy 2.3+ on
+# the AL2023 runtimes; 2.3.3 is the last release installable beside numpy 2.2 on 3.11).
+PANDAS_PINS = (((2, 3), "pandas==3.1.1"), ((0, 0), "pandas==2.3.3"))
+# What pandas adds to the dependency layer after mlayer's slimming and bytecode, measured
+# with bench/layer_size.py (MB = 10^6 bytes): see README, "Your model".
+PANDAS_ADDS_MB = {"pandas==2.3.3": 53.0, "pandas==3.1.1": 52.0}
 
 
 @dataclass
 class ModelBuildOptions:
     """Inputs of a model layer build."""
 
-    model_dir: Path
+    model_dir: Path  # a model file, or a directory of them (see mlayer.model_files)
     version: int | None = None
     layers_dir: Path = Path("layers")
     deps: Path | None = None
@@ -131,6 +71,7 @@ class ModelBuildOptions:
     function_dir: Path | None = None
     python: str | None = None
     published_versions: PublishedVersions = None
+    overrides: Overrides = field(default_factory=Overrides)
 
 
 @dataclass
@@ -145,64 +86,6 @@ class ModelBuildResult:
     smoke: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-# --------------------------------------------------------------------------- metadata
-
-
-def read_metadata(model_dir: Path) -> dict[str, Any]:
-    """The model directory's metadata.json, validated.
-
-    Raises:
-        ConfigError: the directory, the file, or one of its fields is missing or malformed.
-    """
-    if not model_dir.is_dir():
-        raise ConfigError(
-            f"model directory {model_dir} does not exist; pass the folder training wrote "
-            "(python training/train.py --out DIR)"
-        )
-    path = model_dir / "metadata.json"
-    if not path.is_file():
-        raise ConfigError(
-            f"{model_dir} has no metadata.json; it is not a model directory "
-            "(python training/train.py --out DIR writes one)"
-        )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    name = meta.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ConfigError(
-            f"{path}: name must be 1-64 letters, digits, '-', '_' or '.', got {name!r}"
-        )
-    stages = meta.get("stages")
-    if not isinstance(stages, list) or not stages or not all(isinstance(s, str) for s in stages):
-        raise ConfigError(f"{path}: stages must be a non-empty list of file names")
-    for stage in stages:
-        if Path(stage).name != stage:
-            raise ConfigError(f"{path}: stage {stage!r} must be a file name inside {model_dir}")
-        if not (model_dir / stage).is_file():
-            raise ConfigError(f"{path} names stage {stage}, which is not in {model_dir}")
-    spec = meta.get("input")
-    if not isinstance(spec, dict) or spec.get("kind") not in ("text", "features"):
-        raise ConfigError(
-            f'{path}: input must be {{"kind": "text", "field": ...}} or '
-            f'{{"kind": "features", "features": [...]}}, got {spec!r}'
-        )
-    if spec["kind"] == "features" and (
-        not isinstance(spec.get("features"), list) or not spec["features"]
-    ):
-        raise ConfigError(f"{path}: input.features must list the model's feature names")
-    versions = meta.get("versions", {})
-    if not isinstance(versions, dict):
-        raise ConfigError(f"{path}: versions must map library names to versions")
-    labels = meta.get("labels")
-    if labels is not None and not isinstance(labels, list):
-        raise ConfigError(f"{path}: labels must be a list")
-    return meta
 
 
 # --------------------------------------------------------------------------- versions
@@ -275,27 +158,23 @@ def _deps_zip(manifest_path: Path) -> Path:
 # --------------------------------------------------------------------------- pickles
 
 
-def inspect_pickles(
-    model_dir: Path, stages: list[str], python: str, sys_path: list[str] | None
-) -> dict[str, Any]:
-    """What each stage's pickle records (scikit-learn versions, numpy major, classes).
+def scan_model_files(directory: Path, stages: list[str]) -> dict[str, Any]:
+    """What each stage file references and records, read without executing it.
 
-    Loads the user's own model files with joblib in a separate process: ``python`` with
-    ``sys_path`` (the dependency layer) in front, or its own environment when None.
+    Raises:
+        ConfigError: a stage is not a readable pickle / joblib file.
     """
-    paths = [str((model_dir / stage).resolve()) for stage in stages]
-    if sys_path is None:
-        command = [python, "-I", "-B", "-c", _INSPECT, *paths]
-    else:
-        prelude = f"import sys\nsys.path[:0] = {sys_path!r}\n"
-        command = [python, "-I", "-S", "-B", "-c", prelude + _INSPECT, *paths]
-    proc = subprocess.run(command, capture_output=True, text=True, cwd=tempfile.gettempdir())
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise BuildError(f"could not read the model's pickles: {tail[0]}")
-    data = json.loads(proc.stdout.strip().splitlines()[-1])
-    stages_out = {Path(p).name: v for p, v in data["stages"].items()}
-    return {"stages": stages_out, "reader": data["reader"]}
+    from mlayer.pickle_scan import ScanError, scan
+
+    found: dict[str, Any] = {}
+    for stage in stages:
+        try:
+            found[stage] = scan(directory / stage).as_dict()
+        except ScanError as exc:
+            raise ConfigError(f"cannot read {directory / stage}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {directory / stage}: {exc.strerror}") from None
+    return {"stages": found, "reader": "static scan (the files were not executed)"}
 
 
 def _major(version: str) -> int | None:
@@ -441,7 +320,10 @@ def compatibility_gate(
     for library in ("scipy", "joblib"):
         model_v, layer_v = meta_versions.get(library), layer.get(library)
         if model_v or layer_v:
-            verdict = "same version" if model_v == layer_v else "differs (not gated)"
+            if model_v is None:
+                verdict = "not recorded (not gated)"
+            else:
+                verdict = "same version" if model_v == layer_v else "differs (not gated)"
             checks.append(
                 {
                     "library": library,
@@ -483,8 +365,10 @@ def sample_records(meta: dict[str, Any], sample: Path | None) -> list[Any]:
         return examples
     spec = meta["input"]
     if spec["kind"] == "text":
-        field_name = spec.get("field", "text")
+        field_name = spec.get("field", "text") or "text"
         return [{field_name: text} for text in ("great product", "terrible, broke at once", "ok")]
+    if spec.get("named") is False:
+        return [[float(value)] * len(spec["features"]) for value in (0.0, 1.0, 10.0)]
     features = spec["features"]
     return [{name: float(value) for name in features} for value in (0.0, 1.0, 10.0)]
 
@@ -523,116 +407,6 @@ def _runnable_deps(
     return None
 
 
-def smoke_test(
-    *,
-    function_dir: Path,
-    opt_dir: Path,
-    python: str,
-    records: list[Any],
-    labels: list[Any] | None,
-    version: int,
-) -> dict[str, Any]:
-    """Score ``records`` with the real function on the built layers; raise on any problem.
-
-    Raises:
-        SmokeTestError: the function failed to start or score, reported failures, or a
-            warning was printed.
-    """
-    from mlayer.local.sandbox import LambdaEnvironment
-
-    if not (function_dir / "lambda_function.py").is_file():
-        raise ConfigError(
-            f"no function at {function_dir} (lambda_function.py); pass --function-dir"
-        )
-    with LambdaEnvironment(
-        task_dir=function_dir, opt_dir=opt_dir, python=python, memory_mb=1024, timeout_s=60
-    ) as env:
-        env.start()
-        init = env.init
-        assert init is not None
-        if not init.ok:
-            raise SmokeTestError(
-                f"the function failed to start on the built layers: "
-                f"{_error_text(init.error)}\n{_tail(init.stdout + init.stderr)}"
-            )
-        invocation = env.invoke({"records": records})
-    if not invocation.ok:
-        raise SmokeTestError(
-            f"the function failed on the sample records: {_error_text(invocation.error)}\n"
-            f"{_tail(invocation.logs)}"
-        )
-    output = init.stdout + init.stderr + invocation.stdout + invocation.stderr
-    warnings = [line.strip() for line in output.splitlines() if _WARNING_LINE.search(line)]
-    # The function catches the warnings of loading the model and logs them in its JSON
-    # "model loaded" line: those count as much as printed ones.
-    for line in output.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("warnings"):
-            logged = entry["warnings"]
-            warnings += [str(w) for w in (logged if isinstance(logged, list) else [logged])]
-    if warnings:
-        raise SmokeTestError(
-            "the function printed warnings while loading or scoring the model: "
-            + " | ".join(" ".join(w.split()) for w in warnings[:3])
-            + " (an InconsistentVersionWarning means the model and the dependency layer "
-            "disagree on scikit-learn: retrain or rebuild the layer)"
-        )
-    response = invocation.response if isinstance(invocation.response, dict) else {}
-    predictions = response.get("predictions") or []
-    counts = response.get("counts") or {}
-    failures = response.get("batchItemFailures") or []
-    problems = []
-    if len(predictions) != len(records):
-        problems.append(f"{len(predictions)} predictions for {len(records)} records")
-    for key in ("failed", "dead_lettered", "skipped"):
-        if counts.get(key):
-            problems.append(f"{counts[key]} records {key.replace('_', ' ')}")
-    if failures:
-        problems.append(f"batchItemFailures {failures}")
-    for prediction in predictions:
-        if labels and prediction.get("label") not in labels:
-            problems.append(f"label {prediction.get('label')!r} is not one of {labels}")
-            break
-        probability = prediction.get("probability")
-        if probability is not None and not 0.0 <= float(probability) <= 1.0:
-            problems.append(f"probability {probability} outside [0, 1]")
-            break
-        if str(prediction.get("model_version")) != str(version):
-            problems.append(
-                f"the function reported model version {prediction.get('model_version')!r}, "
-                f"expected {version}"
-            )
-            break
-    if problems:
-        raise SmokeTestError(
-            "the function ran but its answer is wrong: "
-            + "; ".join(problems)
-            + f"\n{_tail(invocation.logs)}"
-        )
-    return {
-        "records": len(records),
-        "predictions": predictions[:5],
-        "init_ms": round(init.duration_ms, 1),
-        "duration_ms": round(invocation.report.duration_ms, 1),
-        "max_memory_mb": invocation.report.max_memory_used_mb,
-        "python": python,
-    }
-
-
-def _error_text(error: dict[str, Any] | None) -> str:
-    if not error:
-        return "unknown error"
-    return f"{error.get('errorType', '')}: {error.get('errorMessage', '')}".strip(": ")
-
-
-def _tail(text: str, lines: int = 8) -> str:
-    kept = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])
-
-
 # --------------------------------------------------------------------------- the build
 
 
@@ -641,144 +415,160 @@ def default_function_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "function"
 
 
+@dataclass
+class _Build:
+    """What the steps of one build share."""
+
+    options: ModelBuildOptions
+    source: ModelSource
+    deps_path: Path
+    deps: dict[str, Any]
+    function_dir: Path
+    runnable: tuple[Path, dict[str, Any], str] | None
+    opt: Path
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    expected_error: str | None = None  # the model itself failed on the smoke test's records
+
+    @property
+    def model_bytes(self) -> int:
+        return sum((self.source.directory / f).stat().st_size for f in self.source.stages)
+
+
 def build_model(options: ModelBuildOptions, progress: Progress | None = None) -> ModelBuildResult:
-    """Gate, package, smoke-test and write a model layer.
+    """Gate, inspect, package, smoke-test and write a model layer.
+
+    The user's files are read without executing them for the gate (:mod:`mlayer.pickle_scan`)
+    and executed only in the sandboxed Lambda environment (:mod:`mlayer.model_sandbox`).
 
     Raises:
-        ConfigError: bad model directory, metadata, sample, or no dependency layer.
+        ConfigError: bad model path, metadata, flags or sample, or no dependency layer.
         CompatibilityError: the model's scikit-learn / numpy cannot be promised to load with
-            the dependency layer's (``force`` overrides).
-        SmokeTestError: the real function failed or warned on the built layers.
+            the dependency layer's (``force`` overrides), or it needs a module the layer
+            lacks (pandas for a DataFrame model, a class defined in ``__main__``).
+        SmokeTestError: the real function failed, warned, or predicted differently.
         BudgetError: dependency layer + function + model over 250 MB unzipped.
     """
     say = progress or (lambda message: None)
-    model_dir = options.model_dir
-    meta = read_metadata(model_dir)
-    name = meta["name"]
-    stages = list(meta["stages"])
+    source = resolve(options.model_dir, options.overrides)
     layers_dir = options.layers_dir
-    function_dir = options.function_dir or default_function_dir()
     deps_path, deps = find_deps_manifest(layers_dir, options.deps, options.runtime, options.arch)
     _deps_zip(deps_path)  # fail early when the manifest has no zip beside it
-    warnings: list[str] = []
-    notes: list[str] = []
-
     version = options.version
     if version is None:
-        version = next_version(layers_dir, name, options.published_versions)
+        version = next_version(layers_dir, source.name, options.published_versions)
     elif version < 1:
         raise ConfigError(f"--version must be 1 or more, got {version}")
-    files = {stage: sha256_file(model_dir / stage) for stage in stages}
-    files["metadata.json"] = sha256_file(model_dir / "metadata.json")
-    created = meta.get("created") or _newest_mtime(model_dir, list(files))
-    runnable = _runnable_deps(deps_path, deps, layers_dir, options.python)
 
+    say(f"reading {source.describe()} without executing it")
+    pickles = scan_model_files(source.directory, source.stages)
+    checks, problems, saved_with = compatibility_gate(source.meta, pickles, deps)
     with tempfile.TemporaryDirectory(prefix="mlayer-model-") as tmp:
         staging = Path(tmp)
-        opt = staging / "opt"
-        if runnable is not None:
+        build = _Build(
+            options=options,
+            source=source,
+            deps_path=deps_path,
+            deps=deps,
+            function_dir=options.function_dir or default_function_dir(),
+            runnable=_runnable_deps(deps_path, deps, layers_dir, options.python),
+            opt=staging / "opt",
+        )
+        if build.runnable is not None:
             say("unpacking the layers as Lambda's /opt")
             from mlayer.local.sandbox import prepare_opt
 
-            # The deps layer alone first: the pickles are read with it, before the gate.
-            prepare_opt([_deps_zip(runnable[0])], opt)
-            say("reading what the model's pickles record")
-            pickles = inspect_pickles(model_dir, stages, runnable[2], [str(opt / "python")])
+            prepare_opt([_deps_zip(build.runnable[0])], build.opt)
+            problems += _missing_modules(pickles, build.opt)
         else:
-            pickles = _inspect_locally(model_dir, stages)
-            notes.append(
-                "the pickles were read with this machine's own joblib: the dependency layer "
-                f"({deps['runtime']} {deps['arch']}) cannot run here"
-            )
-        checks, problems, saved_with = compatibility_gate(meta, pickles, deps)
-        unreadable = {s: e["error"] for s, e in pickles["stages"].items() if e.get("error")}
-        if unreadable and not problems:
-            problems.append(
-                "the dependency layer cannot load the model: "
-                + "; ".join(f"{s}: {e}" for s, e in unreadable.items())
+            build.notes.append(
+                "the dependency layer "
+                f"({deps['runtime']} {deps['arch']}) cannot run here: the model's input is "
+                "taken from metadata.json and flags, not read from the model"
             )
         if problems:
             message = "; ".join(problems)
             if not options.force:
                 raise CompatibilityError(f"{message}. (--force builds anyway, at your own risk)")
-            warnings.append(
+            build.warnings.append(
                 f"--force: building a model the dependency layer may not load: {message}"
             )
+        _check_size(build, say)
+        inspected = _inspect(build, say)
+        spec = _decide_input(build, inspected)
+        _require_pandas(build, spec, inspected)
+        labels = _decide_labels(build, inspected)
+        records = (
+            sample_records({"input": spec, "examples": source.meta.get("examples")}, options.sample)
+            if options.sample or source.meta.get("examples") or inspected is None
+            else inspected["examples"]
+        )
+        expected = _expected(build, inspected, spec, records, say)
+        classes = ((inspected or {}).get("outputs") or {}).get("labels")
+        if expected is not None and labels and classes and labels != classes:
+            # The function answers with the label names given for the classes.
+            names = dict(zip(map(str, classes), labels, strict=True))
+            expected = [names.get(str(value), value) for value in expected]
 
-        inner = dict(meta)
+        files = {name: sha256_file(source.directory / name) for name in source.files}
+        created = source.meta.get("created") or _newest_mtime(source.directory, list(files))
+        inner: dict[str, Any] = {
+            key: value for key, value in source.meta.items() if key not in ("stages", "input")
+        }
         inner.update({
+            "name": source.name,
             "version": version,
+            "stages": source.stages,
+            "input": spec,
+            "labels": labels,
+            "outputs": (inspected or {}).get("outputs"),
+            "examples": records,
+            "layout": source.layout,
             "files": dict(sorted(files.items())),
             "created": created,
             "saved_with": saved_with,
         })  # fmt: skip
         manifest_file = staging / "manifest.json"
         manifest_file.write_text(json.dumps(inner, indent=2, sort_keys=True) + "\n")
-        pairs = [(model_dir / f, f"model/{f}") for f in files]
+        pairs = [(source.directory / f, f"model/{f}") for f in files]
         pairs.append((manifest_file, "model/manifest.json"))
         staged_zip = staging / "model.zip"
         result = write_zip(pairs, staged_zip)
-
-        budget = Budget(parts=[
-            BudgetPart(f"dependency layer ({deps['runtime']} {deps['arch']})",
-                       int(deps.get("unzipped_bytes", 0))),
-            BudgetPart("function", function_size(function_dir)),
-            BudgetPart(f"model layer {name} v{version}", result.unzipped_bytes),
-        ])  # fmt: skip
+        budget = _budget(build, result.unzipped_bytes, version)
         if not budget.fits:
-            biggest = sorted(files, key=lambda f: -(model_dir / f).stat().st_size)[:3]
-            raise BudgetError(
-                f"over Lambda's 250 MB unzipped limit by {mb(budget.over_by)}: "
-                f"{budget.describe()}. Biggest model files: "
-                + ", ".join(f"{f} {mb((model_dir / f).stat().st_size)}" for f in biggest)
-            )
+            raise BudgetError(_too_big(build, budget, None))
 
         smoke: dict[str, Any] = {"skipped": "--no-smoke-test"}
         if options.smoke_test:
-            if runnable is None:
+            smoke = _smoke(build, staged_zip, records, labels, version, expected, say)
+            if build.expected_error:
                 raise SmokeTestError(
-                    f"cannot smoke-test on this machine: the dependency layer is for "
-                    f"{deps['runtime']} {deps['arch']} and this is a {host_machine()} machine "
-                    f"without a matching interpreter. Build one that runs here with the same "
-                    f"pins (mlayer build-deps --runtime {deps['runtime']} --arch "
-                    f"{'arm64' if host_machine() == 'aarch64' else 'x86_64'}), pass --python, "
-                    "or --no-smoke-test to skip the check"
+                    f"the model itself fails on the sample records ({build.expected_error}) "
+                    "while the function scored them: check --sample and the input it was "
+                    "fitted on"
                 )
-            run_path, run_deps, python = runnable
-            if run_path != deps_path:
-                notes.append(
-                    f"smoke-tested on {run_path.name} (same package versions as "
-                    f"{deps_path.name}, built for this machine)"
-                )
-            _add_model(staged_zip, opt)
-            say(f"smoke test: the function scores sample records ({run_deps['runtime']})")
-            smoke = smoke_test(
-                function_dir=function_dir,
-                opt_dir=opt,
-                python=python,
-                records=sample_records(meta, options.sample),
-                labels=meta.get("labels"),
-                version=version,
-            )
         else:
-            warnings.append("the smoke test was skipped (--no-smoke-test): the model is untested")
-
+            build.warnings.append(
+                "the smoke test was skipped (--no-smoke-test): the model is untested"
+            )
         layers_dir.mkdir(parents=True, exist_ok=True)
-        zip_path = layers_dir / f"model-{name}-v{version}.zip"
+        zip_path = layers_dir / f"model-{source.name}-v{version}.zip"
         manifest_path = zip_path.with_suffix(".json")
         shutil.copyfile(staged_zip, zip_path)
     manifest = {
         "kind": "model",
-        "name": name,
+        "name": source.name,
         "version": version,
         "sha256": result.sha256,
         "zip_bytes": result.zip_bytes,
         "unzipped_bytes": result.unzipped_bytes,
         "files": inner["files"],
-        "stages": stages,
-        "input": meta["input"],
-        "labels": meta.get("labels"),
-        "versions": meta.get("versions", {}),
+        "stages": source.stages,
+        "layout": source.layout,
+        "input": spec,
+        "labels": labels,
+        "outputs": inner["outputs"],
+        "versions": source.meta.get("versions", {}),
         "saved_with": saved_with,
         "created": created,
         "built": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -791,12 +581,300 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         "smoke_test": smoke,
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    notes.insert(0, budget.describe())
+    build.notes.insert(0, budget.describe())
     upload = upload_note(result.zip_bytes, "model layer")
     if upload:
-        notes.append(upload)
+        build.notes.append(upload)
     return ModelBuildResult(
-        zip_path, manifest_path, manifest, pickles, checks, smoke, warnings, notes
+        zip_path, manifest_path, manifest, pickles, checks, smoke, build.warnings, build.notes
+    )
+
+
+def _missing_modules(pickles: dict[str, Any], opt: Path) -> list[str]:
+    """Modules the files reference that Lambda could not import (read from the scan)."""
+    available = _layer_modules(opt / "python")
+    problems: list[str] = []
+    for stage, entry in pickles["stages"].items():
+        for module in entry.get("modules", []):
+            if module == "__main__":
+                names = [c for c in entry.get("classes", []) if c.startswith("__main__.")]
+                problems.append(
+                    f"{stage} references {', '.join(names)}, defined in the script or notebook "
+                    "that trained it: Lambda cannot import it. Move it into a module of its "
+                    "own, ship that module in the dependency layer (requirements.txt or "
+                    "--keep), and save the model again"
+                )
+            elif module not in sys.stdlib_module_names and module not in available:
+                problems.append(
+                    f"{stage} needs the module {module!r}, which the dependency layer does not "
+                    f"have: add the package that provides it to requirements.txt and run "
+                    "mlayer build-deps"
+                )
+    return problems
+
+
+def _layer_modules(python: Path) -> set[str]:
+    """Top-level names importable from a layer's python/, and its extension modules' names.
+
+    Cython registers an extension module under its short name too (a forest of
+    HistGradientBoosting pickles ``_loss.CyHalfBinomialLoss``), so those count.
+    """
+    names = {"builtins", "copyreg", "_codecs", "__builtin__", "copy_reg"}
+    if not python.is_dir():
+        return names
+    for entry in python.iterdir():
+        names.add(entry.name.split(".", 1)[0])
+    for extension in python.rglob("*.so"):
+        names.add(extension.name.split(".", 1)[0])
+    return names
+
+
+def _check_size(build: _Build, say: Progress) -> None:
+    """Refuse before anything runs when the files alone are over the budget."""
+    budget = _budget(build, build.model_bytes, None)
+    if budget.fits:
+        return
+    measured = None
+    if build.runnable is not None:
+        say("too big for a layer: measuring the files saved with compress=3")
+        measured = _inspect(build, say, compress=True)
+    raise BudgetError(_too_big(build, budget, measured))
+
+
+def _budget(build: _Build, model_bytes: int, version: int | None) -> Budget:
+    deps = build.deps
+    label = f"model layer {build.source.name}" + (f" v{version}" if version else "")
+    return Budget(parts=[
+        BudgetPart(f"dependency layer ({deps['runtime']} {deps['arch']})",
+                   int(deps.get("unzipped_bytes", 0))),
+        BudgetPart("function", function_size(build.function_dir)),
+        BudgetPart(label, model_bytes),
+    ])  # fmt: skip
+
+
+def _too_big(build: _Build, budget: Budget, measured: dict[str, Any] | None) -> str:
+    directory = build.source.directory
+    sizes = sorted(
+        ((f, (directory / f).stat().st_size) for f in build.source.stages), key=lambda x: -x[1]
+    )
+    text = (
+        f"the model does not fit in a layer: over Lambda's 250 MB unzipped limit by "
+        f"{mb(budget.over_by)} ({budget.describe()}). Model files: "
+        + ", ".join(f"{name} {mb(size)}" for name, size in sizes)
+    )
+    compressed = (measured or {}).get("compressed")
+    if not compressed:
+        return text + (
+            ". Saving them with joblib.dump(model, path, compress=3) often shrinks a forest "
+            "several times (not measured: the dependency layer cannot run here)"
+        )
+    total = sum(entry["bytes"] for entry in compressed.values())
+    room = budget.limit - sum(part.bytes for part in budget.parts[:-1])
+    load_s = sum(entry["load_ms"] for entry in compressed.values()) / 1000
+    plain_s = sum(entry["original_load_ms"] for entry in compressed.values()) / 1000
+    verdict = "fits" if total <= room else f"still does not fit (room: {mb(room)})"
+    return text + (
+        f". Saved with compress=3 they measure {mb(total)} (measured on your files), which "
+        f"{verdict}: joblib.dump(model, 'model.joblib', compress=3). Decompression is paid "
+        f"at every cold start: loading took {load_s:.2f} s compressed against {plain_s:.2f} s "
+        "as saved (measured here)"
+    )
+
+
+def _inspect(build: _Build, say: Progress, *, compress: bool = False) -> dict[str, Any] | None:
+    """The sandbox's report on the model (None when no deps layer runs here)."""
+    if build.runnable is None:
+        return None
+    from mlayer.model_sandbox import inspect_model
+
+    if not compress:
+        say("loading the model in the sandboxed Lambda environment to read its input")
+    report = inspect_model(
+        function_dir=build.function_dir,
+        opt_dir=build.opt,
+        python=build.runnable[2],
+        directory=build.source.directory,
+        stages=build.source.stages,
+        input_spec=build.source.meta.get("input"),
+        compress=compress,
+        model_bytes=build.model_bytes,
+    )
+    if report.get("error"):
+        raise ConfigError(f"{build.source.describe()}: {report['error']}")
+    return report
+
+
+def _decide_input(build: _Build, inspected: dict[str, Any] | None) -> dict[str, Any]:
+    """The input spec: metadata.json's, else the inferred one; flags override both."""
+    given = build.options.overrides
+    meta_spec = build.source.meta.get("input")
+    inferred = (inspected or {}).get("inferred")
+    if meta_spec is not None:
+        spec = dict(meta_spec)
+        if (
+            inferred
+            and inferred["kind"] == "features"
+            and spec["kind"] == "features"
+            and list(spec["features"]) == inferred["features"]
+        ):
+            # A hand-written spec for a DataFrame model: types and the DataFrame come from it.
+            for key in ("types", "dataframe", "named"):
+                spec.setdefault(key, inferred[key])
+    elif inferred is not None:
+        spec = dict(inferred)
+    elif given.features:
+        spec = {"kind": "features", "features": list(given.features), "named": True}
+    elif given.input_field:
+        spec = {"kind": "text", "field": given.input_field}
+    else:
+        reason = (inspected or {}).get("infer_error") or (
+            "the dependency layer cannot run here to read it from the model"
+        )
+        raise ConfigError(
+            f"cannot tell what the model reads: {reason}. Pass --features a,b,c or --input-field F"
+        )
+    if given.features is not None:
+        spec = _override_features(spec, given.features)
+    if given.input_field is not None:
+        spec["field"] = given.input_field
+    return spec
+
+
+def _override_features(spec: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    if spec["kind"] == "text":
+        raise ConfigError(
+            "--features names numeric inputs, but this model reads text (its first step is a "
+            "text vectorizer): use --input-field to name the text field"
+        )
+    if len(names) != len(set(names)):
+        raise ConfigError(f"--features names a column twice: {','.join(names)}")
+    current = list(spec["features"])
+    if spec.get("named", True) and spec.get("dataframe"):
+        if sorted(names) != sorted(current):
+            raise ConfigError(
+                f"--features {','.join(names)} differs from the columns the model was fitted "
+                f"on ({', '.join(current)}); a model fitted on a DataFrame reads those names "
+                "(drop --features)"
+            )
+        return spec
+    if len(names) != len(current):
+        raise ConfigError(
+            f"--features names {len(names)} columns but the model takes {len(current)} "
+            "(n_features_in_)"
+        )
+    return {**spec, "features": names, "named": True}
+
+
+def _require_pandas(build: _Build, spec: dict[str, Any], inspected: dict[str, Any] | None) -> None:
+    if not spec.get("dataframe") or "pandas" in build.deps.get("packages", {}):
+        return
+    numpy = build.deps.get("packages", {}).get("numpy", "0")
+    numbers = tuple(int(p) for p in re.findall(r"\d+", numpy)[:2])
+    pin = next(pin for floor, pin in PANDAS_PINS if numbers >= floor)
+    steps = " -> ".join((inspected or {}).get("steps", [])) or "the model"
+    columns = ", ".join(spec["features"][:6]) + (", ..." if len(spec["features"]) > 6 else "")
+    raise CompatibilityError(
+        f"{steps} was fitted on a pandas DataFrame (columns {columns}) and must be given "
+        f"one, and the dependency layer has no pandas: add the line {pin} to requirements.txt "
+        f"and run mlayer build-deps (pandas adds about {PANDAS_ADDS_MB[pin]:.0f} MB of the "
+        "250 MB)"
+    )
+
+
+def _decide_labels(build: _Build, inspected: dict[str, Any] | None) -> list[Any] | None:
+    given = build.options.overrides.labels
+    classes = ((inspected or {}).get("outputs") or {}).get("labels")
+    if given is not None:
+        if classes is None:
+            raise ConfigError(
+                "--labels names classes, but the model has no classes_ (it is not a classifier)"
+            )
+        if len(given) != len(classes):
+            raise ConfigError(
+                f"--labels names {len(given)} labels but the model has {len(classes)} classes "
+                f"({', '.join(map(str, classes[:10]))})"
+            )
+        return list(given)
+    labels = build.source.meta.get("labels")
+    if labels is not None:
+        return list(labels)
+    return classes
+
+
+def _expected(
+    build: _Build,
+    inspected: dict[str, Any] | None,
+    spec: dict[str, Any],
+    records: list[Any],
+    say: Progress,
+) -> list[Any] | None:
+    """What the model itself predicts for the smoke test's records (None: not known here)."""
+    if inspected is None:
+        return None
+    if inspected.get("examples") == records and spec == inspected.get("inferred"):
+        found = inspected
+    else:
+        from mlayer.model_sandbox import inspect_model
+
+        assert build.runnable is not None
+        say("predicting the sample records with the model itself")
+        found = inspect_model(
+            function_dir=build.function_dir,
+            opt_dir=build.opt,
+            python=build.runnable[2],
+            directory=build.source.directory,
+            stages=build.source.stages,
+            input_spec=spec,
+            records=records,
+            model_bytes=build.model_bytes,
+        )
+    if found.get("expected_error"):
+        # The smoke test says what is wrong with the records first (the function reports
+        # each bad one); if it passes, this error is raised after it.
+        build.expected_error = str(found["expected_error"])
+        return None
+    expected = found.get("expected")
+    return list(expected) if isinstance(expected, list) else None
+
+
+def _smoke(
+    build: _Build,
+    staged_zip: Path,
+    records: list[Any],
+    labels: list[Any] | None,
+    version: int,
+    expected: list[Any] | None,
+    say: Progress,
+) -> dict[str, Any]:
+    deps = build.deps
+    if build.runnable is None:
+        raise SmokeTestError(
+            f"cannot smoke-test on this machine: the dependency layer is for "
+            f"{deps['runtime']} {deps['arch']} and this is a {host_machine()} machine "
+            f"without a matching interpreter. Build one that runs here with the same "
+            f"pins (mlayer build-deps --runtime {deps['runtime']} --arch "
+            f"{'arm64' if host_machine() == 'aarch64' else 'x86_64'}), pass --python, "
+            "or --no-smoke-test to skip the check"
+        )
+    from mlayer.model_sandbox import memory_for, smoke_test
+
+    run_path, run_deps, python = build.runnable
+    if run_path != build.deps_path:
+        build.notes.append(
+            f"smoke-tested on {run_path.name} (same package versions as "
+            f"{build.deps_path.name}, built for this machine)"
+        )
+    _add_model(staged_zip, build.opt)
+    say(f"smoke test: the function scores sample records ({run_deps['runtime']})")
+    return smoke_test(
+        function_dir=build.function_dir,
+        opt_dir=build.opt,
+        python=python,
+        records=records,
+        labels=labels if labels and build.source.meta.get("labels") is not None else None,
+        version=version,
+        expected=expected,
+        memory_mb=memory_for(build.model_bytes),
     )
 
 
@@ -806,16 +884,6 @@ def _add_model(model_zip: Path, opt_dir: Path) -> None:
 
     with zipfile.ZipFile(model_zip) as archive:
         archive.extractall(opt_dir)
-
-
-def _inspect_locally(model_dir: Path, stages: list[str]) -> dict[str, Any]:
-    try:
-        return inspect_pickles(model_dir, stages, sys.executable, None)
-    except BuildError as exc:
-        raise BuildError(
-            f"{exc}. Reading the pickles needs joblib: build a dependency layer for this "
-            "machine, or install the training extra (pip install -e '.[train]')"
-        ) from exc
 
 
 def _newest_mtime(model_dir: Path, files: list[str]) -> str:

@@ -259,8 +259,32 @@ def _render_deps(console: Any, result: Any) -> None:
         click.echo(f"Budget: {note}" if note is result.notes[0] else f"Note: {note}")
 
 
-@click.command("build-model", short_help="Build a versioned model layer from MODEL_DIR.")
-@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.command("build-model", short_help="Build a versioned model layer from your model files.")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--name", help="The model's name [default: from the files: <name>.joblib].")
+@click.option(
+    "--stages",
+    metavar="A,B,C",
+    help="The files of PATH (a directory) in the order they apply: preprocessors, then the "
+    "model [default: PreProc1_<name>, PreProc2_<name>, ..., <name>; or metadata.json's].",
+)
+@click.option(
+    "--input-field",
+    metavar="FIELD",
+    help="Text models: the JSON field holding the text [default: a plain-text payload, or "
+    "the object's only string field]. Feature models: the object holding the features.",
+)
+@click.option(
+    "--features",
+    metavar="A,B,C",
+    help="Names for the columns of a model fitted on an array (only n_features_in_): records "
+    "are then objects with those keys [default: a JSON array of the values].",
+)
+@click.option(
+    "--labels",
+    metavar="A,B,C",
+    help="Names for a classifier's classes_, in their order [default: the classes themselves].",
+)
 @click.option(
     "--version",
     "version",
@@ -283,7 +307,7 @@ def _render_deps(console: Any, result: Any) -> None:
 @click.option(
     "--sample",
     type=click.Path(dir_okay=False, path_type=Path),
-    help='Records for the smoke test: a JSON list, {"records": [...]} or JSON lines [default: the metadata\'s examples].',
+    help='Records for the smoke test: a JSON list, {"records": [...]} or JSON lines [default: metadata.json\'s examples, else records made from what the model learnt].',
 )
 @click.option(
     "--force",
@@ -309,7 +333,12 @@ def _render_deps(console: Any, result: Any) -> None:
 @options.layers_dir
 @options.json_output
 def build_model(
-    model_dir: Path,
+    path: Path,
+    name: str | None,
+    stages: str | None,
+    input_field: str | None,
+    features: str | None,
+    labels: str | None,
     version: int | None,
     deps: Path | None,
     runtime: str | None,
@@ -322,25 +351,44 @@ def build_model(
     layers_dir: str,
     as_json: bool,
 ) -> None:
-    """Build a versioned model layer (layers/model-<name>-v<N>.zip) from MODEL_DIR.
+    """Build a versioned model layer (layers/model-<name>-v<N>.zip) from your model files.
 
-    Checks the scikit-learn and numpy versions the model's pickles record against the
-    dependency layer's, then runs the real function on both layers with sample records
-    before writing the zip (model/ at its root, so /opt/model) and its manifest.
+    PATH is a model file (.joblib, .pkl, .pickle: an estimator or a Pipeline), a directory
+    in the classic layout (PreProc1_<name>.joblib, PreProc2_<name>.joblib, ...,
+    <name>.joblib), any directory with --stages, or a directory with a metadata.json.
+    What the model reads (text, named columns, a DataFrame, an array) and its labels are
+    read from the fitted estimator and printed; flags override them.
+
+    Model files are code: loading a pickle runs whatever it names. Build only models from a
+    source you trust. mlayer reads the versions a file needs without executing it, and runs
+    it only in the sandboxed Lambda environment of the smoke test (no AWS credentials, no
+    packages of this machine). The build refuses a model the dependency layer cannot load
+    (another scikit-learn, another numpy major, a missing module, pandas for a DataFrame
+    model), then runs the real function on both layers and requires the model's own
+    predictions.
 
     \b
     Example:
-      python training/train.py --out training/out
-      mlayer build-model training/out
+      mlayer build-model model.joblib                    # a Pipeline saved with joblib
+      mlayer build-model models/                         # PreProc1_m.joblib ... m.joblib
+      mlayer build-model models/ --stages vec.pkl,clf.pkl --input-field review
       mlayer build-model training/out --sample records.json --version 7
     """
+    from mlayer.model_files import Overrides, parse_list
     from mlayer.model_layer import ModelBuildOptions
     from mlayer.model_layer import build_model as build
 
     console = _console()
     result = build(
         ModelBuildOptions(
-            model_dir=model_dir,
+            model_dir=path,
+            overrides=Overrides(
+                name=name,
+                stages=parse_list(stages, "--stages"),
+                input_field=input_field,
+                features=parse_list(features, "--features"),
+                labels=parse_list(labels, "--labels"),
+            ),
             version=version,
             layers_dir=Path(layers_dir),
             deps=deps,
@@ -380,6 +428,12 @@ def build_model(
     console.print(table)
     manifest = result.manifest
     smoke = result.smoke
+    click.echo(
+        f"Model: {manifest['name']} from {manifest['layout']} layout: "
+        + " -> ".join(manifest["stages"])
+    )
+    click.echo(f"Input: {describe_input(manifest['input'])}")
+    click.echo(f"Output: {describe_output(manifest)}")
     if "records" in smoke:
         click.echo(
             f"Smoke test: {smoke['records']} records scored by the function in "
@@ -392,6 +446,41 @@ def build_model(
     )
     for i, note in enumerate(result.notes):
         click.echo(f"Budget: {note}" if i == 0 else f"Note: {note}")
+
+
+def describe_input(spec: dict[str, Any]) -> str:
+    """The input schema in words, as the build prints it."""
+    if spec["kind"] == "text":
+        field = spec.get("field")
+        if field:
+            return f"text: a plain-text payload, or the JSON object's field {field!r}"
+        return "text: a plain-text payload, or the JSON object's only string field"
+    names = spec["features"]
+    types = spec.get("types") or ["number"] * len(names)
+    if spec.get("named") is False:
+        return (
+            f"a JSON array of {len(names)} numbers (the model was fitted without column names; "
+            "--features a,b,c names them)"
+        )
+    columns = ", ".join(f"{n} ({t})" for n, t in zip(names, types, strict=True))
+    where = f" under field {spec['field']!r}" if spec.get("field") else ""
+    frame = "; given to the model as a pandas DataFrame" if spec.get("dataframe") else ""
+    return f"JSON objects (or DynamoDB images){where} with {columns}{frame}"
+
+
+def describe_output(manifest: dict[str, Any]) -> str:
+    outputs = manifest.get("outputs") or {}
+    labels = manifest.get("labels")
+    estimator = outputs.get("estimator", "the model")
+    if labels:
+        shown = ", ".join(map(str, labels[:8])) + (", ..." if len(labels) > 8 else "")
+        proba = (
+            " with the probability of the predicted label"
+            if outputs.get("probability")
+            else " (no predict_proba: probability null)"
+        )
+        return f"{estimator}: a label of {shown}{proba}"
+    return f"{estimator}: its predict() value ({outputs.get('task', 'other')})"
 
 
 COMMANDS = [build_deps, build_model]

@@ -1136,7 +1136,10 @@ class StreamProcessor:
         with self._lock:
             self._lock.notify_all()
         for thread in self._threads:
-            thread.join()
+            # In short waits: a signal sent to the process may be taken by any thread, and
+            # the main thread runs Python's handler (a second Ctrl-C) only once it wakes up.
+            while thread.is_alive():
+                thread.join(0.1)
         self._threads.clear()
 
     def _abort(self) -> int:

@@ -304,18 +304,32 @@ def test_run_local_consumes_a_dynamodb_stream(deployed: Deployed, tmp_path: Path
             TableName="reviews-table", Item={"id": {"S": f"r{i}"}, "text": {"S": "broke at once"}}
         )
     dynamodb.delete_item(TableName="reviews-table", Key={"id": {"S": "r0"}})
-    proc = mlayer(
-        deployed, "run-local", "--function", FUNCTION, "--stream", "reviews-table",
-        "--batch-size", "10", "--max-records", "26", "--layers-dir", str(deployed.layers),
-        "--log", str(tmp_path / "l.log"), "--json",
-        cwd=ROOT, env={"AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled"},
-    )  # fmt: skip
+    args = [
+        "run-local", "--function", FUNCTION, "--stream", "reviews-table", "--batch-size", "10",
+        "--layers-dir", str(deployed.layers), "--log", str(tmp_path / "l.log"),
+        "--checkpoints", str(tmp_path / "checkpoints.json"), "--json",
+    ]  # fmt: skip
+    env = {"AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled"}
+    proc = mlayer(deployed, *args, "--max-records", "26", cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["kind"] == "dynamodb" and summary["stopped"] == "max-records"
     assert summary["stats"]["records_done"] == 26
     assert summary["stats"]["predictions"] == 25  # the REMOVE is skipped, not failed
     assert summary["settings"]["source"].startswith("mlayer trigger defaults")
+    # A second run resumes after the checkpoint (AFTER_SEQUENCE_NUMBER, as for Kinesis)
+    ((shard, checkpoint),) = summary["shard_checkpoints"].items()
+    for i in range(3):
+        dynamodb.put_item(
+            TableName="reviews-table", Item={"id": {"S": f"n{i}"}, "text": {"S": "works well"}}
+        )
+    proc = mlayer(deployed, *args, "--until-idle", "1", cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    again = json.loads(proc.stdout)
+    assert again["resumed_from"] == {
+        shard: {"position": "AFTER_SEQUENCE_NUMBER", "sequence_number": checkpoint}
+    }
+    assert again["stats"]["records_done"] == again["stats"]["predictions"] == 3
 
 
 def test_run_local_bad_arguments(deployed: Deployed, tmp_path: Path) -> None:

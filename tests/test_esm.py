@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from mlayer.errors import ConfigError
@@ -27,6 +29,7 @@ from mlayer.local.esm import (
     DynamoDBStreamSource,
     KinesisSource,
     MappingSettings,
+    RunAborted,
     RunSummary,
     Shard,
     StreamProcessor,
@@ -46,6 +49,7 @@ class FakeStream:
     def __init__(self, per_read: int = 10_000) -> None:
         self.records: dict[str, list[StreamRecord]] = {}
         self.per_read = per_read
+        self.trimmed: dict[str, set[str]] = {}  # sequence numbers past the trim horizon
         self._lock = threading.Lock()
 
     def add(
@@ -78,7 +82,13 @@ class FakeStream:
         return f"{shard_id}|{start}"
 
     def iterator_after(self, shard_id: str, sequence_number: str) -> str:
-        raise AssertionError("not used")
+        seqs = [r.sequence_number for r in self.records[shard_id]]
+        if sequence_number in self.trimmed.get(shard_id, ()):
+            raise ClientError(
+                {"Error": {"Code": "TrimmedDataAccessException", "Message": "trimmed"}},
+                "GetShardIterator",
+            )
+        return f"{shard_id}|{seqs.index(sequence_number) + 1}"
 
     def read(
         self, shard_id: str, iterator: str, limit: int
@@ -112,6 +122,7 @@ class FakeFunction:
         self.deliveries: list[Delivery] = []
         self.lock = threading.Lock()
         self.environments = 0
+        self.closed = threading.Event()  # set once any environment is closed
 
     def factory(self) -> Any:
         with self.lock:
@@ -133,7 +144,7 @@ class FakeFunction:
                     return Result(error={"errorType": type(exc).__name__, "errorMessage": str(exc)})
 
             def close(self) -> None:
-                pass
+                function.closed.set()
 
         return Env()
 
@@ -157,6 +168,8 @@ def run(
     until_idle_s: float | None = 0.3,
     max_records: int | None = None,
     stop: threading.Event | None = None,
+    resume: dict[str, str] | None = None,
+    on_checkpoint: Callable[[str, str], None] | None = None,
     **settings: Any,
 ) -> RunSummary:
     processor = StreamProcessor(
@@ -167,6 +180,8 @@ def run(
         function_arn="arn:aws:lambda:us-east-1:123456789012:function:scorer",
         poll_interval_s=0.02,
         retry_delay_s=0.0,
+        resume=resume,
+        on_checkpoint=on_checkpoint,
     )
     return processor.run(until_idle_s=until_idle_s, max_records=max_records, stop=stop)
 
@@ -186,9 +201,14 @@ def test_each_shard_in_order_every_record_once() -> None:
     assert summary.stats.records_done == 500 and summary.stats.retries == 0
     assert summary.stopped == "idle"
     assert summary.shard_checkpoints == {
-        "shardId-000000000000": [first[-1]],
-        "shardId-000000000001": [second[-1]],
+        "shardId-000000000000": first[-1],
+        "shardId-000000000001": second[-1],
     }
+    assert summary.resumed_from == {
+        "shardId-000000000000": {"position": "TRIM_HORIZON"},
+        "shardId-000000000001": {"position": "TRIM_HORIZON"},
+    }
+    assert summary.unresolved == {}
     # One execution environment per shard, as Lambda scales.
     assert function.environments == 2
 
@@ -467,6 +487,150 @@ def test_infinite_retries_block_the_shard_until_stopped() -> None:
     assert summary.stopped == "interrupted"
     assert summary.stats.records_done == 0 and summary.stats.retries >= 3
     assert {tuple(d.seqs) for d in function.deliveries} == {tuple(function.deliveries[0].seqs)}
+
+
+SHARD = "shardId-000000000000"
+
+
+def test_stopping_finishes_the_batch_in_flight_and_starts_no_other() -> None:
+    # Given 500 records read at once, and a stop (Ctrl-C) while the first batch runs
+    stream = FakeStream()
+    seqs = stream.add(SHARD, 500)
+    stop = threading.Event()
+
+    def behave(batch: list[str]) -> Any:
+        stop.set()
+        return {"batchItemFailures": []}
+
+    function = FakeFunction(behave)
+    saved: list[tuple[str, str]] = []
+    summary = run(
+        stream, function, until_idle_s=None, stop=stop, batch_size=10,
+        on_checkpoint=lambda shard, seq: saved.append((shard, seq)),
+    )  # fmt: skip
+    # Then that batch finished and was checkpointed, and none of the 490 others started
+    assert [d.seqs for d in function.deliveries] == [seqs[:10]]
+    assert summary.stopped == "interrupted"
+    assert saved == [(SHARD, seqs[9])]
+    assert summary.shard_checkpoints == {SHARD: seqs[9]}
+    assert summary.unresolved == {SHARD: seqs[10]}
+    assert summary.stats.records_done == 10
+
+
+def test_stopping_during_a_retry_keeps_the_checkpoint_before_the_unresolved_record() -> None:
+    # Given a batch whose record 4 fails (partial batch response) as Ctrl-C arrives
+    stream = FakeStream()
+    seqs = stream.add(SHARD, 30)
+    stop = threading.Event()
+
+    def fail_fourth(batch: list[str]) -> Any:
+        stop.set()
+        return {"batchItemFailures": [{"itemIdentifier": seqs[4]}]}
+
+    function = FakeFunction(fail_fourth)
+    saved: list[str] = []
+    summary = run(
+        stream, function, until_idle_s=None, stop=stop, batch_size=10,
+        report_batch_item_failures=True, on_checkpoint=lambda shard, seq: saved.append(seq),
+    )  # fmt: skip
+    # Then the retry is left for the next run, no later record is processed, and the
+    # checkpoint stays just before the unresolved record
+    assert [d.seqs for d in function.deliveries] == [seqs[:10]]
+    assert saved == [seqs[3]]
+    assert summary.shard_checkpoints == {SHARD: seqs[3]}
+    assert summary.unresolved == {SHARD: seqs[4]}
+    # When the next run resumes from that checkpoint
+    again = FakeFunction()
+    resumed = run(stream, again, resume={SHARD: seqs[3]}, batch_size=10)
+    # Then it starts at the unresolved record and goes on in order, once each
+    assert again.delivered() == seqs[4:]
+    assert resumed.resumed_from == {
+        SHARD: {"position": "AFTER_SEQUENCE_NUMBER", "sequence_number": seqs[3]}
+    }
+    assert resumed.shard_checkpoints == {SHARD: seqs[-1]}
+
+
+def test_the_checkpoint_never_passes_a_record_another_lane_has_not_resolved() -> None:
+    # Given two lanes (parallelization 2) and a poison record in one of them, retried forever
+    stream = FakeStream()
+    seqs = stream.add(SHARD, 40, key=lambda n: f"key-{n % 4}")
+    poison = seqs[25]
+    stop = threading.Event()
+
+    def behave(batch: list[str]) -> Any:
+        if poison in batch:
+            raise RuntimeError("poison")
+        if seqs[-1] in batch:
+            threading.Timer(0.2, stop.set).start()
+        return {"batchItemFailures": []}
+
+    function = FakeFunction(behave)
+    saved: list[str] = []
+    summary = run(
+        stream, function, until_idle_s=None, stop=stop, batch_size=5,
+        parallelization_factor=2, on_checkpoint=lambda shard, seq: saved.append(seq),
+    )  # fmt: skip
+    # Then the other lane got to the end, but the shard's checkpoint stays before the poison
+    assert seqs[-1] in function.delivered()
+    failing = next(d.seqs for d in function.deliveries if poison in d.seqs)
+    checkpoint = summary.shard_checkpoints[SHARD]
+    assert checkpoint is not None and int(checkpoint) < int(failing[0])
+    assert saved and all(int(seq) < int(failing[0]) for seq in saved)
+    assert saved == sorted(saved, key=int)  # written in order
+    assert summary.unresolved == {SHARD: failing[0]}
+
+
+def test_a_checkpoint_past_the_trim_horizon_is_reported_and_reading_starts_there() -> None:
+    stream = FakeStream()
+    seqs = stream.add(SHARD, 5)
+    stream.trimmed[SHARD] = {seqs[1]}
+    function = FakeFunction()
+    summary = run(stream, function, resume={SHARD: seqs[1]}, starting_position="LATEST")
+    assert function.delivered() == seqs
+    assert summary.resumed_from == {
+        SHARD: {"position": "TRIM_HORIZON", "expired_checkpoint": seqs[1]}
+    }
+    assert summary.notes == [
+        f"{SHARD}: the checkpoint {seqs[1]} is past the trim horizon (the records after it "
+        "expired before this run): resumed from TRIM_HORIZON"
+    ]
+
+
+def test_a_checkpoint_takes_precedence_over_the_starting_position() -> None:
+    stream = FakeStream()
+    seqs = stream.add(SHARD, 20)
+    function = FakeFunction()
+    run(stream, function, resume={SHARD: seqs[11]}, starting_position="LATEST")
+    assert function.delivered() == seqs[12:]
+
+
+def test_an_interrupt_while_stopping_aborts_and_kills_the_environments() -> None:
+    # Given a batch that never ends by itself (it ends when its environment is killed)
+    stream = FakeStream()
+    stream.add(SHARD, 20)
+    stop = threading.Event()
+    function = FakeFunction()
+
+    def hang(batch: list[str]) -> Any:
+        stop.set()  # the first Ctrl-C
+        # The second Ctrl-C, delivered to the main thread as the terminal would
+        threading.Timer(
+            0.2, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT)
+        ).start()
+        function.closed.wait(30)
+        raise RuntimeError("killed")
+
+    function.behave = hang
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(RunAborted) as aborted:
+            run(stream, function, until_idle_s=None, stop=stop, batch_size=10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # Then the environment was closed (killed) and nothing was checkpointed
+    assert function.closed.is_set()
+    assert aborted.value.killed == 1
+    assert aborted.value.checkpoints == {SHARD: None}
 
 
 @pytest.mark.parametrize(

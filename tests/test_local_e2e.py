@@ -8,9 +8,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,18 +304,32 @@ def test_run_local_consumes_a_dynamodb_stream(deployed: Deployed, tmp_path: Path
             TableName="reviews-table", Item={"id": {"S": f"r{i}"}, "text": {"S": "broke at once"}}
         )
     dynamodb.delete_item(TableName="reviews-table", Key={"id": {"S": "r0"}})
-    proc = mlayer(
-        deployed, "run-local", "--function", FUNCTION, "--stream", "reviews-table",
-        "--batch-size", "10", "--max-records", "26", "--layers-dir", str(deployed.layers),
-        "--log", str(tmp_path / "l.log"), "--json",
-        cwd=ROOT, env={"AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled"},
-    )  # fmt: skip
+    args = [
+        "run-local", "--function", FUNCTION, "--stream", "reviews-table", "--batch-size", "10",
+        "--layers-dir", str(deployed.layers), "--log", str(tmp_path / "l.log"),
+        "--checkpoints", str(tmp_path / "checkpoints.json"), "--json",
+    ]  # fmt: skip
+    env = {"AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled"}
+    proc = mlayer(deployed, *args, "--max-records", "26", cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["kind"] == "dynamodb" and summary["stopped"] == "max-records"
     assert summary["stats"]["records_done"] == 26
     assert summary["stats"]["predictions"] == 25  # the REMOVE is skipped, not failed
     assert summary["settings"]["source"].startswith("mlayer trigger defaults")
+    # A second run resumes after the checkpoint (AFTER_SEQUENCE_NUMBER, as for Kinesis)
+    ((shard, checkpoint),) = summary["shard_checkpoints"].items()
+    for i in range(3):
+        dynamodb.put_item(
+            TableName="reviews-table", Item={"id": {"S": f"n{i}"}, "text": {"S": "works well"}}
+        )
+    proc = mlayer(deployed, *args, "--until-idle", "1", cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    again = json.loads(proc.stdout)
+    assert again["resumed_from"] == {
+        shard: {"position": "AFTER_SEQUENCE_NUMBER", "sequence_number": checkpoint}
+    }
+    assert again["stats"]["records_done"] == again["stats"]["predictions"] == 3
 
 
 def test_run_local_bad_arguments(deployed: Deployed, tmp_path: Path) -> None:
@@ -369,3 +386,357 @@ def test_kinesis_payload_round_trip_is_lambdas(deployed: Deployed) -> None:
     record = seen[0]["Records"][0]
     assert base64.b64decode(record["kinesis"]["data"]) == b'{"text": "fine"}'
     assert record["eventID"].endswith(":" + record["kinesis"]["sequenceNumber"])
+
+
+# -- stopping, killing and restarting run-local --------------------------------------------
+
+# Appended to a copy of the function (run with --local-code): every record delivered is
+# logged (between START and END, in the REPORT log) so that the test can count deliveries per
+# record and check their order; files in CONTROL slow it down, fail a record until healed, or
+# hang a batch, standing in for a function that misbehaves while run-local is stopped.
+TRACER = """
+
+import base64 as _base64
+import pathlib as _pathlib
+import time as _time
+
+_CONTROL = _pathlib.Path({control!r})
+_real_handler = lambda_handler
+
+
+def lambda_handler(event, context):
+    records = event.get("Records") or []
+    texts = [_base64.b64decode(r["kinesis"]["data"]).decode("utf-8", "replace") for r in records]
+    if any("HANG" in t for t in texts):
+        (_CONTROL / "hanging").touch()
+        _time.sleep(600)
+    slow = _CONTROL / "slow"
+    if slow.exists():
+        _time.sleep(float(slow.read_text()))
+    response = _real_handler(event, context)
+    failing = [
+        r["kinesis"]["sequenceNumber"]
+        for r, t in zip(records, texts)
+        if "FAIL" in t and not (_CONTROL / "healed").exists()
+    ]
+    if failing:
+        (_CONTROL / "failing").touch()
+        response["batchItemFailures"] = [{{"itemIdentifier": s}} for s in failing]
+    for r in records:
+        print("DELIVERED", r["eventID"])
+    return response
+"""
+
+
+@dataclass
+class Traced:
+    """A stream run by the tracing copy of the function, and what was produced into it."""
+
+    stream: str
+    function_dir: Path
+    control: Path
+    checkpoints: Path
+    log: Path
+    produced: list[tuple[str, str, bytes]]  # (shard id, sequence number, data), put order
+
+
+@pytest.fixture
+def traced(deployed: Deployed, tmp_path: Path, request: pytest.FixtureRequest) -> Traced:
+    function_dir = tmp_path / "function"
+    shutil.copytree(ROOT / "function", function_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    control = tmp_path / "control"
+    control.mkdir()
+    handler = function_dir / "lambda_function.py"
+    handler.write_text(handler.read_text() + TRACER.format(control=str(control)))
+    stream = "restart-" + "".join(c if c.isalnum() else "-" for c in request.node.name)[-60:]
+    kinesis = deployed.clients["kinesis"]
+    kinesis.create_stream(StreamName=stream, ShardCount=2)
+    kinesis.get_waiter("stream_exists").wait(StreamName=stream, WaiterConfig={"Delay": 0.2})
+    return Traced(
+        stream, function_dir, control, tmp_path / "checkpoints.json", tmp_path / "lambda.log", []
+    )
+
+
+def produce(deployed: Deployed, traced: Traced, texts: list[str]) -> None:
+    """Put records (JSON {"text"} or, for "BAD", bytes the function dead-letters)."""
+    kinesis = deployed.clients["kinesis"]
+    start = len(traced.produced)
+    payloads = [b"\xff\xfe" if t == "BAD" else json.dumps({"text": t}).encode() for t in texts]
+    for offset in range(0, len(payloads), 500):
+        chunk = payloads[offset : offset + 500]
+        result = kinesis.put_records(
+            StreamName=traced.stream,
+            Records=[
+                {"Data": d, "PartitionKey": f"k{start + offset + i}"} for i, d in enumerate(chunk)
+            ],
+        )
+        assert result.get("FailedRecordCount", 0) == 0
+        traced.produced += [
+            (r["ShardId"], r["SequenceNumber"], d)
+            for r, d in zip(result["Records"], chunk, strict=True)
+        ]
+
+
+def run_local_args(deployed: Deployed, traced: Traced, *extra: str) -> list[str]:
+    executable = shutil.which("mlayer")
+    assert executable, "the mlayer console script is not installed (pip install -e .)"
+    return [
+        executable, "--endpoint-url", deployed.endpoint.url, "run-local",
+        "--function", FUNCTION, "--stream", traced.stream, "--batch-size", "10",
+        "--max-retries", "-1", "--no-bisect",
+        "--report-batch-item-failures", "--checkpoints", str(traced.checkpoints),
+        "--layers-dir", str(deployed.layers), "--function-dir", str(traced.function_dir),
+        "--local-code", "--log", str(traced.log), "--json", *extra,
+    ]  # fmt: skip
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen[str]
+    stderr: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def said(self) -> str:
+        return self.stderr.read_text() if self.stderr.exists() else ""
+
+    def finish(self, timeout_s: float) -> tuple[int, str, str]:
+        """Exit code, stdout and stderr, once it has exited (bounded)."""
+        stdout, _ = self.proc.communicate(timeout=timeout_s)
+        return self.proc.returncode, stdout, self.said()
+
+
+def start_run_local(deployed: Deployed, traced: Traced, *extra: str) -> Running:
+    stderr = traced.control.parent / f"stderr-{time.monotonic_ns()}.txt"
+    with stderr.open("w") as err:
+        # Its own session, so that os.killpg stands in for Ctrl-C in a terminal (which
+        # signals the whole foreground process group).
+        proc = subprocess.Popen(
+            run_local_args(deployed, traced, *extra),
+            env={**os.environ, "COLUMNS": "200"},
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+    return Running(proc, stderr)
+
+
+def wait_for(condition: Any, what: str, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def deliveries(log: Path) -> list[tuple[str, str]]:
+    """(shard id, sequence number) of every record delivered, in log order."""
+    if not log.exists():
+        return []
+    found = re.findall(r"^DELIVERED (shardId-\d+):(\d+)$", log.read_text(), re.MULTILINE)
+    return [(shard, seq) for shard, seq in found]
+
+
+def batches(log: Path) -> list[list[tuple[str, str]]]:
+    """The records of each invocation, in log order (START ... END blocks)."""
+    blocks = re.split(r"^START RequestId: ", log.read_text(), flags=re.MULTILINE)[1:]
+    found = [re.findall(r"^DELIVERED (shardId-\d+):(\d+)$", b, re.MULTILINE) for b in blocks]
+    return [[(shard, seq) for shard, seq in records] for records in found if records]
+
+
+def saved_checkpoints(traced: Traced) -> dict[str, str]:
+    if not traced.checkpoints.exists():
+        return {}
+    data = json.loads(traced.checkpoints.read_text())
+    (stream,) = data["streams"].values()
+    return {
+        shard: entry["sequence_number"]
+        for shard, entry in stream["functions"]["scorer:$LATEST"].items()
+    }
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (the execution environments of a run-local)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def in_order(records: list[tuple[str, str]]) -> bool:
+    """Each shard's records in increasing sequence number order."""
+    last: dict[str, int] = {}
+    for shard, seq in records:
+        if int(seq) <= last.get(shard, -1):
+            return False
+        last[shard] = int(seq)
+    return True
+
+
+def dead_letters(deployed: Deployed) -> list[str]:
+    """The record ids in the function's dead-letter queue (drained)."""
+    sqs, ids = deployed.clients["sqs"], list[str]()
+    while True:
+        messages = sqs.receive_message(
+            QueueUrl=deployed.dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=0
+        ).get("Messages", [])
+        if not messages:
+            return ids
+        for message in messages:
+            ids.append(json.loads(message["Body"])["record_id"])
+            sqs.delete_message(QueueUrl=deployed.dlq_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_run_local_stopped_then_restarted_loses_nothing_and_repeats_no_checkpointed_record(
+    deployed: Deployed, traced: Traced, signal_name: str
+) -> None:
+    # Given 400 records (1 in 25 malformed) consumed slowly (0.1 s a batch of 10, 2 shards)
+    (traced.control / "slow").write_text("0.1")
+    dead_letters(deployed)  # empty the queue of other tests' dead letters
+    produce(deployed, traced, ["BAD" if i % 25 == 24 else f"works well {i}" for i in range(400)])
+    run = start_run_local(deployed, traced, "--starting-position", "TRIM_HORIZON")
+    # When run-local is stopped while records flow
+    wait_for(lambda: len(deliveries(traced.log)) >= 60, "60 records delivered")
+    environments = children(run.pid)
+    if signal_name == "SIGINT":
+        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C in a terminal
+    else:
+        os.kill(run.pid, signal.SIGKILL)
+    code, stdout, stderr = run.finish(120)
+    first_run = deliveries(traced.log)
+    checkpoints = saved_checkpoints(traced)
+    if signal_name == "SIGINT":
+        # Then it stopped after the batches in flight, without draining what it had read
+        assert code == 130, stdout + stderr
+        assert "Ctrl-C: finishing the batches in flight" in stderr
+        summary = json.loads(stdout)
+        assert summary["stopped"] == "interrupted"
+        assert summary["shard_checkpoints"] == checkpoints
+        assert len(first_run) <= 60 + 4 * 10  # what was done, plus a batch in flight per shard
+        assert summary["stats"]["records_done"] == len(first_run)
+    else:
+        assert code == -signal.SIGKILL
+    assert len(environments) == 2
+    wait_for(lambda: not any(alive(pid) for pid in environments), "the environments to end", 30)
+    # and 200 more records are produced while it is down
+    produce(deployed, traced, ["BAD" if i % 25 == 24 else f"broke at once {i}" for i in range(200)])
+    # When it is restarted from LATEST (the checkpoints take precedence)
+    run = start_run_local(deployed, traced, "--starting-position", "LATEST", "--until-idle", "2")
+    code, stdout, stderr = run.finish(300)
+    assert code == 0, stdout + stderr
+    summary = json.loads(stdout)
+    second_run = deliveries(traced.log)[len(first_run) :]
+    # Then each shard resumed after its checkpoint
+    assert summary["resumed_from"] == {
+        shard: {"position": "AFTER_SEQUENCE_NUMBER", "sequence_number": seq}
+        for shard, seq in checkpoints.items()
+    }
+    # and no checkpointed record was delivered again, and each shard went in order
+    assert not [(s, q) for s, q in second_run if int(q) <= int(checkpoints[s])]
+    assert in_order(first_run) and in_order(second_run)
+    # and every record produced was delivered: none lost
+    produced = {(shard, seq) for shard, seq, _ in traced.produced}
+    assert len(produced) == 600
+    assert produced == set(first_run) | set(second_run)
+    if signal_name == "SIGINT":
+        assert len(first_run) + len(second_run) == 600  # each exactly once
+    # and the system agrees: a prediction for each good record, a dead letter for each bad one
+    pages = deployed.clients["dynamodb"].get_paginator("scan").paginate(TableName=deployed.table)
+    predicted = {i["record_id"]["S"] for page in pages for i in page["Items"]}
+    good = {f"{s}:{q}" for s, q, d in traced.produced if d != b"\xff\xfe"}
+    bad = {f"{s}:{q}" for s, q, d in traced.produced if d == b"\xff\xfe"}
+    assert good <= predicted
+    letters = dead_letters(deployed)
+    assert set(letters) == bad
+    # and a bad record checkpointed by the first run was not dead-lettered again
+    done_first = [b for b in bad if int(b.split(":")[1]) <= int(checkpoints[b.split(":")[0]])]
+    assert done_first and all(letters.count(b) == 1 for b in done_first)
+
+
+def test_ctrl_c_during_a_retry_checkpoints_before_the_unresolved_record(
+    deployed: Deployed, traced: Traced
+) -> None:
+    # Given a record the function fails (batchItemFailures) until healed, retried forever
+    produce(deployed, traced, [f"works well {i}" for i in range(4)])
+    run = start_run_local(deployed, traced, "--starting-position", "TRIM_HORIZON")
+    wait_for(lambda: len(deliveries(traced.log)) >= 4, "the first records")
+    produce(deployed, traced, ["works well", "FAIL this one", *[f"fine {i}" for i in range(30)]])
+    failing = next((shard, seq) for shard, seq, d in traced.produced if b"FAIL" in d)
+    wait_for(lambda: deliveries(traced.log).count(failing) >= 3, "the failing record's retries")
+    # When Ctrl-C arrives while its batch is being retried
+    os.killpg(run.pid, signal.SIGINT)
+    code, stdout, stderr = run.finish(120)
+    assert code == 130, stdout + stderr
+    summary = json.loads(stdout)
+    first_run = deliveries(traced.log)
+    # Then its shard's checkpoint is the record just before it, and no later batch of that
+    # shard was started (records after it were only sent with it, in its retries)
+    shard = failing[0]
+    before = [q for s, q, _ in traced.produced if s == shard and int(q) < int(failing[1])]
+    assert saved_checkpoints(traced)[shard] == before[-1]
+    assert summary["shard_checkpoints"][shard] == before[-1]
+    assert summary["unresolved"][shard] == failing[1]
+    later = [b for b in batches(traced.log) if b[0][0] == shard and int(b[-1][1]) > int(failing[1])]
+    assert later and all(b[0] == failing for b in later[1:])
+    # When the function is healed and run-local restarted (from TRIM_HORIZON: the
+    # checkpoints take precedence)
+    (traced.control / "healed").touch()
+    run = start_run_local(
+        deployed, traced, "--starting-position", "TRIM_HORIZON", "--until-idle", "2"
+    )
+    code, stdout, stderr = run.finish(300)
+    assert code == 0, stdout + stderr
+    second_run = deliveries(traced.log)[len(first_run) :]
+    # Then the shard starts again at the unresolved record, and every record is done once
+    # after its checkpoint
+    assert next(q for s, q in second_run if s == shard) == failing[1]
+    checkpoints = json.loads(stdout)["resumed_from"]
+    assert not [(s, q) for s, q in second_run if int(q) <= int(checkpoints[s]["sequence_number"])]
+    produced = {(s, q) for s, q, _ in traced.produced}
+    assert produced == set(first_run) | set(second_run)
+    assert in_order(second_run)
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_kills_the_environments(
+    deployed: Deployed, traced: Traced
+) -> None:
+    # Given a batch that hangs (its function would run until its 30 s timeout)
+    produce(deployed, traced, [f"works well {i}" for i in range(20)])
+    run = start_run_local(deployed, traced, "--starting-position", "TRIM_HORIZON")
+    wait_for(lambda: len(deliveries(traced.log)) >= 20, "the first records")
+    wait_for(lambda: len(saved_checkpoints(traced)) == 2, "both shards' checkpoints")
+    checkpoints = saved_checkpoints(traced)
+    produce(deployed, traced, ["HANG"])
+    wait_for(lambda: (traced.control / "hanging").exists(), "the hanging batch")
+    environments = children(run.pid)
+    assert len(environments) == 2
+    # When Ctrl-C is pressed, then again while the batch in flight has not finished
+    os.killpg(run.pid, signal.SIGINT)
+    wait_for(lambda: "Ctrl-C: finishing" in run.said(), "the first Ctrl-C's message")
+    os.killpg(run.pid, signal.SIGINT)
+    code, stdout, stderr = run.finish(20)  # well within the function's 30 s timeout
+    # Then it exits at once, saying what it did, with no environment left running
+    assert code == 130, stdout + stderr
+    assert "Aborted: killed 2 execution environment(s) without finishing their batches" in (
+        " ".join(stderr.split())
+    )
+    assert "Traceback" not in stderr
+    assert not any(alive(pid) for pid in environments)
+    # and the checkpoints written before stand, the hung record unresolved
+    assert saved_checkpoints(traced) == checkpoints

@@ -8,7 +8,12 @@ emulator); these commands parse options and render.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,11 +22,12 @@ import click
 from mlayer import options
 
 if TYPE_CHECKING:
-    from mlayer.local.esm import MappingSettings, RunStats
+    from mlayer.local.esm import MappingSettings, RunAborted, RunStats, RunSummary
     from mlayer.local.resolve import LocalFunction
     from mlayer.local.runner import RunLocalResult
 
 DEFAULT_LOG = ".mlayer/local/lambda.log"
+DEFAULT_CHECKPOINTS = ".mlayer/local/checkpoints.json"
 
 function_dir = click.option(
     "--function-dir",
@@ -236,6 +242,20 @@ def _position(value: str | None) -> str | None:
 @click.option(
     "--max-records", type=click.IntRange(min=1), metavar="N", help="Stop after N records."
 )
+@click.option(
+    "--checkpoints",
+    "checkpoints_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_CHECKPOINTS,
+    show_default=True,
+    help="Where each shard's checkpoint is kept (per stream, function and alias); a run "
+    "resumes after it rather than at --starting-position.",
+)
+@click.option(
+    "--reset-checkpoints",
+    is_flag=True,
+    help="Forget this function's checkpoints on this stream first: start at --starting-position.",
+)
 @options.layers_dir
 @function_dir
 @local_code
@@ -260,6 +280,8 @@ def run_local_command(
     on_failure: str | None,
     until_idle: float | None,
     max_records: int | None,
+    checkpoints_path: Path,
+    reset_checkpoints: bool,
     layers_dir: str,
     function_dir: Path,
     local_code: bool,
@@ -276,12 +298,19 @@ def run_local_command(
     trigger's defaults); flags override them. Runs until --until-idle, --max-records, or
     Ctrl-C, then prints a summary.
 
+    Each shard's checkpoint (the last record resolved, with every record before it) is
+    written to --checkpoints after each batch, and the next run resumes after it: a run
+    stopped, killed or crashed loses no record and repeats none it checkpointed. Ctrl-C
+    finishes the batches in flight and starts no other (exit 130); a second Ctrl-C kills
+    the environments at once.
+
     \b
     Example:
       mlayer --endpoint-url http://127.0.0.1:5000 run-local --function scorer \\
           --stream reviews --until-idle 5
       mlayer run-local --function scorer --stream reviews --batch-size 500 --max-records 10000
     """
+    from mlayer.local.esm import RunAborted
     from mlayer.local.runner import run_local
 
     name = _require_function(function)
@@ -301,23 +330,32 @@ def run_local_command(
 
     console = Console(stderr=as_json)
     progress = _Progress(console, max_records, quiet=as_json)
+    stop = threading.Event()
     try:
-        result = run_local(
-            aws,
-            function=name,
-            stream=stream,
-            qualifier=alias,
-            overrides=overrides,
-            until_idle_s=until_idle,
-            max_records=max_records,
-            layers_dir=Path(layers_dir),
-            function_dir=function_dir,
-            local_code=local_code,
-            python=python,
-            log_path=log_path,
-            on_progress=progress.update,
-            on_ready=progress.ready,
-        )
+        with _ctrl_c_stops(stop):
+            result = run_local(
+                aws,
+                function=name,
+                stream=stream,
+                qualifier=alias,
+                overrides=overrides,
+                until_idle_s=until_idle,
+                max_records=max_records,
+                layers_dir=Path(layers_dir),
+                function_dir=function_dir,
+                local_code=local_code,
+                python=python,
+                log_path=log_path,
+                on_progress=progress.update,
+                on_ready=progress.ready,
+                stop=stop,
+                checkpoints=checkpoints_path,
+                reset_checkpoints=reset_checkpoints,
+            )
+    except RunAborted as aborted:
+        progress.close()
+        _render_abort(console, aborted, checkpoints_path)
+        raise click.exceptions.Exit(130) from None
     finally:
         progress.close()
     if as_json:
@@ -327,12 +365,54 @@ def run_local_command(
                 "function": result.function.name,
                 "version": result.function.version,
                 "log": str(result.log_path),
-                "notes": result.notes,
+                "checkpoints": str(checkpoints_path),
+                "reset_checkpoints": result.reset_checkpoints,
+                "notes": [*result.notes, *result.summary.notes],
             }
         )
         click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render_summary(console, result)
+    if result.summary.stopped == "interrupted":
+        raise click.exceptions.Exit(130)  # as a shell expects of a command stopped by Ctrl-C
+
+
+@contextmanager
+def _ctrl_c_stops(stop: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C sets ``stop`` (the batches in flight finish, no other starts); the
+    next raises KeyboardInterrupt, which the emulator turns into an abort (RunAborted)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread; Ctrl-C then raises as usual
         return
-    render_summary(console, result)
+
+    def first(signum: int, frame: Any) -> None:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # os.write, not the console: a signal handler may run in the middle of its output.
+        os.write(
+            2,
+            b"\nCtrl-C: finishing the batches in flight and starting no other; "
+            b"Ctrl-C again to abort at once\n",
+        )
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _render_abort(console: Any, aborted: RunAborted, path: Path) -> None:
+    where = ", ".join(
+        f"{shard} after {seq}" if seq else f"{shard} at its starting position"
+        for shard, seq in sorted(aborted.checkpoints.items())
+    )
+    console.print(
+        f"[bold red]Aborted[/]: killed {aborted.killed} execution environment(s) without "
+        "finishing their batches (none of them was checkpointed). The next run resumes from "
+        f"the checkpoints in {path}" + (f": {where}" if where else "") + ".",
+        style=None,
+    )
 
 
 class _Progress:
@@ -426,12 +506,46 @@ def render_summary(console: Any, result: RunLocalResult) -> None:
         ("throughput", f"{summary.throughput:,.0f} records/s"),
         ("stopped", summary.stopped),
     ]
+    for shard_id in sorted(set(summary.resumed_from) | set(summary.shard_checkpoints)):
+        rows.append((shard_id, _shard_line(summary, shard_id)))
     for what, value in rows:
         table.add_row(what, value)
     console.print(table)
-    for note in result.notes:
+    for note in [*result.notes, *summary.notes]:
         console.print(f"[yellow]note:[/] {note}")
+    if result.reset_checkpoints:
+        console.print(
+            f"Forgot {len(result.reset_checkpoints)} checkpoint(s) first (--reset-checkpoints)."
+        )
+    if summary.stopped == "interrupted":
+        left = stats.records_read - stats.records_done
+        console.print(
+            f"Stopped by Ctrl-C: the batches in flight finished and no other started; "
+            f"{left:,} record(s) read but not resolved are left for the next run."
+        )
+    if result.checkpoints_path is not None:
+        console.print(
+            f"Checkpoints in {result.checkpoints_path}: the next run resumes after them.",
+            style="dim",
+        )
     console.print(f"REPORT lines appended to {result.log_path}", style="dim")
+
+
+def _shard_line(summary: RunSummary, shard_id: str) -> str:
+    """Where a shard started and where the next run resumes."""
+    start = summary.resumed_from.get(shard_id, {})
+    if start.get("position") == "AFTER_SEQUENCE_NUMBER":
+        began = f"resumed after checkpoint {start['sequence_number']}"
+    elif "expired_checkpoint" in start:
+        began = "from TRIM_HORIZON (its checkpoint had expired)"
+    else:
+        began = f"from {start.get('position', '?')} (no checkpoint)"
+    checkpoint = summary.shard_checkpoints.get(shard_id)
+    ends = f"checkpoint {checkpoint}" if checkpoint else "no checkpoint yet"
+    unresolved = summary.unresolved.get(shard_id)
+    if unresolved:
+        ends += f", next unresolved {unresolved}"
+    return f"{began}; {ends}"
 
 
 COMMANDS = [invoke_command, run_local_command]

@@ -34,6 +34,7 @@ otherwise, and ``mlayer demo`` creates its trigger only after producing the reco
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import math
@@ -453,9 +454,16 @@ class RunSummary:
     elapsed_s: float
     active_s: float  # from the start to the last record done (the idle tail excluded)
     stopped: str  # "idle", "max-records", "interrupted", "closed"
-    # The last checkpointed sequence number of each shard's lanes (one lane per
-    # parallelization slot; records of a partition key always go to the same lane).
-    shard_checkpoints: dict[str, list[str | None]]
+    # Per shard: the last sequence number resolved with every record before it (the
+    # checkpoint the next run resumes after; None: nothing resolved yet), and where this run
+    # started reading ({"position": "AFTER_SEQUENCE_NUMBER", "sequence_number": ...} when it
+    # resumed from a checkpoint, else {"position": <starting position>}).
+    shard_checkpoints: dict[str, str | None] = field(default_factory=dict)
+    resumed_from: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per shard: the lowest sequence number read but not resolved when the run stopped (a
+    # batch left unfinished, or records read and not started): the next run starts there.
+    unresolved: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def throughput(self) -> float:
@@ -494,7 +502,55 @@ class RunSummary:
             "init_duration_ms": self.stats.init_durations_ms,
             "stopped": self.stopped,
             "shard_checkpoints": self.shard_checkpoints,
+            "resumed_from": self.resumed_from,
+            "unresolved": self.unresolved,
+            "notes": self.notes,
         }
+
+
+class RunAborted(Exception):
+    """A second Ctrl-C: the environments were killed without finishing their batches.
+
+    Not an :class:`MlayerError`: the user asked for it. ``checkpoints`` are the ones
+    written before the abort (still valid: a batch cut short was never checkpointed).
+    """
+
+    def __init__(self, checkpoints: dict[str, str | None], killed: int) -> None:
+        super().__init__("aborted")
+        self.checkpoints = checkpoints
+        self.killed = killed
+
+
+class _ShardProgress:
+    """Which records of a shard are resolved, and so the shard's checkpoint.
+
+    With a parallelization factor above 1 the lanes of a shard finish out of order: the
+    checkpoint is the last record of the longest resolved run from the start, never past
+    a record still in a lane's queue or in a batch being retried.
+    """
+
+    def __init__(self, checkpoint: str | None) -> None:
+        self.checkpoint = checkpoint
+        self.pending: deque[str] = deque()  # read, in stream order, not yet resolved in front
+        self.resolved: set[str] = set()
+
+    def read(self, records: Iterable[StreamRecord]) -> None:
+        self.pending.extend(r.sequence_number for r in records)
+
+    def resolve(self, records: Iterable[StreamRecord]) -> str | None:
+        """Mark records resolved; return the new checkpoint if it moved."""
+        self.resolved.update(r.sequence_number for r in records)
+        moved = None
+        while self.pending and self.pending[0] in self.resolved:
+            moved = self.pending.popleft()
+            self.resolved.discard(moved)
+        if moved is not None:
+            self.checkpoint = moved
+        return moved
+
+    @property
+    def first_unresolved(self) -> str | None:
+        return self.pending[0] if self.pending else None
 
 
 class _Lane:
@@ -505,7 +561,6 @@ class _Lane:
         self.index = index
         self.queue: deque[StreamRecord] = deque()
         self.busy = False
-        self.checkpoint: str | None = None
         self.invoker: Invoker | None = None
 
 
@@ -522,6 +577,10 @@ class StreamProcessor:
         poll_interval_s: pause between polls of a shard that returned nothing (Lambda polls
             each shard about once a second; a smaller value keeps local runs snappy).
         retry_delay_s: base of the backoff before re-invoking a failed batch.
+        resume: shard id -> the checkpoint to resume after (AFTER_SEQUENCE_NUMBER), in
+            preference to the starting position (see :mod:`mlayer.local.checkpoints`).
+        on_checkpoint: called with (shard id, sequence number) each time a shard's
+            checkpoint moves, in order per shard, before the next batch of that lane starts.
     """
 
     def __init__(
@@ -535,6 +594,8 @@ class StreamProcessor:
         function_version: str = "$LATEST",
         poll_interval_s: float = 0.2,
         retry_delay_s: float = 0.05,
+        resume: dict[str, str] | None = None,
+        on_checkpoint: Callable[[str, str], None] | None = None,
     ) -> None:
         self.source = source
         self.settings = settings.validate()
@@ -559,6 +620,16 @@ class StreamProcessor:
         self._unread_shards: set[str] = set()
         self._errors: list[BaseException] = []
         self._shards_known: set[str] = set()
+        self.resume = dict(resume or {})
+        self.on_checkpoint = on_checkpoint
+        self._progress: dict[str, _ShardProgress] = {}
+        self._resumed_from: dict[str, dict[str, str]] = {}
+        self._notes: list[str] = []
+        # Held from computing a shard's new checkpoint to writing it, so that writes of
+        # two lanes of a shard never land out of order.
+        self._checkpoint_lock = threading.Lock()
+        self._aborted = False
+        self._caller_stop: threading.Event | None = None
 
     # -- public --------------------------------------------------------------------------
 
@@ -573,9 +644,18 @@ class StreamProcessor:
     ) -> RunSummary:
         """Process the stream until idle for ``until_idle_s``, ``max_records`` records are
         done, every shard is closed and drained, or ``stop`` is set (Ctrl-C: the caller sets
-        it, or a KeyboardInterrupt reaches here). In-flight batches finish first.
+        it, or a KeyboardInterrupt reaches here).
+
+        Stopping finishes the invocations in flight and starts no other: records read but
+        not started, and a batch waiting for a retry, are left for the next run (the
+        checkpoints stay before them).
+
+        Raises:
+            RunAborted: a KeyboardInterrupt arrived while stopping (a second Ctrl-C): the
+                environments were killed at once, the run's checkpoints stand.
         """
         self._budget = max_records
+        self._caller_stop = stop
         started = time.monotonic()
         stopped = "interrupted"
         try:
@@ -607,15 +687,23 @@ class StreamProcessor:
                 time.sleep(0.02)
         except KeyboardInterrupt:
             stopped = "interrupted"
-        finally:
+        except BaseException:
+            self._abort()
+            raise
+        try:
             self._shutdown()
+        except KeyboardInterrupt:
+            raise RunAborted(self._checkpoints(), self._abort()) from None
         if self._errors:
             raise self._errors[0]
         if on_progress is not None:
             on_progress(self.snapshot())
-        checkpoints = {
-            shard_id: [lane.checkpoint for lane in lanes] for shard_id, lanes in self._lanes.items()
-        }
+        with self._lock:
+            unresolved = {
+                shard_id: first
+                for shard_id, progress in self._progress.items()
+                if (first := progress.first_unresolved) is not None
+            }
         return RunSummary(
             stream_arn=self.source.arn,
             kind=self.source.kind,
@@ -624,8 +712,15 @@ class StreamProcessor:
             elapsed_s=time.monotonic() - started,
             active_s=max(0.0, (self._last_done or started) - started),
             stopped=stopped,
-            shard_checkpoints=checkpoints,
+            shard_checkpoints=self._checkpoints(),
+            resumed_from=dict(self._resumed_from),
+            unresolved=unresolved,
+            notes=list(self._notes),
         )
+
+    def _checkpoints(self) -> dict[str, str | None]:
+        with self._lock:
+            return {shard_id: p.checkpoint for shard_id, p in self._progress.items()}
 
     def snapshot(self) -> RunStats:
         with self._lock:
@@ -655,6 +750,7 @@ class StreamProcessor:
             lanes = [_Lane(shard.shard_id, i) for i in range(self.settings.parallelization_factor)]
             with self._lock:
                 self._lanes[shard.shard_id] = lanes
+                self._progress[shard.shard_id] = _ShardProgress(self.resume.get(shard.shard_id))
                 self._unread_shards.add(shard.shard_id)
             for lane in lanes:
                 self._spawn(self._lane_loop, lane, name=f"lane-{shard.shard_id}-{lane.index}")
@@ -681,11 +777,10 @@ class StreamProcessor:
 
     def _poll(self, shard_id: str) -> None:
         settings = self.settings
-        iterator: str | None = self.source.iterator(
-            shard_id, settings.starting_position, settings.starting_timestamp
-        )
-        last_seq: str | None = None
+        iterator: str | None = self._first_iterator(shard_id)
+        last_seq = self.resume.get(shard_id)
         lanes = self._lanes[shard_id]
+        progress = self._progress[shard_id]
         buffer_limit = max(10_000, 4 * settings.batch_size * len(lanes))
         while iterator and not self._stop.is_set():
             with self._lock:
@@ -717,6 +812,7 @@ class StreamProcessor:
             if records:
                 last_seq = records[-1].sequence_number
                 with self._lock:
+                    progress.read(records)
                     for record in records:
                         lane = lanes[_lane_of(record.partition_key, len(lanes))]
                         lane.queue.append(record)
@@ -730,6 +826,43 @@ class StreamProcessor:
             with self._lock:
                 self._finished_shards.add(shard_id)
 
+    def _first_iterator(self, shard_id: str) -> str:
+        """After the shard's checkpoint when there is one, else at the starting position."""
+        settings = self.settings
+        checkpoint = self.resume.get(shard_id)
+        if checkpoint is not None:
+            try:
+                iterator = self.source.iterator_after(shard_id, checkpoint)
+            except Exception as exc:
+                if _error_code(exc) != "TrimmedDataAccessException":
+                    raise MlayerError(
+                        f"cannot resume {shard_id} of {self.source.arn} after its checkpoint "
+                        f"{checkpoint}: {_error_code(exc) or type(exc).__name__}: {exc}; pass "
+                        "--reset-checkpoints to start from the starting position"
+                    ) from exc
+                with self._lock:
+                    self._notes.append(
+                        f"{shard_id}: the checkpoint {checkpoint} is past the trim horizon "
+                        "(the records after it expired before this run): resumed from "
+                        "TRIM_HORIZON"
+                    )
+                    self._resumed_from[shard_id] = {
+                        "position": "TRIM_HORIZON",
+                        "expired_checkpoint": checkpoint,
+                    }
+                return self.source.iterator(shard_id, "TRIM_HORIZON", None)
+            with self._lock:
+                self._resumed_from[shard_id] = {
+                    "position": "AFTER_SEQUENCE_NUMBER",
+                    "sequence_number": checkpoint,
+                }
+            return iterator
+        with self._lock:
+            self._resumed_from[shard_id] = {"position": settings.starting_position}
+        return self.source.iterator(
+            shard_id, settings.starting_position, settings.starting_timestamp
+        )
+
     # -- batches ---------------------------------------------------------------------------
 
     def _next_batch(self, lane: _Lane) -> list[StreamRecord] | None:
@@ -737,8 +870,9 @@ class StreamProcessor:
         window once the first record is there; None when stopping."""
         settings = self.settings
         with self._lock:
-            while not lane.queue:
-                if self._stop.is_set():
+            # Stopping starts no batch: records already read are read again by the next run.
+            while not lane.queue or self._stopping():
+                if self._stopping():
                     return None
                 self._lock.wait(0.1)
             if settings.batching_window_s > 0:
@@ -746,12 +880,14 @@ class StreamProcessor:
                 while (
                     len(lane.queue) < settings.batch_size
                     and _payload(lane.queue, settings.batch_size) < MAX_PAYLOAD_BYTES
-                    and not self._stop.is_set()
+                    and not self._stopping()
                 ):
                     left = window_end - time.monotonic()
                     if left <= 0:
                         break
                     self._lock.wait(min(left, 0.1))
+                if self._stopping():
+                    return None
             batch: list[StreamRecord] = []
             size = _EVENT_OVERHEAD
             while lane.queue and len(batch) < settings.batch_size:
@@ -791,7 +927,7 @@ class StreamProcessor:
             if not chunk:
                 work.popleft()
                 continue
-            if seen and self._stop.is_set():
+            if seen and self._stopping():
                 return  # stopping: an unfinished retry is left for the next run, like a crash
             result = self._invoke(lane, chunk, retry=seen)
             failed_at, whole = self._failures(result, chunk)
@@ -835,8 +971,11 @@ class StreamProcessor:
         return keep
 
     def _invoke(self, lane: _Lane, chunk: list[StreamRecord], *, retry: bool) -> InvocationLike:
-        if lane.invoker is None:
-            lane.invoker = self.invoker_factory()
+        with self._lock:
+            if self._aborted:  # no new environment once the others are being killed
+                raise RunAborted({}, 0)
+            if lane.invoker is None:
+                lane.invoker = self.invoker_factory()
         event = _event_json(chunk)
         began = time.perf_counter()
         result = lane.invoker.invoke(event)
@@ -907,8 +1046,16 @@ class StreamProcessor:
         with self._lock:
             self.stats.records_done += len(done)
             self.stats.predictions += predicted
-            lane.checkpoint = done[-1].sequence_number
             self._last_activity = self._last_done = time.monotonic()
+        self._resolve(lane.shard_id, done)
+
+    def _resolve(self, shard_id: str, records: list[StreamRecord]) -> None:
+        """Records are done (handled or discarded): move the shard's checkpoint and save it."""
+        with self._checkpoint_lock:
+            with self._lock:
+                moved = self._progress[shard_id].resolve(records)
+            if moved is not None and self.on_checkpoint is not None:
+                self.on_checkpoint(shard_id, moved)
 
     def _discard(
         self,
@@ -926,8 +1073,7 @@ class StreamProcessor:
             self.stats.records_done += len(chunk)
             self.stats.on_failure_messages += int(self.destination is not None)
             self._last_activity = self._last_done = time.monotonic()
-            if lane is not None:
-                lane.checkpoint = chunk[-1].sequence_number
+        self._resolve(chunk[0].shard_id, chunk)
 
     def _failure_message(
         self,
@@ -979,13 +1125,40 @@ class StreamProcessor:
                 lane.busy or lane.queue for lanes in self._lanes.values() for lane in lanes
             )
 
+    def _stopping(self) -> bool:
+        """Stopping, as seen by a lane about to start a batch or a retry: the caller's event
+        counts at once (the main loop only notices it between its polls)."""
+        caller = self._caller_stop
+        return self._stop.is_set() or (caller is not None and caller.is_set())
+
     def _shutdown(self) -> None:
         self._stop.set()
         with self._lock:
             self._lock.notify_all()
         for thread in self._threads:
-            thread.join()
+            # In short waits: a signal sent to the process may be taken by any thread, and
+            # the main thread runs Python's handler (a second Ctrl-C) only once it wakes up.
+            while thread.is_alive():
+                thread.join(0.1)
         self._threads.clear()
+
+    def _abort(self) -> int:
+        """Kill every environment now (their batches unfinished, so never checkpointed);
+        return how many were running. The lane threads end on their own."""
+        self._stop.set()
+        with self._lock:
+            self._aborted = True
+            self._lock.notify_all()
+            invokers = [
+                lane.invoker
+                for lanes in self._lanes.values()
+                for lane in lanes
+                if lane.invoker is not None
+            ]
+        for invoker in invokers:
+            with contextlib.suppress(Exception):
+                invoker.close()
+        return len(invokers)
 
 
 def _event_json(chunk: list[StreamRecord]) -> bytes:

@@ -17,6 +17,7 @@ from typing import Any
 
 from mlayer.aws import AwsSettings
 from mlayer.errors import ConfigError
+from mlayer.local.checkpoints import CheckpointFile
 from mlayer.local.esm import (
     AwsDestination,
     DynamoDBStreamSource,
@@ -116,6 +117,8 @@ class RunLocalResult:
     log_path: Path
     mapping: dict[str, Any] | None  # the function's mapping the settings came from
     notes: list[str] = field(default_factory=list)
+    checkpoints_path: Path | None = None  # None: checkpoints were kept in memory only
+    reset_checkpoints: dict[str, str] = field(default_factory=dict)  # forgotten by this run
 
 
 def find_mapping(
@@ -169,6 +172,8 @@ def run_local(
     on_ready: Callable[[LocalFunction, MappingSettings, int], None] | None = None,
     stop: threading.Event | None = None,
     poll_interval_s: float | None = None,
+    checkpoints: Path | None = None,
+    reset_checkpoints: bool = False,
 ) -> RunLocalResult:
     """Consume ``stream`` with the function as its event source mapping would, locally.
 
@@ -176,9 +181,17 @@ def run_local(
     then the one run, unless ``qualifier`` is given), else mlayer's trigger defaults; then
     ``overrides`` (MappingSettings field names; None values ignored).
 
+    With ``checkpoints`` (a JSON file, see :mod:`mlayer.local.checkpoints`), each shard
+    resumes after the checkpoint this function (and qualifier) left on this stream, in
+    preference to the starting position, and every resolved batch moves it;
+    ``reset_checkpoints`` forgets them first. Without, checkpoints live for this run only.
+
     Raises:
         NotFoundError / ConfigError: unknown function or stream, bad settings, layers that
             cannot be found locally.
+        CheckpointError: the checkpoint file is unreadable, unwritable, or of an earlier
+            stream with the same ARN.
+        RunAborted: a second Ctrl-C (see StreamProcessor.run).
     """
     from mlayer.deploy import resolve_stream
 
@@ -212,6 +225,28 @@ def run_local(
         source = DynamoDBStreamSource(aws.client("dynamodbstreams"), stream_arn, region=region)
     destination = AwsDestination(settings.on_failure, aws.client) if settings.on_failure else None
     extra_env = function_env(aws)
+    shards = source.shards()
+    notes: list[str] = []
+    store: CheckpointFile | None = None
+    resume: dict[str, str] = {}
+    forgotten: dict[str, str] = {}
+    if checkpoints is not None:
+        store = CheckpointFile(
+            checkpoints,
+            stream_arn=stream_arn,
+            function=f"{local.name}:{qualifier or '$LATEST'}",
+            stream_created=_stream_created(aws, stream_arn) if kind == "kinesis" else None,
+        )
+        if reset_checkpoints:
+            forgotten = store.reset()
+        resume = store.load()
+        known = {shard.shard_id for shard in shards}
+        for shard_id, sequence_number in sorted(resume.items()):
+            if shard_id not in known:
+                notes.append(
+                    f"checkpoint {sequence_number} of {shard_id} ignored: the stream has no "
+                    "such shard any more (closed and expired after a reshard)"
+                )
 
     def factory() -> Any:
         return local.environment_for(extra_env=extra_env, log_path=log_path)
@@ -226,17 +261,28 @@ def run_local(
         poll_interval_s=poll_interval_s
         if poll_interval_s is not None
         else (0.2 if aws.is_local else 1.0),
+        resume=resume,
+        on_checkpoint=store.save if store is not None else None,
     )
     if on_ready is not None:
-        on_ready(local, settings, len(source.shards()))
+        on_ready(local, settings, len(shards))
     summary = processor.run(
         until_idle_s=until_idle_s, max_records=max_records, on_progress=on_progress, stop=stop
     )
-    notes = list(local.notes)
+    notes = [*local.notes, *notes]
     if mapping is not None and kind == "dynamodb" and aws.is_local:
         notes.append(
             "moto empties a DynamoDB stream that has an event source mapping on every write: "
             "on the local endpoint, run DynamoDB streams without a mapping (pass the settings "
             "as flags)"
         )
-    return RunLocalResult(local, summary, log_path, mapping, notes)
+    return RunLocalResult(
+        local, summary, log_path, mapping, notes, checkpoints, reset_checkpoints=forgotten
+    )
+
+
+def _stream_created(aws: AwsSettings, stream_arn: str) -> str | None:
+    """A Kinesis stream's creation time (ISO 8601), which tells a recreated stream apart."""
+    summary = aws.client("kinesis").describe_stream_summary(StreamARN=stream_arn)
+    created = summary["StreamDescriptionSummary"].get("StreamCreationTimestamp")
+    return created.isoformat() if created is not None else None

@@ -69,7 +69,7 @@ class Model:
 
         self._np = np
         self._config_context = config_context
-        self._frame = None
+        self._frame: Any = None
         if self.input.frame:
             try:
                 import pandas

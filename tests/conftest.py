@@ -127,5 +127,36 @@ def numeric_model_dir(request: pytest.FixtureRequest) -> Path:
     return _trained_model(request, "numeric")
 
 
+def _build_deps(factory: pytest.TempPathFactory, requirements: Path, name: str) -> Path:
+    cache = factory.getbasetemp() / "mlayer-build-cache"
+    layers = factory.mktemp(name)
+    proc = subprocess.run(
+        [sys.executable, "-c", "from mlayer.cli import main; main()", "build-deps", "-r",
+         str(requirements), "--runtime", "python3.11", "--layers-dir", str(layers),
+         "--cache-dir", str(cache)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return layers
+
+
+@pytest.fixture(scope="session")
+def deps_layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A layers/ folder holding the python3.11 x86_64 deps layer of requirements.txt (built
+    once per session; test_build_deps.py shares the same build cache)."""
+    return _build_deps(tmp_path_factory, ROOT / "requirements.txt", "model-layers")
+
+
+PANDAS_PIN = "pandas==2.3.3"  # the newest pandas beside numpy 2.2 on Python 3.11
+
+
+@pytest.fixture(scope="session")
+def pandas_deps_layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same dependency layer with pandas added (what DataFrame models need)."""
+    requirements = tmp_path_factory.mktemp("pandas-requirements") / "requirements.txt"
+    requirements.write_text((ROOT / "requirements.txt").read_text() + f"{PANDAS_PIN}\n")
+    return _build_deps(tmp_path_factory, requirements, "pandas-layers")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")

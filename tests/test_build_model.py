@@ -32,20 +32,6 @@ def run_mlayer(args: list[str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="session")
-def deps_layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A layers/ folder holding the python3.11 x86_64 deps layer (built once per session;
-    test_build_deps.py shares the same build cache)."""
-    cache = tmp_path_factory.getbasetemp() / "mlayer-build-cache"
-    layers = tmp_path_factory.mktemp("model-layers")
-    proc = run_mlayer(
-        ["build-deps", "-r", str(REQUIREMENTS), "--runtime", "python3.11", "--layers-dir",
-         str(layers), "--cache-dir", str(cache)]
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return layers
-
-
 @pytest.fixture
 def layers(deps_layers: Path, tmp_path: Path) -> Path:
     """A fresh layers/ folder with the deps layer in it (no model layer yet)."""

@@ -52,7 +52,7 @@ PublishedVersions = Callable[[], Iterable[int]] | Iterable[int] | None
 PANDAS_PINS = (((2, 3), "pandas==3.1.1"), ((0, 0), "pandas==2.3.3"))
 # What pandas adds to the dependency layer after mlayer's slimming and bytecode, measured
 # with bench/layer_size.py (MB = 10^6 bytes): see README, "Your model".
-PANDAS_ADDS_MB = {"pandas==2.3.3": 53.0, "pandas==3.1.1": 52.0}
+PANDAS_ADDS_MB = {"pandas==2.3.3": 33.7, "pandas==3.1.1": 33.7}
 
 
 @dataclass
@@ -498,12 +498,7 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         spec = _decide_input(build, inspected)
         _require_pandas(build, spec, inspected)
         labels = _decide_labels(build, inspected)
-        records = (
-            sample_records({"input": spec, "examples": source.meta.get("examples")}, options.sample)
-            if options.sample or source.meta.get("examples") or inspected is None
-            else inspected["examples"]
-        )
-        expected = _expected(build, inspected, spec, records, say)
+        records, expected = _records_and_expected(build, inspected, spec, say)
         classes = ((inspected or {}).get("outputs") or {}).get("labels")
         if expected is not None and labels and classes and labels != classes:
             # The function answers with the label names given for the classes.
@@ -669,7 +664,7 @@ def _too_big(build: _Build, budget: Budget, measured: dict[str, Any] | None) -> 
             "several times (not measured: the dependency layer cannot run here)"
         )
     total = sum(entry["bytes"] for entry in compressed.values())
-    room = budget.limit - sum(part.bytes for part in budget.parts[:-1])
+    room = budget.limit - sum(part.unzipped_bytes for part in budget.parts[:-1])
     load_s = sum(entry["load_ms"] for entry in compressed.values()) / 1000
     plain_s = sum(entry["original_load_ms"] for entry in compressed.values()) / 1000
     verdict = "fits" if total <= room else f"still does not fit (room: {mb(room)})"
@@ -801,19 +796,23 @@ def _decide_labels(build: _Build, inspected: dict[str, Any] | None) -> list[Any]
     return classes
 
 
-def _expected(
-    build: _Build,
-    inspected: dict[str, Any] | None,
-    spec: dict[str, Any],
-    records: list[Any],
-    say: Progress,
-) -> list[Any] | None:
-    """What the model itself predicts for the smoke test's records (None: not known here)."""
+def _records_and_expected(
+    build: _Build, inspected: dict[str, Any] | None, spec: dict[str, Any], say: Progress
+) -> tuple[list[Any], list[Any] | None]:
+    """The smoke test's records (--sample, metadata's examples, else made from what the
+    model learnt) and what the model itself predicts for them (None: not known here)."""
+    given = build.options.sample or build.source.meta.get("examples")
+    records = (
+        sample_records({"input": spec, "examples": build.source.meta.get("examples")},
+                       build.options.sample)
+        if given or inspected is None
+        else None
+    )  # fmt: skip
     if inspected is None:
-        return None
-    if inspected.get("examples") == records and spec == inspected.get("inferred"):
-        found = inspected
-    else:
+        assert records is not None
+        return records, None
+    found = inspected
+    if records is not None or spec != inspected.get("inferred"):
         from mlayer.model_sandbox import inspect_model
 
         assert build.runnable is not None
@@ -828,13 +827,15 @@ def _expected(
             records=records,
             model_bytes=build.model_bytes,
         )
+    if records is None:
+        records = list(found["examples"])
     if found.get("expected_error"):
         # The smoke test says what is wrong with the records first (the function reports
         # each bad one); if it passes, this error is raised after it.
         build.expected_error = str(found["expected_error"])
-        return None
+        return records, None
     expected = found.get("expected")
-    return list(expected) if isinstance(expected, list) else None
+    return records, list(expected) if isinstance(expected, list) else None
 
 
 def _smoke(

@@ -218,14 +218,3 @@ def _error_text(error: dict[str, Any] | None) -> str:
 def _tail(text: str, lines: int = 8) -> str:
     kept = [line for line in text.splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
-
-
-def _error_text(error: dict[str, Any] | None) -> str:
-    if not error:
-        return "unknown error"
-    return f"{error.get('errorType', '')}: {error.get('errorMessage', '')}".strip(": ")
-
-
-def _tail(text: str, lines: int = 8) -> str:
-    kept = [line for line in text.splitlines() if line.strip()]
-    return "\n".join(kept[-lines:])

@@ -97,6 +97,10 @@ class _Stub:
     """What a global of the file stands for: records how it is called and built, runs nothing."""
 
     _ref: tuple[str, str] = ("", "")
+    args: tuple[Any, ...]
+    state: Any
+    items: dict[int, tuple[Any, Any]]
+    elements: list[Any]
 
     def __new__(cls, *args: Any, **kwargs: Any) -> _Stub:
         instance = super().__new__(cls)
@@ -135,15 +139,16 @@ class _Stub:
         return _Stub(*args)
 
 
-class _Scanner(pickle._Unpickler):  # type: ignore[name-defined,misc]  # the pure-Python VM
+class _Scanner(pickle._Unpickler):  # the pure-Python VM, whose opcodes can be overridden
     def __init__(self, file: IO[bytes], result: ScanResult) -> None:
         super().__init__(file)
         self._raw = file
         self._result = result
         self._classes: dict[tuple[str, str], type[_Stub]] = {}
         # The BUILD handler is looked up in this per-instance copy of the dispatch table.
-        self.dispatch = dict(pickle._Unpickler.dispatch)  # type: ignore[attr-defined]
-        self.dispatch[pickle.BUILD[0]] = _Scanner._load_build
+        dispatch: dict[int, Any] = dict(pickle._Unpickler.dispatch)
+        dispatch[pickle.BUILD[0]] = _Scanner._load_build
+        self.__dict__["dispatch"] = dispatch
 
     def find_class(self, module: str, name: str) -> Any:
         self._result.globals.add(f"{module}.{name}")
@@ -158,7 +163,7 @@ class _Scanner(pickle._Unpickler):  # type: ignore[name-defined,misc]  # the pur
         return _Stub(pid)
 
     def _load_build(self) -> None:
-        stack = self.stack
+        stack: list[Any] = self.stack  # type: ignore[attr-defined]
         state = stack.pop()
         inst = stack[-1]
         _record_versions(state, self._result)
@@ -287,7 +292,7 @@ def _open(path: Path) -> Iterator[tuple[IO[bytes], str | None]]:
     with path.open("rb") as raw:
         head = raw.read(8)
         raw.seek(0)
-        stream: IO[bytes]
+        stream: Any
         # The decompressing wrappers read from ``raw``, which the with-block closes.
         if head.startswith(_GZIP_PREFIX):
             stream, kind = gzip.GzipFile(fileobj=raw), "gzip"
@@ -301,7 +306,7 @@ def _open(path: Path) -> Iterator[tuple[IO[bytes], str | None]]:
             stream, kind = io.BufferedReader(_ZlibReader(raw), 1 << 20), "zlib"
         elif head.startswith(_LZ4_PREFIX):
             try:
-                import lz4.frame  # type: ignore[import-not-found]
+                import lz4.frame
             except ImportError:
                 raise ScanError(
                     "it is lz4-compressed and the lz4 package is not installed here; "

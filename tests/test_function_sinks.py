@@ -357,7 +357,9 @@ def test_dead_letter_transient_failures_are_retried() -> None:
     stubber.add_response(
         "send_message_batch",
         {
-            "Successful": [{"Id": str(i), "MessageId": "m", "MD5OfMessageBody": "x"} for i in (1, 2)],
+            "Successful": [
+                {"Id": str(i), "MessageId": "m", "MD5OfMessageBody": "x"} for i in (1, 2)
+            ],
             "Failed": [],
         },
         {"QueueUrl": url, "Entries": [{"Id": str(i), "MessageBody": ANY} for i in (1, 2)]},

@@ -11,12 +11,17 @@ Environment:
     OUTPUT_TABLE           DynamoDB table (partition key ``record_id``, S) for predictions
     OUTPUT_STREAM          Kinesis stream (name or ARN) for predictions
     DEAD_LETTER_QUEUE_URL  SQS queue for bad records (else they are reported as failures)
+    DEAD_LETTER_BUCKET     S3 bucket keeping whole the bad records whose message is too large
+                           for the queue (the queue gets a pointer and the reason)
+    DEAD_LETTER_MAX_BYTES  the queue's MaximumMessageSize (default 262,144)
 
 The response is ``{"batchItemFailures": [{"itemIdentifier": ...}], "predictions": [...],
 "counts": {...}}``: with ``FunctionResponseTypes=["ReportBatchItemFailures"]`` on the event
 source mapping, Lambda retries from the first failed record instead of the whole batch.
 Every record is predicted, skipped (DynamoDB REMOVE, no NewImage), dead-lettered, or
-reported in batchItemFailures: none is dropped, none fails the batch.
+reported in batchItemFailures: none is dropped, none fails the batch. Sink calls are bounded
+by the invocation's remaining time (``context.get_remaining_time_in_millis()``); what does
+not fit is reported, with every record behind it (see ``_deliver``).
 
 Only the standard library, the dependency layer (scikit-learn, numpy, joblib, orjson) and,
 when a sink or the dead-letter queue is configured, boto3 are imported.

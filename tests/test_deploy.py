@@ -138,7 +138,7 @@ def test_dead_letter_queue_without_a_bucket_is_warned_about(
     assert warning == (
         "Warning: DEAD_LETTER_QUEUE_URL is set but DEAD_LETTER_BUCKET is not: a bad record whose "
         "dead-letter message is over 262,144 bytes (DEAD_LETTER_MAX_BYTES; a Kinesis record of "
-        "about 195 KB or more) cannot be dead-lettered, so it is reported in batchItemFailures, "
+        "about 196 KB or more) cannot be dead-lettered, so it is reported in batchItemFailures, "
         "blocks its shard through the trigger's retries and is then kept only by the trigger's "
         "on-failure destination (none by default). Set --env DEAD_LETTER_BUCKET=BUCKET (the "
         "role needs s3:PutObject on it) to keep such records whole in S3, with a pointer in the "

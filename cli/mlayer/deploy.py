@@ -376,7 +376,7 @@ def dead_letter_warnings(env: dict[str, str]) -> list[str]:
         return [
             "DEAD_LETTER_QUEUE_URL is set but DEAD_LETTER_BUCKET is not: a bad record whose "
             f"dead-letter message is over {max_bytes:,} bytes (DEAD_LETTER_MAX_BYTES; a "
-            f"Kinesis record of about {_record_bytes_for(max_bytes) // 1000:,} KB or more) "
+            f"Kinesis record of about {round(_record_bytes_for(max_bytes) / 1000):,} KB or more) "
             "cannot be dead-lettered, so it is "
             "reported in batchItemFailures, blocks its shard through the trigger's retries "
             "and is then kept only by the trigger's on-failure destination (none by default). "

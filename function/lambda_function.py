@@ -11,12 +11,17 @@ Environment:
     OUTPUT_TABLE           DynamoDB table (partition key ``record_id``, S) for predictions
     OUTPUT_STREAM          Kinesis stream (name or ARN) for predictions
     DEAD_LETTER_QUEUE_URL  SQS queue for bad records (else they are reported as failures)
+    DEAD_LETTER_BUCKET     S3 bucket keeping whole the bad records whose message is too large
+                           for the queue (the queue gets a pointer and the reason)
+    DEAD_LETTER_MAX_BYTES  the queue's MaximumMessageSize (default 262,144)
 
 The response is ``{"batchItemFailures": [{"itemIdentifier": ...}], "predictions": [...],
 "counts": {...}}``: with ``FunctionResponseTypes=["ReportBatchItemFailures"]`` on the event
 source mapping, Lambda retries from the first failed record instead of the whole batch.
 Every record is predicted, skipped (DynamoDB REMOVE, no NewImage), dead-lettered, or
-reported in batchItemFailures: none is dropped, none fails the batch.
+reported in batchItemFailures: none is dropped, none fails the batch. Sink calls are bounded
+by the invocation's remaining time (``context.get_remaining_time_in_millis()``); what does
+not fit is reported, with every record behind it (see ``_deliver``).
 
 Only the standard library, the dependency layer (scikit-learn, numpy, joblib, orjson) and,
 when a sink or the dead-letter queue is configured, boto3 are imported.
@@ -25,37 +30,30 @@ when a sink or the dead-letter queue is configured, boto3 are imported.
 from __future__ import annotations
 
 import gc
-import json
 import os
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from model import Model, ModelLoadError, get_model
 from records import Batch, decode_event
+from safe_json import dumps
+
+if TYPE_CHECKING:  # sinks is imported only when a sink is configured (it is not free)
+    from sinks import Deadline
 
 _cold_start = True
 _announced: Model | None = None
 
 
-try:
-    import orjson
-
-    def _dumps(entry: dict[str, Any]) -> str:
-        return orjson.dumps(entry, default=str).decode("utf-8")
-
-except ImportError:  # the dependency layer pins orjson; json is the fallback
-    _encoder = json.JSONEncoder(default=str, ensure_ascii=False)
-
-    def _dumps(entry: dict[str, Any]) -> str:
-        return _encoder.encode(entry)
-
-
 def _log(entry: dict[str, Any]) -> None:
     # One JSON object per line on stdout: CloudWatch Logs Insights parses the fields.
     # Flushed so each line reaches the log stream with its invocation.
+    # safe_json: a bad record's id or reason (a lone surrogate, a huge integer) must not
+    # make the log line, and so the invocation, fail.
     stdout = sys.stdout
-    stdout.write(_dumps(entry) + "\n")
+    stdout.write(dumps(entry) + "\n")
     stdout.flush()
 
 
@@ -139,13 +137,7 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
     ]
     # event index -> itemIdentifier of every record Lambda must retry
     failed: dict[int, str] = {}
-    dead_lettered = 0
-    if batch.rejected:
-        dead_lettered = _handle_rejected(batch, model, environ.get("DEAD_LETTER_QUEUE_URL"), failed)
-    table = environ.get("OUTPUT_TABLE")
-    stream = environ.get("OUTPUT_STREAM")
-    if predictions and (table or stream):
-        _write_outputs(batch, predictions, table, stream, failed)
+    dead_lettered = _deliver(batch, predictions, model, environ, context, failed)
     written = time.perf_counter()
 
     counts = {
@@ -176,15 +168,87 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
     }
 
 
-def _handle_rejected(
-    batch: Batch, model: Model, queue_url: str | None, failed: dict[int, str]
+def _deliver(
+    batch: Batch,
+    predictions: list[dict[str, Any]],
+    model: Model,
+    environ: Mapping[str, str],
+    context: Any,
+    failed: dict[int, str],
 ) -> int:
-    """Dead-letter the bad records (or mark them failed); log each. Returns how many went."""
-    undelivered: dict[int, str] = {}
-    if queue_url:
-        import sinks
+    """Write the outputs and dead letters, in event order up to the first record that must be
+    retried; fill ``failed`` (event index -> itemIdentifier). Returns how many were
+    dead-lettered.
 
-        messages = [
+    The first record that must be retried (a table or stream write that failed, a dead
+    letter that could not be delivered, the invocation's deadline) is reported with every
+    record after it: Lambda checkpoints before the lowest reported sequence number and
+    resends all of them. So the stream and the dead-letter queue, which are not idempotent,
+    get nothing behind it now (it would arrive twice); the table, keyed by record_id, gets
+    every prediction (a rewrite on retry changes nothing, and a record behind a poison
+    record is still scored). Without a dead-letter queue a bad record is reported alone:
+    it can only fail again, and stopping at it would hold back the good ones behind it.
+    """
+    queue_url = environ.get("DEAD_LETTER_QUEUE_URL")
+    table = environ.get("OUTPUT_TABLE")
+    stream = environ.get("OUTPUT_STREAM")
+    if not (predictions and (table or stream)) and not (batch.rejected and queue_url):
+        for bad in batch.rejected:  # no dead-letter queue: Lambda retries them, then gives up
+            failed[bad.index] = bad.item_identifier
+            _log_bad(bad, "reported in batchItemFailures")
+        return 0
+
+    import sinks
+
+    deadline = sinks.Deadline.from_context(context)
+    first = _write_outputs(batch, predictions, table, stream, deadline)
+    dead_lettered = 0
+    if batch.rejected:
+        dead_lettered, first = _handle_rejected(
+            batch, model, queue_url, environ, deadline, first, failed
+        )
+    if first is not None:
+        behind = _item_identifiers(batch, first)
+        failed.update(behind)
+        _log(
+            {
+                "message": "retry from here",
+                "index": first,
+                "itemIdentifier": behind[first],
+                "reported": len(behind),
+                "remaining_ms": deadline.remaining_ms(),
+            }
+        )
+    return dead_lettered
+
+
+def _handle_rejected(
+    batch: Batch,
+    model: Model,
+    queue_url: str | None,
+    environ: Mapping[str, str],
+    deadline: Deadline,
+    first: int | None,
+    failed: dict[int, str],
+) -> tuple[int, int | None]:
+    """Dead-letter the bad records before ``first`` (or mark them failed); log each.
+
+    Returns (how many were dead-lettered, the new first record to retry).
+    """
+    if not queue_url:
+        for bad in batch.rejected:
+            failed[bad.index] = bad.item_identifier
+            _log_bad(bad, "reported in batchItemFailures")
+        return 0, first
+
+    import sinks
+
+    before = [bad for bad in batch.rejected if first is None or bad.index < first]
+    max_bytes, setting_error = _max_bytes(environ.get("DEAD_LETTER_MAX_BYTES"))
+    if setting_error:
+        _log({"message": "setting ignored", "error": setting_error})
+    letters = [
+        sinks.Letter(
             {
                 "record_id": bad.record_id,
                 "sequence_number": bad.sequence_number,
@@ -192,26 +256,99 @@ def _handle_rejected(
                 "record": bad.record,
                 "model": model.name,
                 "model_version": model.version,
-            }
-            for bad in batch.rejected
-        ]
-        undelivered = sinks.dead_letter(queue_url, messages)
-    for position, bad in enumerate(batch.rejected):
-        entry = {
+            },
+            _source(bad.record),
+        )
+        for bad in before
+    ]
+    result = sinks.dead_letter(
+        queue_url,
+        letters,
+        bucket=environ.get("DEAD_LETTER_BUCKET") or None,
+        max_bytes=max_bytes,
+        deadline=deadline,
+    )
+    stop = first
+    if result.failed_at is not None:
+        stop = before[result.failed_at].index
+    for position, bad in enumerate(before):
+        where = result.sent.get(position)
+        if stop is None or bad.index < stop:
+            detail = {} if where == "queue" else {"record_s3": where}
+            _log_bad(bad, "dead-lettered", **detail)
+        elif position == result.failed_at:
+            _log_bad(bad, "reported in batchItemFailures", dead_letter_error=result.error)
+    sent_behind = {before[position].index for position in result.sent}
+    for bad in batch.rejected:
+        # Behind the first record to retry: Lambda resends it, it is dead-lettered then.
+        if stop is not None and bad.index > stop:
+            detail = {}
+            if bad.index in sent_behind:  # SQS took it in the call that refused an earlier one
+                detail["note"] = (
+                    "also sent in the same SendMessageBatch call: it will be sent again"
+                )
+            _log_bad(
+                bad, "reported in batchItemFailures (behind the first record to retry)", **detail
+            )
+    dead_lettered = sum(1 for bad in before if stop is None or bad.index < stop)
+    return dead_lettered, stop
+
+
+def _log_bad(bad: Any, action: str, **detail: Any) -> None:
+    _log(
+        {
             "message": "bad record",
             "record_id": bad.record_id,
             "sequence_number": bad.sequence_number,
             "reason": bad.reason,
+            "action": action,
+            **detail,
         }
-        if queue_url and position not in undelivered:
-            entry["action"] = "dead-lettered"
-        else:
-            entry["action"] = "reported in batchItemFailures"
-            if position in undelivered:
-                entry["dead_letter_error"] = undelivered[position]
-            failed[bad.index] = bad.item_identifier
-        _log(entry)
-    return len(batch.rejected) - len(undelivered) if queue_url else 0
+    )
+
+
+def _max_bytes(value: str | None) -> tuple[int, str | None]:
+    """DEAD_LETTER_MAX_BYTES, or the default and why the value given is not usable."""
+    import sinks
+
+    if not value:
+        return sinks.DEAD_LETTER_MAX_BYTES, None
+    low, high = sinks.MESSAGE_BYTES_RANGE
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if low <= number <= high:
+        return number, None
+    return sinks.DEAD_LETTER_MAX_BYTES, (
+        f"DEAD_LETTER_MAX_BYTES={value!r} is not a whole number of bytes from {low:,} to "
+        f"{high:,} (an SQS queue's MaximumMessageSize); using {sinks.DEAD_LETTER_MAX_BYTES:,}"
+    )
+
+
+def _source(record: Any) -> str | None:
+    if isinstance(record, Mapping):
+        source = record.get("eventSourceARN")
+        if isinstance(source, str) and source:
+            return source
+    return None
+
+
+def _item_identifiers(batch: Batch, first: int) -> dict[int, str]:
+    """event index -> itemIdentifier of every record from ``first`` on, whatever its outcome."""
+    found: dict[int, str] = {}
+    for index, record_id, sequence_number in zip(
+        batch.indexes, batch.record_ids, batch.sequence_numbers, strict=True
+    ):
+        if index >= first:
+            found[index] = sequence_number or record_id
+    for bad in batch.rejected:
+        if bad.index >= first:
+            found[bad.index] = bad.item_identifier
+    for skipped in batch.skipped:
+        if skipped.index >= first:
+            found[skipped.index] = skipped.sequence_number or skipped.record_id
+    return found
 
 
 def _write_outputs(
@@ -219,34 +356,48 @@ def _write_outputs(
     predictions: list[dict[str, Any]],
     table: str | None,
     stream: str | None,
-    failed: dict[int, str],
-) -> None:
+    deadline: Deadline,
+) -> int | None:
+    """Write the table (every prediction), then the stream (those before the table's first
+    failure); log failures. Returns the event index of the first failure, or None."""
+    if not predictions or not (table or stream):
+        return None
     import sinks
 
-    for sink, target, write in (
-        ("table", table, sinks.write_table),
-        ("stream", stream, sinks.put_stream),
-    ):
+    first: int | None = None
+    for sink, target in (("table", table), ("stream", stream)):
         if not target:
             continue
-        failures = write(target, predictions)
+        if sink == "table":
+            positions = list(range(len(predictions)))
+            failures = sinks.write_table(target, predictions, deadline=deadline)
+        else:
+            positions = [
+                position
+                for position, index in enumerate(batch.indexes)
+                if first is None or index < first
+            ]
+            failures = {
+                positions[position]: reason
+                for position, reason in sinks.put_stream(
+                    target, [predictions[position] for position in positions], deadline=deadline
+                ).items()
+            }
         if not failures:
             continue
-        for position in failures:
-            failed[batch.indexes[position]] = (
-                predictions[position]["sequence_number"] or predictions[position]["record_id"]
-            )
-        first = next(iter(failures.values()))
+        lowest = min(batch.indexes[position] for position in failures)
+        first = lowest if first is None else min(first, lowest)
         _log(
             {
                 "message": "write failed",
                 "sink": sink,
                 "target": target,
                 "count": len(failures),
-                "error": first,
-                "record_ids": [predictions[position]["record_id"] for position in failures],
+                "error": next(iter(failures.values())),
+                "record_ids": [batch.record_ids[position] for position in failures],
             }
         )
+    return first
 
 
 _load_at_init()

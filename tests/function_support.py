@@ -27,6 +27,8 @@ FUNCTION_ENV = (
     "OUTPUT_TABLE",
     "OUTPUT_STREAM",
     "DEAD_LETTER_QUEUE_URL",
+    "DEAD_LETTER_BUCKET",
+    "DEAD_LETTER_MAX_BYTES",
 )
 
 if str(FUNCTION_DIR) not in sys.path:
@@ -189,12 +191,15 @@ def import_function() -> Any:
     return lambda_function
 
 
-def invoke(event: Any, **env: str | os.PathLike[str] | None) -> Run:
-    """Run the handler in this process with ``env`` as the function's environment."""
+def invoke(event: Any, context: Any = None, **env: str | os.PathLike[str] | None) -> Run:
+    """Run the handler in this process with ``env`` as the function's environment.
+
+    ``context`` defaults to a FakeContext without a deadline.
+    """
     handler = import_function().lambda_handler
     out = io.StringIO()
     with function_env(**env), contextlib.redirect_stdout(out):
-        response = handler(event, FakeContext())
+        response = handler(event, context if context is not None else FakeContext())
     # The response goes back to Lambda as JSON: it must serialize.
     json.dumps(response)
     logs = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]

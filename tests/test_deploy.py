@@ -125,6 +125,56 @@ def test_create_links_layers_and_settings(
     )
 
 
+def test_dead_letter_queue_without_a_bucket_is_warned_about(
+    published: dict[str, Any], function_dir: Path, layers: Path
+) -> None:
+    queue = "--env", "DEAD_LETTER_QUEUE_URL=https://sqs.us-east-1.amazonaws.com/123456789012/dlq"
+    role = role_arn(published["iam"])
+
+    result = deploy(function_dir, layers, "--role", role, *queue)
+
+    assert result.exit_code == 0, result.output
+    (warning,) = [line for line in result.output.splitlines() if line.startswith("Warning:")]
+    assert warning == (
+        "Warning: DEAD_LETTER_QUEUE_URL is set but DEAD_LETTER_BUCKET is not: a bad record whose "
+        "dead-letter message is over 262,144 bytes (DEAD_LETTER_MAX_BYTES; a Kinesis record of "
+        "about 196 KB or more) cannot be dead-lettered, so it is reported in batchItemFailures, "
+        "blocks its shard through the trigger's retries and is then kept only by the trigger's "
+        "on-failure destination (none by default). Set --env DEAD_LETTER_BUCKET=BUCKET (the "
+        "role needs s3:PutObject on it) to keep such records whole in S3, with a pointer in the "
+        "queue"
+    )
+
+    # With the bucket (and a 1 MiB queue), nothing to warn about.
+    result = deploy(
+        function_dir, layers,
+        "--env", "DEAD_LETTER_BUCKET=scorer-dead-letters", "--env", "DEAD_LETTER_MAX_BYTES=1048576",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Warning:" not in result.output
+    variables = published["lambda"].get_function_configuration(FunctionName="scorer")[
+        "Environment"
+    ]["Variables"]
+    assert variables["DEAD_LETTER_BUCKET"] == "scorer-dead-letters"
+    assert variables["DEAD_LETTER_MAX_BYTES"] == "1048576"
+
+
+@pytest.mark.parametrize("value", ["256KiB", "512", "2000000"])
+def test_bad_dead_letter_max_bytes_is_refused_before_deploying(
+    published: dict[str, Any], function_dir: Path, layers: Path, value: str
+) -> None:
+    role = role_arn(published["iam"])
+    result = deploy(function_dir, layers, "--role", role, "--env", f"DEAD_LETTER_MAX_BYTES={value}")
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: DEAD_LETTER_MAX_BYTES={value} is not a whole number of bytes from 1,024 to "
+        "1,048,576: set it to the dead-letter queue's MaximumMessageSize (aws sqs "
+        "get-queue-attributes --attribute-names MaximumMessageSize), or remove it "
+        "(--env DEAD_LETTER_MAX_BYTES=) for 262,144\n"
+    )
+    assert published["lambda"].list_functions()["Functions"] == []
+
+
 def test_update_merges_env_keeps_settings_and_relinks_deps(
     published: dict[str, Any], function_dir: Path, layers: Path
 ) -> None:
@@ -391,10 +441,59 @@ def test_trigger_errors(live: dict[str, Any], args: list[str], message: str) -> 
     assert result.output == message
 
 
-def test_trigger_bad_destination_is_a_usage_error() -> None:
-    result = run("trigger", "--function", "scorer", "--stream", "s", "--on-failure", "queue")
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "queue",
+        "arn:aws:s3:us-east-1:123456789012:bucket",  # a bucket ARN has no region or account
+        "arn:aws:s3:::bucket/prefix",
+        "arn:aws:sqs:::scorer-failures",  # a queue ARN has both
+        "arn:aws:lambda:us-east-1:123456789012:function:f",
+    ],
+)
+def test_trigger_bad_destination_is_a_usage_error(destination: str) -> None:
+    result = run("trigger", "--function", "scorer", "--stream", "s", "--on-failure", destination)
     assert result.exit_code == 2
-    assert "'queue' is not an SQS queue, SNS topic or S3 bucket ARN" in result.output
+    assert f"'{destination}' is not an SQS queue, SNS topic or S3 bucket ARN" in result.output
+
+
+def test_trigger_with_an_s3_on_failure_destination(live: dict[str, Any]) -> None:
+    stream = _kinesis(live)
+
+    result = run(
+        "trigger", "--function", "scorer", "--alias", "live", "--stream", stream,
+        "--on-failure", "arn:aws:s3:::scorer-failures",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    [mapping] = _mappings(live, stream)
+    assert mapping["DestinationConfig"] == {
+        "OnFailure": {"Destination": "arn:aws:s3:::scorer-failures"}
+    }
+    assert (
+        "  OnFailure: arn:aws:s3:::scorer-failures (S3: the whole batch given up on, records "
+        "and metadata, one object each; the execution role needs s3:PutObject and "
+        "s3:ListBucket)"
+    ) in result.output.splitlines()
+
+
+def test_trigger_says_what_its_on_failure_choice_keeps(live: dict[str, Any]) -> None:
+    stream = _kinesis(live)
+    result = run("trigger", "--function", "scorer", "--stream", stream)
+    assert result.exit_code == 0, result.output
+    assert (
+        "  OnFailure: none (a batch given up on after the retries or past the record age is "
+        "discarded; --on-failure arn:aws:s3:::BUCKET keeps it whole)"
+    ) in result.output.splitlines()
+
+    queue = "arn:aws:sqs:us-east-1:123456789012:scorer-failures"
+    result = run("trigger", "--function", "scorer", "--stream", stream, "--on-failure", queue)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"  OnFailure: {queue} (SQS: only the metadata of a batch given up on (shard, sequence "
+        "numbers); its records stay in the stream until they expire. --on-failure "
+        "arn:aws:s3:::BUCKET keeps them whole)"
+    ) in result.output.splitlines()
 
 
 def test_trigger_unknown_function(aws: dict[str, Any]) -> None:

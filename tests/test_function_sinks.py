@@ -191,10 +191,13 @@ def test_unreachable_dead_letter_queue_reports_the_records(aws: None, text_model
     url = "https://sqs.us-east-1.amazonaws.com/123456789012/no-such-queue"
     event = bad_and_good(bad=2, good=1)
     run = invoke(event, MODEL_DIR=text_model_dir, DEAD_LETTER_QUEUE_URL=url)
-    assert run.failures == ["7000", "7001"]
+    # The first undeliverable dead letter and everything behind it: Lambda resends them all.
+    assert run.failures == ["7000", "7001", "7002"]
     assert run.response["counts"]["dead_lettered"] == 0
-    assert all(log["action"] == "reported in batchItemFailures" for log in run.bad_records)
-    assert all("dead_letter_error" in log for log in run.bad_records)
+    first, behind = run.bad_records
+    assert first["action"] == "reported in batchItemFailures"
+    assert first["dead_letter_error"].startswith("AWS.SimpleQueueService.NonExistentQueue")
+    assert behind["action"] == "reported in batchItemFailures (behind the first record to retry)"
 
 
 # --- partial failures, as AWS reports them (botocore Stubber) ----------------------------------
@@ -300,16 +303,23 @@ def test_put_records_failures_are_retried_then_reported() -> None:
     }
 
 
-def test_dead_letter_sender_faults_are_not_retried() -> None:
+def test_dead_letter_sender_fault_stops_the_letters_behind_it() -> None:
+    """A message SQS refuses for good is not retried, and the ones behind it are not retried
+    either: they are reported with it and resent by Lambda, so a retry now would send them
+    twice. Those SQS took in the same call are said to be sent."""
     sqs, stubber = stubbed("sqs")
     url = "https://sqs.us-east-1.amazonaws.com/123456789012/dlq"
-    messages = [
-        {"record_id": f"r{i}", "sequence_number": str(i), "reason": "bad"} for i in range(3)
+    letters = [
+        sinks.Letter({"record_id": f"r{i}", "sequence_number": str(i), "reason": "bad"})
+        for i in range(4)
     ]
     stubber.add_response(
         "send_message_batch",
         {
-            "Successful": [{"Id": "0", "MessageId": "m0", "MD5OfMessageBody": "x"}],
+            "Successful": [
+                {"Id": "0", "MessageId": "m0", "MD5OfMessageBody": "x"},
+                {"Id": "3", "MessageId": "m3", "MD5OfMessageBody": "x"},
+            ],
             "Failed": [
                 {
                     "Id": "1",
@@ -320,21 +330,49 @@ def test_dead_letter_sender_faults_are_not_retried() -> None:
                 {"Id": "2", "SenderFault": False, "Code": "InternalError", "Message": "try again"},
             ],
         },
+        {"QueueUrl": url, "Entries": [{"Id": str(i), "MessageBody": ANY} for i in range(4)]},
+    )
+    with stubber:
+        result = sinks.dead_letter(url, letters, sqs=sqs, sleep=no_sleep)
+    stubber.assert_no_pending_responses()
+    assert (result.failed_at, result.error) == (1, "InvalidParameterValue: too big")
+    assert result.sent == {0: "queue", 3: "queue"}
+
+
+def test_dead_letter_transient_failures_are_retried() -> None:
+    sqs, stubber = stubbed("sqs")
+    url = "https://sqs.us-east-1.amazonaws.com/123456789012/dlq"
+    letters = [sinks.Letter({"record_id": f"r{i}", "reason": "bad"}) for i in range(3)]
+    stubber.add_response(
+        "send_message_batch",
+        {
+            "Successful": [{"Id": "0", "MessageId": "m0", "MD5OfMessageBody": "x"}],
+            "Failed": [
+                {"Id": "1", "SenderFault": False, "Code": "InternalError", "Message": "again"},
+                {"Id": "2", "SenderFault": False, "Code": "InternalError", "Message": "again"},
+            ],
+        },
         {"QueueUrl": url, "Entries": [{"Id": str(i), "MessageBody": ANY} for i in range(3)]},
     )
     stubber.add_response(
         "send_message_batch",
-        {"Successful": [{"Id": "2", "MessageId": "m2", "MD5OfMessageBody": "x"}], "Failed": []},
-        {"QueueUrl": url, "Entries": [{"Id": "2", "MessageBody": ANY}]},
+        {
+            "Successful": [
+                {"Id": str(i), "MessageId": "m", "MD5OfMessageBody": "x"} for i in (1, 2)
+            ],
+            "Failed": [],
+        },
+        {"QueueUrl": url, "Entries": [{"Id": str(i), "MessageBody": ANY} for i in (1, 2)]},
     )
     with stubber:
-        failures = sinks.dead_letter(url, messages, sqs=sqs, sleep=no_sleep)
+        result = sinks.dead_letter(url, letters, sqs=sqs, sleep=no_sleep)
     stubber.assert_no_pending_responses()
-    assert failures == {1: "InvalidParameterValue: too big"}
+    assert result.failed_at is None
+    assert result.sent == {0: "queue", 1: "queue", 2: "queue"}
 
 
 def test_dead_letter_chunks_respect_count_and_size() -> None:
-    small, large = "x" * 100, "y" * 200_000
+    small, large = b"x" * 100, b"y" * 200_000
     chunks = sinks._queue_chunks([small] * 11 + [large, large])
     assert chunks == [list(range(10)), [10, 11], [12]]
 
@@ -353,10 +391,13 @@ def test_handler_reports_partial_sink_failures_by_sequence_number(
         stubber.add_response(
             "batch_write_item", {"UnprocessedItems": {TABLE: [stuck]}}, {"RequestItems": ANY}
         )
-    monkeypatch.setattr(sinks, "client", lambda service: dynamodb)
+    monkeypatch.setattr(sinks, "client", lambda service, deadline: dynamodb)
     monkeypatch.setattr(sinks, "BACKOFF_S", 0.0)
     with stubber:
         run = invoke(event, MODEL_DIR=text_model_dir, OUTPUT_TABLE=TABLE)
-    assert run.failures == [sequence_numbers[1]]
+    # The stuck record and every record behind it: Lambda retries from the stuck one.
+    assert run.failures == sequence_numbers[1:]
     assert run.response["counts"]["predicted"] == 4
-    assert run.response["counts"]["failed"] == 1
+    assert run.response["counts"]["failed"] == 3
+    (stop,) = [log for log in run.logs if log["message"] == "retry from here"]
+    assert (stop["itemIdentifier"], stop["reported"]) == (sequence_numbers[1], 3)

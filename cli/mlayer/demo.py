@@ -346,7 +346,12 @@ def _pipeline(
         arch=arch,
         memory_mb=None,
         timeout_s=None,
-        environment={"OUTPUT_TABLE": table, "DEAD_LETTER_QUEUE_URL": dlq_url},
+        # Bad records too large for a queue message go whole to the artifacts bucket.
+        environment={
+            "OUTPUT_TABLE": table,
+            "DEAD_LETTER_QUEUE_URL": dlq_url,
+            "DEAD_LETTER_BUCKET": bucket,
+        },
         deps_layer=deps_layer,
         model_layer=model_layer,
         layers_dir=layers_dir,

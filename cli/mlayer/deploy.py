@@ -48,6 +48,10 @@ DEFAULT_MEMORY_MB = 512
 # A batch of 100 predicts in milliseconds; 60 s leaves room for a cold start and slow sinks.
 DEFAULT_TIMEOUT_S = 60
 LOCAL_ROLE_NAME = "mlayer-local-lambda-role"
+# The function's dead-letter settings (function/sinks.py holds the same figures: the function
+# ships alone and cannot import them from here).
+DEAD_LETTER_MAX_BYTES = 262_144
+DEAD_LETTER_MAX_BYTES_RANGE = (1_024, 1_048_576)
 # Not shipped: bytecode of the build machine's Python, test and tool caches.
 _SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", "tests"}
 _SKIP_SUFFIXES = (".pyc", ".pyo")
@@ -75,6 +79,7 @@ class Deployment:
     alias: str | None = None
     function_version: str | None = None
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -261,6 +266,8 @@ def deploy_function(
         else:
             env[key] = value
 
+    warnings = dead_letter_warnings(env)
+
     description = function_description(code.sha256, code.unzipped_bytes)
     planned = dict(existing or {})
     planned.update({"FunctionName": name, "Description": description})
@@ -340,10 +347,49 @@ def deploy_function(
         code_changed=code_changed,
         budget=budget,
         notes=notes,
+        warnings=warnings,
     )
     if alias:
         _point_alias(lam, name, alias, model_layer, layers, deployment, pace)
     return deployment
+
+
+def dead_letter_warnings(env: dict[str, str]) -> list[str]:
+    """What the function's environment leaves unprotected, said before a record is lost.
+
+    Raises:
+        ConfigError: DEAD_LETTER_MAX_BYTES is not a whole number from 1,024 to 1,048,576.
+    """
+    value = env.get("DEAD_LETTER_MAX_BYTES")
+    max_bytes = DEAD_LETTER_MAX_BYTES
+    if value is not None:
+        low, high = DEAD_LETTER_MAX_BYTES_RANGE
+        if not value.isdigit() or not low <= int(value) <= high:
+            raise ConfigError(
+                f"DEAD_LETTER_MAX_BYTES={value} is not a whole number of bytes from {low:,} to "
+                f"{high:,}: set it to the dead-letter queue's MaximumMessageSize (aws sqs "
+                "get-queue-attributes --attribute-names MaximumMessageSize), or remove it "
+                f"(--env DEAD_LETTER_MAX_BYTES=) for {DEAD_LETTER_MAX_BYTES:,}"
+            )
+        max_bytes = int(value)
+    if env.get("DEAD_LETTER_QUEUE_URL") and not env.get("DEAD_LETTER_BUCKET"):
+        return [
+            "DEAD_LETTER_QUEUE_URL is set but DEAD_LETTER_BUCKET is not: a bad record whose "
+            f"dead-letter message is over {max_bytes:,} bytes (DEAD_LETTER_MAX_BYTES; a "
+            f"Kinesis record of about {round(_record_bytes_for(max_bytes) / 1000):,} KB or more) "
+            "cannot be dead-lettered, so it is "
+            "reported in batchItemFailures, blocks its shard through the trigger's retries "
+            "and is then kept only by the trigger's on-failure destination (none by default). "
+            "Set --env DEAD_LETTER_BUCKET=BUCKET (the role needs s3:PutObject on it) to keep "
+            "such records whole in S3, with a pointer in the queue"
+        ]
+    return []
+
+
+def _record_bytes_for(message_bytes: int) -> int:
+    # A Kinesis dead letter carries the record's data in base64 (4/3) plus about 1,000 bytes
+    # of envelope and reason (measured: 196,000 bytes of data make a 262,201-byte message).
+    return max(0, (message_bytes - 1_000) * 3 // 4)
 
 
 def _point_alias(
@@ -425,6 +471,47 @@ class TriggerSettings:
 
 
 DEFAULT_TRIGGER = TriggerSettings()
+
+
+def on_failure_kind(arn: str) -> str | None:
+    """ "s3", "sqs" or "sns" for an on-failure destination ARN Lambda accepts from a stream
+    mapping; None for anything else.
+
+    An S3 bucket ARN has no region or account (``arn:aws:s3:::BUCKET``); a queue or topic
+    ARN has both (``arn:aws:sqs:REGION:ACCOUNT:NAME``).
+    """
+    parts = arn.split(":")
+    if len(parts) != 6 or parts[0] != "arn" or not parts[1].startswith("aws"):
+        return None
+    service, region, account, resource = parts[2:]
+    if service == "s3":
+        bucket_ok = 3 <= len(resource) <= 63 and "/" not in resource
+        return "s3" if not region and not account and bucket_ok else None
+    if service in ("sqs", "sns") and region and account.isdigit() and len(account) == 12:
+        return service if resource else None
+    return None
+
+
+def describe_on_failure(arn: str | None) -> str:
+    """What the trigger's on-failure destination keeps of a batch Lambda gives up on."""
+    kind = on_failure_kind(arn) if arn else None
+    if kind == "s3":
+        return (
+            f"{arn} (S3: the whole batch given up on, records and metadata, one object each; "
+            "the execution role needs s3:PutObject and s3:ListBucket)"
+        )
+    if kind in ("sqs", "sns"):
+        return (
+            f"{arn} ({kind.upper()}: only the metadata of a batch given up on (shard, sequence "
+            "numbers); its records stay in the stream until they expire. "
+            "--on-failure arn:aws:s3:::BUCKET keeps them whole)"
+        )
+    if arn:
+        return arn
+    return (
+        "none (a batch given up on after the retries or past the record age is discarded; "
+        "--on-failure arn:aws:s3:::BUCKET keeps it whole)"
+    )
 
 
 @dataclass

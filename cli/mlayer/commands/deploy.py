@@ -24,17 +24,17 @@ def _env_pairs(
 
 
 def _destination(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    parts = value.split(":")
-    if len(parts) < 6 or parts[0] != "arn" or parts[2] not in ("sqs", "sns", "s3"):
-        raise click.BadParameter(
-            f"{value!r} is not an SQS queue, SNS topic or S3 bucket ARN "
-            "(e.g. arn:aws:sqs:us-east-1:123456789012:scorer-failures)",
-            ctx=ctx,
-            param=param,
-        )
-    return value
+    from mlayer.deploy import on_failure_kind
+
+    if value is None or on_failure_kind(value):
+        return value
+    raise click.BadParameter(
+        f"{value!r} is not an SQS queue, SNS topic or S3 bucket ARN "
+        "(e.g. arn:aws:s3:::scorer-failures, which keeps the records, or "
+        "arn:aws:sqs:us-east-1:123456789012:scorer-failures)",
+        ctx=ctx,
+        param=param,
+    )
 
 
 def _require_function(function: str | None) -> str:
@@ -76,7 +76,8 @@ def _require_function(function: str | None) -> str:
     metavar="KEY=VALUE",
     callback=_env_pairs,
     help="Environment variable, repeatable (OUTPUT_TABLE, OUTPUT_STREAM, DEAD_LETTER_QUEUE_URL, "
-    "INPUT_FIELD, ...); merged into the existing ones, KEY= removes one.",
+    "DEAD_LETTER_BUCKET, DEAD_LETTER_MAX_BYTES, INPUT_FIELD, ...); merged into the existing ones, "
+    "KEY= removes one.",
 )
 @options.deps_layer
 @options.model_layer
@@ -154,6 +155,8 @@ def deploy_function(
         click.echo(f"  alias {result.alias} -> version {result.function_version}")
     for note in result.notes:
         click.echo(f"Note: {note}")
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}")
 
 
 @click.command()
@@ -223,7 +226,8 @@ def deploy_function(
     "--on-failure",
     metavar="ARN",
     callback=_destination,
-    help="SQS queue or SNS topic (or S3 bucket) receiving the metadata of batches given up on.",
+    help="Where batches given up on go: an S3 bucket (arn:aws:s3:::BUCKET) keeps their records "
+    "and metadata; an SQS queue or SNS topic only their metadata.",
 )
 @click.option(
     "--report-failures/--no-report-failures",
@@ -260,9 +264,9 @@ def trigger(
     Example:
       mlayer trigger --function scorer --alias live --stream arn:aws:kinesis:...:stream/reviews
       mlayer trigger --function scorer --alias live --stream reviews-table \\
-        --on-failure arn:aws:sqs:us-east-1:123456789012:scorer-failures
+        --on-failure arn:aws:s3:::scorer-failures
     """
-    from mlayer.deploy import TriggerSettings
+    from mlayer.deploy import TriggerSettings, describe_on_failure
     from mlayer.deploy import trigger as make_trigger
 
     function = _require_function(function)
@@ -305,7 +309,7 @@ def trigger(
         ("BisectBatchOnFunctionError", m.get("BisectBatchOnFunctionError")),
         ("MaximumRetryAttempts", m.get("MaximumRetryAttempts")),
         ("MaximumRecordAgeInSeconds", m.get("MaximumRecordAgeInSeconds")),
-        ("OnFailure", on_failure_dest),
+        ("OnFailure", describe_on_failure(on_failure_dest)),
     ]
     for key, value in rows:
         if value is not None:

@@ -6,6 +6,7 @@ Also: dedupe, S3 uploads over 50 MB, the 5-layer limit and the 250 MB budget, th
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -17,10 +18,12 @@ import pytest
 from botocore.stub import Stubber
 from click.testing import CliRunner, Result
 from fake_layers import (
+    carries,
     create_function,
     layer_list,
     layer_version_arn,
     publish_raw_layer,
+    recorded,
     write_deps_build,
     write_model_build,
 )
@@ -31,13 +34,18 @@ from mlayer.cli import cli
 from mlayer.errors import BudgetError
 from mlayer.publish import (
     Pace,
+    VersionRecord,
     deps_description,
     direct_request_bytes,
     model_description,
+    model_identity,
     parse_description,
     parse_layer_arn,
+    parse_version_description,
+    parse_version_record,
     relinked,
     update_configuration,
+    version_description,
 )
 
 ACCOUNT = "123456789012"
@@ -97,6 +105,53 @@ def test_descriptions_round_trip() -> None:
     )
     assert parse_description("some other layer") is None
     assert parse_description(None) is None
+
+
+def test_model_identity_is_the_content_not_the_build() -> None:
+    files = {"sentiment.joblib": "a" * 64, "metadata.json": "b" * 64}
+    manifest: dict[str, Any] = {
+        "name": "sentiment",
+        "version": 3,
+        "files": files,
+        "input": {"kind": "text", "field": "text"},
+        "stages": ["sentiment.joblib"],
+        "labels": ["negative", "positive"],
+        "created": "2026-11-23T06:00:00Z",
+    }
+    content = {
+        "files": {"sentiment.joblib": "a" * 64},
+        "input": {"kind": "text", "field": "text"},
+        "labels": ["negative", "positive"],
+        "stages": ["sentiment.joblib"],
+    }
+    expected = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    assert model_identity(manifest) == expected
+    # Another build number, a retrained metadata.json timestamp: the same model.
+    rebuilt = {**manifest, "version": 9, "files": {**files, "metadata.json": "c" * 64}}
+    assert model_identity(rebuilt) == expected
+    # Another model file, input schema or label: another model.
+    for change in (
+        {"files": {"sentiment.joblib": "d" * 64}},
+        {"input": {"kind": "text", "field": "body"}},
+        {"labels": ["neg", "pos"]},
+    ):
+        assert model_identity({**manifest, **change}) != expected
+
+
+def test_descriptions_record_identity_and_old_ones_still_parse() -> None:
+    new = model_description("sentiment", 7, "b" * 64, 456, "c" * 64)
+    assert new == f"mlayer model sentiment v7 sha256={'b' * 64} unzipped=456 identity={'c' * 64}"
+    record = parse_description(new)
+    assert record is not None and record.identity == "c" * 64
+    old = parse_description(f"mlayer model sentiment v7 sha256={'b' * 64} unzipped=456")
+    assert old is not None and (old.version, old.identity) == (7, None)
+
+    carried = version_description("sentiment", 7, "b" * 64, "c" * 64)
+    assert carried == f"mlayer model sentiment v7 sha256={'b' * 64} identity={'c' * 64}"
+    assert parse_version_record(carried) == VersionRecord("sentiment", 7, "b" * 64, "c" * 64)
+    assert parse_version_record("mlayer model sentiment v7") == VersionRecord("sentiment", 7)
+    assert parse_version_description(carried) == ("sentiment", 7)
+    assert parse_version_record("mlayer deploy-function") is None
 
 
 @pytest.mark.parametrize(
@@ -272,9 +327,10 @@ def test_publish_model_relinks_only_the_model_layer(deployed: dict[str, Any], la
         "Model: sentiment v1 (layer version 1) -> sentiment v2 (layer version 2)" in second.output
     )
     description = lam.get_layer_version(LayerName="scorer-model", VersionNumber=2)["Description"]
-    sidecar = json.loads(v2.with_suffix(".json").read_text())
+    sidecar = recorded(v2)
     assert description == (
         f"mlayer model sentiment v2 sha256={sidecar['sha256']} unzipped={sidecar['unzipped_bytes']}"
+        f" identity={sidecar['identity']}"
     )
 
 
@@ -297,20 +353,38 @@ def test_publish_model_keeps_other_layers_and_their_order(
     assert layer_list(lam, "scorer") == [other, model_v2, deps_arn(lam), extra]
 
 
-def test_publish_model_twice_creates_one_version(deployed: dict[str, Any], layers: Path) -> None:
+@pytest.mark.parametrize(
+    ("again_version", "alias"),
+    [(1, True), (4, True), (4, False)],
+    ids=["same-zip-alias", "another-build-of-it-alias", "another-build-of-it-latest"],
+)
+def test_publishing_the_live_model_again_is_a_no_op(
+    deployed: dict[str, Any], layers: Path, again_version: int, alias: bool
+) -> None:
+    """Given sentiment v1 live; when the same zip, or another build of the same model
+    content (v4: same files and input, another build number and zip), is published; then
+    nothing changes in AWS and the command says so."""
     lam = deployed["lambda"]
-    v1 = write_model_build(layers, 1)
-    run("publish-model", str(v1), "--function", "scorer", "--alias", "live")
+    flags = ["--alias", "live"] if alias else []
+    v1 = write_model_build(layers, 1, content="A")
+    assert run("publish-model", str(v1), "--function", "scorer", *flags).exit_code == 0
+    before = layer_list(lam, "scorer")
 
-    again = run("publish-model", str(v1), "--function", "scorer", "--alias", "live")
+    again_zip = write_model_build(layers, again_version, content="A")
+    again = run("publish-model", str(again_zip), "--function", "scorer", *flags)
 
     assert again.exit_code == 0, again.output
-    assert "Reused scorer-model version 1: identical content" in again.output
-    assert f"scorer already links {layer_version_arn(lam, 'scorer-model', 1)}" in again.output
-    assert "alias live already serves function version 1" in again.output
+    where = "alias live" if alias else "scorer $LATEST"
+    assert again.output == (
+        f"unchanged: sentiment v1 is live with this content ({where}, scorer-model version 1); "
+        "nothing was published or relinked.\n"
+    )
     assert len(lam.list_layer_versions(LayerName="scorer-model")["LayerVersions"]) == 1
+    assert layer_list(lam, "scorer") == before
     versions = lam.list_versions_by_function(FunctionName="scorer")["Versions"]
-    assert [v["Version"] for v in versions] == ["$LATEST", "1"]
+    assert [v["Version"] for v in versions] == (["$LATEST", "1"] if alias else ["$LATEST"])
+    if alias:
+        assert lam.get_alias(FunctionName="scorer", Name="live")["FunctionVersion"] == "1"
 
 
 def test_publish_model_without_argument_takes_the_newest_build(
@@ -373,8 +447,8 @@ def test_publish_model_with_alias_publishes_versions_and_moves_the_alias(
         v["Version"]: v["Description"]
         for v in lam.list_versions_by_function(FunctionName="scorer")["Versions"]
     }
-    assert descriptions["1"] == "mlayer model sentiment v1"
-    assert descriptions["2"] == "mlayer model sentiment v2"
+    assert descriptions["1"] == carries(layers / "model-sentiment-v1.zip")
+    assert descriptions["2"] == carries(layers / "model-sentiment-v2.zip")
 
 
 def test_canary_routes_a_share_then_promote_completes_it(
@@ -598,7 +672,10 @@ def test_not_a_layer_zip_is_refused(aws: dict[str, Any], tmp_path: Path) -> None
     bad.write_bytes(b"not a zip")
     result = run("publish-model", str(bad), "--function", "scorer")
     assert result.exit_code == 1
-    assert result.output == f"Error: {bad} is not a zip file: File is not a zip file\n"
+    assert result.output == (
+        f"Error: {bad} is not a zip file: File is not a zip file; rebuild it with mlayer "
+        "build-model (or mlayer build-deps)\n"
+    )
 
 
 def test_tampered_build_is_refused(aws: dict[str, Any], layers: Path) -> None:

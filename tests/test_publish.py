@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -676,6 +678,114 @@ def test_not_a_layer_zip_is_refused(aws: dict[str, Any], tmp_path: Path) -> None
         f"Error: {bad} is not a zip file: File is not a zip file; rebuild it with mlayer "
         "build-model (or mlayer build-deps)\n"
     )
+
+
+GOOD_JOBLIB = b"model sentiment v1"
+GOOD_MANIFEST = {
+    "name": "sentiment",
+    "version": 1,
+    "stages": ["sentiment.joblib"],
+    "input": {"kind": "text", "field": "text"},
+    "files": {"sentiment.joblib": hashlib.sha256(GOOD_JOBLIB).hexdigest()},
+}
+REBUILD = "rebuild it with mlayer build-model (it writes regular files under one root folder only)"
+UNSAFE = "is not safe to publish: entry"
+INVALID = "model/manifest.json in {zip} "
+FIX = "; rebuild the layer with mlayer build-model"
+
+
+def _hostile_zip(path: Path, case: str) -> Path:
+    """A model layer zip, valid but for ``case``: (name, bytes, Unix mode) entries."""
+    manifest = json.dumps(GOOD_MANIFEST).encode()
+    entries: list[tuple[str, bytes, int]] = [
+        ("model/sentiment.joblib", GOOD_JOBLIB, 0o100644),
+        ("model/manifest.json", manifest, 0o100644),
+    ]
+    if case == "dot-dot":
+        entries.append(("model/../../var/task/lambda_function.py", b"evil", 0o100644))
+    elif case == "absolute":
+        entries.append(("/opt/python/sklearn/__init__.py", b"evil", 0o100644))
+    elif case == "symlink":
+        entries.append(("model/etc", b"/etc", 0o120777))
+    elif case == "symlinked-directory":
+        entries.append(("model/task", b"/var/task", 0o120777))
+        entries.append(("model/task/lambda_function.py", b"evil", 0o100644))
+    elif case == "duplicate":
+        entries.append(("model/sentiment.joblib", b"other pickle", 0o100644))
+    elif case == "outside-model":
+        entries.append(("python/sklearn/__init__.py", b"evil", 0o100644))
+    elif case == "not-json":
+        entries[1] = ("model/manifest.json", b"{not json", 0o100644)
+    elif case in ("version-abc", "version-zero", "missing-file", "sha-mismatch"):
+        changed = dict(GOOD_MANIFEST)
+        if case == "version-abc":
+            changed["version"] = "abc"
+        elif case == "version-zero":
+            changed["version"] = 0
+        elif case == "missing-file":
+            changed["files"] = {**GOOD_MANIFEST["files"], "vectorizer.joblib": "0" * 64}  # type: ignore[dict-item]
+        else:
+            entries[0] = ("model/sentiment.joblib", b"swapped pickle", 0o100644)
+        entries[1] = ("model/manifest.json", json.dumps(changed).encode(), 0o100644)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as zf:
+        warnings.simplefilter("ignore")  # "Duplicate name": wanted here
+        for name, data, mode in entries:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return path
+
+
+HOSTILE = [
+    ("dot-dot", f"{UNSAFE} 'model/../../var/task/lambda_function.py' climbs out of the zip's root (a '..' component), and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("absolute", f"{UNSAFE} '/opt/python/sklearn/__init__.py' is an absolute path, and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("symlink", f"{UNSAFE} 'model/etc' is a symbolic link, and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("symlinked-directory", f"{UNSAFE} 'model/task' is a symbolic link, and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("duplicate", f"{UNSAFE} 'model/sentiment.joblib' is in the zip twice (duplicate names), and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("outside-model", f"{UNSAFE} 'python/sklearn/__init__.py' is outside model/, where a model layer keeps everything (anything else in /opt could shadow the dependency layer); rebuild it with mlayer build-model"),
+    ("not-json", INVALID + "is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))" + FIX),
+    ("version-abc", INVALID + "has version 'abc': it must be a positive integer (the N of vN)" + FIX),
+    ("version-zero", INVALID + "has version 0: it must be a positive integer (the N of vN)" + FIX),
+    ("missing-file", INVALID + "lists 'vectorizer.joblib', which is not in the zip (model/vectorizer.joblib)" + FIX),
+    ("sha-mismatch", "model/sentiment.joblib in {zip} has sha256 " + hashlib.sha256(b"swapped pickle").hexdigest()[:12] + "…, but model/manifest.json records " + GOOD_MANIFEST["files"]["sentiment.joblib"][:12] + "…: the zip was changed after it was built" + FIX),  # type: ignore[index]
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "message"), [pytest.param(case, message, id=case) for case, message in HOSTILE]
+)
+def test_a_hostile_or_broken_model_zip_is_refused_before_anything_is_published(
+    deployed: dict[str, Any], tmp_path: Path, case: str, message: str
+) -> None:
+    """Given a function on the deps layer; when publish-model is given a zip that would
+    unpack outside its root, or whose manifest is broken; then one Error: line names the
+    problem and the fix, and nothing changed in AWS."""
+    lam = deployed["lambda"]
+    before = layer_list(lam, "scorer")
+    zip_path = _hostile_zip(tmp_path / "upload" / f"{case}.zip", case)
+
+    result = run("publish-model", str(zip_path), "--function", "scorer", "--alias", "live")
+
+    assert result.exit_code == 1, result.output
+    if message.startswith(UNSAFE):
+        message = "{zip} " + message
+    assert result.output == "Error: " + message.format(zip=zip_path) + "\n"
+    assert layer_list(lam, "scorer") == before
+    assert lam.list_layer_versions(LayerName="scorer-model")["LayerVersions"] == []
+    assert lam.list_aliases(FunctionName="scorer")["Aliases"] == []
+    versions = lam.list_versions_by_function(FunctionName="scorer")["Versions"]
+    assert [v["Version"] for v in versions] == ["$LATEST"]
+
+
+def test_a_well_formed_hand_made_zip_is_published(deployed: dict[str, Any], tmp_path: Path) -> None:
+    """The same hand-made zip without the hostile entry goes through: the checks refuse
+    only what they name."""
+    zip_path = _hostile_zip(tmp_path / "upload" / "good.zip", "none")
+    result = run("publish-model", str(zip_path), "--function", "scorer")
+    assert result.exit_code == 0, result.output
+    assert layer_list(deployed["lambda"], "scorer")[-1].endswith(":layer:scorer-model:1")
 
 
 def test_tampered_build_is_refused(aws: dict[str, Any], layers: Path) -> None:

@@ -19,6 +19,7 @@ from fake_layers import (
 
 from mlayer.aws import AwsSettings
 from mlayer.cli import cli
+from mlayer.local.resolve import local_builds, resolve_layer
 from mlayer.publish import model_description
 
 SCORER_LIVE = ("--function", "scorer", "--alias", "live")
@@ -389,3 +390,58 @@ def test_rollback_with_only_a_copy_of_the_live_model_is_refused(lam: Any, layers
         "move to another one\n"
     )
     assert layer_list(lam, "scorer") == [deps(lam), model(lam, 1)]
+
+
+# ---------------------------------------------------------------------------- local runs
+
+
+def _rolled_back_to_a_deleted_layer(lam: Any, layers: Path) -> dict[str, Any]:
+    """Given v1 then v2 behind alias live, layer version 1 deleted, then a rollback: the alias
+    serves function version 1, which links the deleted layer version. Returns its link."""
+    publish_model(layers, 1, "--alias", "live")
+    publish_model(layers, 2, "--alias", "live")
+    lam.delete_layer_version(LayerName="scorer-model", VersionNumber=1)
+    assert run("rollback", "--function", "scorer", "--alias", "live").exit_code == 0
+    config = lam.get_function_configuration(FunctionName="scorer", Qualifier="live")
+    [link] = [layer for layer in config["Layers"] if ":layer:scorer-model:" in layer["Arn"]]
+    assert link["Arn"].endswith(":scorer-model:1")
+    return {"link": link, "description": config["Description"]}
+
+
+def test_a_deleted_layer_version_is_run_from_its_local_build(lam: Any, layers: Path) -> None:
+    given = _rolled_back_to_a_deleted_layer(lam, layers)
+
+    resolved = resolve_layer(
+        lam,
+        given["link"]["Arn"],
+        layers,
+        local_builds(layers),
+        carried=given["description"],
+        code_size=given["link"].get("CodeSize"),
+    )
+
+    assert resolved.zip_path == layers / "model-sentiment-v1.zip"
+    assert resolved.sha256 == recorded(layers / "model-sentiment-v1.zip")["sha256"]
+    assert resolved.source == f"local build {resolved.zip_path} (layer version deleted)"
+
+
+def test_invoke_of_a_deleted_layer_version_without_its_build_names_the_fix(
+    lam: Any, layers: Path, root: Path
+) -> None:
+    given = _rolled_back_to_a_deleted_layer(lam, layers)
+    sha256 = recorded(layers / "model-sentiment-v1.zip")["sha256"]
+    (layers / "model-sentiment-v1.zip").unlink()
+
+    result = run(
+        "invoke", "--function", "scorer", "--alias", "live", "--layers-dir", str(layers),
+        "--function-dir", str(root / "function"), "--local-code",
+    )  # fmt: skip
+
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: layer version {given['link']['Arn']} linked to the function was deleted, so "
+        f"its content cannot be fetched; put the build of model sentiment v1 (sha256 "
+        f"{sha256[:12]}…) back in {layers}/ or pass --layers-dir with the directory that holds "
+        "it; else rebuild it (`mlayer build-model MODEL_DIR --version 1`) and publish it again "
+        "(mlayer publish-model)\n"
+    )

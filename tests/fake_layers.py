@@ -76,10 +76,22 @@ def write_deps_build(
 
 
 def write_model_build(
-    layers_dir: Path, version: int, name: str = "sentiment", *, weights: str | None = None
+    layers_dir: Path,
+    version: int,
+    name: str = "sentiment",
+    *,
+    weights: str | None = None,
+    content: str | None = None,
 ) -> Path:
-    """layers/model-<name>-v<N>.zip + .json with model/manifest.json inside."""
-    joblib_bytes = f"model {name} v{version} {weights or ''}".encode()
+    """layers/model-<name>-v<N>.zip + .json with model/manifest.json inside.
+
+    The model file differs per version unless ``content`` names it: builds with the same
+    ``content`` are the same model under other build numbers.
+    """
+    if content is not None:
+        joblib_bytes = f"model {name} {content}".encode()
+    else:
+        joblib_bytes = f"model {name} v{version} {weights or ''}".encode()
     metadata = {
         "name": name,
         "stages": [f"{name}.joblib"],
@@ -110,6 +122,24 @@ def write_model_build(
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
     return path
+
+
+def recorded(zip_path: Path) -> dict[str, Any]:
+    """The sidecar manifest of a fake build, with its model identity added."""
+    from mlayer.publish import model_identity
+
+    data: dict[str, Any] = json.loads(zip_path.with_suffix(".json").read_text())
+    data["identity"] = model_identity(data)
+    return data
+
+
+def carries(zip_path: Path) -> str:
+    """The Description publish-model gives a function version carrying this build."""
+    data = recorded(zip_path)
+    return (
+        f"mlayer model {data['name']} v{data['version']} sha256={data['sha256']} "
+        f"identity={data['identity']}"
+    )
 
 
 def role_arn(iam: Any) -> str:

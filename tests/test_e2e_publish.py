@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import joblib
 import pytest
 
 from mlayer.local.endpoint import LocalEndpoint, local_endpoint
@@ -122,11 +123,27 @@ def test_build_publish_deploy_roll_out_and_back(
             "--layers-dir", layers, "--runtime", "python3.11",
         )  # fmt: skip
         assert "Built " in out1 and "(model sentiment v1)" in out1
+        # v2: the same estimator saved again with compression: other bytes, another model.
+        # (The same files again would be no new model at all: see "unchanged" below.)
+        v2_dir = tmp_path / "model-v2"
+        shutil.copytree(text_model_dir, v2_dir)
+        joblib.dump(
+            joblib.load(v2_dir / "sentiment.joblib"), v2_dir / "sentiment.joblib", compress=3
+        )
         out2 = mlayer(
-            "publish-model", str(text_model_dir), "--function", "scorer", "--alias", "live",
+            "publish-model", str(v2_dir), "--function", "scorer", "--alias", "live",
             "--layers-dir", layers, "--runtime", "python3.11",
         )  # fmt: skip
         assert "Model: sentiment v1 (layer version 1) -> sentiment v2 (layer version 2)" in out2
+        again = mlayer(
+            "publish-model", str(v2_dir), "--function", "scorer", "--alias", "live",
+            "--layers-dir", layers, "--runtime", "python3.11",
+        )  # fmt: skip
+        assert again.endswith(
+            "unchanged: sentiment v2 is live with this content (alias live, scorer-model "
+            "version 2); nothing was published or relinked.\n"
+        )
+        assert len(lam.list_layer_versions(LayerName="scorer-model")["LayerVersions"]) == 2
         model_v1 = lam.get_layer_version(LayerName="scorer-model", VersionNumber=1)
         model_v2 = lam.get_layer_version(LayerName="scorer-model", VersionNumber=2)
         live = lam.get_alias(FunctionName="scorer", Name="live")["FunctionVersion"]

@@ -6,8 +6,11 @@ Also: dedupe, S3 uploads over 50 MB, the 5-layer limit and the 250 MB budget, th
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,12 @@ import pytest
 from botocore.stub import Stubber
 from click.testing import CliRunner, Result
 from fake_layers import (
+    carries,
     create_function,
     layer_list,
     layer_version_arn,
     publish_raw_layer,
+    recorded,
     write_deps_build,
     write_model_build,
 )
@@ -31,13 +36,18 @@ from mlayer.cli import cli
 from mlayer.errors import BudgetError
 from mlayer.publish import (
     Pace,
+    VersionRecord,
     deps_description,
     direct_request_bytes,
     model_description,
+    model_identity,
     parse_description,
     parse_layer_arn,
+    parse_version_description,
+    parse_version_record,
     relinked,
     update_configuration,
+    version_description,
 )
 
 ACCOUNT = "123456789012"
@@ -97,6 +107,53 @@ def test_descriptions_round_trip() -> None:
     )
     assert parse_description("some other layer") is None
     assert parse_description(None) is None
+
+
+def test_model_identity_is_the_content_not_the_build() -> None:
+    files = {"sentiment.joblib": "a" * 64, "metadata.json": "b" * 64}
+    manifest: dict[str, Any] = {
+        "name": "sentiment",
+        "version": 3,
+        "files": files,
+        "input": {"kind": "text", "field": "text"},
+        "stages": ["sentiment.joblib"],
+        "labels": ["negative", "positive"],
+        "created": "2026-11-23T06:00:00Z",
+    }
+    content = {
+        "files": {"sentiment.joblib": "a" * 64},
+        "input": {"kind": "text", "field": "text"},
+        "labels": ["negative", "positive"],
+        "stages": ["sentiment.joblib"],
+    }
+    expected = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    assert model_identity(manifest) == expected
+    # Another build number, a retrained metadata.json timestamp: the same model.
+    rebuilt = {**manifest, "version": 9, "files": {**files, "metadata.json": "c" * 64}}
+    assert model_identity(rebuilt) == expected
+    # Another model file, input schema or label: another model.
+    for change in (
+        {"files": {"sentiment.joblib": "d" * 64}},
+        {"input": {"kind": "text", "field": "body"}},
+        {"labels": ["neg", "pos"]},
+    ):
+        assert model_identity({**manifest, **change}) != expected
+
+
+def test_descriptions_record_identity_and_old_ones_still_parse() -> None:
+    new = model_description("sentiment", 7, "b" * 64, 456, "c" * 64)
+    assert new == f"mlayer model sentiment v7 sha256={'b' * 64} unzipped=456 identity={'c' * 64}"
+    record = parse_description(new)
+    assert record is not None and record.identity == "c" * 64
+    old = parse_description(f"mlayer model sentiment v7 sha256={'b' * 64} unzipped=456")
+    assert old is not None and (old.version, old.identity) == (7, None)
+
+    carried = version_description("sentiment", 7, "b" * 64, "c" * 64)
+    assert carried == f"mlayer model sentiment v7 sha256={'b' * 64} identity={'c' * 64}"
+    assert parse_version_record(carried) == VersionRecord("sentiment", 7, "b" * 64, "c" * 64)
+    assert parse_version_record("mlayer model sentiment v7") == VersionRecord("sentiment", 7)
+    assert parse_version_description(carried) == ("sentiment", 7)
+    assert parse_version_record("mlayer deploy-function") is None
 
 
 @pytest.mark.parametrize(
@@ -272,9 +329,10 @@ def test_publish_model_relinks_only_the_model_layer(deployed: dict[str, Any], la
         "Model: sentiment v1 (layer version 1) -> sentiment v2 (layer version 2)" in second.output
     )
     description = lam.get_layer_version(LayerName="scorer-model", VersionNumber=2)["Description"]
-    sidecar = json.loads(v2.with_suffix(".json").read_text())
+    sidecar = recorded(v2)
     assert description == (
         f"mlayer model sentiment v2 sha256={sidecar['sha256']} unzipped={sidecar['unzipped_bytes']}"
+        f" identity={sidecar['identity']}"
     )
 
 
@@ -297,20 +355,38 @@ def test_publish_model_keeps_other_layers_and_their_order(
     assert layer_list(lam, "scorer") == [other, model_v2, deps_arn(lam), extra]
 
 
-def test_publish_model_twice_creates_one_version(deployed: dict[str, Any], layers: Path) -> None:
+@pytest.mark.parametrize(
+    ("again_version", "alias"),
+    [(1, True), (4, True), (4, False)],
+    ids=["same-zip-alias", "another-build-of-it-alias", "another-build-of-it-latest"],
+)
+def test_publishing_the_live_model_again_is_a_no_op(
+    deployed: dict[str, Any], layers: Path, again_version: int, alias: bool
+) -> None:
+    """Given sentiment v1 live; when the same zip, or another build of the same model
+    content (v4: same files and input, another build number and zip), is published; then
+    nothing changes in AWS and the command says so."""
     lam = deployed["lambda"]
-    v1 = write_model_build(layers, 1)
-    run("publish-model", str(v1), "--function", "scorer", "--alias", "live")
+    flags = ["--alias", "live"] if alias else []
+    v1 = write_model_build(layers, 1, content="A")
+    assert run("publish-model", str(v1), "--function", "scorer", *flags).exit_code == 0
+    before = layer_list(lam, "scorer")
 
-    again = run("publish-model", str(v1), "--function", "scorer", "--alias", "live")
+    again_zip = write_model_build(layers, again_version, content="A")
+    again = run("publish-model", str(again_zip), "--function", "scorer", *flags)
 
     assert again.exit_code == 0, again.output
-    assert "Reused scorer-model version 1: identical content" in again.output
-    assert f"scorer already links {layer_version_arn(lam, 'scorer-model', 1)}" in again.output
-    assert "alias live already serves function version 1" in again.output
+    where = "alias live" if alias else "scorer $LATEST"
+    assert again.output == (
+        f"unchanged: sentiment v1 is live with this content ({where}, scorer-model version 1); "
+        "nothing was published or relinked.\n"
+    )
     assert len(lam.list_layer_versions(LayerName="scorer-model")["LayerVersions"]) == 1
+    assert layer_list(lam, "scorer") == before
     versions = lam.list_versions_by_function(FunctionName="scorer")["Versions"]
-    assert [v["Version"] for v in versions] == ["$LATEST", "1"]
+    assert [v["Version"] for v in versions] == (["$LATEST", "1"] if alias else ["$LATEST"])
+    if alias:
+        assert lam.get_alias(FunctionName="scorer", Name="live")["FunctionVersion"] == "1"
 
 
 def test_publish_model_without_argument_takes_the_newest_build(
@@ -373,8 +449,8 @@ def test_publish_model_with_alias_publishes_versions_and_moves_the_alias(
         v["Version"]: v["Description"]
         for v in lam.list_versions_by_function(FunctionName="scorer")["Versions"]
     }
-    assert descriptions["1"] == "mlayer model sentiment v1"
-    assert descriptions["2"] == "mlayer model sentiment v2"
+    assert descriptions["1"] == carries(layers / "model-sentiment-v1.zip")
+    assert descriptions["2"] == carries(layers / "model-sentiment-v2.zip")
 
 
 def test_canary_routes_a_share_then_promote_completes_it(
@@ -598,7 +674,118 @@ def test_not_a_layer_zip_is_refused(aws: dict[str, Any], tmp_path: Path) -> None
     bad.write_bytes(b"not a zip")
     result = run("publish-model", str(bad), "--function", "scorer")
     assert result.exit_code == 1
-    assert result.output == f"Error: {bad} is not a zip file: File is not a zip file\n"
+    assert result.output == (
+        f"Error: {bad} is not a zip file: File is not a zip file; rebuild it with mlayer "
+        "build-model (or mlayer build-deps)\n"
+    )
+
+
+GOOD_JOBLIB = b"model sentiment v1"
+GOOD_MANIFEST = {
+    "name": "sentiment",
+    "version": 1,
+    "stages": ["sentiment.joblib"],
+    "input": {"kind": "text", "field": "text"},
+    "files": {"sentiment.joblib": hashlib.sha256(GOOD_JOBLIB).hexdigest()},
+}
+REBUILD = "rebuild it with mlayer build-model (it writes regular files under one root folder only)"
+UNSAFE = "is not safe to publish: entry"
+INVALID = "model/manifest.json in {zip} "
+FIX = "; rebuild the layer with mlayer build-model"
+
+
+def _hostile_zip(path: Path, case: str) -> Path:
+    """A model layer zip, valid but for ``case``: (name, bytes, Unix mode) entries."""
+    manifest = json.dumps(GOOD_MANIFEST).encode()
+    entries: list[tuple[str, bytes, int]] = [
+        ("model/sentiment.joblib", GOOD_JOBLIB, 0o100644),
+        ("model/manifest.json", manifest, 0o100644),
+    ]
+    if case == "dot-dot":
+        entries.append(("model/../../var/task/lambda_function.py", b"evil", 0o100644))
+    elif case == "absolute":
+        entries.append(("/opt/python/sklearn/__init__.py", b"evil", 0o100644))
+    elif case == "symlink":
+        entries.append(("model/etc", b"/etc", 0o120777))
+    elif case == "symlinked-directory":
+        entries.append(("model/task", b"/var/task", 0o120777))
+        entries.append(("model/task/lambda_function.py", b"evil", 0o100644))
+    elif case == "duplicate":
+        entries.append(("model/sentiment.joblib", b"other pickle", 0o100644))
+    elif case == "outside-model":
+        entries.append(("python/sklearn/__init__.py", b"evil", 0o100644))
+    elif case == "not-json":
+        entries[1] = ("model/manifest.json", b"{not json", 0o100644)
+    elif case in ("version-abc", "version-zero", "missing-file", "sha-mismatch"):
+        changed = dict(GOOD_MANIFEST)
+        if case == "version-abc":
+            changed["version"] = "abc"
+        elif case == "version-zero":
+            changed["version"] = 0
+        elif case == "missing-file":
+            changed["files"] = {**GOOD_MANIFEST["files"], "vectorizer.joblib": "0" * 64}  # type: ignore[dict-item]
+        else:
+            entries[0] = ("model/sentiment.joblib", b"swapped pickle", 0o100644)
+        entries[1] = ("model/manifest.json", json.dumps(changed).encode(), 0o100644)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as zf:
+        warnings.simplefilter("ignore")  # "Duplicate name": wanted here
+        for name, data, mode in entries:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = mode << 16
+            zf.writestr(info, data)
+    return path
+
+
+HOSTILE = [
+    ("dot-dot", f"{UNSAFE} 'model/../../var/task/lambda_function.py' climbs out of the zip's root (a '..' component), and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("absolute", f"{UNSAFE} '/opt/python/sklearn/__init__.py' is an absolute path, and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("symlink", f"{UNSAFE} 'model/etc' is a symbolic link, and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("symlinked-directory", f"{UNSAFE} 'model/task' is a symbolic link, and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("duplicate", f"{UNSAFE} 'model/sentiment.joblib' is in the zip twice (duplicate names), and Lambda would unpack it into /opt as it is; {REBUILD}"),
+    ("outside-model", f"{UNSAFE} 'python/sklearn/__init__.py' is outside model/, where a model layer keeps everything (anything else in /opt could shadow the dependency layer); rebuild it with mlayer build-model"),
+    ("not-json", INVALID + "is not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))" + FIX),
+    ("version-abc", INVALID + "has version 'abc': it must be a positive integer (the N of vN)" + FIX),
+    ("version-zero", INVALID + "has version 0: it must be a positive integer (the N of vN)" + FIX),
+    ("missing-file", INVALID + "lists 'vectorizer.joblib', which is not in the zip (model/vectorizer.joblib)" + FIX),
+    ("sha-mismatch", "model/sentiment.joblib in {zip} has sha256 " + hashlib.sha256(b"swapped pickle").hexdigest()[:12] + "…, but model/manifest.json records " + GOOD_MANIFEST["files"]["sentiment.joblib"][:12] + "…: the zip was changed after it was built" + FIX),  # type: ignore[index]
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "message"), [pytest.param(case, message, id=case) for case, message in HOSTILE]
+)
+def test_a_hostile_or_broken_model_zip_is_refused_before_anything_is_published(
+    deployed: dict[str, Any], tmp_path: Path, case: str, message: str
+) -> None:
+    """Given a function on the deps layer; when publish-model is given a zip that would
+    unpack outside its root, or whose manifest is broken; then one Error: line names the
+    problem and the fix, and nothing changed in AWS."""
+    lam = deployed["lambda"]
+    before = layer_list(lam, "scorer")
+    zip_path = _hostile_zip(tmp_path / "upload" / f"{case}.zip", case)
+
+    result = run("publish-model", str(zip_path), "--function", "scorer", "--alias", "live")
+
+    assert result.exit_code == 1, result.output
+    if message.startswith(UNSAFE):
+        message = "{zip} " + message
+    assert result.output == "Error: " + message.format(zip=zip_path) + "\n"
+    assert layer_list(lam, "scorer") == before
+    assert lam.list_layer_versions(LayerName="scorer-model")["LayerVersions"] == []
+    assert lam.list_aliases(FunctionName="scorer")["Aliases"] == []
+    versions = lam.list_versions_by_function(FunctionName="scorer")["Versions"]
+    assert [v["Version"] for v in versions] == ["$LATEST"]
+
+
+def test_a_well_formed_hand_made_zip_is_published(deployed: dict[str, Any], tmp_path: Path) -> None:
+    """The same hand-made zip without the hostile entry goes through: the checks refuse
+    only what they name."""
+    zip_path = _hostile_zip(tmp_path / "upload" / "good.zip", "none")
+    result = run("publish-model", str(zip_path), "--function", "scorer")
+    assert result.exit_code == 0, result.output
+    assert layer_list(deployed["lambda"], "scorer")[-1].endswith(":layer:scorer-model:1")
 
 
 def test_tampered_build_is_refused(aws: dict[str, Any], layers: Path) -> None:

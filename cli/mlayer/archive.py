@@ -7,13 +7,17 @@ two modes (0o755 for executables, 0o644 otherwise), and nothing of the build mac
 mtime, umask, directory order) reaches the archive.
 
 The budget helpers are shared by ``build-deps`` / ``build-model`` (warn early) and the
-publish commands (refuse before calling AWS).
+publish commands (refuse before calling AWS). :func:`unsafe_entry` is what the publish
+commands check every entry of a zip with before anything reaches AWS: Lambda unpacks a
+layer into ``/opt`` as it is, so an entry that climbs out (``../``), is absolute, is a
+symlink or shadows another of the same name must never be published.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -108,6 +112,33 @@ def write_zip(
         unzipped_bytes=unzipped,
         files=len(pairs),
     )
+
+
+def unsafe_entry(infos: Iterable[zipfile.ZipInfo]) -> str | None:
+    """Why a zip's entries are not safe to unpack into ``/opt``, or None when they are.
+
+    Refused: an absolute name (``/x``, ``\\x``, ``C:x``), a ``..`` component, a symlink
+    (``S_IFLNK`` in the Unix mode of the external attributes), and two entries that unpack to
+    the same path (``a/x`` twice, or ``a/x`` and ``a/./x``). Returns the first problem found,
+    naming the entry.
+    """
+    seen: dict[str, str] = {}
+    for info in infos:
+        name = info.filename
+        parts = re.split(r"[/\\]", name)
+        if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+            return f"entry {name!r} is an absolute path"
+        if ".." in parts:
+            return f"entry {name!r} climbs out of the zip's root (a '..' component)"
+        if stat.S_ISLNK(info.external_attr >> 16):
+            return f"entry {name!r} is a symbolic link"
+        normal = "/".join(part for part in parts if part not in ("", "."))
+        if normal in seen:
+            other = seen[normal]
+            same = "twice" if other == name else f"and as {other!r}"
+            return f"entry {name!r} is in the zip {same} (duplicate names)"
+        seen[normal] = name
+    return None
 
 
 def _join(prefix: str, name: str) -> str:

@@ -14,7 +14,14 @@ from typing import Any
 import click
 
 from mlayer import __version__
-from mlayer.aws import AwsSettings
+from mlayer.aws import (
+    ATTEMPTS,
+    CONNECT_TIMEOUT,
+    READ_TIMEOUT,
+    AwsSettings,
+    endpoint_problem,
+    region_problem,
+)
 from mlayer.config import CONFIG_NAME, build_default_map, read_config
 from mlayer.errors import MlayerError, to_click_exception
 
@@ -42,7 +49,13 @@ class MlayerGroup(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except Exception as exc:
-            converted = to_click_exception(exc)
+            settings = ctx.obj if isinstance(ctx.obj, AwsSettings) else AwsSettings()
+            converted = to_click_exception(
+                exc,
+                read_timeout=settings.read_timeout,
+                connect_timeout=CONNECT_TIMEOUT,
+                attempts=settings.attempts,
+            )
             if converted is None:
                 raise
             raise converted from exc
@@ -56,10 +69,28 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
         return value
     try:
         assert isinstance(ctx.command, click.Group)
-        ctx.default_map = build_default_map(ctx.command, ctx, read_config(path))
+        ctx.default_map = build_default_map(ctx.command, ctx, read_config(path), str(path))
     except MlayerError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
     return str(path)
+
+
+def _check_region(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    problem = region_problem(value) if value else None
+    if problem:
+        raise click.BadParameter(f"{problem}; pass the function's region", ctx=ctx, param=param)
+    return value
+
+
+def _check_endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    problem = endpoint_problem(value) if value else None
+    if problem:
+        raise click.BadParameter(
+            f"{problem}; pass e.g. http://127.0.0.1:5000 (moto_server), or leave it out for AWS",
+            ctx=ctx,
+            param=param,
+        )
+    return value
 
 
 @click.group(cls=MlayerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,17 +105,36 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
     help=f"Project defaults file [default: ./{CONFIG_NAME} when present].",
 )
 @click.option(
-    "--region", envvar="MLAYER_REGION", help="AWS region [default: boto3's (AWS_REGION)]."
+    "--region",
+    envvar="MLAYER_REGION",
+    callback=_check_region,
+    help="AWS region [default: AWS_REGION, else AWS_DEFAULT_REGION, else the profile's].",
 )
 @click.option(
     "--endpoint-url",
     envvar=["MLAYER_ENDPOINT_URL", "AWS_ENDPOINT_URL"],
-    help="AWS endpoint, e.g. http://127.0.0.1:5000 for moto_server [default: AWS].",
+    callback=_check_endpoint,
+    help="AWS endpoint, http(s)://host[:port], e.g. http://127.0.0.1:5000 for moto_server "
+    "[default: AWS].",
 )
 @click.option("--profile", help="AWS credentials profile [default: boto3's (AWS_PROFILE)].")
+@click.option(
+    "--timeout",
+    envvar="MLAYER_TIMEOUT",
+    type=click.IntRange(min=1),
+    default=READ_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help=f"Wait this long for each AWS answer ({ATTEMPTS} attempts; connecting: "
+    f"{CONNECT_TIMEOUT} s).",
+)
 @click.pass_context
 def cli(
-    ctx: click.Context, region: str | None, endpoint_url: str | None, profile: str | None
+    ctx: click.Context,
+    region: str | None,
+    endpoint_url: str | None,
+    profile: str | None,
+    timeout: int,
 ) -> None:
     """Serve scikit-learn models from AWS Lambda on Kinesis and DynamoDB streams.
 
@@ -97,7 +147,9 @@ def cli(
       mlayer build-deps --runtime python3.13 --arch arm64
       mlayer publish-model training/out --function scorer --alias live
     """
-    ctx.obj = AwsSettings(region=region, endpoint_url=endpoint_url, profile=profile)
+    ctx.obj = AwsSettings(
+        region=region, endpoint_url=endpoint_url, profile=profile, read_timeout=timeout
+    )
 
 
 for _name in COMMAND_MODULES:

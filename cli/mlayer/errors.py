@@ -75,8 +75,17 @@ def _client_error_message(exc: Any) -> str:
     return f"{operation} failed ({code}): {message}"
 
 
-def to_click_exception(exc: BaseException) -> click.ClickException | None:
-    """Translate an expected failure into a ClickException; None for a real bug."""
+def to_click_exception(
+    exc: BaseException,
+    *,
+    read_timeout: int | None = None,
+    connect_timeout: int | None = None,
+    attempts: int | None = None,
+) -> click.ClickException | None:
+    """Translate an expected failure into a ClickException; None for a real bug.
+
+    The clients' timeouts (seconds) and attempts are named when a call timed out.
+    """
     if isinstance(exc, MlayerError):
         return click.ClickException(str(exc))
     try:
@@ -89,14 +98,34 @@ def to_click_exception(exc: BaseException) -> click.ClickException | None:
             "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or pass --profile; for the local "
             "endpoint any values work"
         )
+    if isinstance(exc, boto_exc.PartialCredentialsError):
+        return click.ClickException(
+            f"{exc}; complete them (aws configure) or pass --profile with complete ones"
+        )
     if isinstance(exc, boto_exc.NoRegionError):
         return click.ClickException(
-            "no AWS region configured; pass --region, set AWS_REGION, or add "
-            'region = "..." to mlayer.toml'
+            "no AWS region configured; pass --region, set AWS_REGION (or AWS_DEFAULT_REGION), "
+            'or add region = "..." to mlayer.toml'
+        )
+    if isinstance(exc, boto_exc.InvalidRegionError):
+        return click.ClickException(
+            f"{exc} Pass --region with the function's region (like eu-west-1)"
         )
     if isinstance(exc, boto_exc.ProfileNotFound):
         return click.ClickException(f"{exc}; check --profile against ~/.aws/config")
-    if isinstance(exc, boto_exc.EndpointConnectionError):
+    if isinstance(exc, boto_exc.ReadTimeoutError | boto_exc.ConnectTimeoutError):
+        endpoint = exc.kwargs.get("endpoint_url", "the endpoint")
+        connect = isinstance(exc, boto_exc.ConnectTimeoutError)
+        waited = "accept a connection" if connect else "answer"
+        limit = connect_timeout if connect else read_timeout
+        within = f" within {limit} s" if limit else ""
+        tries = f" ({attempts} attempts)" if attempts else ""
+        return click.ClickException(
+            f"{endpoint} did not {waited}{within}{tries}. Is the endpoint up and reachable? "
+            "Check --endpoint-url (or AWS_ENDPOINT_URL) and the network; for a slow call "
+            "pass --timeout SECONDS"
+        )
+    if isinstance(exc, boto_exc.EndpointConnectionError | boto_exc.ConnectionClosedError):
         return click.ClickException(
             f"{exc}. Is the endpoint running? Check --endpoint-url (or AWS_ENDPOINT_URL)"
         )

@@ -5,28 +5,33 @@ dataclasses; nothing prints, prompts or exits. What mlayer knows about a publish
 version lives in the version itself, in its Description (CONTRACTS.md):
 
     mlayer deps sha256=<hex64> unzipped=<bytes> runtime=python3.13 arch=x86_64
-    mlayer model <name> v<N> sha256=<hex64> unzipped=<bytes>
+    mlayer model <name> v<N> sha256=<hex64> unzipped=<bytes> identity=<hex64>
 
 so dedupe, the size budget, status and history need no state outside AWS. A function version
 published by a rollout records the model it carries in its own Description
-(``mlayer model <name> v<N>``), which still names the model after its layer version has been
-deleted.
+(``mlayer model <name> v<N> sha256=<hex64> identity=<hex64>``), which still names the model
+after its layer version has been deleted. ``identity`` (see :func:`model_identity`) is the
+model's content, whatever its build number: rollouts compare models by it. Descriptions
+written before it existed (no ``identity=``, or a bare ``mlayer model <name> v<N>``) still
+parse; their identity is unknown and never equal to another.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
 import time
 import urllib.request
 import zipfile
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlayer.archive import Budget, BudgetPart, mb, sha256_file
+from mlayer.archive import Budget, BudgetPart, mb, sha256_file, unsafe_entry
 from mlayer.errors import AwsError, BudgetError, BuildError, ConfigError, NotFoundError
 
 MAX_LAYERS = 5
@@ -41,10 +46,20 @@ _DEPS_RE = re.compile(
 )
 _MODEL_RE = re.compile(
     r"^mlayer model (?P<name>\S+) v(?P<version>\d+) sha256=(?P<sha>[0-9a-f]{64})"
-    r" unzipped=(?P<unzipped>\d+)"
+    r" unzipped=(?P<unzipped>\d+)(?: identity=(?P<identity>[0-9a-f]{64}))?"
 )
-# The record a rollout leaves on the function version it publishes.
-_VERSION_RE = re.compile(r"^mlayer model (?P<name>\S+) v(?P<version>\d+)\b")
+# The record a rollout leaves on the function version it publishes. A model layer's own
+# Description matches it too (sha256= then unzipped=, no identity in the group below).
+_VERSION_RE = re.compile(
+    r"^mlayer model (?P<name>\S+) v(?P<version>\d+)\b"
+    r"(?: sha256=(?P<sha>[0-9a-f]{64})(?= |$))?(?: identity=(?P<identity>[0-9a-f]{64}))?"
+)
+# Lambda's limit for layer and function version descriptions.
+DESCRIPTION_LIMIT = 256
+# Files of a model that are not its content: training writes a timestamp into metadata.json
+# (so retraining identical pickles would look new), and manifest.json carries the build
+# number. Everything the function predicts with is in the identity instead.
+IDENTITY_EXCLUDED = ("metadata.json", "manifest.json")
 _FUNCTION_RE = re.compile(
     r"^mlayer function sha256=(?P<sha>[0-9a-f]{64}) unzipped=(?P<unzipped>\d+)"
 )
@@ -55,6 +70,31 @@ _LAYER_ARN_RE = re.compile(
 
 # --------------------------------------------------------------------------------------
 # Descriptions and ARNs
+
+
+def model_identity(manifest: Mapping[str, Any]) -> str:
+    """A model's identity: the sha256 of its content, whatever its build number.
+
+    The content is what the function predicts with: the model files (name -> sha256, from
+    the manifest's ``files``, without ``metadata.json`` and ``manifest.json``, see
+    ``IDENTITY_EXCLUDED``), the input schema (``input``), and the order of the stages and
+    the labels (both change the answers). Two builds of the same files get the same identity
+    though their versions, zips and sha256s differ; that is how a rerun of a failed publish
+    finds what it published, and how rollback tells an older model from a copy of the live one.
+
+    Raises:
+        KeyError / AttributeError: no ``files`` mapping (validate the manifest first).
+    """
+    files = {
+        name: sha256 for name, sha256 in manifest["files"].items() if name not in IDENTITY_EXCLUDED
+    }
+    content = {
+        "files": files,
+        "input": manifest.get("input"),
+        "stages": manifest.get("stages"),
+        "labels": manifest.get("labels"),
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -68,6 +108,7 @@ class LayerRecord:
     version: int | None = None  # model version
     runtime: str | None = None
     arch: str | None = None
+    identity: str | None = None  # model content (None: recorded before identities existed)
 
 
 def deps_description(sha256: str, unzipped_bytes: int, runtime: str, arch: str) -> str:
@@ -75,15 +116,24 @@ def deps_description(sha256: str, unzipped_bytes: int, runtime: str, arch: str) 
     return f"mlayer deps sha256={sha256} unzipped={unzipped_bytes} runtime={runtime} arch={arch}"
 
 
-def model_description(name: str, version: int, sha256: str, unzipped_bytes: int) -> str:
+def model_description(
+    name: str, version: int, sha256: str, unzipped_bytes: int, identity: str | None = None
+) -> str:
     """The Description of a published model layer version."""
     text = f"mlayer model {name} v{version} sha256={sha256} unzipped={unzipped_bytes}"
-    if len(text) > 256 or not re.fullmatch(r"\S+", name):
-        raise ConfigError(
-            f"model name {name!r} cannot be recorded in a layer description (no spaces, at "
-            "most 150 characters); rename it in metadata.json and rebuild"
-        )
+    if identity:
+        text += f" identity={identity}"
+    _check_name(name, text)
     return text
+
+
+def _check_name(name: str, text: str) -> None:
+    if len(text) > DESCRIPTION_LIMIT or not re.fullmatch(r"\S+", name):
+        room = DESCRIPTION_LIMIT - (len(text) - len(name))
+        raise ConfigError(
+            f"model name {name!r} cannot be recorded in a description (no spaces, at most "
+            f"{room} characters); rename it in metadata.json and rebuild"
+        )
 
 
 def function_description(sha256: str, unzipped_bytes: int) -> str:
@@ -91,9 +141,21 @@ def function_description(sha256: str, unzipped_bytes: int) -> str:
     return f"mlayer function sha256={sha256} unzipped={unzipped_bytes}"
 
 
-def version_description(name: str, version: int) -> str:
-    """The Description of a function version published by a rollout."""
-    return f"mlayer model {name} v{version}"
+def version_description(
+    name: str, version: int, sha256: str | None = None, identity: str | None = None
+) -> str:
+    """The Description of a function version published by a rollout.
+
+    With the model layer's ``sha256`` and ``identity``, which still name the model's zip and
+    content after its layer version is deleted.
+    """
+    text = f"mlayer model {name} v{version}"
+    if sha256:
+        text += f" sha256={sha256}"
+    if identity:
+        text += f" identity={identity}"
+    _check_name(name, text)
+    return text
 
 
 def parse_description(text: str | None) -> LayerRecord | None:
@@ -114,14 +176,33 @@ def parse_description(text: str | None) -> LayerRecord | None:
             unzipped_bytes=int(m["unzipped"]),
             name=m["name"],
             version=int(m["version"]),
+            identity=m["identity"],
         )
     return None
 
 
+@dataclass(frozen=True)
+class VersionRecord:
+    """What a function version's Description says about the model it carries."""
+
+    name: str
+    version: int
+    sha256: str | None = None  # the model layer zip's (None in older descriptions)
+    identity: str | None = None
+
+
+def parse_version_record(text: str | None) -> VersionRecord | None:
+    """The model a function version published by a rollout carries; None for others."""
+    m = _VERSION_RE.match(text or "")
+    if not m:
+        return None
+    return VersionRecord(m["name"], int(m["version"]), m["sha"], m["identity"])
+
+
 def parse_version_description(text: str | None) -> tuple[str, int] | None:
     """(model name, model version) from a function version published by a rollout."""
-    m = _VERSION_RE.match(text or "")
-    return (m["name"], int(m["version"])) if m else None
+    record = parse_version_record(text)
+    return (record.name, record.version) if record else None
 
 
 @dataclass(frozen=True)
@@ -180,6 +261,7 @@ class Build:
     zip_bytes: int
     unzipped_bytes: int
     manifest: dict[str, Any]
+    identity: str | None = None  # a model's content (model_identity of its inner manifest)
 
     @property
     def name(self) -> str:
@@ -203,51 +285,83 @@ class Build:
 def load_build(zip_path: Path) -> Build:
     """Read a built layer: its zip and the manifest beside it (or model/manifest.json inside).
 
+    Everything is checked before anything can reach AWS: every entry stays inside the zip's
+    root (:func:`mlayer.archive.unsafe_entry`), a model layer's entries are all under
+    ``model/`` and its ``model/manifest.json`` is valid (a name, a positive integer version,
+    and ``files`` whose sha256s match the zip's entries).
+
     Raises:
         NotFoundError: the zip does not exist.
         BuildError: the zip is not a layer mlayer can publish, or does not match its manifest.
     """
     if not zip_path.is_file():
         raise NotFoundError(f"{zip_path} does not exist")
+    sidecar = zip_path.with_suffix(".json")
+    manifest: dict[str, Any] | None = None
+    if sidecar.is_file():
+        try:
+            manifest = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BuildError(
+                f"{sidecar} is not valid JSON ({exc}); rebuild the layer with mlayer "
+                "build-deps or mlayer build-model, or delete the file to use the zip's own "
+                "model/manifest.json"
+            ) from exc
+        if not isinstance(manifest, dict):
+            raise BuildError(f"{sidecar} is not a JSON object; rebuild the layer")
+    rebuild = "rebuild it with mlayer build-model (or mlayer build-deps)"
     try:
         with zipfile.ZipFile(zip_path) as zf:
             infos = zf.infolist()
             names = {i.filename for i in infos}
-            inner = (
-                json.loads(zf.read("model/manifest.json"))
-                if "model/manifest.json" in names
-                else None
-            )
-    except zipfile.BadZipFile as exc:
-        raise BuildError(f"{zip_path} is not a zip file: {exc}") from exc
-    sidecar = zip_path.with_suffix(".json")
-    manifest: dict[str, Any]
-    if sidecar.is_file():
-        manifest = json.loads(sidecar.read_text(encoding="utf-8"))
-    elif inner is not None:
-        manifest = {"kind": "model", **inner}
-    else:
+            is_model = "model/manifest.json" in names or (manifest or {}).get("kind") == "model"
+            rebuild = f"rebuild it with mlayer {'build-model' if is_model else 'build-deps'}"
+            problem = unsafe_entry(infos)
+            if problem:
+                raise BuildError(
+                    f"{zip_path} is not safe to publish: {problem}, and Lambda would unpack it "
+                    f"into /opt as it is; {rebuild} (it writes regular files under one root "
+                    "folder only)"
+                )
+            inner = _model_manifest(zip_path, zf, names) if is_model else None
+    except (zipfile.BadZipFile, zlib.error) as exc:
+        raise BuildError(f"{zip_path} is not a zip file: {exc}; {rebuild}") from exc
+    if manifest is None and inner is None:
         raise BuildError(
             f"{zip_path} has no manifest ({sidecar.name} beside it, or model/manifest.json "
             "inside); build it with mlayer build-deps or mlayer build-model"
         )
-    kind = manifest.get("kind") or ("model" if inner is not None else "deps")
+    if manifest is None:
+        manifest = {"kind": "model", **(inner or {})}
+    kind = "model" if inner is not None else (manifest.get("kind") or "deps")
     manifest["kind"] = kind
     root = "model/" if kind == "model" else "python/"
     if not any(n.startswith(root) for n in names):
         raise BuildError(
             f"{zip_path} has no {root} at its root, so Lambda would not find it under /opt"
         )
+    identity = None
+    if inner is not None:
+        outside = sorted(n for n in names if not n.startswith("model/"))
+        if outside:
+            raise BuildError(
+                f"{zip_path} is not safe to publish: entry {outside[0]!r} is outside model/, "
+                "where a model layer keeps everything (anything else in /opt could shadow the "
+                "dependency layer); rebuild it with mlayer build-model"
+            )
+        for key in ("name", "version"):
+            if manifest.get(key, inner[key]) != inner[key]:
+                raise BuildError(
+                    f"{sidecar} says {key} {manifest.get(key)!r} but model/manifest.json in "
+                    f"{zip_path} says {inner[key]!r}; rebuild it with mlayer build-model"
+                )
+        identity = model_identity(inner)
     sha = sha256_file(zip_path)
     recorded = manifest.get("sha256")
     if recorded and recorded != sha:
         raise BuildError(
             f"{zip_path} does not match its manifest (sha256 {sha[:12]}… on disk, "
             f"{str(recorded)[:12]}… recorded); rebuild it"
-        )
-    if kind == "model" and not (manifest.get("name") and manifest.get("version")):
-        raise BuildError(
-            f"{zip_path}: the model manifest has no name or version; rebuild it with mlayer build-model"
         )
     return Build(
         kind=kind,
@@ -256,7 +370,48 @@ def load_build(zip_path: Path) -> Build:
         zip_bytes=zip_path.stat().st_size,
         unzipped_bytes=sum(i.file_size for i in infos),
         manifest=manifest,
+        identity=identity,
     )
+
+
+def _model_manifest(zip_path: Path, zf: zipfile.ZipFile, names: set[str]) -> dict[str, Any]:
+    """``model/manifest.json`` of a model layer zip, validated against the zip's entries."""
+    where = f"model/manifest.json in {zip_path}"
+    fix = "rebuild the layer with mlayer build-model"
+    if "model/manifest.json" not in names:
+        raise BuildError(f"{zip_path} has no model/manifest.json; {fix}")
+    try:
+        inner = json.loads(zf.read("model/manifest.json").decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BuildError(f"{where} is not valid JSON ({exc}); {fix}") from exc
+    if not isinstance(inner, dict):
+        raise BuildError(f"{where} is not a JSON object; {fix}")
+    name, version, files = inner.get("name"), inner.get("version"), inner.get("files")
+    if not isinstance(name, str) or not re.fullmatch(r"\S+", name):
+        raise BuildError(f"{where} has name {name!r}: it must be a word without spaces; {fix}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BuildError(
+            f"{where} has version {version!r}: it must be a positive integer (the N of vN); {fix}"
+        )
+    if not isinstance(files, dict) or not files:
+        raise BuildError(f'{where} has no "files" (file name -> sha256 of each model file); {fix}')
+    for file_name, recorded in sorted(files.items()):
+        entry = f"model/{file_name}"
+        if entry not in names:
+            raise BuildError(
+                f"{where} lists {file_name!r}, which is not in the zip ({entry}); {fix}"
+            )
+        digest = hashlib.sha256()
+        with zf.open(entry) as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != recorded:
+            raise BuildError(
+                f"{entry} in {zip_path} has sha256 {digest.hexdigest()[:12]}…, but "
+                f"model/manifest.json records {str(recorded)[:12]}…: the zip was changed after "
+                f"it was built; {fix}"
+            )
+    return inner
 
 
 def find_deps_build(layers_dir: Path, runtime: str | None, arch: str) -> Build:
@@ -432,11 +587,17 @@ def list_layer_versions(lam: Any, layer_name: str) -> list[dict[str, Any]]:
     return sorted(versions, key=lambda v: int(v["Version"]), reverse=True)
 
 
-def find_published(lam: Any, layer_name: str, sha256: str) -> dict[str, Any] | None:
-    """The newest version of ``layer_name`` whose recorded sha256 is ``sha256``."""
+def find_published(
+    lam: Any, layer_name: str, sha256: str, identity: str | None = None
+) -> dict[str, Any] | None:
+    """The newest version of ``layer_name`` whose recorded sha256 is ``sha256`` (the same
+    zip) or, for a model, whose recorded identity is ``identity`` (the same model content
+    under another build number: what a publish that failed half-way left behind)."""
     for version in list_layer_versions(lam, layer_name):
         record = parse_description(version.get("Description"))
-        if record and record.sha256 == sha256:
+        if record and (
+            record.sha256 == sha256 or (identity is not None and record.identity == identity)
+        ):
             return version
     return None
 
@@ -626,6 +787,7 @@ class PublishedLayer:
     description: str
     s3_uri: str | None = None
     created: str | None = None
+    same_content: bool = False  # reused a version with the same model identity, another zip
 
 
 def publish_layer(
@@ -639,8 +801,12 @@ def publish_layer(
     arches: list[str] | None = None,
     bucket: str | None = None,
     progress: Callable[[int], None] | None = None,
+    identity: str | None = None,
 ) -> PublishedLayer:
     """Publish ``build`` as a new version of ``layer_name``, or reuse an identical one.
+
+    Identical is the same zip (sha256) or, given a model's ``identity``, the same model
+    content whatever its build number.
 
     Zips over the 50 MB direct-upload limit go to ``bucket`` first (content-addressed key,
     ``progress`` called with bytes sent) and are published from there.
@@ -649,7 +815,7 @@ def publish_layer(
         ConfigError: over 50 MB and no bucket given.
         NotFoundError: the bucket does not exist.
     """
-    existing = find_published(lam, layer_name, build.sha256)
+    existing = find_published(lam, layer_name, build.sha256, identity)
     if existing is not None:
         return _published(layer_name, build, existing, existing.get("Description", ""), reused=True)
     kwargs: dict[str, Any] = {"LayerName": layer_name, "Description": description}
@@ -688,17 +854,20 @@ def _published(
     s3_uri: str | None = None,
 ) -> PublishedLayer:
     """``build`` as the layer version Lambda returned (from publish or from a listing)."""
+    record = parse_description(description)
+    same_content = reused and record is not None and record.sha256 != build.sha256
     return PublishedLayer(
         layer_name=layer_name,
         arn=layer_version["LayerVersionArn"],
         version=int(layer_version["Version"]),
         reused=reused,
-        sha256=build.sha256,
+        sha256=record.sha256 if record and same_content else build.sha256,
         zip_bytes=build.zip_bytes,
-        unzipped_bytes=build.unzipped_bytes,
+        unzipped_bytes=record.unzipped_bytes if record and same_content else build.unzipped_bytes,
         description=description,
         s3_uri=s3_uri,
         created=layer_version.get("CreatedDate"),
+        same_content=same_content,
     )
 
 
@@ -782,6 +951,7 @@ class ModelRef:
     unzipped_bytes: int | None = None
     created: str | None = None
     deleted: bool = False
+    identity: str | None = None
 
     @property
     def label(self) -> str:
@@ -808,8 +978,9 @@ class _Models:
                 self._listed.append(ref)
         return self._listed
 
-    def ref(self, arn: str, hint: tuple[str, int] | None = None) -> ModelRef:
-        """The model at ``arn``; for a deleted version the name/version ``hint`` (if any)."""
+    def ref(self, arn: str, hint: VersionRecord | None = None) -> ModelRef:
+        """The model at ``arn``; for a deleted version what a function version recorded
+        about it (``hint``), if anything."""
         if arn not in self._by_arn:
             version = get_layer_version(self.lam, arn)
             if version is not None:
@@ -817,15 +988,14 @@ class _Models:
             else:
                 parsed = parse_layer_arn(arn)
                 self._by_arn[arn] = ModelRef(
-                    arn=arn,
-                    layer_version=parsed.version,
-                    name=hint[0] if hint else None,
-                    version=hint[1] if hint else None,
-                    deleted=True,
+                    arn=arn, layer_version=parsed.version, name=None, version=None, deleted=True
                 )
         ref = self._by_arn[arn]
-        if ref.deleted and ref.version is None and hint:
-            ref.name, ref.version = hint
+        if ref.deleted and hint:
+            ref.name = ref.name or hint.name
+            ref.version = hint.version if ref.version is None else ref.version
+            ref.sha256 = ref.sha256 or hint.sha256
+            ref.identity = ref.identity or hint.identity
         return ref
 
     @staticmethod
@@ -840,6 +1010,7 @@ class _Models:
             sha256=model.sha256 if model else None,
             unzipped_bytes=model.unzipped_bytes if model else None,
             created=v.get("CreatedDate"),
+            identity=model.identity if model else None,
         )
 
 
@@ -872,7 +1043,7 @@ def function_versions(lam: Any, function: str, layer_name: str) -> list[Function
 def _model_of(models: _Models, fv: FunctionVersion | None) -> ModelRef | None:
     if fv is None or fv.model_arn is None:
         return None
-    return models.ref(fv.model_arn, parse_version_description(fv.description))
+    return models.ref(fv.model_arn, parse_version_record(fv.description))
 
 
 # --------------------------------------------------------------------------------------
@@ -896,6 +1067,7 @@ class Rollout:
     canary_weight: float | None = None
     alias_created: bool = False
     notes: list[str] = field(default_factory=list)
+    unchanged: bool = False  # the live model already has this content: nothing was done
 
 
 def publish_model(
@@ -917,6 +1089,11 @@ def publish_model(
     the 5-layer limit and the 250 MB budget. With ``alias``: publishes a function version
     and moves the alias to it, or with ``canary`` (percent) routes that share of the alias's
     invocations to it while the alias stays on the version it had.
+
+    Models are compared by content (:func:`model_identity`), not build number: when the
+    live model (and $LATEST's) already has this content nothing is done
+    (``Rollout.unchanged``); a layer version already holding it, e.g. left by a publish that
+    failed half-way, is reused instead of publishing another.
 
     Raises:
         NotFoundError: no such function.
@@ -949,8 +1126,19 @@ def publish_model(
         )
         old_model = _model_of(models, old_fv)
     else:
-        model_arn = find_layer(current, layer_name)
-        old_model = models.ref(model_arn) if model_arn else None
+        old_fv = None
+    latest_arn = find_layer(current, layer_name)
+    latest_fv = FunctionVersion("$LATEST", latest_arn, config.get("Description") or "", current)
+    latest_model = _model_of(models, latest_fv)
+    if old_fv is None:
+        old_model = latest_model
+    if (
+        build.identity is not None
+        and old_model is not None
+        and latest_model is not None
+        and old_model.identity == build.identity == latest_model.identity
+    ):
+        return _unchanged(function, layer_name, build, old_model, current, config, lam, alias)
 
     # Refuse before publishing anything: the new version takes the model layer's slot (any
     # ARN of that layer marks it) and adds the build's unzipped size.
@@ -960,10 +1148,12 @@ def publish_model(
     )
     budget = check_budget(lam, config, relinked(current, slot), {slot: share})
 
-    description = model_description(build.name, build.version, build.sha256, build.unzipped_bytes)
+    description = model_description(
+        build.name, build.version, build.sha256, build.unzipped_bytes, build.identity
+    )
     layer = publish_layer(
         lam, s3, layer_name=layer_name, build=build, description=description,
-        bucket=bucket, progress=progress,
+        bucket=bucket, progress=progress, identity=build.identity,
     )  # fmt: skip
     new_layers = relinked(current, layer.arn)
     budget.parts = [
@@ -984,11 +1174,58 @@ def publish_model(
         alias=alias,
         old_function_version=old_function_version,
     )
+    if layer.same_content:
+        rollout.notes.append(
+            f"{build.zip_path.name} holds the same model content as {new_model.label}, "
+            f"published before (by a publish that did not finish, or an earlier build): "
+            f"reused it instead of publishing {build.name} v{build.version}"
+        )
     if rollout.relinked:
         update_configuration(lam, function, pace, Layers=new_layers)
     if alias:
-        _roll_alias(lam, function, alias, current_alias, build, canary, rollout, pace)
+        _roll_alias(lam, function, alias, current_alias, canary, rollout, pace)
     return rollout
+
+
+def _unchanged(
+    function: str,
+    layer_name: str,
+    build: Build,
+    live: ModelRef,
+    current: list[str],
+    config: dict[str, Any],
+    lam: Any,
+    alias: str | None,
+) -> Rollout:
+    """The Rollout of a publish whose model content is already live: nothing changes."""
+    layer = PublishedLayer(
+        layer_name=layer_name,
+        arn=live.arn,
+        version=live.layer_version,
+        reused=True,
+        sha256=live.sha256 or build.sha256,
+        zip_bytes=build.zip_bytes,
+        unzipped_bytes=live.unzipped_bytes or build.unzipped_bytes,
+        description="",
+        created=live.created,
+        same_content=live.sha256 != build.sha256,
+    )
+    return Rollout(
+        function=function_name(function),
+        layer=layer,
+        old_model=live,
+        new_model=live,
+        layers=current,
+        relinked=False,
+        budget=check_budget_quietly(lam, config),
+        alias=alias,
+        unchanged=True,
+    )
+
+
+def carries(model: ModelRef) -> str:
+    """The Description of a function version carrying ``model``: what rollback reads."""
+    return version_description(str(model.name), model.version or 0, model.sha256, model.identity)
 
 
 def publish_function_version(lam: Any, function: str, description: str, pace: Pace) -> str:
@@ -1010,7 +1247,6 @@ def _roll_alias(
     function: str,
     alias: str,
     current_alias: dict[str, Any] | None,
-    build: Build,
     canary: float | None,
     rollout: Rollout,
     pace: Pace,
@@ -1035,9 +1271,7 @@ def _roll_alias(
                     "`mlayer promote` or `mlayer rollback` ends it"
                 )
             return
-    new_version = publish_function_version(
-        lam, function, version_description(build.name, build.version), pace
-    )
+    new_version = publish_function_version(lam, function, carries(rollout.new_model), pace)
     rollout.new_function_version = new_version
     if current_alias is None:
         lam.create_alias(FunctionName=function, Name=alias, FunctionVersion=new_version)
@@ -1202,13 +1436,31 @@ def rollback(
         ):
             candidates.setdefault(carried.version, []).append(carried)
     known = ", ".join(f"v{v}" for v in sorted(candidates)) or "none"
+
+    def same_as_live(version: int) -> bool:
+        # A copy of the live content under another build number (a publish that failed
+        # after publishing its layer, then ran again): moving there would change nothing.
+        return live.identity is not None and any(
+            r.identity == live.identity for r in candidates[version]
+        )
+
+    notes = []
     if to is None:
         older = [v for v in candidates if live.version is not None and v < live.version]
+        copies = sorted((v for v in older if same_as_live(v)), reverse=True)
+        older = [v for v in older if v not in copies]
+        if copies:
+            listed = ", ".join(f"v{v}" for v in copies)
+            notes.append(
+                f"skipped {listed}: the same model content as the live {live.name} "
+                f"v{live.version} (same files and input), so not an older model"
+            )
         if not older:
+            same = f"; {notes[0]}" if copies else ""
             raise NotFoundError(
                 f"nothing to roll back to: {live.name} v{live.version} is live and no older "
-                f"model version of layer {layer_name} exists (known: {known}); use --to VERSION "
-                "to move to another one"
+                f"model version of layer {layer_name} exists (known: {known}){same}; use "
+                "--to VERSION to move to another one"
             )
         target_version = max(older)
     else:
@@ -1221,9 +1473,17 @@ def rollback(
                 "was deleted, publish it again with mlayer publish-model "
                 f"layers/model-<name>-v{to}.zip"
             )
+        if same_as_live(to):
+            raise ConfigError(
+                f"model v{to} has the same content as the live {live.name} v{live.version} "
+                "(same files and input): rolling back to it would change nothing; pick "
+                f"another with --to (known: {known}) or see mlayer history"
+            )
     refs = candidates[target_version]
     linkable = [r for r in refs if not r.deleted]
-    result = Rollback(function=name, from_model=live, to_model=(linkable or refs)[0], alias=alias)
+    result = Rollback(
+        function=name, from_model=live, to_model=(linkable or refs)[0], alias=alias, notes=notes
+    )
 
     if alias and current_alias is not None:
         carriers = [
@@ -1268,9 +1528,7 @@ def rollback(
     if result.layers != layer_arns(config):
         update_configuration(lam, function, pace, Layers=result.layers)
     if alias:
-        version = publish_function_version(
-            lam, function, version_description(str(result.to_model.name), target_version), pace
-        )
+        version = publish_function_version(lam, function, carries(result.to_model), pace)
         lam.update_alias(
             FunctionName=function,
             Name=alias,

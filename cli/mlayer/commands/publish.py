@@ -81,6 +81,12 @@ class _UploadProgress:
 def _published_line(layer: Any) -> str:
     from mlayer.publish import mb
 
+    if layer.reused and layer.same_content:
+        return (
+            f"Reused {layer.layer_name} version {layer.version}: the same model content is "
+            f"already published there (another build of it, sha256 {layer.sha256[:12]}), "
+            f"nothing uploaded.\n  {layer.arn}"
+        )
     if layer.reused:
         return (
             f"Reused {layer.layer_name} version {layer.version}: identical content (sha256 "
@@ -179,6 +185,10 @@ def publish_model(
     build-model output) is published as is; without either, the newest model build in
     --layers-dir. Identical content reuses its layer version.
 
+    Models are compared by content (their files and input schema), not build number: a
+    model whose content is already live changes nothing ("unchanged: ..."), and a rerun
+    after a failed publish reuses the layer version that publish left.
+
     The function is relinked: only the model layer's ARN changes, every other layer keeps
     its place. Refused beyond 5 layers or 250 MB unzipped. Updates wait for the function to
     settle before and after and retry while another update is in progress.
@@ -244,6 +254,15 @@ def publish_model(
         )
     finally:
         progress.close()
+    if rollout.unchanged:
+        live = rollout.new_model
+        where = f"alias {alias}" if alias else f"{rollout.function} $LATEST"
+        click.echo(
+            f"unchanged: {live.name} v{live.version} is live with this content ({where}, "
+            f"{rollout.layer.layer_name} version {live.layer_version}); nothing was published "
+            "or relinked."
+        )
+        return
     click.echo(_published_line(rollout.layer))
     old = rollout.old_model.label if rollout.old_model else "none"
     click.echo(f"Model: {old} -> {rollout.new_model.label}")

@@ -158,18 +158,31 @@ def _build_hint(description: str, arn: str) -> str:
     return f"the build that produced {arn}"
 
 
-def resolve_layer(lam: Any, arn: str, layers_dir: Path, builds: dict[str, Path]) -> ResolvedLayer:
+def resolve_layer(
+    lam: Any,
+    arn: str,
+    layers_dir: Path,
+    builds: dict[str, Path],
+    *,
+    carried: str = "",
+    code_size: int | None = None,
+) -> ResolvedLayer:
     """One linked layer version as a local zip.
 
+    A deleted layer version (an alias rolled back to a function version that links one) is
+    still served by Lambda but its content can no longer be fetched: the build in
+    ``layers_dir`` whose sha256 the function version recorded (``carried``, its Description)
+    and whose size is the linked ``code_size`` is used instead.
+
     Raises:
-        NotFoundError: the version no longer exists, or neither the endpoint nor a local
-            build can provide its content.
+        NotFoundError: the version no longer exists and no local build holds it, or neither
+            the endpoint nor a local build can provide its content; each names the fix.
     """
     from mlayer.publish import get_layer_version
 
     version = get_layer_version(lam, arn)
     if version is None:
-        raise NotFoundError(f"layer version {arn} linked to the function does not exist")
+        return _deleted_layer(arn, layers_dir, builds, carried, code_size)
     content = version.get("Content") or {}
     sha256 = _hex(content.get("CodeSha256") or "")
     description = str(version.get("Description") or "")
@@ -185,6 +198,42 @@ def resolve_layer(lam: Any, arn: str, layers_dir: Path, builds: dict[str, Path])
         f"serve its content and no build in {layers_dir}/ has that sha256. Rebuild it with "
         f"{_build_hint(description, arn)} (the same inputs give the same sha256), or pass "
         "--layers-dir with the directory that holds it"
+    )
+
+
+def _deleted_layer(
+    arn: str, layers_dir: Path, builds: dict[str, Path], carried: str, code_size: int | None
+) -> ResolvedLayer:
+    from mlayer.publish import parse_version_record
+
+    record = parse_version_record(carried)
+    sha256 = record.sha256 if record else None
+    local = builds.get(sha256) if sha256 else None
+    # The sizes must agree too: the record is the model layer's, and this may be another.
+    if (
+        local is not None
+        and sha256 is not None
+        and (code_size is None or local.stat().st_size == code_size)
+        and _sha256_file(local) == sha256
+    ):
+        return ResolvedLayer(arn, sha256, local, f"local build {local} (layer version deleted)")
+    if record is not None and sha256 is not None:
+        fix = (
+            f"put the build of model {record.name} v{record.version} (sha256 {sha256[:12]}…) "
+            f"back in {layers_dir}/ or pass --layers-dir with the directory that holds it; "
+            f"else rebuild it (`mlayer build-model MODEL_DIR --version {record.version}`) and "
+            "publish it again (mlayer publish-model)"
+        )
+    elif record is not None:
+        fix = (
+            f"rebuild model {record.name} v{record.version} (`mlayer build-model MODEL_DIR "
+            f"--version {record.version}`) and publish it again (mlayer publish-model)"
+        )
+    else:
+        fix = "publish the layer again (mlayer publish-model or publish-deps) and relink it"
+    raise NotFoundError(
+        f"layer version {arn} linked to the function was deleted, so its content cannot be "
+        f"fetched; {fix}"
     )
 
 
@@ -327,8 +376,12 @@ def resolve_function(
     task_dir = _task_from_zip(local.data, local.sha256)
 
     builds = local_builds(layers_dir)
+    carried = str(config.get("Description") or "")
     layers = [
-        resolve_layer(lam, layer["Arn"], layers_dir, builds) for layer in config.get("Layers") or []
+        resolve_layer(
+            lam, layer["Arn"], layers_dir, builds, carried=carried, code_size=layer.get("CodeSize")
+        )
+        for layer in config.get("Layers") or []
     ]
     opt_dir = opt_for(layers)
     env = dict((config.get("Environment") or {}).get("Variables") or {})

@@ -3,16 +3,24 @@
     python bench/handler_throughput.py                      # trains the sample models first
     python bench/handler_throughput.py --text-model DIR --numeric-model DIR --rounds 9
     python bench/handler_throughput.py --profile 100        # cProfile of the handler path
+    python bench/handler_throughput.py --profile 100 --profile-model dataframe
+
+Three models: the sample text and numeric models (training/train.py), and a DataFrame model
+trained here on generated data (a ColumnTransformer one-hot encoding two string columns and
+scaling two numeric ones, then HistGradientBoostingClassifier, fitted on a pandas DataFrame;
+its metadata.json input is what the function's ``schema.infer_input`` says of it).
 
 For each batch size (1, 100, 1,000, 10,000 records) the handler is timed on a Kinesis event
 whose base64 data are JSON objects, in this process, the model already loaded (a warm
 invocation, no sink configured, its log line written to /dev/null). "bare predict" is what a
 hand-written function would call on the already-decoded inputs: each stage's ``transform``
-then the last stage's ``predict``, no probability, no decoding, no response. The ratio is
-handler time / bare time: the handler's whole overhead (decoding, probabilities, identities,
-the response, the log line). Rounds alternate the two; times are this process's CPU time
-by default (``--clock wall`` for elapsed time) and the best round is kept, with the median
-of the rounds' paired ratios beside it.
+then the last stage's ``predict``, no probability, no decoding, no response (for the
+DataFrame model: the Pipeline's ``predict`` on a DataFrame of the records built beforehand,
+so its ratio includes the handler's building of the DataFrame). The ratio is handler time /
+bare time: the handler's whole overhead (decoding, probabilities, identities, the response,
+the log line). Rounds alternate the two; times are this process's CPU time by default
+(``--clock wall`` for elapsed time) and the best round is kept, with the median of the
+rounds' paired ratios beside it.
 
 Not measured here: Lambda's runtime encodes the returned response as JSON after the
 handler returns (about 24 ms for 10,000 predictions, 2.8 MB, on this machine).
@@ -88,6 +96,109 @@ def feature_rows(count: int, model_dir: Path, rng: random.Random) -> list[dict[s
         {name: round(float(base.get(name, 1.0)) * rng.uniform(0.5, 1.5), 3) for name in names}
         for _ in range(count)
     ]
+
+
+CITIES = ("Lisbon", "Porto", "Braga", "Faro", "Coimbra", "Aveiro", "Evora", "Leiria")
+PLANS = ("basic", "plus", "family")
+DATAFRAME_FEATURES = ("city", "plan", "age", "income")
+
+
+def customers(count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Customer records as a producer writes them: two string and two numeric fields."""
+    return [
+        {
+            "city": rng.choice(CITIES),
+            "plan": rng.choice(PLANS),
+            "age": rng.randint(18, 90),
+            "income": round(rng.lognormvariate(10.3, 0.5), 2),
+        }
+        for _ in range(count)
+    ]
+
+
+def customer_frame(records: list[dict[str, Any]]) -> Any:
+    """The records as a DataFrame in the training dtypes: numbers float64, strings object."""
+    import pandas as pd
+
+    frame = pd.DataFrame(records, columns=list(DATAFRAME_FEATURES))
+    return frame.astype({"age": "float64", "income": "float64"})
+
+
+def train_dataframe(out: Path, rows: int = 4_000) -> Path:
+    """Fit the DataFrame model on generated customers and write its model directory."""
+    import joblib
+    import schema
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    rng = random.Random(20261130)
+    records = customers(rows, rng)
+    # Churn is likelier on the basic plan, for the young, on low incomes, in two cities.
+    labels = [
+        "churn"
+        if (
+            (r["plan"] == "basic") * 1.2
+            + (r["age"] < 30) * 0.8
+            + (r["income"] < 25_000) * 0.9
+            + (r["city"] in ("Faro", "Evora")) * 0.6
+            + rng.gauss(0, 0.6)
+        )
+        > 1.5
+        else "stay"
+        for r in records
+    ]
+    pipeline = Pipeline(
+        [
+            (
+                "columns",
+                ColumnTransformer(
+                    [
+                        # Dense, so that HistGradientBoostingClassifier takes the output
+                        # whatever the share of one-hot columns.
+                        (
+                            "cat",
+                            OneHotEncoder(handle_unknown="ignore", sparse_output=False),
+                            ["city", "plan"],
+                        ),
+                        ("num", StandardScaler(), ["age", "income"]),
+                    ]
+                ),
+            ),
+            ("model", HistGradientBoostingClassifier(max_iter=100, random_state=0)),
+        ]
+    )
+    pipeline.fit(customer_frame(records), labels)
+    out.mkdir(parents=True, exist_ok=True)
+    joblib.dump(pipeline, out / "churn.joblib")
+    meta = {
+        "name": "churn",
+        "stages": ["churn.joblib"],
+        "input": schema.infer_input([pipeline]),
+        "labels": None,
+    }
+    (out / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def payloads_and_inputs(
+    kind: str, size: int, model_dir: Path, rng: random.Random
+) -> tuple[list[dict[str, Any]], Any]:
+    """The records of a batch as JSON objects, and the decoded inputs bare predict takes."""
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    if kind == "text":
+        inputs = texts(size, model_dir, rng)
+        field = meta["input"].get("field", "text")
+        return [{"id": f"r{i}", field: text} for i, text in enumerate(inputs)], inputs
+    if kind == "dataframe":
+        records = customers(size, rng)
+        return records, customer_frame(records)
+    import numpy as np
+
+    rows = feature_rows(size, model_dir, rng)
+    names = meta["input"]["features"]
+    return rows, np.asarray([[p[n] for n in names] for p in rows], dtype=np.float64)
 
 
 def kinesis_event(payloads: list[dict[str, Any]]) -> dict[str, Any]:
@@ -191,19 +302,7 @@ def run_model(
     rows = []
     devnull = open(os.devnull, "w")  # noqa: SIM115 - held for the whole run
     for size in sizes:
-        if kind == "text":
-            inputs: list[Any] = texts(size, model_dir, rng)
-            field = json.loads((model_dir / "metadata.json").read_text())["input"].get(
-                "field", "text"
-            )
-            payloads = [{"id": f"r{i}", field: text} for i, text in enumerate(inputs)]
-            decoded: Any = inputs
-        else:
-            import numpy as np
-
-            payloads = feature_rows(size, model_dir, rng)
-            names = json.loads((model_dir / "metadata.json").read_text())["input"]["features"]
-            decoded = np.asarray([[p[n] for n in names] for p in payloads], dtype=np.float64)
+        payloads, decoded = payloads_and_inputs(kind, size, model_dir, rng)
         event = kinesis_event(payloads)
         with contextlib.redirect_stdout(devnull):
             response = lambda_function.lambda_handler(event, None)
@@ -255,12 +354,12 @@ def render(title: str, rows: list[Row], targets: dict[int, float]) -> None:
     Console().print(table)
 
 
-def profile(model_dir: Path, size: int) -> None:
+def profile(kind: str, model_dir: Path, size: int) -> None:
     os.environ["MODEL_DIR"] = str(model_dir)
     with contextlib.redirect_stdout(io.StringIO()):
         import lambda_function
     rng = random.Random(1)
-    event = kinesis_event([{"text": text} for text in texts(size, model_dir, rng)])
+    event = kinesis_event(payloads_and_inputs(kind, size, model_dir, rng)[0])
     number = max(1, 20_000 // size)
     profiler = cProfile.Profile()
     with contextlib.redirect_stdout(io.StringIO()):
@@ -269,6 +368,15 @@ def profile(model_dir: Path, size: int) -> None:
             lambda_function.lambda_handler(event, None)
         profiler.disable()
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def model_dir(kind: str, given: Path | None, tmp: Path) -> Path:
+    """The model directory given on the command line, else one trained now."""
+    if given is not None:
+        return given
+    if kind == "dataframe":
+        return train_dataframe(tmp / "dataframe")
+    return train(kind, tmp / kind)
 
 
 def main() -> None:
@@ -281,7 +389,15 @@ def main() -> None:
     parser.add_argument(
         "--numeric-model", type=Path, help="model directory (default: train the sample)"
     )
+    parser.add_argument(
+        "--dataframe-model",
+        type=Path,
+        help="model directory of a model reading city, plan, age, income (default: train one)",
+    )
     parser.add_argument("--no-numeric", action="store_true", help="skip the numeric model's table")
+    parser.add_argument(
+        "--no-dataframe", action="store_true", help="skip the DataFrame model's table"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--rounds", type=int, default=21, help="alternating rounds, best kept")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds of timing per size")
@@ -294,35 +410,45 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=int, metavar="RECORDS", help="profile the handler instead"
     )
+    parser.add_argument(
+        "--profile-model",
+        choices=("text", "numeric", "dataframe"),
+        default="text",
+        help="the model --profile runs (default: text)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(FUNCTION_DIR))
+    given = {
+        "text": args.text_model,
+        "numeric": args.numeric_model,
+        "dataframe": args.dataframe_model,
+    }
 
     with tempfile.TemporaryDirectory(prefix="mlayer-bench-") as tmp:
-        text_model = args.text_model or train("text", Path(tmp) / "text")
         if args.profile:
-            profile(text_model, args.profile)
+            kind = args.profile_model
+            profile(kind, model_dir(kind, given[kind], Path(tmp)), args.profile)
             return
         import sklearn
 
         print(
             f"python {sys.version.split()[0]}, scikit-learn {sklearn.__version__}, "
             f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}, "
+            # HistGradientBoosting predicts on OpenMP threads: their CPU time counts too.
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '(unset)')}, "
             f"{args.clock} clock, best of {args.rounds} alternating rounds per size"
         )
         sizes = tuple(args.sizes)
-        render(
-            f"text model ({text_model.name}): handler vs bare predict",
-            run_model("text", text_model, sizes, args.rounds, args.budget, CLOCKS[args.clock]),
-            TARGETS,
-        )
-        if not args.no_numeric:
-            numeric_model = args.numeric_model or train("numeric", Path(tmp) / "numeric")
+        kinds = ["text"]
+        kinds += [] if args.no_numeric else ["numeric"]
+        kinds += [] if args.no_dataframe else ["dataframe"]
+        for kind in kinds:
+            directory = model_dir(kind, given[kind], Path(tmp))
+            title = "DataFrame" if kind == "dataframe" else kind
             render(
-                f"numeric model ({numeric_model.name}): handler vs bare predict",
-                run_model(
-                    "numeric", numeric_model, sizes, args.rounds, args.budget, CLOCKS[args.clock]
-                ),
-                {},
+                f"{title} model ({directory.name}): handler vs bare predict",
+                run_model(kind, directory, sizes, args.rounds, args.budget, CLOCKS[args.clock]),
+                TARGETS if kind == "text" else {},
             )
 
 

@@ -139,7 +139,9 @@ class Model:
                 self.input.features, self._column_dtypes, columns, strict=True
             )
         }
-        return self._frame(data, columns=list(self.input.features), copy=False)
+        # The dict is in feature order already: passing columns= again costs about 0.4 ms a
+        # batch (pandas reindexes), measured with bench/handler_throughput.py's DataFrame row.
+        return self._frame(data, copy=False)
 
 
 def _json_values(predicted: Any) -> list[Any]:

@@ -13,7 +13,7 @@ One build, whatever the method:
 3. strip: ``strip --strip-unneeded`` on extension modules only, with a strip for the target
    CPU (stripping the vendored libraries breaks numpy: see REFERENCE.md).
 4. bytecode + verify: with an interpreter of the target version (``--python``, the local one,
-   ``python3.X`` on PATH, pyenv's, uv's, or the image's), write unchecked-hash pycs for that
+   ``python3.X`` on PATH, pyenv's, uv's, or the image's; it also runs pip in step 1), write unchecked-hash pycs for that
    version (by default *sourceless*: ``pkg/mod.pyc`` replaces ``pkg/mod.py``, see
    ``BYTECODE_MODES``), then import every top-level package with only the layer and the
    standard library on ``sys.path``: the layer is checked as it ships.

@@ -133,8 +133,9 @@ def build_deps(
 ) -> None:
     """Build the dependency layer (layers/deps-<runtime>-<arch>.zip) from requirements.txt.
 
-    Installs manylinux wheels for the runtime's Python, CPU and glibc, removes what run time
-    never needs (with a report per rule), strips extension modules, compiles every module
+    Installs manylinux wheels for the runtime's Python, CPU and glibc (with mlayer's own pinned
+    pip, downloaded once into the cache, whatever pip you have), removes what run time never
+    needs (with a report per rule), strips extension modules, compiles every module
     for the target Python (by default its .pyc replaces its .py: smaller, as fast; tracebacks
     show no source text; --bytecode all keeps the sources), imports every package of the layer
     in a clean interpreter, and writes a deterministic zip plus its manifest. Identical inputs

@@ -18,8 +18,12 @@
 #   --arch x86_64|arm64       architecture (default: this machine's)
 #   --glibc 2.NN              newest glibc of the runtime's OS (default: 2.26 for python3.10 and
 #                             python3.11 on Amazon Linux 2, 2.34 for Amazon Linux 2023)
-#   --python PATH             interpreter for pip (install) and of the target version (verify,
-#                             compile) (default: python3, else python)
+#   --python PATH             the interpreter that runs pip (install) and, of the target
+#                             version, compiles and imports (compile, verify) (default:
+#                             python3, else python)
+#   --pip DIR                 install: run the pip unpacked in DIR (DIR/pip/, as mlayer
+#                             provisions it in ~/.cache/mlayer/pip-<version>) with --python,
+#                             instead of that interpreter's own pip (python -m pip)
 #   --bytecode sourceless|all sourceless (default): each module's .pyc replaces its .py
 #                             (pkg/mod.pyc, loaded without source); all: .pyc in __pycache__
 #                             beside the kept sources
@@ -32,7 +36,10 @@
 #
 # install: pip install --target with --only-binary=:all: and the manylinux tags the runtime
 #   accepts (manylinux2014 / manylinux_2_17 up to the runtime's glibc), so a wheel built for a
-#   newer glibc, another CPU or another Python is never picked.
+#   newer glibc, another CPU or another Python is never picked. It prints the pip it runs
+#   (`pip X from ...`). For a Python other than the interpreter's, pip must be 24.2 or newer:
+#   older pips check Requires-Python against their own interpreter, not --python-version, and
+#   refuse e.g. numpy 2.3+ for python3.12+ from a Python 3.11 (the script says so and stops).
 # verify:  imports every top-level package of python/ in a fresh `python -I -S -B` whose
 #   sys.path is only the layer and the standard library (as Lambda's /opt/python is).
 # compile: unchecked-hash .pyc for the interpreter's version (Lambda's /opt is read-only, and
@@ -48,6 +55,7 @@ RUNTIME=""
 ARCH=""
 GLIBC=""
 PYTHON_BIN=""
+PIP_DIR=""
 COMPILE_LIST=""
 TRACE=""
 BYTECODE=sourceless
@@ -64,11 +72,12 @@ while [[ $# -gt 0 ]]; do
     --arch) ARCH="$2"; shift 2 ;;
     --glibc) GLIBC="$2"; shift 2 ;;
     --python) PYTHON_BIN="$2"; shift 2 ;;
+    --pip) PIP_DIR="$2"; shift 2 ;;
     --compile-list) COMPILE_LIST="$2"; shift 2 ;;
     --bytecode) BYTECODE="$2"; shift 2 ;;
     --keep-source) KEEP_SOURCE+=("$2"); shift 2 ;;
     --trace) TRACE="$2"; shift 2 ;;
-    -h|--help) sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,49p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     install|verify|compile|zip|platforms) STEPS+=("$1"); shift ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
@@ -119,11 +128,26 @@ step_install() {
   [[ -f "$REQUIREMENTS" ]] || die "no requirements file at $REQUIREMENTS"
   local args=() tag
   while read -r tag; do args+=(--platform "$tag"); done < <(platforms)
+  local pip=("$PYTHON_BIN" -m pip) version have
+  if [[ -n "$PIP_DIR" ]]; then
+    [[ -f "$PIP_DIR/pip/__main__.py" ]] || die "--pip $PIP_DIR holds no pip/ package"
+    # pip's __main__ puts its parent folder first on sys.path: the interpreter's pip is unused.
+    pip=("$PYTHON_BIN" "$PIP_DIR/pip")
+  fi
+  version=$("${pip[@]}" --version) || die "no pip runs with $PYTHON_BIN (pass --pip DIR)"
+  echo "$version"
+  have=$("$PYTHON_BIN" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  if [[ "$have" != "3.$MINOR" && "$version" =~ ^pip\ ([0-9]+)\.([0-9]+) ]] \
+      && (( BASH_REMATCH[1] < 24 || (BASH_REMATCH[1] == 24 && BASH_REMATCH[2] < 2) )); then
+    die "${version%% from*} checks Requires-Python against Python $have, not the target 3.$MINOR;" \
+      "use pip 24.2 or newer (--pip DIR, or $PYTHON_BIN -m pip install 'pip>=24.2')," \
+      "or a Python 3.$MINOR (--python)"
+  fi
   mkdir -p "$OUT"
   rm -rf "$OUT/python"
   # --no-compile: pip would write bytecode for *its own* interpreter; `compile` writes the
   # target's. --only-binary=:all: never builds an sdist for the wrong platform.
-  "$PYTHON_BIN" -m pip install --disable-pip-version-check --no-input --no-compile \
+  "${pip[@]}" install --disable-pip-version-check --no-input --no-compile \
     --target "$OUT/python" --only-binary=:all: --implementation cp \
     --python-version "3.$MINOR" --abi "cp3$MINOR" "${args[@]}" -r "$REQUIREMENTS"
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from mlayer.build_pip import PIP_VERSION
 from mlayer.cli import cli
 from mlayer.deps_layer import (
     ELF_MACHINES,
@@ -184,6 +186,10 @@ def test_real_build_for_the_local_runtime(deps311: dict[str, Any]) -> None:
     assert rules["tests and test data"]["bytes"] > 20_000_000
     assert rules["C/C++/Cython/Fortran sources and headers"]["files"] > 0
     assert report["strip"]["files"] > 100 and report["strip"]["bytes_saved"] > 5_000_000
+    # the wheels were installed by mlayer's pinned pip, run by this (the target's) interpreter
+    assert manifest["pip"] == PIP_VERSION
+    assert (report["pip"]["version"], report["pip"]["source"]) == (PIP_VERSION, "mlayer")
+    assert report["pip"]["python"] == sys.executable
     assert report["bytecode"]["cache_tag"] == "cpython-311"
     assert report["bytecode"]["interpreter_source"] == "this interpreter"
     assert report["bytecode"]["interpreter"] == sys.executable
@@ -507,6 +513,9 @@ def test_docker_method_runs_the_script_in_the_image(
     # and the layer is the very same as the pip method's: the CLI and the script agree
     assert result["manifest"]["method"] == "docker"
     assert result["manifest"]["image"] == image
+    # installed by the image's own pip (here the stand-in image's python3), recorded as such
+    assert result["manifest"]["pip"] == importlib.metadata.version("pip")
+    assert result["report"]["pip"]["source"] == f"the image {image}"
     assert result["manifest"]["sha256"] == deps311["manifest"]["sha256"]
 
 

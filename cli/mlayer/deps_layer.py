@@ -4,7 +4,8 @@ One build, whatever the method:
 
 1. install: ``scripts/get-layer-package.sh install`` puts the pins' wheels for the runtime's
    ABI, CPU and glibc into ``python/`` (on the host with pip's cross-platform options for
-   ``--method pip``; inside a Lambda build image for ``--method docker``).
+   ``--method pip``, run by mlayer's own pinned pip, see :mod:`mlayer.build_pip`; inside a
+   Lambda build image, with the image's pip, for ``--method docker``).
 2. slim: rules remove what run time never needs (tests, sources, stubs, stale caches, console
    scripts), each reporting files and bytes; what run-time code imports from a ``tests``
    folder stays (numpy 2's ``numpy.testing`` imports ``numpy._core.tests._natype``), and
@@ -12,7 +13,7 @@ One build, whatever the method:
 3. strip: ``strip --strip-unneeded`` on extension modules only, with a strip for the target
    CPU (stripping the vendored libraries breaks numpy: see REFERENCE.md).
 4. bytecode + verify: with an interpreter of the target version (``--python``, the local one,
-   ``python3.X`` on PATH, pyenv's, uv's, or the image's), write unchecked-hash pycs for that
+   ``python3.X`` on PATH, pyenv's, uv's, or the image's; it also runs pip in step 1), write unchecked-hash pycs for that
    version (by default *sourceless*: ``pkg/mod.pyc`` replaces ``pkg/mod.py``, see
    ``BYTECODE_MODES``), then import every top-level package with only the layer and the
    standard library on ``sys.path``: the layer is checked as it ships.
@@ -56,6 +57,7 @@ from mlayer.archive import (
     upload_note,
     write_zip,
 )
+from mlayer.build_pip import PIP_VERSION, BuildPip, ensure_pip, reported_version
 from mlayer.errors import BudgetError, BuildError, ConfigError, DockerError
 
 Progress = Callable[[str], None]
@@ -230,7 +232,7 @@ def _source_fingerprint() -> str:
     """Hash of the code that shapes a build, so a changed rule never reuses an old layer."""
     digest = hashlib.sha256(__version__.encode())
     here = Path(__file__).resolve()
-    for path in (here, here.parent / "archive.py", script_path()):
+    for path in (here, here.parent / "archive.py", here.parent / "build_pip.py", script_path()):
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -448,8 +450,11 @@ def _run_script(
     return subprocess.run(command, capture_output=True, text=True)
 
 
-def _no_wheel_error(output: str, target: Target, requirements: Path) -> BuildError | None:
-    """Turn pip's "no matching distribution" into an error that names the way out."""
+def _no_wheel_error(
+    output: str, target: Target, requirements: Path, pip: BuildPip | None
+) -> BuildError | None:
+    """Turn pip's "no matching distribution" into an error that names the way out (``pip``
+    asks which other runtimes have a wheel; None leaves that out)."""
     match = _NO_MATCH.search(output)
     if not match:
         return None
@@ -473,7 +478,7 @@ def _no_wheel_error(output: str, target: Target, requirements: Path) -> BuildErr
     pinned = _pinned_version(requirements, name)
     if pinned:
         requirement = f"{name}=={pinned}"
-    others = _runtimes_with_wheel(name, pinned, target) if pinned else []
+    others = _runtimes_with_wheel(name, pinned, target, pip) if pinned and pip else []
     fixes = []
     if newest:
         fixes.append(f"pin {name}=={newest} (the newest version with a wheel for this target)")
@@ -503,12 +508,12 @@ def _pinned_version(requirements: Path, name: str) -> str | None:
     return None
 
 
-def _resolves(requirement_args: list[str], target: Target, workdir: Path) -> tuple[bool, str]:
+def _resolves(
+    requirement_args: list[str], target: Target, workdir: Path, pip: BuildPip
+) -> tuple[bool, str]:
     """Whether pip can resolve these requirements for ``target`` (a dry run, no install)."""
     command = [
-        sys.executable,
-        "-m",
-        "pip",
+        *pip.command(),
         "install",
         "--disable-pip-version-check",
         "--no-input",
@@ -523,14 +528,14 @@ def _resolves(requirement_args: list[str], target: Target, workdir: Path) -> tup
     return proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def _runtimes_with_wheel(name: str, version: str, target: Target) -> list[str]:
+def _runtimes_with_wheel(name: str, version: str, target: Target, pip: BuildPip) -> list[str]:
     found = []
     with tempfile.TemporaryDirectory(prefix="mlayer-probe-") as tmp:
         for runtime in RUNTIME_INFO:
             if runtime == target.runtime:
                 continue
             ok, _ = _resolves(
-                ["--no-deps", f"{name}=={version}"], Target(runtime, target.arch), Path(tmp)
+                ["--no-deps", f"{name}=={version}"], Target(runtime, target.arch), Path(tmp), pip
             )
             if ok:
                 found.append(runtime)
@@ -538,25 +543,32 @@ def _runtimes_with_wheel(name: str, version: str, target: Target) -> list[str]:
 
 
 def default_runtime(
-    requirements: Path, arch: str, cache_dir: Path, progress: Progress | None = None
+    requirements: Path,
+    arch: str,
+    cache_dir: Path,
+    progress: Progress | None = None,
+    python: str | None = None,
 ) -> str:
-    """The newest Lambda runtime every pin has a wheel for (tried with pip, answer cached).
+    """The newest Lambda runtime every pin has a wheel for (tried with mlayer's pip, run by
+    ``python`` or this interpreter; the answer is cached per pip version).
 
     Raises:
-        BuildError: no runtime resolves the pins.
+        BuildError: no runtime resolves the pins, or mlayer's pip cannot be provisioned.
     """
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
-    cache_file = cache_dir / "runtimes" / f"{digest}-{arch}.json"
+    # An answer from another pip may be wrong (pip < 24.2 refuses newer runtimes' pins).
+    cache_file = cache_dir / "runtimes" / f"{digest}-pip{PIP_VERSION}-{arch}.json"
     if cache_file.is_file():
         cached = json.loads(cache_file.read_text()).get("runtime")
         if cached in RUNTIME_INFO:
             return str(cached)
+    pip = ensure_pip(cache_dir, python or sys.executable)
     tried = []
     with tempfile.TemporaryDirectory(prefix="mlayer-runtime-") as tmp:
         for runtime in sorted(RUNTIME_INFO, key=lambda r: -int(r.split(".")[1])):
             if progress:
                 progress(f"checking that the pins resolve for {runtime} {arch}")
-            ok, _ = _resolves(["-r", str(requirements)], Target(runtime, arch), Path(tmp))
+            ok, _ = _resolves(["-r", str(requirements)], Target(runtime, arch), Path(tmp), pip)
             if ok:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 cache_file.write_text(json.dumps({"runtime": runtime}))
@@ -568,22 +580,40 @@ def default_runtime(
     )
 
 
-def _install_pip(requirements: Path, target: Target, work: Path) -> None:
+def _install_pip(requirements: Path, target: Target, work: Path, pip: BuildPip) -> str:
+    """Install the pins for ``target`` into ``work/python`` with mlayer's pip; its version.
+
+    Raises:
+        BuildError: a pin has no wheel for the target, or pip failed otherwise.
+    """
     proc = _run_script(
         ["install"],
         out=work,
         target=target,
-        python=sys.executable,
-        extra=["--requirements", str(requirements.resolve())],
+        python=pip.python,
+        extra=["--requirements", str(requirements.resolve()), "--pip", str(pip.home)],
     )
+    output = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        output = proc.stdout + proc.stderr
-        error = _no_wheel_error(output, target, requirements)
+        error = _no_wheel_error(output, target, requirements, pip)
         if error:
             raise error
         raise BuildError(
             f"pip could not install {requirements} for {target.describe()}:\n{_pip_tail(output)}"
         )
+    ran = reported_version(proc.stdout)
+    if ran != pip.version:
+        raise BuildError(f"expected pip {pip.version} to install the layer, pip {ran} ran")
+    return ran
+
+
+def _has_markers(requirements: Path) -> bool:
+    """Whether a requirement line carries an environment marker (``; python_version < ...``)."""
+    for line in requirements.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-") and ";" in line:
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- docker
@@ -673,18 +703,26 @@ class DockerBuild:
     def run(self, steps: list[str], extra: Iterable[str] = ()) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.command(steps, extra), capture_output=True, text=True)
 
-    def install(self) -> None:
+    def install(self) -> str | None:
+        """Install the pins in the image, with the image's own pip; that pip's version."""
         proc = self.run(
             ["install"], ["--requirements", f"{self.REQUIREMENTS}/{self.requirements.name}"]
         )
         if proc.returncode != 0:
             output = proc.stdout + proc.stderr
-            error = _no_wheel_error(output, self.target, self.requirements)
+            pip: BuildPip | None = None
+            if _NO_MATCH.search(output):
+                try:  # only to name the runtimes that have a wheel: optional
+                    pip = ensure_pip(self.pip_cache.parent, sys.executable)
+                except BuildError:
+                    pip = None
+            error = _no_wheel_error(output, self.target, self.requirements, pip)
             if error:
                 raise error
             raise DockerError(
                 f"the build in {self.image} failed (exit {proc.returncode}):\n{_pip_tail(output)}"
             )
+        return reported_version(proc.stdout)
 
 
 # --------------------------------------------------------------------------- slimming
@@ -1106,6 +1144,8 @@ def _cache_key(
         "bytecode": options.bytecode,
         "keep_source": sorted(options.keep_source),
         "python": interpreter_version(python) if python else None,
+        # the docker method uses the image's pip, which the image name stands for
+        "pip": PIP_VERSION if options.method == "pip" else None,
         "code": _source_fingerprint(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
@@ -1140,7 +1180,7 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
     requirements_bytes = _read_requirements(options.requirements)
     cache_dir = options.cache_dir or default_cache_dir()
     runtime = options.runtime or default_runtime(
-        options.requirements, options.arch, cache_dir, progress
+        options.requirements, options.arch, cache_dir, progress, options.python
     )
     target = Target(runtime, options.arch)
     warnings_: list[str] = []
@@ -1195,12 +1235,34 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
         work = Path(tmp)
         layer = work / "python"
         docker_build = None
-        say(f"installing wheels for {target.describe()} ({options.method})")
+        pip_report: dict[str, Any]
         if docker is not None and image is not None:
+            say(f"installing wheels for {target.describe()} (docker, the image's pip)")
             docker_build = DockerBuild(docker, image, target, work, options.requirements, cache_dir)
-            docker_build.install()
+            pip_report = {"version": docker_build.install(), "source": f"the image {image}"}
         else:
-            _install_pip(options.requirements, target, work)
+            # The target's interpreter runs pip when there is one: pip evaluates environment
+            # markers (python_version < "3.12") for the interpreter running it, whatever
+            # --python-version says (pip 26.3, checked).
+            runner = python or sys.executable
+            pip = ensure_pip(cache_dir, runner)
+            say(f"installing wheels for {target.describe()} with {pip.describe()}")
+            version = _install_pip(options.requirements, target, work, pip)
+            runner_version = interpreter_version(runner)
+            pip_report = {
+                "version": version,
+                "source": "mlayer",
+                "path": str(pip.home),
+                "python": runner,
+                "python_version": runner_version,
+            }
+            if runner_version != target.python_version and _has_markers(options.requirements):
+                warnings_.append(
+                    f"{options.requirements} has environment markers: pip evaluated them for "
+                    f"Python {runner_version} (the interpreter running it), not "
+                    f"{target.python_version}; pass --python PATH to a Python "
+                    f"{target.python_version} to evaluate them for the target"
+                )
         packages = installed_packages(layer)
         unslimmed, unslimmed_files = dir_size(layer)
 
@@ -1257,6 +1319,7 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
             "bytecode": bool(bytecode_report.get("files")),
             "bytecode_mode": bytecode_report["mode"],
             "method": options.method,
+            "pip": pip_report["version"],
             "requirements_sha256": hashlib.sha256(requirements_bytes).hexdigest(),
             "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "image": image,
@@ -1274,6 +1337,7 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
             },
             "method": options.method,
             "image": image,
+            "pip": pip_report,
             "installed": {"bytes": unslimmed, "files": unslimmed_files},
             "slimming": slim_report,
             "strip": strip_report,

@@ -57,9 +57,11 @@ def _mb(n: int | float) -> str:
     "--python",
     "python",
     metavar="PATH",
-    help="An interpreter of the runtime's Python version, for bytecode and the import check "
-    "[default: this one if the version matches, else the first that runs of python3.X on "
-    "PATH, pyenv's versions/3.X*, `uv python find 3.X`].",
+    help="An interpreter of the runtime's Python version: it runs the build's pip (mlayer's "
+    "own, provisioned once into the cache: the interpreter's pip is not used), writes the "
+    "bytecode and runs the import check [default: this one if the version matches, else the "
+    "first that runs of python3.X on PATH, pyenv's versions/3.X*, `uv python find 3.X`; "
+    "when none is found, this one runs pip and the layer ships without bytecode].",
 )
 @click.option(
     "--keep",
@@ -131,8 +133,9 @@ def build_deps(
 ) -> None:
     """Build the dependency layer (layers/deps-<runtime>-<arch>.zip) from requirements.txt.
 
-    Installs manylinux wheels for the runtime's Python, CPU and glibc, removes what run time
-    never needs (with a report per rule), strips extension modules, compiles every module
+    Installs manylinux wheels for the runtime's Python, CPU and glibc (with mlayer's own pinned
+    pip, downloaded once into the cache, whatever pip you have), removes what run time never
+    needs (with a report per rule), strips extension modules, compiles every module
     for the target Python (by default its .pyc replaces its .py: smaller, as fast; tracebacks
     show no source text; --bytecode all keeps the sources), imports every package of the layer
     in a clean interpreter, and writes a deterministic zip plus its manifest. Identical inputs
@@ -232,6 +235,13 @@ def _render_deps(console: Any, result: Any) -> None:
                 "loaded sourceless" + (f"; {kept} .py kept" if kept else ""),
             )
     console.print(table)
+    pip = report.get("pip") or {}
+    if pip.get("source") == "mlayer":
+        console.print(
+            f"wheels installed by pip {pip['version']} ({pip['path']}) run by {pip['python']}"
+        )
+    elif pip.get("version"):
+        console.print(f"wheels installed by pip {pip['version']} of {pip['source']}")
     if bytecode.get("interpreter") and not bytecode.get("skipped"):
         source = bytecode.get("interpreter_source")
         skipped = "; ".join(bytecode.get("interpreter_skipped") or [])

@@ -22,6 +22,7 @@ content duplicates another's.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -293,12 +294,23 @@ def _fast_plain_texts(payloads: list[bytes]) -> list[str] | None:
 
 
 def _json_non_text(text: str) -> bool:
-    """Whether ``text`` parses as a JSON array, number, boolean or null."""
+    """Whether ``text`` is a JSON array, number, boolean or null (not an object, not a string).
+
+    The standard library's parser, not orjson: it also reads numbers beyond a double
+    ("1e400") and nesting deeper than orjson's limit, which are JSON all the same. Only
+    payloads that start like such a value get here.
+    """
     try:
-        fast_loads(text.encode("utf-8", "surrogatepass"))
+        value = json.loads(text, parse_constant=_not_json)
+    except RecursionError:
+        return True  # an array nested beyond the parser's depth
     except ValueError:
         return False
-    return True  # it starts with one of _JSON_LEADS: not an object, not a string
+    return not isinstance(value, str | dict)
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _fast_rows(payloads: list[bytes], spec: InputSpec) -> list[tuple[Any, ...]] | None:
@@ -407,15 +419,12 @@ def _kinesis_value(record: KinesisStreamRecord, spec: InputSpec) -> Any:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise RecordError(f"payload is neither a JSON object nor UTF-8 text ({exc})") from None
-        if text.lstrip()[:1] not in _JSON_LEADS:
-            return text
-        try:
-            value = loads(payload)
-        except ValueError:
-            return text  # not JSON: plain text that starts like it ("5 stars", "-- ok")
-        raise RecordError(
-            f"payload is JSON {_json_type(value)}, not text; this model reads {spec.describe()}"
+        if text.lstrip()[:1] not in _JSON_LEADS or not _json_non_text(text):
+            return text  # plain text, also when it starts like JSON ("5 stars", "-- ok")
+        kind = {"[": "an array", "t": "a boolean", "f": "a boolean", "n": "null"}.get(
+            text.lstrip()[:1], "a number"
         )
+        raise RecordError(f"payload is JSON {kind}, not text; this model reads {spec.describe()}")
     try:
         document = loads(payload)
     except ValueError as exc:

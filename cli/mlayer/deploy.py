@@ -402,15 +402,18 @@ def _point_alias(
     deployment: Deployment,
     pace: Pace,
 ) -> None:
-    # Record the model this version carries, as publish-model does, so that rollback can
-    # still name it after its layer version is deleted.
+    # Record the model this version carries as a rollout does (publish.carries): its name and
+    # version, its zip's sha256 and its content identity, so that rollback still names it
+    # after its layer version is deleted and knows it by content, not build number.
     description = "mlayer deploy-function"
     model_arn = find_layer(layers, model_layer)
     if model_arn is not None:
         version = get_layer_version(lam, model_arn)
         record = parse_description((version or {}).get("Description"))
         if record and record.name and record.version is not None:
-            description = version_description(record.name, record.version)
+            description = version_description(
+                record.name, record.version, record.sha256, record.identity
+            )
     new_version = publish_function_version(lam, function, description, pace)
     current = get_alias(lam, function, alias)
     if current is None:

@@ -491,14 +491,33 @@ def _change_record_value(record: DynamoDBStreamRecord, spec: InputSpec) -> Any:
 # --- Direct invocation ---------------------------------------------------------------------
 
 
+# An id is a string, or a number written as text; an integer of more digits than this (or an
+# array, an object) is no id a table key or a batchItemFailures entry can carry, and str() of
+# an integer over sys.get_int_max_str_digits() (4,300) digits raises.
+_ID_MAX_DIGITS = 100
+
+
+def _record_id(given: Any, index: int) -> tuple[str, str]:
+    """A direct record's id from its ``"id"`` and, when that cannot serve, why its
+    position stands in (else ``""``). Never raises, whatever ``given`` holds."""
+    if given is None or isinstance(given, str):
+        return (given or str(index)), ""
+    if isinstance(given, bool | float) or (
+        isinstance(given, int) and -(10**_ID_MAX_DIGITS) < given < 10**_ID_MAX_DIGITS
+    ):
+        return str(given), ""
+    return str(index), (
+        f'its "id" is {_json_type(given)}, not a string or a number of at most '
+        f"{_ID_MAX_DIGITS} digits: the record is known by its position, {index}"
+    )
+
+
 def _decode_direct(records: list[Any], spec: InputSpec) -> Batch:
     batch = Batch(source="direct", received=len(records), raw_records=records)
     for index, payload in enumerate(records):
-        record_id = str(index)
+        record_id, id_note = str(index), ""
         if isinstance(payload, Mapping):
-            given = payload.get("id")
-            if given is not None and given != "":
-                record_id = str(given)
+            record_id, id_note = _record_id(payload.get("id"), index)
         try:
             if isinstance(payload, str):
                 if spec.kind != "text":
@@ -511,7 +530,8 @@ def _decode_direct(records: list[Any], spec: InputSpec) -> Batch:
             else:
                 value = _extract(payload, spec)
         except RecordError as exc:
-            batch.rejected.append(Rejected(index, record_id, None, str(exc), payload))
+            reason = f"{exc}; {id_note}" if id_note else str(exc)
+            batch.rejected.append(Rejected(index, record_id, None, reason, payload))
             continue
         batch.add(index, record_id, None, value)
     return batch
@@ -603,7 +623,9 @@ def _feature(name: str, value: Any) -> float:
     try:
         number = float(value)
     except OverflowError:
-        raise RecordError(f"feature {name!r} is too large for a float ({value})") from None
+        raise RecordError(
+            f"feature {name!r} is too large for a float ({_json_type(value)})"
+        ) from None
     if not math.isfinite(number):
         raise RecordError(f"feature {name!r} is {number} (features must be finite numbers)")
     return number
@@ -630,6 +652,10 @@ def _json_type(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
+    if isinstance(value, int) and not -(10**20) < value < 10**20:
+        # repr() of an integer over 4,300 digits raises (sys.set_int_max_str_digits); its
+        # size is what a reader needs, and bit_length() gives it without converting.
+        return f"a number (an integer of about {int(value.bit_length() * 0.30103) + 1:,} digits)"
     if isinstance(value, int | float):
         return f"a number ({value!r})"
     if isinstance(value, str):

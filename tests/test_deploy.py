@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,12 @@ from moto import mock_aws
 
 from mlayer.cli import cli
 from mlayer.deploy import deploy_function, zip_function
+from mlayer.publish import (
+    VersionRecord,
+    model_description,
+    model_identity,
+    parse_version_record,
+)
 
 REGION = "us-east-1"
 
@@ -221,7 +228,40 @@ def test_deploy_with_alias_publishes_a_version_recording_the_model(
     assert "  alias live -> version 1" in result.output
     assert lam.get_alias(FunctionName="scorer", Name="live")["FunctionVersion"] == "1"
     version = lam.get_function_configuration(FunctionName="scorer", Qualifier="1")
-    assert version["Description"] == "mlayer model sentiment v1"
+    sha = json.loads((layers / "model-sentiment-v1.json").read_text())["sha256"]
+    # v1 was published before identities were recorded: its sha256 is all there is to carry
+    assert version["Description"] == f"mlayer model sentiment v1 sha256={sha}"
+
+
+def test_deploy_with_alias_records_the_models_zip_and_content_as_a_rollout_does(
+    published: dict[str, Any], function_dir: Path, layers: Path
+) -> None:
+    # Given model v2 published as publish-model records it: sha256 and content identity
+    lam = published["lambda"]
+    zip_path = write_model_build(layers, 2)
+    with zipfile.ZipFile(zip_path) as archive:
+        identity = model_identity(json.loads(archive.read("model/manifest.json")))
+    build = json.loads(zip_path.with_suffix(".json").read_text())
+    lam.publish_layer_version(
+        LayerName="scorer-model",
+        Description=model_description(
+            "sentiment", 2, build["sha256"], build["unzipped_bytes"], identity
+        ),
+        Content={"ZipFile": zip_path.read_bytes()},
+    )
+
+    # When deploy-function publishes a version for the alias
+    result = deploy(function_dir, layers, "--role", role_arn(published["iam"]), "--alias", "live")
+    assert result.exit_code == 0, result.output
+
+    # Then that version says what a rollout's would, so rollback compares it by content
+    version = lam.get_function_configuration(FunctionName="scorer", Qualifier="1")
+    assert version["Description"] == (
+        f"mlayer model sentiment v2 sha256={build['sha256']} identity={identity}"
+    )
+    assert parse_version_record(version["Description"]) == VersionRecord(
+        "sentiment", 2, build["sha256"], identity
+    )
 
 
 def test_create_needs_a_role(published: dict[str, Any], function_dir: Path, layers: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import signal
 import threading
 import time
@@ -21,9 +22,11 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
+from click.testing import CliRunner
 from moto import mock_aws
 
-from mlayer.errors import ConfigError
+from mlayer.cli import cli
+from mlayer.errors import ConfigError, NotFoundError
 from mlayer.local.esm import (
     AwsDestination,
     DynamoDBStreamSource,
@@ -153,6 +156,8 @@ class FakeFunction:
 
 
 class FakeDestination:
+    keeps_records = False
+
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
 
@@ -640,7 +645,24 @@ def test_an_interrupt_while_stopping_aborts_and_kills_the_environments() -> None
         ({"parallelization_factor": 11}, "parallelization factor must be 1-10"),
         ({"max_record_age_s": 10}, "maximum record age must be -1 (infinite) or 60-604800"),
         ({"starting_position": "AT_TIMESTAMP"}, "AT_TIMESTAMP needs a timestamp"),
-        ({"on_failure": "arn:aws:s3:::bucket"}, "must be an SQS queue or SNS topic ARN"),
+        pytest.param(
+            {"on_failure": "arn:aws:s3:::bucket/prefix"},
+            "on-failure destination 'arn:aws:s3:::bucket/prefix' must be an SQS queue, SNS "
+            "topic or S3 bucket ARN: arn:aws:sqs:REGION:ACCOUNT:NAME, arn:aws:sns:REGION:"
+            "ACCOUNT:NAME or arn:aws:s3:::BUCKET (--on-failure)",
+            id="s3-with-a-key",
+        ),
+        pytest.param(
+            {"on_failure": "arn:aws:s3:us-east-1:123456789012:bucket"},
+            "must be an SQS queue, SNS topic or S3 bucket ARN",
+            id="s3-with-region-and-account",
+        ),
+        pytest.param(
+            {"on_failure": "arn:aws:lambda:us-east-1:123456789012:function:f"},
+            "must be an SQS queue, SNS topic or S3 bucket ARN",
+            id="lambda-function",
+        ),
+        pytest.param({"on_failure": "scorer-failures"}, "must be an SQS queue", id="a-bare-name"),
     ],
 )
 def test_settings_are_checked_against_lambdas_ranges(
@@ -648,6 +670,19 @@ def test_settings_are_checked_against_lambdas_ranges(
 ) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         MappingSettings(**settings).validate()
+
+
+@pytest.mark.parametrize(
+    "arn",
+    [
+        pytest.param("arn:aws:s3:::scorer-failures", id="s3"),
+        pytest.param("arn:aws:sqs:us-east-1:123456789012:dlq", id="sqs"),
+        pytest.param("arn:aws:sns:us-east-1:123456789012:failures", id="sns"),
+    ],
+)
+def test_every_destination_lambda_accepts_for_a_stream_is_accepted(arn: str) -> None:
+    # An S3 bucket is what `mlayer trigger --on-failure` recommends: run-local must take it.
+    assert MappingSettings(on_failure=arn).validate().on_failure == arn
 
 
 def test_settings_from_an_existing_mapping_and_flag_overrides() -> None:
@@ -796,6 +831,88 @@ def test_dynamodb_stream_records_and_sqs_on_failure() -> None:
     assert body["DDBStreamBatchInfo"]["streamArn"] == stream_arn
     assert body["requestContext"]["condition"] == "RetryAttemptsExhausted"
     assert summary.stats.discarded == 5
+
+
+@mock_aws
+def test_a_batch_given_up_on_goes_whole_to_an_s3_destination() -> None:
+    # Given a bucket as the on-failure destination and a function that always fails
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="scorer-failures")
+    stream = FakeStream()
+    seqs = stream.add("shardId-000000000001", 4, arrival=1_700_000_000.0)
+    raw = {
+        seq: base64.b64encode(json.dumps({"text": f"t{n}"}).encode()).decode()
+        for n, seq in enumerate(seqs)
+    }
+    for record in stream.records["shardId-000000000001"]:
+        record.event["kinesis"]["data"] = raw[record.sequence_number]
+
+    def behave(batch: list[str]) -> Any:
+        raise RuntimeError("sink down")
+
+    destination = AwsDestination(
+        "arn:aws:s3:::scorer-failures",
+        {"s3": s3}.__getitem__,
+        mapping_uuid="9f6c3a47-3c1b-4f0e-9d5e-0a1b2c3d4e5f",
+    )
+
+    # When the batch exhausts its retries
+    summary = StreamProcessor(
+        stream,
+        MappingSettings(batch_size=10, max_retry_attempts=1),
+        FakeFunction(behave).factory,
+        destination=destination,
+        function_arn="arn:aws:lambda:us-east-1:123456789012:function:scorer",
+        poll_interval_s=0.02,
+        retry_delay_s=0.0,
+    ).run(until_idle_s=0.3)
+
+    # Then one object holds it, under Lambda's documented key
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="scorer-failures")["Contents"]]
+    assert len(keys) == 1
+    assert re.fullmatch(
+        r"aws/lambda/9f6c3a47-3c1b-4f0e-9d5e-0a1b2c3d4e5f/shardId-000000000001/"
+        r"\d{4}/\d{2}/\d{2}/\d{4}-\d{2}-\d{2}T\d{2}\.\d{2}\.\d{2}-[0-9a-f-]{36}",
+        keys[0],
+    ), keys[0]
+    record = json.loads(s3.get_object(Bucket="scorer-failures", Key=keys[0])["Body"].read())
+    # the metadata, as the queue or topic would get it
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 2
+    assert record["responseContext"]["functionError"] == "Unhandled"
+    assert record["KinesisBatchInfo"]["startSequenceNumber"] == seqs[0]
+    assert record["KinesisBatchInfo"]["endSequenceNumber"] == seqs[-1]
+    assert record["KinesisBatchInfo"]["batchSize"] == 4
+    # and the batch's event as an escaped JSON string, data base64 as Lambda delivered it
+    assert isinstance(record["payload"], str)
+    records = json.loads(record["payload"])["Records"]
+    assert [r["kinesis"]["sequenceNumber"] for r in records] == seqs
+    assert [r["kinesis"]["data"] for r in records] == [raw[seq] for seq in seqs]
+    assert summary.stats.discarded == 4 and summary.stats.on_failure_messages == 1
+
+
+@mock_aws
+def test_run_local_refuses_a_malformed_on_failure_arn_with_one_error_line() -> None:
+    kinesis = boto3.client("kinesis", region_name="us-east-1")
+    kinesis.create_stream(StreamName="events", ShardCount=1)
+    result = CliRunner().invoke(
+        cli,
+        ["run-local", "--function", "scorer", "--stream", "events",
+         "--on-failure", "arn:aws:s3:::scorer-failures/prefix", "--until-idle", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == (
+        "Error: on-failure destination 'arn:aws:s3:::scorer-failures/prefix' must be an SQS "
+        "queue, SNS topic or S3 bucket ARN: arn:aws:sqs:REGION:ACCOUNT:NAME, arn:aws:sns:"
+        "REGION:ACCOUNT:NAME or arn:aws:s3:::BUCKET (--on-failure)"
+    )
+
+
+@mock_aws
+def test_a_missing_on_failure_bucket_is_named() -> None:
+    s3 = boto3.client("s3", region_name="us-east-1")
+    with pytest.raises(NotFoundError, match="the on-failure bucket nowhere does not exist"):
+        AwsDestination("arn:aws:s3:::nowhere", {"s3": s3}.__getitem__)
 
 
 def test_a_slow_read_is_not_idleness() -> None:

@@ -20,7 +20,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from function_support import Run, invoke, kinesis_record
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
@@ -501,6 +501,11 @@ json_scalars = st.one_of(
     st.booleans(),
     st.integers(min_value=-(10**30), max_value=10**30),
     st.sampled_from([2**63, 2**64, -(2**63) - 1, 2**100]),  # past orjson's 64 bits
+    # past str()'s 4,300 digits (sys.get_int_max_str_digits), where str() and repr() raise
+    # (built by map(), as hypothesis's own repr() of a strategy holding them would raise)
+    st.tuples(st.sampled_from([101, 4300, 5000]), st.sampled_from([1, -1])).map(
+        lambda power_sign: power_sign[1] * 10 ** power_sign[0]
+    ),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(alphabet=st.characters(exclude_categories=()), max_size=12),  # surrogates too
     st.sampled_from(["\ud800", "x\udfff", "\ud83d", "\ufffe\uffff"]),
@@ -527,7 +532,8 @@ json_values = st.recursive(
 direct_payloads = st.one_of(
     json_values,
     st.integers(256, 700).map(nested),  # deeper than orjson's 255 levels
-    st.fixed_dictionaries({"id": json_scalars, "text": json_values}),
+    st.fixed_dictionaries({"id": json_values, "text": json_values}),
+    st.fixed_dictionaries({"id": json_values, "text": st.text(min_size=1, max_size=30)}),
     st.fixed_dictionaries({"text": st.text(max_size=30)}),
 )
 
@@ -548,6 +554,11 @@ def direct_queue() -> Iterator[str]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(payloads=st.lists(direct_payloads, max_size=8), dead_letters=st.booleans())
+@example(
+    payloads=[{"id": 10**5000, "text": 10**5000}, {"id": 10**5000, "text": "ok"}],
+    dead_letters=False,
+)
+@example(payloads=[{"id": 10**5000, "text": 10**5000}, {"text": -(10**5000)}], dead_letters=True)
 def test_direct_invocation_accounts_for_any_payload(
     text_model_dir: Path, direct_queue: str, payloads: list[Any], dead_letters: bool
 ) -> None:
@@ -565,3 +576,23 @@ def test_direct_invocation_accounts_for_any_payload(
         assert all(body["reason"] for body in bodies)
     else:
         assert len(run.failures) == counts["failed"]
+    # Every record is answered for under an id that fits a table key and the response's JSON
+    ids = [p["record_id"] for p in run.response["predictions"]] + run.failures
+    assert all(isinstance(i, str) and len(i) <= 4_000 for i in ids)
+
+
+def test_a_huge_integer_id_or_field_is_a_bad_record_with_a_reason_not_a_crash(
+    text_model_dir: Path,
+) -> None:
+    # Given integers whose decimal text is over Python's 4,300-digit limit
+    payloads = [{"id": 10**5000, "text": "great"}, {"id": "b", "text": 10**5000}]
+
+    # When they are invoked directly
+    run = invoke({"records": payloads}, MODEL_DIR=text_model_dir)
+
+    # Then the first is scored under its position, the second rejected with a bounded reason
+    assert [p["record_id"] for p in run.response["predictions"]] == ["0"]
+    assert run.failures == ["b"]
+    (bad,) = run.bad_records
+    assert "an integer of about 5,001 digits" in bad["reason"]
+    assert len(bad["reason"]) < 500

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlayer.archive import DIRECT_UPLOAD_LIMIT, Budget, iter_files, mb, write_zip
+from mlayer.arns import on_failure_kind
 from mlayer.errors import ConfigError, NotFoundError
 from mlayer.publish import (
     DEFAULT_PACE,
@@ -401,15 +402,18 @@ def _point_alias(
     deployment: Deployment,
     pace: Pace,
 ) -> None:
-    # Record the model this version carries, as publish-model does, so that rollback can
-    # still name it after its layer version is deleted.
+    # Record the model this version carries as a rollout does (publish.carries): its name and
+    # version, its zip's sha256 and its content identity, so that rollback still names it
+    # after its layer version is deleted and knows it by content, not build number.
     description = "mlayer deploy-function"
     model_arn = find_layer(layers, model_layer)
     if model_arn is not None:
         version = get_layer_version(lam, model_arn)
         record = parse_description((version or {}).get("Description"))
         if record and record.name and record.version is not None:
-            description = version_description(record.name, record.version)
+            description = version_description(
+                record.name, record.version, record.sha256, record.identity
+            )
     new_version = publish_function_version(lam, function, description, pace)
     current = get_alias(lam, function, alias)
     if current is None:
@@ -471,25 +475,6 @@ class TriggerSettings:
 
 
 DEFAULT_TRIGGER = TriggerSettings()
-
-
-def on_failure_kind(arn: str) -> str | None:
-    """ "s3", "sqs" or "sns" for an on-failure destination ARN Lambda accepts from a stream
-    mapping; None for anything else.
-
-    An S3 bucket ARN has no region or account (``arn:aws:s3:::BUCKET``); a queue or topic
-    ARN has both (``arn:aws:sqs:REGION:ACCOUNT:NAME``).
-    """
-    parts = arn.split(":")
-    if len(parts) != 6 or parts[0] != "arn" or not parts[1].startswith("aws"):
-        return None
-    service, region, account, resource = parts[2:]
-    if service == "s3":
-        bucket_ok = 3 <= len(resource) <= 63 and "/" not in resource
-        return "s3" if not region and not account and bucket_ok else None
-    if service in ("sqs", "sns") and region and account.isdigit() and len(account) == 12:
-        return service if resource else None
-    return None
 
 
 def describe_on_failure(arn: str | None) -> str:

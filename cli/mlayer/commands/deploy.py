@@ -24,7 +24,7 @@ def _env_pairs(
 
 
 def _destination(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    from mlayer.deploy import on_failure_kind
+    from mlayer.arns import on_failure_kind
 
     if value is None or on_failure_kind(value):
         return value

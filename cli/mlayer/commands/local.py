@@ -232,7 +232,12 @@ def _position(value: str | None) -> str | None:
     default=None,
     help="Honour the function's batchItemFailures (partial batch response).",
 )
-@click.option("--on-failure", metavar="ARN", help="SQS queue or SNS topic for discarded batches.")
+@click.option(
+    "--on-failure",
+    metavar="ARN",
+    help="Where batches given up on go: an S3 bucket (arn:aws:s3:::BUCKET) keeps their records, "
+    "an SQS queue or SNS topic their metadata.",
+)
 @click.option(
     "--until-idle",
     type=click.FloatRange(min=0, min_open=True),

@@ -14,10 +14,11 @@ the way Lambda's event source mapping does:
 - on a function error (exception, timeout, out of memory, crash), the batch is retried as
   is, or split in two when ``BisectBatchOnFunctionError`` is on (splits do not count as
   retries); after ``MaximumRetryAttempts`` retries, or once a record is older than
-  ``MaximumRecordAgeInSeconds``, the batch is discarded and its metadata (Lambda's shape,
-  with ``KinesisBatchInfo`` / ``DDBStreamBatchInfo``) goes to the on-failure destination
-  (SQS queue or SNS topic); the shard then moves on. Infinite retries (-1, Lambda's default)
-  block the shard, as in Lambda.
+  ``MaximumRecordAgeInSeconds``, the batch is discarded and its invocation record (Lambda's
+  shape, with ``KinesisBatchInfo`` / ``DDBStreamBatchInfo``) goes to the on-failure
+  destination: an SQS queue or SNS topic gets the metadata, an S3 bucket also the batch's
+  event as ``payload`` (see :class:`AwsDestination`); the shard then moves on. Infinite
+  retries (-1, Lambda's default) block the shard, as in Lambda.
 
 Each concurrent batch slot has its own execution environment, as Lambda scales one
 environment per shard (times the parallelization factor).
@@ -47,6 +48,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from mlayer.arns import on_failure_kind
 from mlayer.errors import ConfigError, MlayerError, NotFoundError
 
 MAX_PAYLOAD_BYTES = 6 * 1024 * 1024  # Lambda's synchronous invocation payload limit
@@ -70,7 +72,7 @@ class MappingSettings:
     max_retry_attempts: int = -1
     max_record_age_s: int = -1
     report_batch_item_failures: bool = False
-    on_failure: str | None = None  # SQS queue or SNS topic ARN
+    on_failure: str | None = None  # SQS queue, SNS topic or S3 bucket ARN
     source: str = "defaults"  # where they came from: "defaults" or the mapping's UUID
 
     def validate(self) -> MappingSettings:
@@ -107,10 +109,10 @@ class MappingSettings:
                 "maximum record age must be -1 (infinite) or 60-604800 seconds (--max-record-age)",
             ),
             (
-                self.on_failure is None
-                or self.on_failure.startswith(("arn:aws:sqs:", "arn:aws:sns:")),
-                f"on-failure destination {self.on_failure} must be an SQS queue or SNS "
-                "topic ARN (--on-failure)",
+                self.on_failure is None or on_failure_kind(self.on_failure) is not None,
+                f"on-failure destination {self.on_failure!r} must be an SQS queue, SNS topic "
+                "or S3 bucket ARN: arn:aws:sqs:REGION:ACCOUNT:NAME, arn:aws:sns:REGION:"
+                "ACCOUNT:NAME or arn:aws:s3:::BUCKET (--on-failure)",
             ),
         ]
         for ok, message in checks:
@@ -372,17 +374,48 @@ class Invoker(Protocol):
 
 
 class Destination(Protocol):
+    """Where the invocation record of a batch given up on goes."""
+
+    # True: the record carries the batch's event as ``payload`` (what Lambda sends to S3).
+    keeps_records: bool
+
     def send(self, message: dict[str, Any]) -> None: ...
 
 
 class AwsDestination:
-    """The on-failure destination: an SQS queue or SNS topic, by ARN."""
+    """The on-failure destination: an SQS queue, SNS topic or S3 bucket, by ARN.
 
-    def __init__(self, arn: str, clients: Callable[[str], Any]) -> None:
+    A queue or topic gets the invocation record (metadata only). A bucket gets one object per
+    batch, the invocation record plus ``payload``: the batch's event (``{"Records": [...]}``,
+    Kinesis data base64 as delivered) as an escaped JSON string, under
+    ``aws/lambda/<ESM-UUID>/<shardID>/YYYY/MM/DD/YYYY-MM-DDTHH.MM.SS-<Random UUID>``. Both the
+    payload and the key are as documented in "Retain discarded batch records for a Kinesis
+    Data Streams event source in Lambda" (and its DynamoDB twin): docs.aws.amazon.com/lambda/
+    latest/dg/kinesis-on-failure-destination.html. Not documented, so chosen here: the time
+    in the key is the time the batch was given up on, in UTC; and without a mapping (settings
+    from flags) there is no ESM UUID, so ``mapping_uuid`` is a stand-in derived from the
+    function and stream (stable across runs, UUID-shaped for tools that parse the key).
+    """
+
+    def __init__(
+        self, arn: str, clients: Callable[[str], Any], *, mapping_uuid: str | None = None
+    ) -> None:
         self.arn = arn
         parts = arn.split(":")
-        self.service = parts[2]
-        if self.service == "sqs":
+        self.service = on_failure_kind(arn)
+        self.keeps_records = self.service == "s3"
+        self.mapping_uuid = mapping_uuid or str(uuid.uuid4())
+        if self.service == "s3":
+            self._s3 = clients("s3")
+            self._bucket = parts[5]
+            try:
+                self._s3.head_bucket(Bucket=self._bucket)
+            except Exception as exc:
+                raise NotFoundError(
+                    f"the on-failure bucket {self._bucket} does not exist on the endpoint; "
+                    "create it or pass another --on-failure"
+                ) from exc
+        elif self.service == "sqs":
             self._sqs = clients("sqs")
             try:
                 self._url = self._sqs.get_queue_url(
@@ -396,14 +429,38 @@ class AwsDestination:
         elif self.service == "sns":
             self._sns = clients("sns")
         else:
-            raise ConfigError(f"on-failure destination {arn} must be an SQS queue or SNS topic")
+            raise ConfigError(
+                f"on-failure destination {arn!r} must be an SQS queue, SNS topic or S3 bucket "
+                "ARN (--on-failure)"
+            )
 
     def send(self, message: dict[str, Any]) -> None:
         body = json.dumps(message)
-        if self.service == "sqs":
+        if self.service == "s3":
+            self._s3.put_object(
+                Bucket=self._bucket,
+                Key=self.object_key(message),
+                Body=body.encode(),
+                ContentType="application/json",
+            )
+        elif self.service == "sqs":
             self._sqs.send_message(QueueUrl=self._url, MessageBody=body)
         else:
             self._sns.publish(TopicArn=self.arn, Message=body)
+
+    def object_key(self, message: dict[str, Any], now: datetime | None = None) -> str:
+        """Lambda's documented key for the S3 object of one invocation record."""
+        info = message.get("KinesisBatchInfo") or message.get("DDBStreamBatchInfo") or {}
+        when = (now or datetime.now(UTC)).astimezone(UTC)
+        return (
+            f"aws/lambda/{self.mapping_uuid}/{info.get('shardId', 'unknown')}/"
+            f"{when:%Y/%m/%d}/{when:%Y-%m-%dT%H.%M.%S}-{uuid.uuid4()}"
+        )
+
+
+def local_mapping_uuid(function_arn: str, stream_arn: str) -> str:
+    """A stand-in ESM UUID for a run without a mapping: the same for a function and stream."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"mlayer-run-local:{function_arn}:{stream_arn}"))
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -571,8 +628,8 @@ class StreamProcessor:
         source: the stream.
         settings: the mapping's settings (validated here).
         invoker_factory: makes one execution environment per lane, on the lane's first batch.
-        destination: where discarded batches' metadata goes (None: records are dropped, as
-            Lambda does without a destination).
+        destination: where discarded batches' invocation records go (None: records are
+            dropped, as Lambda does without a destination).
         function_arn, function_version: for the on-failure messages.
         poll_interval_s: pause between polls of a shard that returned nothing (Lambda polls
             each shard about once a second; a smaller value keeps local runs snappy).
@@ -1082,12 +1139,14 @@ class StreamProcessor:
         invokes: int,
         result: InvocationLike | None,
     ) -> dict[str, Any]:
-        """Lambda's on-failure record for a stream batch (metadata, not the records)."""
+        """Lambda's on-failure invocation record for a stream batch: its metadata, and for a
+        destination that keeps records (S3) the batch's event as ``payload``, an escaped JSON
+        string, as Lambda documents it."""
         info_key = "KinesisBatchInfo" if self.source.kind == "kinesis" else "DDBStreamBatchInfo"
         response: dict[str, Any] = {"statusCode": 200, "executedVersion": self.function_version}
         if result is not None and result.error is not None:
             response["functionError"] = "Unhandled"
-        return {
+        message: dict[str, Any] = {
             "requestContext": {
                 "requestId": str(uuid.uuid4()),
                 "functionArn": self.function_arn,
@@ -1107,6 +1166,9 @@ class StreamProcessor:
                 "streamArn": self.source.arn,
             },
         }
+        if self.destination is not None and self.destination.keeps_records:
+            message["payload"] = _event_json(chunk).decode()
+        return message
 
     # -- stopping --------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from mlayer.local.esm import (
     RunSummary,
     StreamProcessor,
     StreamSource,
+    local_mapping_uuid,
 )
 from mlayer.local.resolve import LocalFunction, resolve_function
 from mlayer.local.sandbox import Invocation
@@ -223,7 +224,15 @@ def run_local(
         )
     else:
         source = DynamoDBStreamSource(aws.client("dynamodbstreams"), stream_arn, region=region)
-    destination = AwsDestination(settings.on_failure, aws.client) if settings.on_failure else None
+    destination = None
+    if settings.on_failure:
+        # An S3 object's key names the mapping; a run without one gets a stable stand-in.
+        mapping_uuid = str(mapping["UUID"]) if mapping and mapping.get("UUID") else None
+        destination = AwsDestination(
+            settings.on_failure,
+            aws.client,
+            mapping_uuid=mapping_uuid or local_mapping_uuid(local.arn, stream_arn),
+        )
     extra_env = function_env(aws)
     shards = source.shards()
     notes: list[str] = []

@@ -20,7 +20,16 @@ bytecode needs a Python 3.13 here (PATH, pyenv or uv), else the row says it has 
 The 1-minute load average before and after the cold starts is printed: on a busy machine
 every figure grows, the ratios less so.
 
+``--pandas`` prints another table instead: what pandas adds to mlayer's layer (slimmed, with
+sourceless bytecode, as build-deps ships it) for python3.11 x86_64 (requirements.txt + pandas
+2.3.3, and + pandas 3.1.1) and python3.13 x86_64 (tests/pins/current-py313.txt + pandas 3.1.1),
+and what importing it costs in fresh processes on the layer: ``import pandas`` after numpy, and
+the function's own imports (numpy, joblib, scikit-learn) without and with pandas in the layer
+(scikit-learn imports pandas when it is installed: ``sklearn/utils/fixes.py``, checked); median
+of ``--runs`` (default 5 here).
+
 Usage: python bench/layer_size.py [--runs 10] [--no-cross] [--quiet-load 0.7 --max-wait 1200]
+       python bench/layer_size.py --pandas [--runs 5]
 (--quiet-load: before the cold starts, wait until the 1-minute load average is below it, at
 most --max-wait seconds, so the builds' own load has settled.)
 """
@@ -35,15 +44,45 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "cli"))
 
 from mlayer.archive import dir_size, write_zip  # noqa: E402
-from mlayer.deps_layer import DepsBuildOptions, Target, build_deps  # noqa: E402
+from mlayer.build_pip import ensure_pip  # noqa: E402
+from mlayer.deps_layer import (  # noqa: E402
+    DepsBuildOptions,
+    Target,
+    build_deps,
+    default_cache_dir,
+    locate_interpreter,
+)
 
 REQUIREMENTS = ROOT / "requirements.txt"
+CURRENT = ROOT / "tests" / "pins" / "current-py313.txt"
+# (target, base pins, pandas pin): pandas 3 needs numpy >= 2.0.2 below Python 3.14 (checked:
+# pandas 3.1.1 has manylinux_2_24 cp311 wheels and installs beside numpy 2.2.6).
+PANDAS_CASES = (
+    ("python3.11", REQUIREMENTS, "pandas==2.3.3"),
+    ("python3.11", REQUIREMENTS, "pandas==3.1.1"),
+    ("python3.13", CURRENT, "pandas==3.1.1"),
+)
+IMPORTS = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+started = time.perf_counter()
+import numpy
+numpy_done = time.perf_counter()
+if sys.argv[2] == "pandas":
+    import pandas
+else:  # what the function imports to load a scikit-learn model
+    import joblib, sklearn.linear_model, sklearn.feature_extraction.text
+print(json.dumps({"numpy": numpy_done - started, "then": time.perf_counter() - numpy_done,
+                  "pandas_loaded": "pandas" in sys.modules}))
+"""
 
 COLD_START = r"""
 import json, sys, time
@@ -61,8 +100,10 @@ print(json.dumps({"seconds": time.time() - started}))
 def naive_install(out: Path, target: Target) -> Path:
     """pip install --target as a user would (pip compiles for its own interpreter)."""
     layer = out / "python"
+    # mlayer's pinned pip (what a user with a current pip gets), not this interpreter's own
+    pip = ensure_pip(default_cache_dir(), sys.executable)
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+        [*pip.command(), "install", "-q", "--disable-pip-version-check",
          "--target", str(layer), *target.pip_target_args(), "-r", str(REQUIREMENTS)],
         check=True, capture_output=True,
     )  # fmt: skip
@@ -115,13 +156,101 @@ def wait_for_quiet(threshold: float, max_wait: float) -> None:
         time.sleep(30)
 
 
+def import_times(
+    python: str, base: Path, with_pandas: Path, runs: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Fresh ``python -I -S -B`` processes, interleaved round by round (a load change on a
+    shared machine then hits all three alike): the function's imports on the layer without
+    pandas and on the one with it, and ``import pandas`` after numpy on the latter."""
+    cases = {"without": (base, "sklearn"), "with": (with_pandas, "sklearn"),
+             "pandas": (with_pandas, "pandas")}  # fmt: skip
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
+    for _ in range(runs):
+        for name, (layer, mode) in cases.items():
+            proc = subprocess.run(
+                [python, "-I", "-S", "-B", "-c", IMPORTS, str(layer), mode],
+                capture_output=True, text=True, cwd="/",
+            )  # fmt: skip
+            if proc.returncode != 0:
+                raise SystemExit(f"imports failed on {layer}:\n{proc.stderr[-2000:]}")
+            results[name].append(json.loads(proc.stdout))
+    return results
+
+
+def _median(runs: list[dict[str, Any]], *keys: str) -> str:
+    """The median over ``runs`` of the sum of ``keys``, in seconds, two decimals."""
+    return f"{statistics.median(sum(r[k] for k in keys) for r in runs):.2f}"
+
+
+def pandas_table(runs: int) -> None:
+    """What pandas adds to the layer, and what importing it costs (see the module docstring)."""
+    header = ("target", "pins", "without pandas MB (zip)", "with MB (zip)", "pandas adds MB",
+              "zip adds MB", "import pandas s", "function imports s, without / with",
+              "sklearn imports pandas")  # fmt: skip
+    lines = [header]
+    with tempfile.TemporaryDirectory(prefix="mlayer-bench-pandas-") as tmp:
+        work = Path(tmp)
+        for n, (runtime, base, pin) in enumerate(PANDAS_CASES):
+            python = locate_interpreter(runtime.removeprefix("python")).path
+            if python is None:
+                raise SystemExit(f"no {runtime} interpreter here: bytecode and imports need one")
+            with_pandas = work / f"with-{n}.txt"
+            with_pandas.write_text(base.read_text() + f"\n{pin}\n")
+            built = {}
+            for label, requirements in (("base", base), ("pandas", with_pandas)):
+                print(f"{runtime} {requirements.name} ...", file=sys.stderr)
+                result = build_deps(
+                    DepsBuildOptions(requirements=requirements, runtime=runtime, arch="x86_64",
+                                     python=python, layers_dir=work / f"l-{n}-{label}")
+                )  # fmt: skip
+                built[label] = result
+            added = {k: v for k, v in built["pandas"].manifest["packages"].items()
+                     if k not in built["base"].manifest["packages"]}  # fmt: skip
+            layers = {k: unzip(r.zip_path, work / f"u-{n}-{k}") for k, r in built.items()}
+            times = import_times(python, layers["base"], layers["pandas"], runs)
+            b, p = built["base"].manifest, built["pandas"].manifest
+            lines.append((
+                f"{runtime} x86_64",
+                f"{base.name} + " + ", ".join(f"{k} {v}" for k, v in sorted(added.items())),
+                f"{b['unzipped_bytes'] / 1e6:.1f} ({b['zip_bytes'] / 1e6:.1f})",
+                f"{p['unzipped_bytes'] / 1e6:.1f} ({p['zip_bytes'] / 1e6:.1f})",
+                f"{(p['unzipped_bytes'] - b['unzipped_bytes']) / 1e6:.1f}",
+                f"{(p['zip_bytes'] - b['zip_bytes']) / 1e6:.1f}",
+                _median(times["pandas"], "then"),
+                f"{_median(times['without'], 'numpy', 'then')} / "
+                f"{_median(times['with'], 'numpy', 'then')}",
+                "yes" if all(r["pandas_loaded"] for r in times["with"]) else "no",
+            ))  # fmt: skip
+    print(f"MB = 10^6 bytes; zip at mlayer's deflate level 9; import times: median of {runs} "
+          "fresh processes (python -I -S -B, the layer first on sys.path), interleaved; "
+          "import pandas: after numpy; function imports: numpy, joblib, sklearn.linear_model, "
+          f"sklearn.feature_extraction.text; 1-min load {os.getloadavg()[0]:.2f}, "
+          f"{os.cpu_count()} CPUs")  # fmt: skip
+    print_table(lines)
+
+
+def print_table(lines: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for i, line in enumerate(lines):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument(
+        "--runs", type=int, help="cold starts per layer (default 10; 5 with --pandas)"
+    )
     parser.add_argument("--no-cross", action="store_true", help="skip python3.13 arm64")
     parser.add_argument("--quiet-load", type=float, help="wait for a 1-min load below this")
     parser.add_argument("--max-wait", type=float, default=1200, help="seconds, at most")
+    parser.add_argument("--pandas", action="store_true", help="what pandas adds (another table)")
     args = parser.parse_args()
+    if args.pandas:
+        pandas_table(args.runs or 5)
+        return
+    args.runs = args.runs or 10
     here = Target("python3.11", "x86_64")
     rows: list[tuple[str, str, int, int, int, list[float] | None]] = []
     with tempfile.TemporaryDirectory(prefix="mlayer-bench-") as tmp:
@@ -183,15 +312,11 @@ def main() -> None:
             "-" if not runs else f"{min(runs):.2f}",
             "-" if median is None or not base else f"{100 * median / base:.0f}%",
         ))  # fmt: skip
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     print(f"Pins: {REQUIREMENTS.name}; cold start = median (best) of {args.runs} fresh processes, "
           "interpreter start to 100 predictions of the text model (real handler); "
           f"1-min load average {load_before:.2f} before, {load_after:.2f} after, "
           f"{os.cpu_count()} CPUs")  # fmt: skip
-    for i, line in enumerate(lines):
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print_table(lines)
 
 
 if __name__ == "__main__":

@@ -47,12 +47,15 @@ Progress = Callable[[str], None]
 PublishedVersions = Callable[[], Iterable[int]] | Iterable[int] | None
 
 
-# pandas for a dependency layer whose numpy is older than 2.3 (pandas 3 needs numpy 2.3+ on
-# the AL2023 runtimes; 2.3.3 is the last release installable beside numpy 2.2 on 3.11).
+# The pandas to add to a dependency layer: the same generation as its numpy and
+# scikit-learn (pandas 3 installs beside numpy 2.2 too, but scikit-learn 1.7, the AL2 pins,
+# was released before it; the suite tests 2.3.3 with them).
 PANDAS_PINS = (((2, 3), "pandas==3.1.1"), ((0, 0), "pandas==2.3.3"))
-# What pandas adds to the dependency layer after mlayer's slimming and bytecode, measured
-# with bench/layer_size.py (MB = 10^6 bytes): see README, "Your model".
-PANDAS_ADDS_MB = {"pandas==2.3.3": 33.7, "pandas==3.1.1": 33.7}
+# What that pandas adds to mlayer's dependency layer (slimmed, sourceless bytecode), MB =
+# 10^6 bytes, measured with `python bench/layer_size.py --pandas`: 2.3.3 on python3.11 with
+# the repo's pins, 3.1.1 on python3.13 with scikit-learn 1.9.1 / numpy 2.5.5 (README, "Your
+# model").
+PANDAS_ADDS_MB = {"pandas==2.3.3": 33.7, "pandas==3.1.1": 29.0}
 
 
 @dataclass

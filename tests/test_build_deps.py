@@ -221,7 +221,7 @@ def test_function_runs_on_the_built_layer(
     deps: str, text_model_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The real function, in a Lambda-like process, predicts with the built layer."""
-    from mlayer.local.sandbox import LambdaEnvironment, prepare_opt
+    from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
 
     built = request.getfixturevalue(deps)
     opt = tmp_path / "opt"

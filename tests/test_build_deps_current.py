@@ -254,7 +254,7 @@ def test_a_model_trained_with_current_pins_is_served_by_python313(
     user_python: Path,
     tmp_path: Path,
 ) -> None:
-    from mlayer.local.sandbox import LambdaEnvironment, prepare_opt
+    from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
 
     model_dir, expected = model313
     meta = json.loads((model_dir / "metadata.json").read_text())

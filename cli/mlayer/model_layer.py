@@ -15,9 +15,10 @@ Before writing anything it checks that the dependency layer can load the model:
   refuses); numpy refuses across a major version (2.x pickles reference ``numpy._core``,
   which 1.x does not have). ``--force`` overrides, loudly.
 - the smoke test: the real function (``function/``) in a fresh Lambda-like process
-  (:class:`mlayer.local.sandbox.LambdaEnvironment`: function dir, the deps layer's python/,
-  the standard library) with ``MODEL_DIR`` on the unzipped model layer scores sample
-  records; an error or any warning (``InconsistentVersionWarning`` included) fails the build.
+  (:class:`mlayer.lambda_env.environment.LambdaEnvironment`: function dir, the deps layer's
+  python/, the standard library) with ``MODEL_DIR`` on the unzipped model layer scores
+  sample records; an error or any warning (``InconsistentVersionWarning`` included) fails
+  the build.
 """
 
 from __future__ import annotations
@@ -476,7 +477,7 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         )
         if build.runnable is not None:
             say("unpacking the layers as Lambda's /opt")
-            from mlayer.local.sandbox import prepare_opt
+            from mlayer.lambda_env.environment import prepare_opt
 
             prepare_opt([_deps_zip(build.runnable[0])], build.opt)
             problems += _missing_modules(pickles, build.opt)

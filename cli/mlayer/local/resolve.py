@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mlayer.errors import ConfigError, NotFoundError
-from mlayer.local.runtime_dir import cache_root, inspect_interpreter
-from mlayer.local.sandbox import LambdaEnvironment, prepare_opt
+from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
+from mlayer.lambda_env.runtime_dir import cache_root, inspect_interpreter
 
 
 @dataclass(frozen=True)

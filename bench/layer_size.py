@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "cli"))
 
 from mlayer.archive import dir_size, write_zip  # noqa: E402
-from mlayer.deps_layer import DepsBuildOptions, Target, build_deps  # noqa: E402
+from mlayer.deps_layer import DepsBuildOptions, build_deps  # noqa: E402
+from mlayer.targets import Target  # noqa: E402
 
 REQUIREMENTS = ROOT / "requirements.txt"
 

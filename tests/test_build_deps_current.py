@@ -26,7 +26,9 @@ import pytest
 from test_build_deps import _no_python_env, _unzip, _wheel_tags
 
 from mlayer.build_pip import PIP_MINIMUM, PIP_VERSION, ensure_pip, pip_home
-from mlayer.deps_layer import ELF_MACHINES, Target, elf_machine, locate_interpreter
+from mlayer.interpreters import locate_interpreter
+from mlayer.slim import ELF_MACHINES, elf_machine
+from mlayer.targets import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 CURRENT = ROOT / "tests" / "pins" / "current-py313.txt"

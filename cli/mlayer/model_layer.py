@@ -35,14 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from mlayer.archive import Budget, BudgetPart, mb, sha256_file, upload_note, write_zip
-from mlayer.deps_layer import (
-    Target,
-    find_interpreter,
-    function_size,
-    host_machine,
-)
+from mlayer.deps_layer import function_size
 from mlayer.errors import BudgetError, CompatibilityError, ConfigError, SmokeTestError
+from mlayer.interpreters import find_interpreter
 from mlayer.model_files import ModelSource, Overrides, resolve
+from mlayer.targets import Target, host_machine
 
 Progress = Callable[[str], None]
 PublishedVersions = Callable[[], Iterable[int]] | Iterable[int] | None

@@ -295,7 +295,7 @@ def find_python(runtime: str, python: str | None) -> str:
         return python
     # The same search build-deps uses: a pyenv shim for an inactive version is on PATH but
     # does not run, so each candidate must start and report the right version.
-    from mlayer.deps_layer import locate_interpreter
+    from mlayer.interpreters import locate_interpreter
 
     search = locate_interpreter(wanted)
     if search.path:

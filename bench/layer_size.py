@@ -147,8 +147,8 @@ def main() -> None:
             )  # fmt: skip
             layer = unzip(result.zip_path, work / f"u-{mode}")
             m = result.manifest
-            rows.append((label, "python3.11 x86_64", m["unzipped_bytes"], m["zip_bytes"],
-                         m["files"], None))  # fmt: skip
+            rows.append((label, "python3.11 x86_64", m.unzipped_bytes, m.zip_bytes, m.files,
+                         None))  # fmt: skip
             measured.append(layer)
         if args.quiet_load is not None:
             wait_for_quiet(args.quiet_load, args.max_wait)
@@ -167,10 +167,10 @@ def main() -> None:
                                  layers_dir=work / "l-cross")
             )  # fmt: skip
             m = result.manifest
-            note = (f" ({m['bytecode_mode']})" if m["bytecode"]
+            note = (f" ({m.bytecode_mode})" if m.bytecode
                     else " (no bytecode: no Python 3.13 here)")  # fmt: skip
-            rows.append((f"mlayer build-deps{note}", "python3.13 arm64", m["unzipped_bytes"],
-                         m["zip_bytes"], m["files"], None))  # fmt: skip
+            rows.append((f"mlayer build-deps{note}", "python3.13 arm64", m.unzipped_bytes,
+                         m.zip_bytes, m.files, None))  # fmt: skip
     base_runs = next(r[5] for r in rows if r[0] == "slim, no bytecode")
     base = statistics.median(base_runs) if base_runs else None
     header = ("layer", "target", "unzipped MB", "zipped MB", "files", "cold start s",

@@ -56,6 +56,7 @@ from mlayer.docker import DEFAULT_IMAGE, DockerBuild, ensure_docker
 from mlayer.errors import BudgetError, BuildError, ConfigError
 from mlayer.interpreters import InterpreterSearch, interpreter_version, locate_interpreter
 from mlayer.layer_script import output_tail, run_script, script_path
+from mlayer.manifests import DepsManifest
 from mlayer.slim import find_strip, in_test_dir, records_bytes, slim, strip_extensions
 from mlayer.targets import Target, host_machine
 from mlayer.wheels import default_runtime, has_markers, install_with_pip
@@ -99,7 +100,7 @@ class DepsBuildResult:
 
     zip_path: Path
     manifest_path: Path
-    manifest: dict[str, Any]
+    manifest: DepsManifest
     report: dict[str, Any]
     cached: bool = False
     seconds: float = 0.0
@@ -122,7 +123,7 @@ def default_cache_dir() -> Path:
 # of the cache key.
 _BUILD_MODULES = (
     "deps_layer", "archive", "build_pip", "targets", "interpreters", "layer_script", "wheels",
-    "docker", "slim",
+    "docker", "slim", "manifests",
 )  # fmt: skip
 
 
@@ -277,6 +278,38 @@ def _layer_names(target: Target) -> str:
     return f"deps-{target.runtime}-{target.arch}"
 
 
+@dataclass
+class _Plan:
+    """What one build decided before it starts: target, interpreter, image, where it writes."""
+
+    options: DepsBuildOptions
+    target: Target
+    requirements: bytes
+    cache_dir: Path
+    search: InterpreterSearch  # the interpreter that compiles, verifies and runs pip
+    docker: str | None = None  # the docker client, for --method docker
+    image: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def python(self) -> str | None:
+        return self.search.path
+
+    def cache_entry(self) -> Path:
+        """Where the cache keeps a build of these inputs (the key runs the interpreter)."""
+        python = self.python if self.docker is None else None
+        key = _cache_key(self.options, self.target, self.requirements, python, self.image)
+        return self.cache_dir / "deps" / key
+
+    @property
+    def zip_path(self) -> Path:
+        return self.options.layers_dir / f"{_layer_names(self.target)}.zip"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.options.layers_dir / f"{_layer_names(self.target)}.json"
+
+
 def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> DepsBuildResult:
     """Build the dependency layer zip and manifest under ``options.layers_dir``.
 
@@ -288,6 +321,28 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
     """
     started = time.monotonic()
     say = progress or (lambda message: None)
+    plan = _plan(options, progress)
+    cache_entry = plan.cache_entry()
+    if options.use_cache and (cache_entry / "report.json").is_file():
+        say("reusing the cached build (same requirements, target and options)")
+        return _reuse(plan, cache_entry, started)
+    with tempfile.TemporaryDirectory(prefix="mlayer-deps-") as tmp:
+        manifest, report, budget = _build(plan, Path(tmp), cache_entry, say)
+    report["budget"] = _budget_report(budget)
+    return DepsBuildResult(
+        plan.zip_path,
+        plan.manifest_path,
+        manifest,
+        report,
+        cached=False,
+        seconds=time.monotonic() - started,
+        warnings=plan.warnings,
+        notes=_notes(manifest, budget),
+    )
+
+
+def _check_options(options: DepsBuildOptions) -> None:
+    """Refuse a method, bytecode mode or flag combination the build does not know."""
     if options.method not in METHODS:
         raise ConfigError(f"unknown method {options.method!r}; choose pip or docker")
     if options.bytecode not in BYTECODE_MODES:
@@ -299,7 +354,12 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
             f"--keep-source only applies to --bytecode sourceless (with --bytecode "
             f"{options.bytecode} every .py is kept)"
         )
-    requirements_bytes = _read_requirements(options.requirements)
+
+
+def _plan(options: DepsBuildOptions, progress: Progress | None) -> _Plan:
+    """Check the options, choose the runtime and find the interpreter (or the image)."""
+    _check_options(options)
+    requirements = _read_requirements(options.requirements)
     cache_dir = options.cache_dir or default_cache_dir()
     runtime = options.runtime or default_runtime(
         options.requirements, options.arch, cache_dir, progress, options.python
@@ -312,182 +372,201 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
             "it gets no more security patches, and Lambda later blocks creating and then "
             "updating functions on it; prefer python3.12 or newer"
         )
-    image = None
-    docker = None
     if options.method == "docker":
         docker = ensure_docker()
         image = options.image or DEFAULT_IMAGE.format(runtime=target.runtime, arch=target.arch)
         # the image's own interpreter is the target's
         search = InterpreterSearch(target.python_version, "python", f"the image {image}")
-    else:
-        if options.image:
-            raise ConfigError("--image only applies to --method docker")
-        search = locate_interpreter(target.python_version, options.python)
-    python = search.path
+        return _Plan(options, target, requirements, cache_dir, search, docker, image, warnings_)
+    if options.image:
+        raise ConfigError("--image only applies to --method docker")
+    search = locate_interpreter(target.python_version, options.python)
+    return _Plan(options, target, requirements, cache_dir, search, warnings=warnings_)
 
-    key = _cache_key(options, target, requirements_bytes, python if docker is None else None, image)
-    cache_entry = cache_dir / "deps" / key
-    layers_dir = options.layers_dir
-    zip_path = layers_dir / f"{_layer_names(target)}.zip"
-    manifest_path = layers_dir / f"{_layer_names(target)}.json"
 
-    if options.use_cache and (cache_entry / "report.json").is_file():
-        say("reusing the cached build (same requirements, target and options)")
-        report = json.loads((cache_entry / "report.json").read_text())
-        manifest = json.loads((cache_entry / "manifest.json").read_text())
-        budget = deps_budget(manifest["unzipped_bytes"], options.function_dir, layers_dir)
-        if not budget.fits:
-            raise _budget_error(budget, report.get("package_sizes", {}))
-        layers_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(cache_entry / "layer.zip", zip_path)
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-        report["budget"] = _budget_report(budget)
-        return DepsBuildResult(
-            zip_path,
-            manifest_path,
-            manifest,
-            report,
-            cached=True,
-            seconds=time.monotonic() - started,
-            warnings=warnings_ + report.get("warnings", []),
-            notes=_notes(report, manifest, budget),
-        )
-
-    with tempfile.TemporaryDirectory(prefix="mlayer-deps-") as tmp:
-        work = Path(tmp)
-        layer = work / "python"
-        docker_build = None
-        pip_report: dict[str, Any]
-        if docker is not None and image is not None:
-            say(f"installing wheels for {target.describe()} (docker, the image's pip)")
-            docker_build = DockerBuild(docker, image, target, work, options.requirements, cache_dir)
-            pip_report = {"version": docker_build.install(), "source": f"the image {image}"}
-        else:
-            # The target's interpreter runs pip when there is one: pip evaluates environment
-            # markers (python_version < "3.12") for the interpreter running it, whatever
-            # --python-version says (pip 26.3, checked).
-            runner = python or sys.executable
-            pip = ensure_pip(cache_dir, runner)
-            say(f"installing wheels for {target.describe()} with {pip.describe()}")
-            version = install_with_pip(options.requirements, target, work, pip)
-            runner_version = interpreter_version(runner)
-            pip_report = {
-                "version": version,
-                "source": "mlayer",
-                "path": str(pip.home),
-                "python": runner,
-                "python_version": runner_version,
-            }
-            if runner_version != target.python_version and has_markers(options.requirements):
-                warnings_.append(
-                    f"{options.requirements} has environment markers: pip evaluated them for "
-                    f"Python {runner_version} (the interpreter running it), not "
-                    f"{target.python_version}; pass --python PATH to a Python "
-                    f"{target.python_version} to evaluate them for the target"
-                )
-        packages = installed_packages(layer)
-        unslimmed, unslimmed_files = dir_size(layer)
-
-        say("slimming")
-        slim_report = slim(layer, options.keep, options.exclude)
-        strip_report: dict[str, Any] = {"skipped": "--no-strip", "files": 0, "bytes_saved": 0}
-        if options.strip:
-            say("stripping extension modules")
-            strip_report = strip_extensions(layer, target)
-            if strip_report.get("skipped"):
-                warnings_.append(strip_report["skipped"])
-        if strip_report.get("wrong_arch"):
-            raise BuildError(
-                f"extension modules built for another CPU than {target.machine}: "
-                f"{', '.join(strip_report['wrong_arch'][:5])}; a wheel for the wrong platform "
-                "was installed (check the requirements for local paths or URLs)"
-            )
-
-        verify_report, bytecode_report = _verify_and_compile(
-            options, target, search, layer, work, docker_build, say
-        )
-        if verify_report.get("skipped"):
-            warnings_.append(f"imports not verified: {verify_report['skipped']}")
-        if options.bytecode == "none":
-            warnings_.append(
-                f"the layer ships WITHOUT bytecode (--bytecode none): {NO_BYTECODE_COST}"
-            )
-        elif bytecode_report.get("skipped"):
-            kept = " and with every .py source" if options.bytecode == "sourceless" else ""
-            warnings_.append(
-                f"the layer ships WITHOUT bytecode{kept} ({bytecode_report['skipped']}): "
-                f"{NO_BYTECODE_COST}; pass --python PATH to a Python {target.python_version} "
-                "(or install one with pyenv or uv), or use --method docker"
-            )
-
-        sizes = package_sizes(layer)
-        unzipped, _files = dir_size(layer)
-        budget = deps_budget(unzipped, options.function_dir, layers_dir)
-        if not budget.fits:
-            raise _budget_error(budget, sizes)
-
-        say("writing the zip")
-        staged = work / "layer.zip"
-        result = write_zip(layer, staged, prefix="python")
-        manifest = {
-            "kind": "deps",
-            "runtime": target.runtime,
-            "arch": target.arch,
-            "sha256": result.sha256,
-            "zip_bytes": result.zip_bytes,
-            "unzipped_bytes": result.unzipped_bytes,
-            "files": result.files,
-            "packages": packages,
-            "bytecode": bool(bytecode_report.get("files")),
-            "bytecode_mode": bytecode_report["mode"],
-            "method": options.method,
-            "pip": pip_report["version"],
-            "requirements_sha256": hashlib.sha256(requirements_bytes).hexdigest(),
-            "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "image": image,
-            "python_version": target.python_version,
-            "verified": bool(verify_report.get("imported")) and not verify_report.get("failed"),
-            "mlayer_version": __version__,
-        }
-        report = {
-            "target": {
-                "runtime": target.runtime,
-                "arch": target.arch,
-                "abi": target.abi,
-                "glibc": target.glibc_text,
-                "platforms": target.platforms(),
-            },
-            "method": options.method,
-            "image": image,
-            "pip": pip_report,
-            "installed": {"bytes": unslimmed, "files": unslimmed_files},
-            "slimming": slim_report,
-            "strip": strip_report,
-            "bytecode": bytecode_report,
-            "verify": {k: v for k, v in verify_report.items() if k != "loaded"},
-            "package_sizes": sizes,
-            "warnings": [w for w in warnings_ if not w.startswith("Lambda deprecated")],
-        }
-        # --no-cache skips reusing a build, not remembering this one.
-        cache_entry.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(staged, cache_entry / "layer.zip")
-        (cache_entry / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        # report.json last: its presence marks a complete entry
-        (cache_entry / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-        layers_dir.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(staged), zip_path)
-        manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+def _reuse(plan: _Plan, cache_entry: Path, started: float) -> DepsBuildResult:
+    """Copy a cached build of the same inputs into layers/ (its budget checked again)."""
+    options = plan.options
+    report = json.loads((cache_entry / "report.json").read_text())
+    manifest = DepsManifest.load(cache_entry / "manifest.json")
+    budget = deps_budget(manifest.unzipped_bytes, options.function_dir, options.layers_dir)
+    if not budget.fits:
+        raise _budget_error(budget, report.get("package_sizes", {}))
+    options.layers_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cache_entry / "layer.zip", plan.zip_path)
+    manifest.write(plan.manifest_path)
     report["budget"] = _budget_report(budget)
     return DepsBuildResult(
-        zip_path,
-        manifest_path,
+        plan.zip_path,
+        plan.manifest_path,
         manifest,
         report,
-        cached=False,
+        cached=True,
         seconds=time.monotonic() - started,
-        warnings=warnings_,
-        notes=_notes(report, manifest, budget),
+        warnings=plan.warnings + report.get("warnings", []),
+        notes=_notes(manifest, budget),
     )
+
+
+def _build(
+    plan: _Plan, work: Path, cache_entry: Path, say: Progress
+) -> tuple[DepsManifest, dict[str, Any], Budget]:
+    """Every step of a fresh build in ``work``; the zip and manifest land in layers/ and the
+    cache."""
+    options, target = plan.options, plan.target
+    layer = work / "python"
+    pip_report, docker_build = _install(plan, work, say)
+    packages = installed_packages(layer)
+    unslimmed, unslimmed_files = dir_size(layer)
+    slim_report, strip_report = _slim_and_strip(plan, layer, say)
+    verify_report, bytecode_report = _verify_and_compile(
+        options, target, plan.search, layer, work, docker_build, say
+    )
+    _warn_about_bytecode(plan, verify_report, bytecode_report)
+
+    sizes = package_sizes(layer)
+    unzipped, _files = dir_size(layer)
+    budget = deps_budget(unzipped, options.function_dir, options.layers_dir)
+    if not budget.fits:
+        raise _budget_error(budget, sizes)
+
+    say("writing the zip")
+    staged = work / "layer.zip"
+    result = write_zip(layer, staged, prefix="python")
+    manifest = DepsManifest(
+        runtime=target.runtime,
+        arch=target.arch,
+        sha256=result.sha256,
+        zip_bytes=result.zip_bytes,
+        unzipped_bytes=result.unzipped_bytes,
+        files=result.files,
+        packages=packages,
+        bytecode=bool(bytecode_report.get("files")),
+        bytecode_mode=bytecode_report["mode"],
+        method=options.method,
+        pip=pip_report["version"],
+        requirements_sha256=hashlib.sha256(plan.requirements).hexdigest(),
+        created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        image=plan.image,
+        python_version=target.python_version,
+        verified=bool(verify_report.get("imported")) and not verify_report.get("failed"),
+        mlayer_version=__version__,
+    )
+    report = {
+        "target": {
+            "runtime": target.runtime,
+            "arch": target.arch,
+            "abi": target.abi,
+            "glibc": target.glibc_text,
+            "platforms": target.platforms(),
+        },
+        "method": options.method,
+        "image": plan.image,
+        "pip": pip_report,
+        "installed": {"bytes": unslimmed, "files": unslimmed_files},
+        "slimming": slim_report,
+        "strip": strip_report,
+        "bytecode": bytecode_report,
+        "verify": {k: v for k, v in verify_report.items() if k != "loaded"},
+        "package_sizes": sizes,
+        "warnings": [w for w in plan.warnings if not w.startswith("Lambda deprecated")],
+    }
+    _remember(cache_entry, staged, manifest, report)
+    options.layers_dir.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(staged), plan.zip_path)
+    manifest.write(plan.manifest_path)
+    return manifest, report, budget
+
+
+def _install(plan: _Plan, work: Path, say: Progress) -> tuple[dict[str, Any], DockerBuild | None]:
+    """Install the pins' wheels for the target into ``work/python``: the pip report, and the
+    Docker build that later steps run in (None for --method pip)."""
+    options, target = plan.options, plan.target
+    if plan.docker is not None and plan.image is not None:
+        say(f"installing wheels for {target.describe()} (docker, the image's pip)")
+        docker_build = DockerBuild(
+            plan.docker, plan.image, target, work, options.requirements, plan.cache_dir
+        )
+        return {
+            "version": docker_build.install(),
+            "source": f"the image {plan.image}",
+        }, docker_build
+    # The target's interpreter runs pip when there is one: pip evaluates environment
+    # markers (python_version < "3.12") for the interpreter running it, whatever
+    # --python-version says (pip 26.3, checked).
+    runner = plan.python or sys.executable
+    pip = ensure_pip(plan.cache_dir, runner)
+    say(f"installing wheels for {target.describe()} with {pip.describe()}")
+    version = install_with_pip(options.requirements, target, work, pip)
+    runner_version = interpreter_version(runner)
+    pip_report = {
+        "version": version,
+        "source": "mlayer",
+        "path": str(pip.home),
+        "python": runner,
+        "python_version": runner_version,
+    }
+    if runner_version != target.python_version and has_markers(options.requirements):
+        plan.warnings.append(
+            f"{options.requirements} has environment markers: pip evaluated them for "
+            f"Python {runner_version} (the interpreter running it), not "
+            f"{target.python_version}; pass --python PATH to a Python "
+            f"{target.python_version} to evaluate them for the target"
+        )
+    return pip_report, None
+
+
+def _slim_and_strip(
+    plan: _Plan, layer: Path, say: Progress
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Slim the layer, strip its extension modules; refuse extension modules for another CPU."""
+    options, target = plan.options, plan.target
+    say("slimming")
+    slim_report = slim(layer, options.keep, options.exclude)
+    strip_report: dict[str, Any] = {"skipped": "--no-strip", "files": 0, "bytes_saved": 0}
+    if options.strip:
+        say("stripping extension modules")
+        strip_report = strip_extensions(layer, target)
+        if strip_report.get("skipped"):
+            plan.warnings.append(strip_report["skipped"])
+    if strip_report.get("wrong_arch"):
+        raise BuildError(
+            f"extension modules built for another CPU than {target.machine}: "
+            f"{', '.join(strip_report['wrong_arch'][:5])}; a wheel for the wrong platform "
+            "was installed (check the requirements for local paths or URLs)"
+        )
+    return slim_report, strip_report
+
+
+def _warn_about_bytecode(
+    plan: _Plan, verify_report: dict[str, Any], bytecode_report: dict[str, Any]
+) -> None:
+    """Say what an unverified layer, or one without bytecode, costs and how to avoid it."""
+    options, target = plan.options, plan.target
+    if verify_report.get("skipped"):
+        plan.warnings.append(f"imports not verified: {verify_report['skipped']}")
+    if options.bytecode == "none":
+        plan.warnings.append(
+            f"the layer ships WITHOUT bytecode (--bytecode none): {NO_BYTECODE_COST}"
+        )
+    elif bytecode_report.get("skipped"):
+        kept = " and with every .py source" if options.bytecode == "sourceless" else ""
+        plan.warnings.append(
+            f"the layer ships WITHOUT bytecode{kept} ({bytecode_report['skipped']}): "
+            f"{NO_BYTECODE_COST}; pass --python PATH to a Python {target.python_version} "
+            "(or install one with pyenv or uv), or use --method docker"
+        )
+
+
+def _remember(
+    cache_entry: Path, staged: Path, manifest: DepsManifest, report: dict[str, Any]
+) -> None:
+    """Keep the build in the cache (--no-cache skips reusing a build, not remembering it)."""
+    cache_entry.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(staged, cache_entry / "layer.zip")
+    manifest.write(cache_entry / "manifest.json")
+    # report.json last: its presence marks a complete entry
+    (cache_entry / "report.json").write_text(json.dumps(report, indent=1) + "\n")
 
 
 def _budget_report(budget: Budget) -> dict[str, Any]:
@@ -499,9 +578,9 @@ def _budget_report(budget: Budget) -> dict[str, Any]:
     }
 
 
-def _notes(report: dict[str, Any], manifest: dict[str, Any], budget: Budget) -> list[str]:
+def _notes(manifest: DepsManifest, budget: Budget) -> list[str]:
     notes = [budget.describe()]
-    upload = upload_note(int(manifest["zip_bytes"]), "dependency layer")
+    upload = upload_note(manifest.zip_bytes, "dependency layer")
     if upload:
         notes.append(upload)
     notes += budget.notes

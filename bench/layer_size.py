@@ -53,13 +53,9 @@ sys.path.insert(0, str(ROOT / "cli"))
 
 from mlayer.archive import dir_size, write_zip  # noqa: E402
 from mlayer.build_pip import ensure_pip  # noqa: E402
-from mlayer.deps_layer import (  # noqa: E402
-    DepsBuildOptions,
-    Target,
-    build_deps,
-    default_cache_dir,
-    locate_interpreter,
-)
+from mlayer.deps_layer import DepsBuildOptions, build_deps, default_cache_dir  # noqa: E402
+from mlayer.interpreters import locate_interpreter  # noqa: E402
+from mlayer.targets import Target  # noqa: E402
 
 REQUIREMENTS = ROOT / "requirements.txt"
 CURRENT = ROOT / "tests" / "pins" / "current-py313.txt"
@@ -204,11 +200,11 @@ def pandas_table(runs: int) -> None:
                                      python=python, layers_dir=work / f"l-{n}-{label}")
                 )  # fmt: skip
                 built[label] = result
-            added = {k: v for k, v in built["pandas"].manifest["packages"].items()
-                     if k not in built["base"].manifest["packages"]}  # fmt: skip
+            added = {k: v for k, v in built["pandas"].manifest.packages.items()
+                     if k not in built["base"].manifest.packages}  # fmt: skip
             layers = {k: unzip(r.zip_path, work / f"u-{n}-{k}") for k, r in built.items()}
             times = import_times(python, layers["base"], layers["pandas"], runs)
-            b, p = built["base"].manifest, built["pandas"].manifest
+            b, p = built["base"].manifest.to_dict(), built["pandas"].manifest.to_dict()
             lines.append((
                 f"{runtime} x86_64",
                 f"{base.name} + " + ", ".join(f"{k} {v}" for k, v in sorted(added.items())),
@@ -275,8 +271,8 @@ def main() -> None:
             )  # fmt: skip
             layer = unzip(result.zip_path, work / f"u-{mode}")
             m = result.manifest
-            rows.append((label, "python3.11 x86_64", m["unzipped_bytes"], m["zip_bytes"],
-                         m["files"], None))  # fmt: skip
+            rows.append((label, "python3.11 x86_64", m.unzipped_bytes, m.zip_bytes, m.files,
+                         None))  # fmt: skip
             measured.append(layer)
         if args.quiet_load is not None:
             wait_for_quiet(args.quiet_load, args.max_wait)
@@ -295,10 +291,10 @@ def main() -> None:
                                  layers_dir=work / "l-cross")
             )  # fmt: skip
             m = result.manifest
-            note = (f" ({m['bytecode_mode']})" if m["bytecode"]
+            note = (f" ({m.bytecode_mode})" if m.bytecode
                     else " (no bytecode: no Python 3.13 here)")  # fmt: skip
-            rows.append((f"mlayer build-deps{note}", "python3.13 arm64", m["unzipped_bytes"],
-                         m["zip_bytes"], m["files"], None))  # fmt: skip
+            rows.append((f"mlayer build-deps{note}", "python3.13 arm64", m.unzipped_bytes,
+                         m.zip_bytes, m.files, None))  # fmt: skip
     base_runs = next(r[5] for r in rows if r[0] == "slim, no bytecode")
     base = statistics.median(base_runs) if base_runs else None
     header = ("layer", "target", "unzipped MB", "zipped MB", "files", "cold start s",

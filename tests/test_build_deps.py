@@ -28,17 +28,11 @@ from click.testing import CliRunner
 
 from mlayer.build_pip import PIP_VERSION
 from mlayer.cli import cli
-from mlayer.deps_layer import (
-    ELF_MACHINES,
-    RUNTIME_INFO,
-    Target,
-    elf_machine,
-    find_strip,
-    locate_interpreter,
-    script_path,
-    slim,
-)
 from mlayer.errors import ConfigError
+from mlayer.interpreters import locate_interpreter
+from mlayer.layer_script import script_path
+from mlayer.slim import ELF_MACHINES, elf_machine, find_strip, slim
+from mlayer.targets import RUNTIME_INFO, Target
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENTS = ROOT / "requirements.txt"
@@ -221,7 +215,7 @@ def test_function_runs_on_the_built_layer(
     deps: str, text_model_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     """The real function, in a Lambda-like process, predicts with the built layer."""
-    from mlayer.local.sandbox import LambdaEnvironment, prepare_opt
+    from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
 
     built = request.getfixturevalue(deps)
     opt = tmp_path / "opt"
@@ -699,7 +693,7 @@ def test_a_pin_without_a_wheel_names_the_package_the_target_and_a_way_out(tmp_pa
 
 
 def test_default_runtime_is_the_newest_the_pins_resolve_for(tmp_path: Path) -> None:
-    from mlayer.deps_layer import default_runtime
+    from mlayer.wheels import default_runtime
 
     # numpy 2.2.6 has no python3.14 wheels: python3.13 is the newest
     assert default_runtime(REQUIREMENTS, "x86_64", tmp_path) == "python3.13"
@@ -871,9 +865,9 @@ def _wrapper(path: Path, python: str) -> str:
 def elsewhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """A clean search space: PATH and PYENV_ROOT in tmp_path, and the running interpreter
     counted as another version, so only the later places of the search can answer."""
-    import mlayer.deps_layer as deps_layer
+    import mlayer.interpreters as interpreters
 
-    monkeypatch.setattr(deps_layer, "_this_interpreter", lambda version: None)
+    monkeypatch.setattr(interpreters, "_this_interpreter", lambda version: None)
     (tmp_path / "bin").mkdir()
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "pyenv"))

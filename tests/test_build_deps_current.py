@@ -26,7 +26,9 @@ import pytest
 from test_build_deps import _no_python_env, _unzip, _wheel_tags
 
 from mlayer.build_pip import PIP_MINIMUM, PIP_VERSION, ensure_pip, pip_home
-from mlayer.deps_layer import ELF_MACHINES, Target, elf_machine, locate_interpreter
+from mlayer.interpreters import locate_interpreter
+from mlayer.slim import ELF_MACHINES, elf_machine
+from mlayer.targets import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 CURRENT = ROOT / "tests" / "pins" / "current-py313.txt"
@@ -254,7 +256,7 @@ def test_a_model_trained_with_current_pins_is_served_by_python313(
     user_python: Path,
     tmp_path: Path,
 ) -> None:
-    from mlayer.local.sandbox import LambdaEnvironment, prepare_opt
+    from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
 
     model_dir, expected = model313
     meta = json.loads((model_dir / "metadata.json").read_text())

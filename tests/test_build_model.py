@@ -197,7 +197,7 @@ def test_gate_numpy_2_pickle_on_numpy_1_layer() -> None:
     pickles = {"stages": {"m.joblib": {"sklearn_versions": ["1.5.2"], "numpy_major": 2}}}
     meta = {"versions": {"scikit-learn": "1.5.2"}}
     deps = {"packages": {"scikit-learn": "1.5.2", "numpy": "1.26.4"}}
-    _checks, problems, saved = compatibility_gate(meta, pickles, deps)
+    _checks, problems, saved = compatibility_gate(meta, pickles, deps["packages"])
     assert saved == {"scikit-learn": ["1.5.2"], "numpy_major": [2]}
     assert problems == [
         "the model was saved with numpy 2.x and the dependency layer has 1.26.4: numpy 1.x "

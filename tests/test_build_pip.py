@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from mlayer.build_pip import PIP_SHA256, PIP_VERSION, PIP_WHEEL, ensure_pip, pip_home
-from mlayer.deps_layer import script_path
 from mlayer.errors import BuildError
+from mlayer.layer_script import script_path
 
 ROOT = Path(__file__).resolve().parent.parent
 # No index, no find-links, no config file: as on a machine without network.

@@ -628,7 +628,7 @@ def test_from_logs_against_moto_server(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_from_report_on_the_local_runner_log(tmp_path: Path) -> None:
     """REPORT lines the local runner writes (two memory sizes, a cold start each) price as-is."""
-    from mlayer.local.sandbox import LambdaEnvironment
+    from mlayer.lambda_env.environment import LambdaEnvironment
 
     task = tmp_path / "task"
     task.mkdir()

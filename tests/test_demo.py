@@ -90,7 +90,7 @@ def test_demo_runs_every_step_and_stops_the_endpoint(tmp_path: Path) -> None:
 
 def _cache_env() -> dict[str, str]:
     """Keep mlayer's build cache (a fresh HOME must not rebuild the 180 MB layer)."""
-    from mlayer.local.runtime_dir import cache_root
+    from mlayer.lambda_env.runtime_dir import cache_root
 
     return {"MLAYER_CACHE_DIR": str(cache_root())}
 

@@ -41,7 +41,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import LinearSVC
 
-from mlayer.local.sandbox import LambdaEnvironment, prepare_opt
+from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from mlayer.errors import MlayerError
-from mlayer.local.sandbox import LambdaEnvironment, prepare_opt
+from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
 from mlayer.reports import parse_reports
 
 HANDLER = """

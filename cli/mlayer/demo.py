@@ -276,8 +276,8 @@ def _pipeline(
     manifest = deps.manifest
     yield step.finish(
         [
-            f"{deps.zip_path.name}: {manifest['unzipped_bytes'] / 1e6:.1f} MB unzipped, "
-            f"{manifest['zip_bytes'] / 1e6:.1f} MB zipped, sha256 {manifest['sha256'][:12]}"
+            f"{deps.zip_path.name}: {manifest.unzipped_bytes / 1e6:.1f} MB unzipped, "
+            f"{manifest.zip_bytes / 1e6:.1f} MB zipped, sha256 {manifest.sha256[:12]}"
             + (" (cached build)" if deps.cached else "")
         ]
     )

@@ -15,9 +15,10 @@ Before writing anything it checks that the dependency layer can load the model:
   refuses); numpy refuses across a major version (2.x pickles reference ``numpy._core``,
   which 1.x does not have). ``--force`` overrides, loudly.
 - the smoke test: the real function (``function/``) in a fresh Lambda-like process
-  (:class:`mlayer.local.sandbox.LambdaEnvironment`: function dir, the deps layer's python/,
-  the standard library) with ``MODEL_DIR`` on the unzipped model layer scores sample
-  records; an error or any warning (``InconsistentVersionWarning`` included) fails the build.
+  (:class:`mlayer.lambda_env.environment.LambdaEnvironment`: function dir, the deps layer's
+  python/, the standard library) with ``MODEL_DIR`` on the unzipped model layer scores
+  sample records; an error or any warning (``InconsistentVersionWarning`` included) fails
+  the build.
 """
 
 from __future__ import annotations
@@ -27,21 +28,19 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mlayer.archive import Budget, BudgetPart, mb, sha256_file, upload_note, write_zip
-from mlayer.deps_layer import (
-    Target,
-    find_interpreter,
-    function_size,
-    host_machine,
-)
+from mlayer.deps_layer import function_size
 from mlayer.errors import BudgetError, CompatibilityError, ConfigError, SmokeTestError
+from mlayer.interpreters import find_interpreter
+from mlayer.manifests import DepsManifest, load_deps_manifest
 from mlayer.model_files import ModelSource, Overrides, resolve
+from mlayer.targets import Target, host_machine
 
 Progress = Callable[[str], None]
 PublishedVersions = Callable[[], Iterable[int]] | Iterable[int] | None
@@ -118,7 +117,7 @@ def next_version(layers_dir: Path, name: str, published: PublishedVersions = Non
 
 def find_deps_manifest(
     layers_dir: Path, deps: Path | None, runtime: str | None, arch: str | None
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, DepsManifest]:
     """The dependency layer to check against: ``deps`` (zip or manifest) or one in layers/.
 
     Raises:
@@ -131,15 +130,12 @@ def find_deps_manifest(
                 f"no dependency layer manifest at {manifest}; pass the .json (or .zip) that "
                 "mlayer build-deps wrote"
             )
-        return manifest, json.loads(manifest.read_text())
+        return manifest, DepsManifest.load(manifest)
     pattern = f"deps-{runtime or '*'}-{arch or '*'}.json"
     candidates = []
     for path in layers_dir.glob(pattern):
-        try:
-            data = json.loads(path.read_text())
-        except ValueError:
-            continue
-        if data.get("kind") == "deps":
+        data = load_deps_manifest(path)
+        if data is not None:
             candidates.append((path.stat().st_mtime, path, data))
     if not candidates:
         raise ConfigError(
@@ -186,16 +182,16 @@ def _major(version: str) -> int | None:
 
 
 def compatibility_gate(
-    meta: dict[str, Any], pickles: dict[str, Any], deps: dict[str, Any]
+    meta: dict[str, Any], pickles: dict[str, Any], layer: Mapping[str, str]
 ) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
-    """Compare the model's library versions with the dependency layer's.
+    """Compare the model's library versions with the dependency layer's ``layer`` packages
+    (name: version, as its manifest records them).
 
     Returns:
         (checks, problems, saved_with): each check says library, model, layer, verdict;
         problems are the refusals' reasons; saved_with is what the pickles recorded.
     """
     meta_versions = {str(k).lower(): str(v) for k, v in meta.get("versions", {}).items()}
-    layer = deps.get("packages", {})
     checks: list[dict[str, Any]] = []
     problems: list[str] = []
     recorded = sorted(
@@ -386,22 +382,19 @@ def _interpreter_for(target: Target, python: str | None) -> str | None:
 
 
 def _runnable_deps(
-    deps_path: Path, deps: dict[str, Any], layers_dir: Path, python: str | None
-) -> tuple[Path, dict[str, Any], str] | None:
+    deps_path: Path, deps: DepsManifest, layers_dir: Path, python: str | None
+) -> tuple[Path, DepsManifest, str] | None:
     """A deps layer that can run on this machine: the chosen one, else one with the same
     package versions built for this machine's CPU."""
     candidates = [(deps_path, deps)]
     for path in sorted(layers_dir.glob("deps-*.json")):
         if path.resolve() == deps_path.resolve():
             continue
-        try:
-            other = json.loads(path.read_text())
-        except ValueError:
-            continue
-        if other.get("packages") == deps.get("packages"):
+        other = load_deps_manifest(path)
+        if other is not None and other.packages == deps.packages:
             candidates.append((path, other))
     for path, data in candidates:
-        target = Target(data["runtime"], data["arch"])
+        target = Target(data.runtime, data.arch)
         if target.machine != host_machine():
             continue
         interpreter = _interpreter_for(target, python)
@@ -425,9 +418,9 @@ class _Build:
     options: ModelBuildOptions
     source: ModelSource
     deps_path: Path
-    deps: dict[str, Any]
+    deps: DepsManifest
     function_dir: Path
-    runnable: tuple[Path, dict[str, Any], str] | None
+    runnable: tuple[Path, DepsManifest, str] | None
     opt: Path
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -465,7 +458,7 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
 
     say(f"reading {source.describe()} without executing it")
     pickles = scan_model_files(source.directory, source.stages)
-    checks, problems, saved_with = compatibility_gate(source.meta, pickles, deps)
+    checks, problems, saved_with = compatibility_gate(source.meta, pickles, deps.packages)
     with tempfile.TemporaryDirectory(prefix="mlayer-model-") as tmp:
         staging = Path(tmp)
         build = _Build(
@@ -479,14 +472,14 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         )
         if build.runnable is not None:
             say("unpacking the layers as Lambda's /opt")
-            from mlayer.local.sandbox import prepare_opt
+            from mlayer.lambda_env.environment import prepare_opt
 
             prepare_opt([_deps_zip(build.runnable[0])], build.opt)
             problems += _missing_modules(pickles, build.opt)
         else:
             build.notes.append(
                 "the dependency layer "
-                f"({deps['runtime']} {deps['arch']}) cannot run here: the model's input is "
+                f"({deps.runtime} {deps.arch}) cannot run here: the model's input is "
                 "taken from metadata.json and flags, not read from the model"
             )
         if problems:
@@ -571,9 +564,9 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         "created": created,
         "built": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "deps": {
-            "runtime": deps.get("runtime"),
-            "arch": deps.get("arch"),
-            "sha256": deps.get("sha256"),
+            "runtime": deps.runtime,
+            "arch": deps.arch,
+            "sha256": deps.sha256,
         },
         "forced": bool(problems),
         "smoke_test": smoke,
@@ -643,8 +636,7 @@ def _budget(build: _Build, model_bytes: int, version: int | None) -> Budget:
     deps = build.deps
     label = f"model layer {build.source.name}" + (f" v{version}" if version else "")
     return Budget(parts=[
-        BudgetPart(f"dependency layer ({deps['runtime']} {deps['arch']})",
-                   int(deps.get("unzipped_bytes", 0))),
+        BudgetPart(f"dependency layer ({deps.runtime} {deps.arch})", deps.unzipped_bytes),
         BudgetPart("function", function_size(build.function_dir)),
         BudgetPart(label, model_bytes),
     ])  # fmt: skip
@@ -764,9 +756,9 @@ def _override_features(spec: dict[str, Any], names: list[str]) -> dict[str, Any]
 
 
 def _require_pandas(build: _Build, spec: dict[str, Any], inspected: dict[str, Any] | None) -> None:
-    if not spec.get("dataframe") or "pandas" in build.deps.get("packages", {}):
+    if not spec.get("dataframe") or "pandas" in build.deps.packages:
         return
-    numpy = build.deps.get("packages", {}).get("numpy", "0")
+    numpy = build.deps.packages.get("numpy", "0")
     numbers = tuple(int(p) for p in re.findall(r"\d+", numpy)[:2])
     pin = next(pin for floor, pin in PANDAS_PINS if numbers >= floor)
     steps = " -> ".join((inspected or {}).get("steps", [])) or "the model"
@@ -854,9 +846,9 @@ def _smoke(
     if build.runnable is None:
         raise SmokeTestError(
             f"cannot smoke-test on this machine: the dependency layer is for "
-            f"{deps['runtime']} {deps['arch']} and this is a {host_machine()} machine "
+            f"{deps.runtime} {deps.arch} and this is a {host_machine()} machine "
             f"without a matching interpreter. Build one that runs here with the same "
-            f"pins (mlayer build-deps --runtime {deps['runtime']} --arch "
+            f"pins (mlayer build-deps --runtime {deps.runtime} --arch "
             f"{'arm64' if host_machine() == 'aarch64' else 'x86_64'}), pass --python, "
             "or --no-smoke-test to skip the check"
         )
@@ -869,7 +861,7 @@ def _smoke(
             f"{build.deps_path.name}, built for this machine)"
         )
     _add_model(staged_zip, build.opt)
-    say(f"smoke test: the function scores sample records ({run_deps['runtime']})")
+    say(f"smoke test: the function scores sample records ({run_deps.runtime})")
     return smoke_test(
         function_dir=build.function_dir,
         opt_dir=build.opt,

@@ -1,9 +1,9 @@
 """The user's model run in the sandboxed Lambda environment: inspection and smoke test.
 
 Model files are code (unpickling imports and calls what they name), so mlayer executes them
-only here: in a fresh :class:`~mlayer.local.sandbox.LambdaEnvironment` process whose ``sys.path``
-is Lambda's (the function, the layers, the standard library; nothing of this machine's
-site-packages), without AWS credentials, under a memory limit and a timeout.
+only here: in a fresh :class:`~mlayer.lambda_env.environment.LambdaEnvironment` process
+whose ``sys.path`` is Lambda's (the function, the layers, the standard library; nothing of
+this machine's site-packages), without AWS credentials, under a memory limit and a timeout.
 
 - :func:`inspect_model` runs the function's ``schema.inspect_handler``: it loads the stages
   and reads what they take and answer (the input schema, labels, whether they give
@@ -50,7 +50,7 @@ def inspect_model(
         BuildError: the environment could not start, or the model could not be loaded (the
             message carries the model's own error).
     """
-    from mlayer.local.sandbox import LambdaEnvironment
+    from mlayer.lambda_env.environment import LambdaEnvironment
 
     _check_function_dir(function_dir)
     event = {
@@ -124,7 +124,7 @@ def smoke_test(
         SmokeTestError: the function failed to start or score, reported failures, or a
             warning was printed.
     """
-    from mlayer.local.sandbox import LambdaEnvironment
+    from mlayer.lambda_env.environment import LambdaEnvironment
 
     _check_function_dir(function_dir)
     with LambdaEnvironment(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlayer import options
+
+if TYPE_CHECKING:
+    from mlayer.deps_layer import DepsBuildResult
 
 
 def _console() -> Any:
@@ -177,7 +180,7 @@ def build_deps(
             json.dumps(
                 {
                     "zip": str(result.zip_path),
-                    "manifest": result.manifest,
+                    "manifest": result.manifest.to_dict(),
                     "report": result.report,
                     "cached": result.cached,
                     "warnings": result.warnings,
@@ -190,7 +193,7 @@ def build_deps(
     _render_deps(console, result)
 
 
-def _render_deps(console: Any, result: Any) -> None:
+def _render_deps(console: Any, result: DepsBuildResult) -> None:
     from rich.table import Table
 
     manifest, report = result.manifest, result.report
@@ -257,12 +260,12 @@ def _render_deps(console: Any, result: Any) -> None:
         console.print(
             f"imports verified with Python {verify.get('python')}: {', '.join(verify['imported'])}"
         )
-    packages = ", ".join(f"{k}=={v}" for k, v in sorted(manifest["packages"].items()))
+    packages = ", ".join(f"{k}=={v}" for k, v in sorted(manifest.packages.items()))
     click.echo(
         f"{'Reused' if result.cached else 'Built'} {result.zip_path} "
-        f"({manifest['runtime']} {manifest['arch']}, {manifest['method']}): "
-        f"{_mb(manifest['unzipped_bytes'])} unzipped, {_mb(manifest['zip_bytes'])} zipped, "
-        f"{manifest['files']} files, sha256 {manifest['sha256'][:12]}"
+        f"({manifest.runtime} {manifest.arch}, {manifest.method}): "
+        f"{_mb(manifest.unzipped_bytes)} unzipped, {_mb(manifest.zip_bytes)} zipped, "
+        f"{manifest.files} files, sha256 {manifest.sha256[:12]}"
     )
     click.echo(f"Packages: {packages}")
     for note in result.notes:

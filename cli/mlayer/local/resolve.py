@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from mlayer.errors import ConfigError, NotFoundError
-from mlayer.local.runtime_dir import cache_root, inspect_interpreter
-from mlayer.local.sandbox import LambdaEnvironment, prepare_opt
+from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
+from mlayer.lambda_env.runtime_dir import cache_root, inspect_interpreter
+from mlayer.manifests import recorded_sha256
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,10 @@ def local_builds(layers_dir: Path) -> dict[str, Path]:
     if not layers_dir.is_dir():
         return builds
     for manifest in sorted(layers_dir.glob("*.json")):
-        try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
+        sha256 = recorded_sha256(manifest)
         zip_path = manifest.with_suffix(".zip")
-        if isinstance(data, dict) and isinstance(data.get("sha256"), str) and zip_path.is_file():
-            builds[data["sha256"]] = zip_path
+        if sha256 is not None and zip_path.is_file():
+            builds[sha256] = zip_path
     return builds
 
 
@@ -295,7 +293,7 @@ def find_python(runtime: str, python: str | None) -> str:
         return python
     # The same search build-deps uses: a pyenv shim for an inactive version is on PATH but
     # does not run, so each candidate must start and report the right version.
-    from mlayer.deps_layer import locate_interpreter
+    from mlayer.interpreters import locate_interpreter
 
     search = locate_interpreter(wanted)
     if search.path:

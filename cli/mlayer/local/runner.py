@@ -2,8 +2,9 @@
 
 Both run the deployed function (code and linked layers resolved by
 :mod:`mlayer.local.resolve`) in local execution environments
-(:mod:`mlayer.local.sandbox`); its sinks (output table, stream, dead-letter queue) write to
-the same endpoint, with the caller's credentials standing in for the execution role's.
+(:mod:`mlayer.lambda_env.environment`); its sinks (output table, stream, dead-letter queue)
+write to the same endpoint, with the caller's credentials standing in for the execution
+role's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from mlayer.aws import AwsSettings
 from mlayer.errors import ConfigError
+from mlayer.lambda_env.environment import Invocation
 from mlayer.local.checkpoints import CheckpointFile
 from mlayer.local.esm import (
     AwsDestination,
@@ -30,7 +32,6 @@ from mlayer.local.esm import (
     local_mapping_uuid,
 )
 from mlayer.local.resolve import LocalFunction, resolve_function
-from mlayer.local.sandbox import Invocation
 
 DEFAULT_LOG = Path(".mlayer") / "local" / "lambda.log"
 

@@ -7,7 +7,7 @@ boto3 and ``awslambdaric`` standing in for ``/var/runtime``, then the standard l
 whose environment carries Lambda's variables, and which stays warm across invocations.
 
 Why the real runtime interface client behind a local Runtime API
-(:mod:`mlayer.local.runtime_api`) rather than a hand-written loop over pipes: the handler is
+(:mod:`mlayer.lambda_env.runtime_api`) rather than a hand-written loop over pipes: the handler is
 imported, called, and its errors serialized by the same code as in Lambda's Python base
 images, so ``context`` (``get_remaining_time_in_millis``, ``aws_request_id``), error shapes
 (``Runtime.ImportModuleError``, ``errorType``/``stackTrace``) and log lines (``[ERROR]``)
@@ -52,8 +52,8 @@ from types import TracebackType
 from typing import Any, BinaryIO
 
 from mlayer.errors import MlayerError
-from mlayer.local.runtime_api import Outcome, RuntimeApiServer
-from mlayer.local.runtime_dir import Interpreter, ensure_runtime_dir, inspect_interpreter
+from mlayer.lambda_env.runtime_api import Outcome, RuntimeApiServer
+from mlayer.lambda_env.runtime_dir import Interpreter, ensure_runtime_dir, inspect_interpreter
 from mlayer.reports import Report, billed_ms, format_report
 
 # Lambda's init phase may take 10 s; past that it is retried inside the first invocation

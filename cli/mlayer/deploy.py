@@ -2,7 +2,7 @@
 event source mapping).
 
 Both take boto3 clients and return dataclasses; nothing prints. Updates go through
-:func:`mlayer.publish.update_configuration`, which waits for the function to settle before
+:func:`mlayer.lambda_api.update_configuration`, which waits for the function to settle before
 and after and retries while another update is in progress.
 """
 
@@ -17,29 +17,31 @@ from pathlib import Path
 from typing import Any
 
 from mlayer.archive import DIRECT_UPLOAD_LIMIT, Budget, iter_files, mb, write_zip
+from mlayer.arns import function_name
+from mlayer.contracts import (
+    function_description,
+    parse_description,
+    parse_version_description,
+    version_description,
+)
 from mlayer.errors import ConfigError, NotFoundError
-from mlayer.publish import (
+from mlayer.lambda_api import (
     DEFAULT_PACE,
     Pace,
     call_with_backoff,
-    check_budget,
     find_layer,
-    function_description,
-    function_name,
     get_alias,
     get_configuration,
     get_layer_version,
     layer_arns,
     list_layer_versions,
-    parse_description,
-    parse_version_description,
     publish_function_version,
     relinked,
     update_configuration,
-    version_description,
     wait_active,
     wait_updated,
 )
+from mlayer.layers import check_budget
 
 HANDLER = "lambda_function.lambda_handler"
 # 512 MB: the measured function peaks near 150 MB, but Lambda gives CPU in proportion to

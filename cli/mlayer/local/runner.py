@@ -125,7 +125,7 @@ def find_mapping(
     lam: Any, function: str, stream_arn: str, qualifier: str | None
 ) -> dict[str, Any] | None:
     """The function's event source mapping from ``stream_arn`` (the qualifier's first)."""
-    from mlayer.publish import function_name
+    from mlayer.arns import function_name
 
     name = function_name(function)
     mappings: list[dict[str, Any]] = []

@@ -1,8 +1,8 @@
 """Rolling models out and back: publish-model, promote, rollback.
 
 Policy lives here: when to publish a function version, where the alias points and with what
-routing, and keeping ``$LATEST``'s model layer in step with what is live. Everything takes
-boto3 clients and returns dataclasses.
+routing (:func:`set_alias`), and keeping ``$LATEST``'s model layer in step with what is live
+(:func:`_relink_latest`). Everything takes boto3 clients and returns dataclasses.
 """
 
 from __future__ import annotations
@@ -167,8 +167,7 @@ def publish_model(
             f"published before (by a publish that did not finish, or an earlier build): "
             f"reused it instead of publishing {build.name} v{build.version}"
         )
-    if rollout.relinked:
-        update_configuration(lam, function, pace, Layers=new_layers)
+    _relink_latest(lam, function, current, layer.arn, pace)
     if alias:
         _roll_alias(lam, function, alias, current_alias, canary, rollout, pace)
     return rollout
@@ -257,20 +256,10 @@ def _roll_alias(
         )
         return
     if canary is None:
-        lam.update_alias(
-            FunctionName=function,
-            Name=alias,
-            FunctionVersion=new_version,
-            RoutingConfig={"AdditionalVersionWeights": {}},
-        )
+        set_alias(lam, function, alias, new_version)
         return
     weight = round(canary / 100, 5)
-    lam.update_alias(
-        FunctionName=function,
-        Name=alias,
-        FunctionVersion=old_version,
-        RoutingConfig={"AdditionalVersionWeights": {new_version: weight}},
-    )
+    set_alias(lam, function, alias, old_version, canary={new_version: weight})
     rollout.canary_weight = weight
 
 
@@ -306,12 +295,7 @@ def promote(lam: Any, *, function: str, alias: str, layer_name: str) -> Promotio
             f"{alias} --canary PCT"
         )
     canary_version, weight = max(weights.items(), key=lambda kv: kv[1])
-    lam.update_alias(
-        FunctionName=function,
-        Name=alias,
-        FunctionVersion=canary_version,
-        RoutingConfig={"AdditionalVersionWeights": {}},
-    )
+    set_alias(lam, function, alias, canary_version)
     models = ModelIndex(lam, layer_name)
     versions = {fv.version: fv for fv in function_versions(lam, function, layer_name)}
     return Promotion(
@@ -464,12 +448,7 @@ def rollback(
         if carriers:
             carrier = max(carriers, key=lambda fv: int(fv.version))
             result.to_model = models.ref(str(carrier.model_arn))
-            lam.update_alias(
-                FunctionName=function,
-                Name=alias,
-                FunctionVersion=carrier.version,
-                RoutingConfig={"AdditionalVersionWeights": {}},
-            )
+            set_alias(lam, function, alias, carrier.version)
             result.new_function_version = carrier.version
             # Keep $LATEST in step with what is live, so the next publish-version or
             # deploy-function does not roll the newer model forward again.
@@ -479,9 +458,9 @@ def rollback(
                     "was deleted and cannot be linked anew"
                 )
             else:
-                result.layers = relinked(layer_arns(config), result.to_model.arn)
-                if result.layers != layer_arns(config):
-                    update_configuration(lam, function, pace, Layers=result.layers)
+                result.layers = _relink_latest(
+                    lam, function, layer_arns(config), result.to_model.arn, pace
+                )
             return result
     if not linkable:
         ref = refs[0]
@@ -492,18 +471,11 @@ def rollback(
             f"publish-model layers/model-{ref.name or '<name>'}-v{target_version}.zip"
         )
     result.to_model = linkable[0]
-    result.layers = relinked(layer_arns(config), result.to_model.arn)
-    check_budget(lam, config, result.layers)
-    if result.layers != layer_arns(config):
-        update_configuration(lam, function, pace, Layers=result.layers)
+    check_budget(lam, config, relinked(layer_arns(config), result.to_model.arn))
+    result.layers = _relink_latest(lam, function, layer_arns(config), result.to_model.arn, pace)
     if alias:
         version = publish_function_version(lam, function, carries(result.to_model), pace)
-        lam.update_alias(
-            FunctionName=function,
-            Name=alias,
-            FunctionVersion=version,
-            RoutingConfig={"AdditionalVersionWeights": {}},
-        )
+        set_alias(lam, function, alias, version)
         result.new_function_version = version
     return result
 
@@ -523,12 +495,7 @@ def _cancel_canary(
     weights = alias_weights(current_alias)
     canary_version = max(weights, key=lambda k: weights[k])
     canary_model = model_of(models, by_version.get(canary_version))
-    lam.update_alias(
-        FunctionName=function,
-        Name=alias,
-        FunctionVersion=live_fv.version,
-        RoutingConfig={"AdditionalVersionWeights": {}},
-    )
+    set_alias(lam, function, alias, live_fv.version)
     result = Rollback(
         function=function_name(function),
         from_model=canary_model,
@@ -539,7 +506,34 @@ def _cancel_canary(
         canary_cancelled=True,
     )
     if not live.deleted:
-        result.layers = relinked(layer_arns(config), live.arn)
-        if result.layers != layer_arns(config):
-            update_configuration(lam, function, pace, Layers=result.layers)
+        result.layers = _relink_latest(lam, function, layer_arns(config), live.arn, pace)
     return result
+
+
+def set_alias(
+    lam: Any, function: str, alias: str, version: str, canary: dict[str, float] | None = None
+) -> None:
+    """Point ``alias`` at function ``version``; route ``canary`` ({version: weight}) besides.
+
+    Without ``canary`` the alias's routing is reset: every rollout step that moves an alias
+    (publish, promote, rollback, deploy-function) ends any canary it had.
+    """
+    lam.update_alias(
+        FunctionName=function,
+        Name=alias,
+        FunctionVersion=version,
+        RoutingConfig={"AdditionalVersionWeights": canary or {}},
+    )
+
+
+def _relink_latest(lam: Any, function: str, current: list[str], arn: str, pace: Pace) -> list[str]:
+    """Put ``arn`` in its layer's slot of $LATEST (``current``: its layers), updating the
+    function only when that changes them; returns the layers $LATEST has now.
+
+    Rollback and rollout keep $LATEST in step with what is live, so the next publish-model
+    or deploy-function does not roll another model forward.
+    """
+    layers = relinked(current, arn)
+    if layers != current:
+        update_configuration(lam, function, pace, Layers=layers)
+    return layers

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from mlayer.archive import DIRECT_UPLOAD_LIMIT, Budget, iter_files, mb, write_zip
-from mlayer.arns import function_name
+from mlayer.arns import (
+    bucket_name,
+    function_name,
+    parse_arn,
+    parse_function,
+    parse_stream_arn,
+    table_name,
+)
 from mlayer.contracts import (
     function_description,
     parse_description,
@@ -482,15 +489,24 @@ def on_failure_kind(arn: str) -> str | None:
     An S3 bucket ARN has no region or account (``arn:aws:s3:::BUCKET``); a queue or topic
     ARN has both (``arn:aws:sqs:REGION:ACCOUNT:NAME``).
     """
-    parts = arn.split(":")
-    if len(parts) != 6 or parts[0] != "arn" or not parts[1].startswith("aws"):
+    try:
+        parsed = parse_arn(arn)
+    except ConfigError:
         return None
-    service, region, account, resource = parts[2:]
-    if service == "s3":
-        bucket_ok = 3 <= len(resource) <= 63 and "/" not in resource
-        return "s3" if not region and not account and bucket_ok else None
-    if service in ("sqs", "sns") and region and account.isdigit() and len(account) == 12:
-        return service if resource else None
+    if parsed.service == "s3":
+        try:
+            bucket_name(arn)
+        except ConfigError:
+            return None
+        return "s3"
+    if (
+        parsed.service in ("sqs", "sns")
+        and parsed.region
+        and parsed.account.isdigit()
+        and len(parsed.account) == 12
+        and ":" not in parsed.resource  # a queue's or topic's name has none
+    ):
+        return parsed.service if parsed.resource else None
     return None
 
 
@@ -530,14 +546,10 @@ class Trigger:
 
 def stream_kind(arn: str) -> str | None:
     """ "kinesis" or "dynamodb" for a stream ARN; None for anything else."""
-    parts = arn.split(":")
-    if len(parts) < 6:
+    try:
+        return parse_stream_arn(arn).kind
+    except ConfigError:
         return None
-    if parts[2] == "kinesis" and parts[5].startswith("stream/"):
-        return "kinesis"
-    if parts[2] == "dynamodb" and "/stream/" in parts[5]:
-        return "dynamodb"
-    return None
 
 
 def resolve_stream(kinesis: Any, dynamodb: Any, stream: str) -> tuple[str, str]:
@@ -551,13 +563,14 @@ def resolve_stream(kinesis: Any, dynamodb: Any, stream: str) -> tuple[str, str]:
     if kind:
         return stream, kind
     if stream.startswith("arn:"):
-        parts = stream.split(":")
-        if parts[2] == "dynamodb" and parts[5].startswith("table/"):
-            return _table_stream(dynamodb, parts[5].split("/")[1]), "dynamodb"
-        raise ConfigError(
-            f"{stream} is not a Kinesis stream or DynamoDB stream ARN "
-            "(arn:aws:kinesis:...:stream/NAME or arn:aws:dynamodb:...:table/T/stream/LABEL)"
-        )
+        try:
+            table = table_name(stream)
+        except ConfigError:
+            raise ConfigError(
+                f"{stream} is not a Kinesis stream or DynamoDB stream ARN "
+                "(arn:aws:kinesis:...:stream/NAME or arn:aws:dynamodb:...:table/T/stream/LABEL)"
+            ) from None
+        return _table_stream(dynamodb, table), "dynamodb"
     kinesis_arn = None
     try:
         summary = kinesis.describe_stream_summary(StreamName=stream)
@@ -601,8 +614,8 @@ def _table_stream(dynamodb: Any, table: str) -> str:
 
 
 def _mapping_function(mapping: dict[str, Any]) -> tuple[str, str | None]:
-    parts = str(mapping.get("FunctionArn", "")).split(":")
-    return (parts[6] if len(parts) > 6 else "", parts[7] if len(parts) > 7 else None)
+    function = parse_function(str(mapping.get("FunctionArn", "")))
+    return function.name, function.qualifier
 
 
 def trigger(

@@ -103,22 +103,7 @@ def publish_model(
             "canary runs; publish without --canary first (that creates the alias)"
         )
     old_function_version = current_alias["FunctionVersion"] if current_alias else None
-    if current_alias is not None:
-        old_cfg = get_configuration(lam, function, old_function_version)
-        old_fv = FunctionVersion(
-            version=str(old_function_version),
-            model_arn=find_layer(layer_arns(old_cfg), layer_name),
-            description=old_cfg.get("Description") or "",
-            layers=layer_arns(old_cfg),
-        )
-        old_model = model_of(models, old_fv)
-    else:
-        old_fv = None
-    latest_arn = find_layer(current, layer_name)
-    latest_fv = FunctionVersion("$LATEST", latest_arn, config.get("Description") or "", current)
-    latest_model = model_of(models, latest_fv)
-    if old_fv is None:
-        old_model = latest_model
+    old_model, latest_model = _live_models(lam, function, config, old_function_version, models)
     if (
         build.identity is not None
         and old_model is not None
@@ -171,6 +156,33 @@ def publish_model(
     if alias:
         _roll_alias(lam, function, alias, current_alias, canary, rollout, pace)
     return rollout
+
+
+def _live_models(
+    lam: Any,
+    function: str,
+    config: dict[str, Any],
+    alias_version: str | None,
+    models: ModelIndex,
+) -> tuple[ModelRef | None, ModelRef | None]:
+    """(the model live: the alias's version's, else $LATEST's; $LATEST's model)."""
+    served: ModelRef | None = None
+    if alias_version is not None:
+        served_config = get_configuration(lam, function, alias_version)
+        served_fv = FunctionVersion(
+            version=str(alias_version),
+            model_arn=find_layer(layer_arns(served_config), models.layer_name),
+            description=served_config.get("Description") or "",
+            layers=layer_arns(served_config),
+        )
+        served = model_of(models, served_fv)
+    latest_layers = layer_arns(config)
+    latest_arn = find_layer(latest_layers, models.layer_name)
+    latest_fv = FunctionVersion(
+        "$LATEST", latest_arn, config.get("Description") or "", latest_layers
+    )
+    latest = model_of(models, latest_fv)
+    return (served if alias_version is not None else latest), latest
 
 
 def _unchanged(
@@ -375,7 +387,67 @@ def rollback(
             lam, function, alias, current_alias, live, live_fv, models, by_version, config, pace
         )
 
-    # Every model version we know of, with where it can be found.
+    candidates = _known_models(models, versions)
+    target_version, notes = _rollback_target(live, candidates, to, name, layer_name)
+    refs = candidates[target_version]
+    linkable = [r for r in refs if not r.deleted]
+    result = Rollback(
+        function=name, from_model=live, to_model=(linkable or refs)[0], alias=alias, notes=notes
+    )
+
+    if alias and current_alias is not None:
+        result.old_function_version = str(current_alias["FunctionVersion"])
+        carrier = _carrier(models, versions, target_version)
+        if carrier is not None:
+            return _alias_to_carrier(lam, function, alias, carrier, result, models, config, pace)
+    if not linkable:
+        ref = refs[0]
+        raise ConfigError(
+            f"model v{target_version} (layer {layer_name} version {ref.layer_version}) was "
+            "deleted: a deleted layer version stays usable by the function versions already "
+            "linked to it but cannot be linked anew; publish it again with mlayer "
+            f"publish-model layers/model-{ref.name or '<name>'}-v{target_version}.zip"
+        )
+    result.to_model = linkable[0]
+    check_budget(lam, config, relinked(layer_arns(config), result.to_model.arn))
+    result.layers = _relink_latest(lam, function, layer_arns(config), result.to_model.arn, pace)
+    if alias:
+        version = publish_function_version(lam, function, carries(result.to_model), pace)
+        set_alias(lam, function, alias, version)
+        result.new_function_version = version
+    return result
+
+
+def _alias_to_carrier(
+    lam: Any,
+    function: str,
+    alias: str,
+    carrier: FunctionVersion,
+    result: Rollback,
+    models: ModelIndex,
+    config: dict[str, Any],
+    pace: Pace,
+) -> Rollback:
+    """Move the alias to ``carrier``, a function version that already carries the model
+    (works even after its layer version was deleted), and relink $LATEST to match."""
+    result.to_model = models.ref(str(carrier.model_arn))
+    set_alias(lam, function, alias, carrier.version)
+    result.new_function_version = carrier.version
+    # Keep $LATEST in step with what is live, so the next publish-version or
+    # deploy-function does not roll the newer model forward again.
+    if result.to_model.deleted:
+        result.notes.append(
+            f"$LATEST keeps its model layer: layer version {result.to_model.layer_version} "
+            "was deleted and cannot be linked anew"
+        )
+    else:
+        result.layers = _relink_latest(lam, function, layer_arns(config), result.to_model.arn, pace)
+    return result
+
+
+def _known_models(models: ModelIndex, versions: list[FunctionVersion]) -> dict[int, list[ModelRef]]:
+    """Every model version we know of, with where it can be found: the model layer's live
+    versions, and the (maybe deleted) ones function versions carry."""
     candidates: dict[int, list[ModelRef]] = {}
     for ref in models.listed():
         if ref.version is not None:
@@ -388,6 +460,23 @@ def rollback(
             and carried not in candidates.get(carried.version, [])
         ):
             candidates.setdefault(carried.version, []).append(carried)
+    return candidates
+
+
+def _rollback_target(
+    live: ModelRef,
+    candidates: dict[int, list[ModelRef]],
+    to: int | None,
+    name: str,
+    layer_name: str,
+) -> tuple[int, list[str]]:
+    """The model version to roll back to (``to``, or the newest older than ``live`` that is not
+    a copy of it), and notes on what was skipped.
+
+    Raises:
+        NotFoundError: nothing older, or ``to`` is not a known version.
+        ConfigError: ``to`` is live, or has the live content.
+    """
     known = ", ".join(f"v{v}" for v in sorted(candidates)) or "none"
 
     def same_as_live(version: int) -> bool:
@@ -415,69 +504,34 @@ def rollback(
                 f"model version of layer {layer_name} exists (known: {known}){same}; use "
                 "--to VERSION to move to another one"
             )
-        target_version = max(older)
-    else:
-        target_version = to
-        if to == live.version:
-            raise ConfigError(f"model v{to} is already live on function {name}")
-        if to not in candidates:
-            raise NotFoundError(
-                f"model v{to} is not a version of layer {layer_name} (known: {known}); if it "
-                "was deleted, publish it again with mlayer publish-model "
-                f"layers/model-<name>-v{to}.zip"
-            )
-        if same_as_live(to):
-            raise ConfigError(
-                f"model v{to} has the same content as the live {live.name} v{live.version} "
-                "(same files and input): rolling back to it would change nothing; pick "
-                f"another with --to (known: {known}) or see mlayer history"
-            )
-    refs = candidates[target_version]
-    linkable = [r for r in refs if not r.deleted]
-    result = Rollback(
-        function=name, from_model=live, to_model=(linkable or refs)[0], alias=alias, notes=notes
-    )
-
-    if alias and current_alias is not None:
-        carriers = [
-            fv for fv in versions
-            if fv.version != "$LATEST" and (m := model_of(models, fv)) is not None
-            and m.version == target_version
-        ]  # fmt: skip
-        result.old_function_version = str(current_alias["FunctionVersion"])
-        if carriers:
-            carrier = max(carriers, key=lambda fv: int(fv.version))
-            result.to_model = models.ref(str(carrier.model_arn))
-            set_alias(lam, function, alias, carrier.version)
-            result.new_function_version = carrier.version
-            # Keep $LATEST in step with what is live, so the next publish-version or
-            # deploy-function does not roll the newer model forward again.
-            if result.to_model.deleted:
-                result.notes.append(
-                    f"$LATEST keeps its model layer: layer version {result.to_model.layer_version} "
-                    "was deleted and cannot be linked anew"
-                )
-            else:
-                result.layers = _relink_latest(
-                    lam, function, layer_arns(config), result.to_model.arn, pace
-                )
-            return result
-    if not linkable:
-        ref = refs[0]
-        raise ConfigError(
-            f"model v{target_version} (layer {layer_name} version {ref.layer_version}) was "
-            "deleted: a deleted layer version stays usable by the function versions already "
-            "linked to it but cannot be linked anew; publish it again with mlayer "
-            f"publish-model layers/model-{ref.name or '<name>'}-v{target_version}.zip"
+        return max(older), notes
+    if to == live.version:
+        raise ConfigError(f"model v{to} is already live on function {name}")
+    if to not in candidates:
+        raise NotFoundError(
+            f"model v{to} is not a version of layer {layer_name} (known: {known}); if it "
+            "was deleted, publish it again with mlayer publish-model "
+            f"layers/model-<name>-v{to}.zip"
         )
-    result.to_model = linkable[0]
-    check_budget(lam, config, relinked(layer_arns(config), result.to_model.arn))
-    result.layers = _relink_latest(lam, function, layer_arns(config), result.to_model.arn, pace)
-    if alias:
-        version = publish_function_version(lam, function, carries(result.to_model), pace)
-        set_alias(lam, function, alias, version)
-        result.new_function_version = version
-    return result
+    if same_as_live(to):
+        raise ConfigError(
+            f"model v{to} has the same content as the live {live.name} v{live.version} "
+            "(same files and input): rolling back to it would change nothing; pick "
+            f"another with --to (known: {known}) or see mlayer history"
+        )
+    return to, notes
+
+
+def _carrier(
+    models: ModelIndex, versions: list[FunctionVersion], model_version: int
+) -> FunctionVersion | None:
+    """The newest published function version that carries model ``model_version``."""
+    carriers = [
+        fv for fv in versions
+        if fv.version != "$LATEST" and (m := model_of(models, fv)) is not None
+        and m.version == model_version
+    ]  # fmt: skip
+    return max(carriers, key=lambda fv: int(fv.version)) if carriers else None
 
 
 def _cancel_canary(

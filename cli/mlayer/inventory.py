@@ -116,21 +116,20 @@ class FunctionVersion:
     description: str
     layers: list[str]
 
+    @classmethod
+    def of(cls, version: str, config: dict[str, Any], layer_name: str) -> FunctionVersion:
+        """Function ``version`` from its configuration, linking a version of ``layer_name``
+        (the model layer) or not."""
+        arns = layer_arns(config)
+        return cls(version, find_layer(arns, layer_name), config.get("Description") or "", arns)
+
 
 def function_versions(lam: Any, function: str, layer_name: str) -> list[FunctionVersion]:
     """$LATEST and every published version, each with its model layer ARN."""
-    out = []
-    for v in list_function_versions(lam, function):
-        arns = layer_arns(v)
-        out.append(
-            FunctionVersion(
-                version=v["Version"],
-                model_arn=find_layer(arns, layer_name),
-                description=v.get("Description") or "",
-                layers=arns,
-            )
-        )
-    return out
+    return [
+        FunctionVersion.of(v["Version"], v, layer_name)
+        for v in list_function_versions(lam, function)
+    ]
 
 
 def model_of(models: ModelIndex, fv: FunctionVersion | None) -> ModelRef | None:

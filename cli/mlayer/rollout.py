@@ -20,7 +20,6 @@ from mlayer.lambda_api import (
     DEFAULT_PACE,
     Pace,
     alias_weights,
-    find_layer,
     get_alias,
     get_configuration,
     layer_arns,
@@ -169,19 +168,10 @@ def _live_models(
     served: ModelRef | None = None
     if alias_version is not None:
         served_config = get_configuration(lam, function, alias_version)
-        served_fv = FunctionVersion(
-            version=str(alias_version),
-            model_arn=find_layer(layer_arns(served_config), models.layer_name),
-            description=served_config.get("Description") or "",
-            layers=layer_arns(served_config),
+        served = model_of(
+            models, FunctionVersion.of(alias_version, served_config, models.layer_name)
         )
-        served = model_of(models, served_fv)
-    latest_layers = layer_arns(config)
-    latest_arn = find_layer(latest_layers, models.layer_name)
-    latest_fv = FunctionVersion(
-        "$LATEST", latest_arn, config.get("Description") or "", latest_layers
-    )
-    latest = model_of(models, latest_fv)
+    latest = model_of(models, FunctionVersion.of("$LATEST", config, models.layer_name))
     return (served if alias_version is not None else latest), latest
 
 

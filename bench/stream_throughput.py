@@ -72,7 +72,8 @@ def build_layers(work: Path, function_dir: Path) -> Path:
 
 def deploy(aws: Any, layers: Path, sink: str, function_dir: Path) -> None:
     from mlayer.deploy import deploy_function
-    from mlayer.publish import load_build, publish_deps, publish_model
+    from mlayer.layers import load_build, publish_deps
+    from mlayer.rollout import publish_model
 
     lam, s3 = aws.client("lambda"), aws.client("s3")
     s3.create_bucket(Bucket="bench")

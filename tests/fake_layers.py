@@ -126,7 +126,7 @@ def write_model_build(
 
 def recorded(zip_path: Path) -> dict[str, Any]:
     """The sidecar manifest of a fake build, with its model identity added."""
-    from mlayer.publish import model_identity
+    from mlayer.contracts import model_identity
 
     data: dict[str, Any] = json.loads(zip_path.with_suffix(".json").read_text())
     data["identity"] = model_identity(data)

@@ -71,7 +71,7 @@ def published(aws: dict[str, Any], layers: Path) -> dict[str, Any]:
 def _model_description(layers: Path, version: int) -> str:
     import json
 
-    from mlayer.publish import model_description
+    from mlayer.contracts import model_description
 
     path = write_model_build(layers, version)
     data = json.loads(path.with_suffix(".json").read_text())

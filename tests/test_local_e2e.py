@@ -72,7 +72,8 @@ def deployed(built_layers: Path) -> Iterator[Deployed]:
     """The function deployed on a fresh moto_server: deps + model v1 linked, alias live,
     writing predictions to a table and bad records to a dead-letter queue."""
     from mlayer.deploy import deploy_function
-    from mlayer.publish import load_build, publish_deps, publish_model
+    from mlayer.layers import load_build, publish_deps
+    from mlayer.rollout import publish_model
 
     with local_endpoint() as endpoint:
         session = boto3.Session(

@@ -31,24 +31,22 @@ from fake_layers import (
 )
 from moto import mock_aws
 
+from mlayer.arns import parse_layer_arn
 from mlayer.aws import AwsSettings
 from mlayer.cli import cli
-from mlayer.errors import BudgetError
-from mlayer.publish import (
-    Pace,
+from mlayer.contracts import (
     VersionRecord,
     deps_description,
-    direct_request_bytes,
     model_description,
     model_identity,
     parse_description,
-    parse_layer_arn,
     parse_version_description,
     parse_version_record,
-    relinked,
-    update_configuration,
     version_description,
 )
+from mlayer.errors import BudgetError
+from mlayer.lambda_api import Pace, relinked, update_configuration
+from mlayer.layers import direct_request_bytes
 
 ACCOUNT = "123456789012"
 
@@ -593,7 +591,7 @@ def test_budget_exceeded_names_each_share(deployed: dict[str, Any], layers: Path
 
 
 def test_budget_error_is_raised_by_the_library(deployed: dict[str, Any]) -> None:
-    from mlayer.publish import check_budget
+    from mlayer.layers import check_budget
 
     lam = deployed["lambda"]
     big = publish_raw_layer(
@@ -947,15 +945,15 @@ def test_publish_model_waits_out_an_update_in_progress_on_moto(
     monkeypatch.setattr(AwsSettings, "client", client)
     lam = deployed["lambda"]
 
-    import mlayer.publish as publish_module
+    import mlayer.rollout as rollout
 
-    real = publish_module.publish_model
+    real = rollout.publish_model
 
     def fast(*args: Any, **kwargs: Any) -> Any:
         # Lambda's pace (1 s between checks, backoff from 1 s) with the sleeps taken out.
         return real(*args, **kwargs, pace=Pace(waiter_delay=0, sleep=lambda _: None))
 
-    monkeypatch.setattr(publish_module, "publish_model", fast)
+    monkeypatch.setattr(rollout, "publish_model", fast)
     result = run("publish-model", str(write_model_build(layers, 1)), "--function", "scorer")
 
     assert result.exit_code == 0, result.output
@@ -978,7 +976,7 @@ def test_publish_model_arn_parsing() -> None:
 
 
 def test_upload_progress_reports_bytes(aws: dict[str, Any], tmp_path: Path) -> None:
-    from mlayer.publish import upload_to_s3
+    from mlayer.layers import upload_to_s3
 
     aws["s3"].create_bucket(Bucket="artifacts")
     path = tmp_path / "blob.zip"
@@ -996,7 +994,7 @@ def test_build_for_publishing_numbers_after_the_published_versions(
     """publish-model MODEL_DIR builds one more than the newest built *or published*: here v2
     and v3 are published from elsewhere and nothing is built locally, so the build is v4."""
     import mlayer.model_layer as model_layer
-    from mlayer.publish import build_model_for
+    from mlayer.layers import build_model_for
 
     elsewhere = tmp_path / "elsewhere"
     run("publish-model", str(write_model_build(elsewhere, 2)), "--function", "scorer")

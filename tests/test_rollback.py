@@ -19,8 +19,8 @@ from fake_layers import (
 
 from mlayer.aws import AwsSettings
 from mlayer.cli import cli
+from mlayer.contracts import model_description
 from mlayer.local.resolve import local_builds, resolve_layer
-from mlayer.publish import model_description
 
 SCORER_LIVE = ("--function", "scorer", "--alias", "live")
 

@@ -225,11 +225,11 @@ def test_live_manifest_is_read_from_the_layer_when_no_local_build_matches(
     model/manifest.json from it when no local build has the same sha256."""
     import io
 
-    import mlayer.publish as publish_module
+    import mlayer.inventory as inventory
 
     publish_model(layers, 1)
     zip_bytes = (layers / "model-sentiment-v1.zip").read_bytes()
-    real_get = publish_module.get_layer_version
+    real_get = inventory.get_layer_version
     fetched: list[str] = []
 
     def get_layer_version(client: Any, arn: str) -> dict[str, Any] | None:
@@ -242,8 +242,8 @@ def test_live_manifest_is_read_from_the_layer_when_no_local_build_matches(
         fetched.append(url)
         return io.BytesIO(zip_bytes)
 
-    monkeypatch.setattr(publish_module, "get_layer_version", get_layer_version)
-    monkeypatch.setattr(publish_module.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(inventory, "get_layer_version", get_layer_version)
+    monkeypatch.setattr(inventory.urllib.request, "urlopen", urlopen)
 
     data = json.loads(
         run(

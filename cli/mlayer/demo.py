@@ -230,13 +230,15 @@ def _pipeline(
     arch: str,
     name: str,
 ) -> Iterator[Step]:
+    from mlayer.contracts import default_layer_name
     from mlayer.deploy import TriggerSettings, deploy_function, trigger
     from mlayer.deps_layer import DepsBuildOptions, build_deps
+    from mlayer.inventory import status as function_status
+    from mlayer.layers import load_build, publish_deps
     from mlayer.local.runner import invoke, run_local
     from mlayer.model_layer import ModelBuildOptions, build_model
-    from mlayer.publish import default_layer_name, load_build, publish_deps, publish_model
-    from mlayer.publish import rollback as do_rollback
-    from mlayer.publish import status as function_status
+    from mlayer.rollout import publish_model
+    from mlayer.rollout import rollback as do_rollback
 
     lam, s3, sqs = aws.client("lambda"), aws.client("s3"), aws.client("sqs")
     kinesis, dynamodb = aws.client("kinesis"), aws.client("dynamodb")

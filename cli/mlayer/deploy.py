@@ -2,7 +2,7 @@
 event source mapping).
 
 Both take boto3 clients and return dataclasses; nothing prints. Updates go through
-:func:`mlayer.publish.update_configuration`, which waits for the function to settle before
+:func:`mlayer.lambda_api.update_configuration`, which waits for the function to settle before
 and after and retries while another update is in progress.
 """
 
@@ -17,30 +17,38 @@ from pathlib import Path
 from typing import Any
 
 from mlayer.archive import DIRECT_UPLOAD_LIMIT, Budget, iter_files, mb, write_zip
-from mlayer.arns import on_failure_kind
+from mlayer.arns import (
+    function_name,
+    on_failure_kind,
+    parse_function,
+    parse_stream_arn,
+    table_name,
+)
+from mlayer.contracts import (
+    function_description,
+    parse_description,
+    parse_version_description,
+    version_description,
+)
 from mlayer.errors import ConfigError, NotFoundError
-from mlayer.publish import (
+from mlayer.lambda_api import (
     DEFAULT_PACE,
     Pace,
     call_with_backoff,
-    check_budget,
     find_layer,
-    function_description,
-    function_name,
     get_alias,
     get_configuration,
     get_layer_version,
     layer_arns,
     list_layer_versions,
-    parse_description,
-    parse_version_description,
     publish_function_version,
     relinked,
     update_configuration,
-    version_description,
     wait_active,
     wait_updated,
 )
+from mlayer.layers import check_budget
+from mlayer.rollout import set_alias
 
 HANDLER = "lambda_function.lambda_handler"
 # 512 MB: the measured function peaks near 150 MB, but Lambda gives CPU in proportion to
@@ -419,12 +427,7 @@ def _point_alias(
     if current is None:
         lam.create_alias(FunctionName=function, Name=alias, FunctionVersion=new_version)
     elif str(current["FunctionVersion"]) != new_version or current.get("RoutingConfig"):
-        lam.update_alias(
-            FunctionName=function,
-            Name=alias,
-            FunctionVersion=new_version,
-            RoutingConfig={"AdditionalVersionWeights": {}},
-        )
+        set_alias(lam, function, alias, new_version)
     deployment.alias = alias
     deployment.function_version = new_version
     if parse_version_description(description) is None:
@@ -513,14 +516,10 @@ class Trigger:
 
 def stream_kind(arn: str) -> str | None:
     """ "kinesis" or "dynamodb" for a stream ARN; None for anything else."""
-    parts = arn.split(":")
-    if len(parts) < 6:
+    try:
+        return parse_stream_arn(arn).kind
+    except ConfigError:
         return None
-    if parts[2] == "kinesis" and parts[5].startswith("stream/"):
-        return "kinesis"
-    if parts[2] == "dynamodb" and "/stream/" in parts[5]:
-        return "dynamodb"
-    return None
 
 
 def resolve_stream(kinesis: Any, dynamodb: Any, stream: str) -> tuple[str, str]:
@@ -534,13 +533,14 @@ def resolve_stream(kinesis: Any, dynamodb: Any, stream: str) -> tuple[str, str]:
     if kind:
         return stream, kind
     if stream.startswith("arn:"):
-        parts = stream.split(":")
-        if parts[2] == "dynamodb" and parts[5].startswith("table/"):
-            return _table_stream(dynamodb, parts[5].split("/")[1]), "dynamodb"
-        raise ConfigError(
-            f"{stream} is not a Kinesis stream or DynamoDB stream ARN "
-            "(arn:aws:kinesis:...:stream/NAME or arn:aws:dynamodb:...:table/T/stream/LABEL)"
-        )
+        try:
+            table = table_name(stream)
+        except ConfigError:
+            raise ConfigError(
+                f"{stream} is not a Kinesis stream or DynamoDB stream ARN "
+                "(arn:aws:kinesis:...:stream/NAME or arn:aws:dynamodb:...:table/T/stream/LABEL)"
+            ) from None
+        return _table_stream(dynamodb, table), "dynamodb"
     kinesis_arn = None
     try:
         summary = kinesis.describe_stream_summary(StreamName=stream)
@@ -584,8 +584,8 @@ def _table_stream(dynamodb: Any, table: str) -> str:
 
 
 def _mapping_function(mapping: dict[str, Any]) -> tuple[str, str | None]:
-    parts = str(mapping.get("FunctionArn", "")).split(":")
-    return (parts[6] if len(parts) > 6 else "", parts[7] if len(parts) > 7 else None)
+    function = parse_function(str(mapping.get("FunctionArn", "")))
+    return function.name, function.qualifier
 
 
 def trigger(

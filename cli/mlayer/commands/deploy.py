@@ -114,8 +114,8 @@ def deploy_function(
         --env OUTPUT_TABLE=predictions --env DEAD_LETTER_QUEUE_URL=https://sqs...
       mlayer deploy-function --function scorer --memory 1024 --alias live
     """
+    from mlayer.contracts import default_layer_name
     from mlayer.deploy import deploy_function as deploy
-    from mlayer.publish import default_layer_name
 
     function = _require_function(function)
     result = deploy(

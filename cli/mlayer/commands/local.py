@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from mlayer import options
+from mlayer.arns import parse_layer_arn
 
 if TYPE_CHECKING:
     from mlayer.local.esm import MappingSettings, RunAborted, RunStats, RunSummary
@@ -66,9 +67,14 @@ def _require_function(function: str | None) -> str:
     return function
 
 
+def _layer_label(arn: str) -> str:
+    layer = parse_layer_arn(arn)
+    return f"{layer.name}:{layer.version}"
+
+
 def _describe(local: LocalFunction) -> str:
     layers = ", ".join(
-        f"{layer.arn.split(':layer:')[-1]} ({'endpoint' if layer.source == 'endpoint' else 'local build'})"
+        f"{_layer_label(layer.arn)} ({'endpoint' if layer.source == 'endpoint' else 'local build'})"
         for layer in local.layers
     )
     return (

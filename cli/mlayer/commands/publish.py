@@ -1,5 +1,7 @@
 """Publishing and rolling out: publish-deps, publish-model, promote, rollback, status,
-history, prune. Thin: each parses options, calls one function of mlayer.publish, renders."""
+history, prune. Thin: each parses options, calls one function of mlayer.layers
+(publish-deps), mlayer.rollout (publish-model, promote, rollback) or mlayer.inventory (status,
+history, prune), renders."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ def _require(value: str | None, flag: str) -> str:
 
 
 def _layer_name(given: str | None, function: str | None, kind: str) -> str:
-    from mlayer.publish import default_layer_name
+    from mlayer.contracts import default_layer_name
 
     if given:
         return given
@@ -79,7 +81,7 @@ class _UploadProgress:
 
 
 def _published_line(layer: Any) -> str:
-    from mlayer.publish import mb
+    from mlayer.archive import mb
 
     if layer.reused and layer.same_content:
         return (
@@ -128,8 +130,8 @@ def publish_deps(
       mlayer publish-deps --function scorer --runtime python3.13 --arch arm64
       mlayer publish-deps --deps-layer sklearn-1-7 --bucket my-artifacts
     """
-    from mlayer.publish import find_deps_build
-    from mlayer.publish import publish_deps as publish
+    from mlayer.layers import find_deps_build
+    from mlayer.layers import publish_deps as publish
 
     layer_name = _layer_name(deps_layer, function, "deps")
     build = find_deps_build(Path(layers_dir), runtime, arch)
@@ -202,13 +204,9 @@ def publish_model(
       mlayer publish-model layers/model-sentiment-v3.zip --alias live --canary 10
       mlayer promote --function scorer --alias live
     """
-    from mlayer.publish import (
-        build_model_for,
-        default_layer_name,
-        load_build,
-        model_builds,
-    )
-    from mlayer.publish import publish_model as publish
+    from mlayer.contracts import default_layer_name
+    from mlayer.layers import build_model_for, load_build, model_builds
+    from mlayer.rollout import publish_model as publish
 
     function = _require(function, "--function")
     layer_name = model_layer or default_layer_name(function, "model")
@@ -307,7 +305,7 @@ def promote(
       mlayer publish-model training/out --function scorer --alias live --canary 10
       mlayer promote --function scorer --alias live
     """
-    from mlayer.publish import promote as do_promote
+    from mlayer.rollout import promote as do_promote
 
     function = _require(function, "--function")
     alias = _require(alias, "--alias")
@@ -357,7 +355,7 @@ def rollback(
       mlayer rollback --function scorer --alias live
       mlayer rollback --function scorer --alias live --to 3
     """
-    from mlayer.publish import rollback as do_rollback
+    from mlayer.rollout import rollback as do_rollback
 
     function = _require(function, "--function")
     result = do_rollback(
@@ -416,7 +414,7 @@ def status(
     """
     from dataclasses import asdict
 
-    from mlayer.publish import status as get_status
+    from mlayer.inventory import status as get_status
 
     function = _require(function, "--function")
     result = get_status(
@@ -439,7 +437,7 @@ def _render_status(s: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from mlayer.publish import mb
+    from mlayer.archive import mb
 
     console = Console(soft_wrap=True)
     console.print(f"[bold]Function[/] {s.function}  {s.arn}")
@@ -517,8 +515,8 @@ def history(
     from rich.console import Console
     from rich.table import Table
 
-    from mlayer.publish import history as get_history
-    from mlayer.publish import mb
+    from mlayer.archive import mb
+    from mlayer.inventory import history as get_history
 
     function = _require(function, "--function")
     result = get_history(
@@ -594,7 +592,7 @@ def prune(
     """
     from dataclasses import asdict
 
-    from mlayer.publish import prune as do_prune
+    from mlayer.inventory import prune as do_prune
 
     function = _require(function, "--function")
     result = do_prune(

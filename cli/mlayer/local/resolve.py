@@ -146,7 +146,7 @@ def _download(url: str, sha256: str, what: str) -> Path:
 
 
 def _build_hint(description: str, arn: str) -> str:
-    from mlayer.publish import parse_description
+    from mlayer.contracts import parse_description
 
     record = parse_description(description)
     if record is not None and record.kind == "deps":
@@ -176,7 +176,7 @@ def resolve_layer(
         NotFoundError: the version no longer exists and no local build holds it, or neither
             the endpoint nor a local build can provide its content; each names the fix.
     """
-    from mlayer.publish import get_layer_version
+    from mlayer.lambda_api import get_layer_version
 
     version = get_layer_version(lam, arn)
     if version is None:
@@ -202,7 +202,7 @@ def resolve_layer(
 def _deleted_layer(
     arn: str, layers_dir: Path, builds: dict[str, Path], carried: str, code_size: int | None
 ) -> ResolvedLayer:
-    from mlayer.publish import parse_version_record
+    from mlayer.contracts import parse_version_record
 
     record = parse_version_record(carried)
     sha256 = record.sha256 if record else None
@@ -330,7 +330,7 @@ def resolve_function(
             runtime; an architecture this machine cannot run.
     """
     from mlayer.deploy import zip_function
-    from mlayer.publish import get_alias, get_configuration
+    from mlayer.lambda_api import get_alias, get_configuration
 
     config = get_configuration(lam, function, qualifier)
     name = str(config["FunctionName"])

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlayer.arns import function_name, parse_function
 from mlayer.aws import AwsSettings
 from mlayer.errors import ConfigError
 from mlayer.lambda_env.environment import Invocation
@@ -127,17 +128,15 @@ def find_mapping(
     lam: Any, function: str, stream_arn: str, qualifier: str | None
 ) -> dict[str, Any] | None:
     """The function's event source mapping from ``stream_arn`` (the qualifier's first)."""
-    from mlayer.publish import function_name
-
     name = function_name(function)
     mappings: list[dict[str, Any]] = []
     for page in lam.get_paginator("list_event_source_mappings").paginate(EventSourceArn=stream_arn):
         mappings.extend(page.get("EventSourceMappings", []))
     ours = []
     for mapping in mappings:
-        parts = str(mapping.get("FunctionArn", "")).split(":")
-        if len(parts) > 6 and parts[6] == name:
-            ours.append((parts[7] if len(parts) > 7 else None, mapping))
+        target = parse_function(str(mapping.get("FunctionArn", "")))
+        if target.name == name:
+            ours.append((target.qualifier, mapping))
     ours.sort(key=lambda pair: pair[0] != qualifier)
     return ours[0][1] if ours else None
 
@@ -203,8 +202,7 @@ def run_local(
     if mapping is not None:
         settings = MappingSettings.from_mapping(mapping)
         if qualifier is None:
-            parts = str(mapping.get("FunctionArn", "")).split(":")
-            qualifier = parts[7] if len(parts) > 7 else None
+            qualifier = parse_function(str(mapping.get("FunctionArn", ""))).qualifier
     else:
         settings = mlayer_defaults()
     settings = settings.override(**(overrides or {})).validate()

@@ -1,0 +1,583 @@
+"""Rolling models out and back: publish-model, promote, rollback.
+
+Policy lives here: when to publish a function version, where the alias points and with what
+routing (:func:`set_alias`), and keeping ``$LATEST``'s model layer in step with what is live
+(:func:`_relink_latest`). Everything takes boto3 clients and returns dataclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlayer.archive import Budget, BudgetPart
+from mlayer.arns import function_name
+from mlayer.contracts import model_description, version_description
+from mlayer.errors import BuildError, ConfigError, NotFoundError
+from mlayer.inventory import FunctionVersion, ModelIndex, ModelRef, function_versions, model_of
+from mlayer.lambda_api import (
+    DEFAULT_PACE,
+    Pace,
+    alias_weights,
+    get_alias,
+    get_configuration,
+    layer_arns,
+    publish_function_version,
+    relinked,
+    update_configuration,
+)
+from mlayer.layers import (
+    Build,
+    PublishedLayer,
+    check_budget,
+    check_budget_quietly,
+    publish_layer,
+)
+
+
+@dataclass
+class Rollout:
+    """What publish-model did."""
+
+    function: str
+    layer: PublishedLayer
+    old_model: ModelRef | None
+    new_model: ModelRef
+    layers: list[str]
+    relinked: bool
+    budget: Budget
+    alias: str | None = None
+    old_function_version: str | None = None
+    new_function_version: str | None = None
+    canary_weight: float | None = None
+    alias_created: bool = False
+    notes: list[str] = field(default_factory=list)
+    unchanged: bool = False  # the live model already has this content: nothing was done
+
+
+def publish_model(
+    lam: Any,
+    s3: Any | None,
+    *,
+    function: str,
+    build: Build,
+    layer_name: str,
+    alias: str | None = None,
+    canary: float | None = None,
+    bucket: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    pace: Pace = DEFAULT_PACE,
+) -> Rollout:
+    """Publish a model layer (or reuse an identical version) and roll it out.
+
+    Relinks only the model layer of ``function`` (others keep their place), after checking
+    the 5-layer limit and the 250 MB budget. With ``alias``: publishes a function version
+    and moves the alias to it, or with ``canary`` (percent) routes that share of the alias's
+    invocations to it while the alias stays on the version it had.
+
+    Models are compared by content (:func:`model_identity`), not build number: when the
+    live model (and $LATEST's) already has this content nothing is done
+    (``Rollout.unchanged``); a layer version already holding it, e.g. left by a publish that
+    failed half-way, is reused instead of publishing another.
+
+    Raises:
+        NotFoundError: no such function.
+        BudgetError: too many layers or over 250 MB unzipped.
+        ConfigError: a canary without an existing alias.
+    """
+    if build.kind != "model":
+        raise BuildError(
+            f"{build.zip_path} is not a model layer build; build one with mlayer build-model"
+        )
+    if canary is not None and not alias:
+        raise ConfigError("--canary needs --alias: the canary is a share of the alias's traffic")
+    config = get_configuration(lam, function)
+    current = layer_arns(config)
+    models = ModelIndex(lam, layer_name)
+    current_alias = get_alias(lam, function, alias) if alias else None
+    if canary is not None and current_alias is None:
+        raise ConfigError(
+            f"alias {alias} does not exist yet, so there is no version to keep serving while a "
+            "canary runs; publish without --canary first (that creates the alias)"
+        )
+    old_function_version = current_alias["FunctionVersion"] if current_alias else None
+    old_model, latest_model = _live_models(lam, function, config, old_function_version, models)
+    if (
+        build.identity is not None
+        and old_model is not None
+        and latest_model is not None
+        and old_model.identity == build.identity == latest_model.identity
+    ):
+        return _unchanged(function, layer_name, build, old_model, current, config, lam, alias)
+
+    # Refuse before publishing anything: the new version takes the model layer's slot (any
+    # ARN of that layer marks it) and adds the build's unzipped size.
+    slot = f"arn:aws:lambda:{lam.meta.region_name}:000000000000:layer:{layer_name}:0"
+    share = BudgetPart(
+        f"layer {layer_name} (model {build.name} v{build.version})", build.unzipped_bytes
+    )
+    budget = check_budget(lam, config, relinked(current, slot), {slot: share})
+
+    description = model_description(
+        build.name, build.version, build.sha256, build.unzipped_bytes, build.identity
+    )
+    layer = publish_layer(
+        lam, s3, layer_name=layer_name, build=build, description=description,
+        bucket=bucket, progress=progress, identity=build.identity,
+    )  # fmt: skip
+    new_layers = relinked(current, layer.arn)
+    budget.parts = [
+        BudgetPart(f"layer {layer_name}:{layer.version} (model)", p.unzipped_bytes)
+        if p is share
+        else p
+        for p in budget.parts
+    ]
+    new_model = models.ref(layer.arn)
+    rollout = Rollout(
+        function=function_name(function),
+        layer=layer,
+        old_model=old_model,
+        new_model=new_model,
+        layers=new_layers,
+        relinked=new_layers != current,
+        budget=budget,
+        alias=alias,
+        old_function_version=old_function_version,
+    )
+    if layer.same_content:
+        rollout.notes.append(
+            f"{build.zip_path.name} holds the same model content as {new_model.label}, "
+            f"published before (by a publish that did not finish, or an earlier build): "
+            f"reused it instead of publishing {build.name} v{build.version}"
+        )
+    _relink_latest(lam, function, current, layer.arn, pace)
+    if alias:
+        _roll_alias(lam, function, alias, current_alias, canary, rollout, pace)
+    return rollout
+
+
+def _live_models(
+    lam: Any,
+    function: str,
+    config: dict[str, Any],
+    alias_version: str | None,
+    models: ModelIndex,
+) -> tuple[ModelRef | None, ModelRef | None]:
+    """(the model live: the alias's version's, else $LATEST's; $LATEST's model)."""
+    served: ModelRef | None = None
+    if alias_version is not None:
+        served_config = get_configuration(lam, function, alias_version)
+        served = model_of(
+            models, FunctionVersion.of(alias_version, served_config, models.layer_name)
+        )
+    latest = model_of(models, FunctionVersion.of("$LATEST", config, models.layer_name))
+    return (served if alias_version is not None else latest), latest
+
+
+def _unchanged(
+    function: str,
+    layer_name: str,
+    build: Build,
+    live: ModelRef,
+    current: list[str],
+    config: dict[str, Any],
+    lam: Any,
+    alias: str | None,
+) -> Rollout:
+    """The Rollout of a publish whose model content is already live: nothing changes."""
+    layer = PublishedLayer(
+        layer_name=layer_name,
+        arn=live.arn,
+        version=live.layer_version,
+        reused=True,
+        sha256=live.sha256 or build.sha256,
+        zip_bytes=build.zip_bytes,
+        unzipped_bytes=live.unzipped_bytes or build.unzipped_bytes,
+        description="",
+        created=live.created,
+        same_content=live.sha256 != build.sha256,
+    )
+    return Rollout(
+        function=function_name(function),
+        layer=layer,
+        old_model=live,
+        new_model=live,
+        layers=current,
+        relinked=False,
+        budget=check_budget_quietly(lam, config),
+        alias=alias,
+        unchanged=True,
+    )
+
+
+def carries(model: ModelRef) -> str:
+    """The Description of a function version carrying ``model``: what rollback reads."""
+    return version_description(str(model.name), model.version or 0, model.sha256, model.identity)
+
+
+def _roll_alias(
+    lam: Any,
+    function: str,
+    alias: str,
+    current_alias: dict[str, Any] | None,
+    canary: float | None,
+    rollout: Rollout,
+    pace: Pace,
+) -> None:
+    if current_alias is not None and not rollout.relinked:
+        # Nothing changed on $LATEST's side: if the alias's version already is $LATEST (same
+        # code, same layers), there is nothing to publish. (Lambda would hand back that
+        # version anyway; moto would publish a duplicate.)
+        serving = get_configuration(lam, function, str(current_alias["FunctionVersion"]))
+        latest = get_configuration(lam, function)
+        if serving.get("CodeSha256") == latest.get("CodeSha256") and layer_arns(
+            serving
+        ) == layer_arns(latest):
+            rollout.new_function_version = str(current_alias["FunctionVersion"])
+            rollout.notes.append(
+                f"alias {alias} already serves function version "
+                f"{rollout.new_function_version}, which carries this model"
+            )
+            if alias_weights(current_alias) and canary is None:
+                rollout.notes.append(
+                    "a canary is still routing part of the traffic elsewhere: "
+                    "`mlayer promote` or `mlayer rollback` ends it"
+                )
+            return
+    new_version = publish_function_version(lam, function, carries(rollout.new_model), pace)
+    rollout.new_function_version = new_version
+    if current_alias is None:
+        lam.create_alias(FunctionName=function, Name=alias, FunctionVersion=new_version)
+        rollout.alias_created = True
+        return
+    old_version = str(current_alias["FunctionVersion"])
+    if new_version == old_version:
+        rollout.notes.append(
+            f"alias {alias} already serves function version {new_version}, which carries this model"
+        )
+        return
+    if canary is None:
+        set_alias(lam, function, alias, new_version)
+        return
+    weight = round(canary / 100, 5)
+    set_alias(lam, function, alias, old_version, canary={new_version: weight})
+    rollout.canary_weight = weight
+
+
+@dataclass
+class Promotion:
+    """What promote did."""
+
+    function: str
+    alias: str
+    old_function_version: str
+    new_function_version: str
+    weight: float
+    old_model: ModelRef | None
+    new_model: ModelRef | None
+
+
+def promote(lam: Any, *, function: str, alias: str, layer_name: str) -> Promotion:
+    """Move the alias fully to its canary version and clear the routing.
+
+    Raises:
+        NotFoundError: no such function or alias.
+        ConfigError: the alias has no canary.
+    """
+    get_configuration(lam, function)
+    current = get_alias(lam, function, alias)
+    if current is None:
+        raise NotFoundError(f"function {function_name(function)} has no alias {alias}")
+    weights = alias_weights(current)
+    if not weights:
+        raise ConfigError(
+            f"alias {alias} routes all traffic to function version {current['FunctionVersion']}: "
+            "no canary to promote; start one with mlayer publish-model --alias "
+            f"{alias} --canary PCT"
+        )
+    canary_version, weight = max(weights.items(), key=lambda kv: kv[1])
+    set_alias(lam, function, alias, canary_version)
+    models = ModelIndex(lam, layer_name)
+    versions = {fv.version: fv for fv in function_versions(lam, function, layer_name)}
+    return Promotion(
+        function=function_name(function),
+        alias=alias,
+        old_function_version=str(current["FunctionVersion"]),
+        new_function_version=canary_version,
+        weight=weight,
+        old_model=model_of(models, versions.get(str(current["FunctionVersion"]))),
+        new_model=model_of(models, versions.get(canary_version)),
+    )
+
+
+@dataclass
+class Rollback:
+    """What rollback did."""
+
+    function: str
+    from_model: ModelRef | None
+    to_model: ModelRef
+    alias: str | None = None
+    old_function_version: str | None = None
+    new_function_version: str | None = None
+    canary_cancelled: bool = False
+    layers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def rollback(
+    lam: Any,
+    *,
+    function: str,
+    layer_name: str,
+    alias: str | None = None,
+    to: int | None = None,
+    pace: Pace = DEFAULT_PACE,
+) -> Rollback:
+    """Go back to the previous model version (the newest one older than the live one), or ``to``.
+
+    With ``alias``: moves the alias to the function version that carried that model (a
+    canary in progress is cancelled instead when no ``to`` is given), and relinks $LATEST to
+    match when the layer version still exists. Without: relinks $LATEST to the older model
+    layer version.
+
+    Raises:
+        NotFoundError: nothing to roll back to, or the named version does not exist.
+        ConfigError: the target layer version was deleted and no function version carries it.
+    """
+    config = get_configuration(lam, function)
+    models = ModelIndex(lam, layer_name)
+    versions = function_versions(lam, function, layer_name)
+    by_version = {fv.version: fv for fv in versions}
+    latest = by_version["$LATEST"]
+    name = function_name(function)
+
+    current_alias = None
+    if alias:
+        current_alias = get_alias(lam, function, alias)
+        if current_alias is None:
+            raise NotFoundError(
+                f"function {name} has no alias {alias}; roll back without --alias, or publish "
+                f"with mlayer publish-model --alias {alias} first"
+            )
+        live_fv = by_version.get(str(current_alias["FunctionVersion"]))
+    else:
+        live_fv = latest
+    live = model_of(models, live_fv)
+    if live is None:
+        raise NotFoundError(
+            f"function {name} has no version of layer {layer_name} linked, so there is nothing "
+            "to roll back; publish a model with mlayer publish-model"
+        )
+
+    if current_alias is not None and alias_weights(current_alias) and to is None:
+        assert live_fv is not None and alias is not None
+        return _cancel_canary(
+            lam, function, alias, current_alias, live, live_fv, models, by_version, config, pace
+        )
+
+    candidates = _known_models(models, versions)
+    target_version, notes = _rollback_target(live, candidates, to, name, layer_name)
+    refs = candidates[target_version]
+    linkable = [r for r in refs if not r.deleted]
+    result = Rollback(
+        function=name, from_model=live, to_model=(linkable or refs)[0], alias=alias, notes=notes
+    )
+
+    if alias and current_alias is not None:
+        result.old_function_version = str(current_alias["FunctionVersion"])
+        carrier = _carrier(models, versions, target_version)
+        if carrier is not None:
+            return _alias_to_carrier(lam, function, alias, carrier, result, models, config, pace)
+    if not linkable:
+        ref = refs[0]
+        raise ConfigError(
+            f"model v{target_version} (layer {layer_name} version {ref.layer_version}) was "
+            "deleted: a deleted layer version stays usable by the function versions already "
+            "linked to it but cannot be linked anew; publish it again with mlayer "
+            f"publish-model layers/model-{ref.name or '<name>'}-v{target_version}.zip"
+        )
+    result.to_model = linkable[0]
+    check_budget(lam, config, relinked(layer_arns(config), result.to_model.arn))
+    result.layers = _relink_latest(lam, function, layer_arns(config), result.to_model.arn, pace)
+    if alias:
+        version = publish_function_version(lam, function, carries(result.to_model), pace)
+        set_alias(lam, function, alias, version)
+        result.new_function_version = version
+    return result
+
+
+def _alias_to_carrier(
+    lam: Any,
+    function: str,
+    alias: str,
+    carrier: FunctionVersion,
+    result: Rollback,
+    models: ModelIndex,
+    config: dict[str, Any],
+    pace: Pace,
+) -> Rollback:
+    """Move the alias to ``carrier``, a function version that already carries the model
+    (works even after its layer version was deleted), and relink $LATEST to match."""
+    result.to_model = models.ref(str(carrier.model_arn))
+    set_alias(lam, function, alias, carrier.version)
+    result.new_function_version = carrier.version
+    # Keep $LATEST in step with what is live, so the next publish-version or
+    # deploy-function does not roll the newer model forward again.
+    if result.to_model.deleted:
+        result.notes.append(
+            f"$LATEST keeps its model layer: layer version {result.to_model.layer_version} "
+            "was deleted and cannot be linked anew"
+        )
+    else:
+        result.layers = _relink_latest(lam, function, layer_arns(config), result.to_model.arn, pace)
+    return result
+
+
+def _known_models(models: ModelIndex, versions: list[FunctionVersion]) -> dict[int, list[ModelRef]]:
+    """Every model version we know of, with where it can be found: the model layer's live
+    versions, and the (maybe deleted) ones function versions carry."""
+    candidates: dict[int, list[ModelRef]] = {}
+    for ref in models.listed():
+        if ref.version is not None:
+            candidates.setdefault(ref.version, []).append(ref)
+    for fv in versions:
+        carried = model_of(models, fv)
+        if (
+            carried is not None
+            and carried.version is not None
+            and carried not in candidates.get(carried.version, [])
+        ):
+            candidates.setdefault(carried.version, []).append(carried)
+    return candidates
+
+
+def _rollback_target(
+    live: ModelRef,
+    candidates: dict[int, list[ModelRef]],
+    to: int | None,
+    name: str,
+    layer_name: str,
+) -> tuple[int, list[str]]:
+    """The model version to roll back to (``to``, or the newest older than ``live`` that is not
+    a copy of it), and notes on what was skipped.
+
+    Raises:
+        NotFoundError: nothing older, or ``to`` is not a known version.
+        ConfigError: ``to`` is live, or has the live content.
+    """
+    known = ", ".join(f"v{v}" for v in sorted(candidates)) or "none"
+
+    def same_as_live(version: int) -> bool:
+        # A copy of the live content under another build number (a publish that failed
+        # after publishing its layer, then ran again): moving there would change nothing.
+        return live.identity is not None and any(
+            r.identity == live.identity for r in candidates[version]
+        )
+
+    notes = []
+    if to is None:
+        older = [v for v in candidates if live.version is not None and v < live.version]
+        copies = sorted((v for v in older if same_as_live(v)), reverse=True)
+        older = [v for v in older if v not in copies]
+        if copies:
+            listed = ", ".join(f"v{v}" for v in copies)
+            notes.append(
+                f"skipped {listed}: the same model content as the live {live.name} "
+                f"v{live.version} (same files and input), so not an older model"
+            )
+        if not older:
+            same = f"; {notes[0]}" if copies else ""
+            raise NotFoundError(
+                f"nothing to roll back to: {live.name} v{live.version} is live and no older "
+                f"model version of layer {layer_name} exists (known: {known}){same}; use "
+                "--to VERSION to move to another one"
+            )
+        return max(older), notes
+    if to == live.version:
+        raise ConfigError(f"model v{to} is already live on function {name}")
+    if to not in candidates:
+        raise NotFoundError(
+            f"model v{to} is not a version of layer {layer_name} (known: {known}); if it "
+            "was deleted, publish it again with mlayer publish-model "
+            f"layers/model-<name>-v{to}.zip"
+        )
+    if same_as_live(to):
+        raise ConfigError(
+            f"model v{to} has the same content as the live {live.name} v{live.version} "
+            "(same files and input): rolling back to it would change nothing; pick "
+            f"another with --to (known: {known}) or see mlayer history"
+        )
+    return to, notes
+
+
+def _carrier(
+    models: ModelIndex, versions: list[FunctionVersion], model_version: int
+) -> FunctionVersion | None:
+    """The newest published function version that carries model ``model_version``."""
+    carriers = [
+        fv for fv in versions
+        if fv.version != "$LATEST" and (m := model_of(models, fv)) is not None
+        and m.version == model_version
+    ]  # fmt: skip
+    return max(carriers, key=lambda fv: int(fv.version)) if carriers else None
+
+
+def _cancel_canary(
+    lam: Any,
+    function: str,
+    alias: str,
+    current_alias: dict[str, Any],
+    live: ModelRef,
+    live_fv: FunctionVersion,
+    models: ModelIndex,
+    by_version: dict[str, FunctionVersion],
+    config: dict[str, Any],
+    pace: Pace,
+) -> Rollback:
+    weights = alias_weights(current_alias)
+    canary_version = max(weights, key=lambda k: weights[k])
+    canary_model = model_of(models, by_version.get(canary_version))
+    set_alias(lam, function, alias, live_fv.version)
+    result = Rollback(
+        function=function_name(function),
+        from_model=canary_model,
+        to_model=live,
+        alias=alias,
+        old_function_version=canary_version,
+        new_function_version=live_fv.version,
+        canary_cancelled=True,
+    )
+    if not live.deleted:
+        result.layers = _relink_latest(lam, function, layer_arns(config), live.arn, pace)
+    return result
+
+
+def set_alias(
+    lam: Any, function: str, alias: str, version: str, canary: dict[str, float] | None = None
+) -> None:
+    """Point ``alias`` at function ``version``; route ``canary`` ({version: weight}) besides.
+
+    Without ``canary`` the alias's routing is reset: every rollout step that moves an alias
+    (publish, promote, rollback, deploy-function) ends any canary it had.
+    """
+    lam.update_alias(
+        FunctionName=function,
+        Name=alias,
+        FunctionVersion=version,
+        RoutingConfig={"AdditionalVersionWeights": canary or {}},
+    )
+
+
+def _relink_latest(lam: Any, function: str, current: list[str], arn: str, pace: Pace) -> list[str]:
+    """Put ``arn`` in its layer's slot of $LATEST (``current``: its layers), updating the
+    function only when that changes them; returns the layers $LATEST has now.
+
+    Rollback and rollout keep $LATEST in step with what is live, so the next publish-model
+    or deploy-function does not roll another model forward.
+    """
+    layers = relinked(current, arn)
+    if layers != current:
+        update_configuration(lam, function, pace, Layers=layers)
+    return layers

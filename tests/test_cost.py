@@ -21,26 +21,25 @@ from hypothesis import strategies as st
 from mlayer.cost import (
     Estimate,
     MemoryCost,
-    Prices,
     Scenario,
     Stats,
-    Tier,
     Workload,
-    billed,
     estimate,
     estimate_from_reports,
-    load_prices,
-    log_group_for,
     measure,
     monthly_cost,
-    parse_since,
-    price_regions,
-    read_reports,
-    report_from_message,
     usage,
 )
 from mlayer.errors import ConfigError, NotFoundError
-from mlayer.reports import Report
+from mlayer.prices import Prices, Tier, load_prices, price_regions
+from mlayer.reports import (
+    Report,
+    log_group_for,
+    parse_since,
+    read_reports,
+    report_from_message,
+)
+from mlayer.reports import billed_ms as billed
 
 X86 = D("0.0000166667")
 X86_2 = D("0.0000150000")

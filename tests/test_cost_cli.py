@@ -19,7 +19,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from mlayer.cli import cli
-from mlayer.cost import fetch_reports, parse_since
+from mlayer.reports import fetch_reports, parse_since
 
 ROOT = Path(__file__).resolve().parent.parent
 

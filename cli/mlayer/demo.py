@@ -552,7 +552,9 @@ def _served(
 def _cost_lines(log_path: Path, region: str, arch: str, records: int, batch_size: int) -> list[str]:
     from decimal import Decimal
 
-    from mlayer.cost import Scenario, estimate_from_reports, load_prices, read_reports
+    from mlayer.cost import Scenario, estimate_from_reports
+    from mlayer.prices import load_prices
+    from mlayer.reports import read_reports
 
     reports = read_reports(log_path)
     prices = load_prices(region, arch)

@@ -668,7 +668,11 @@ def test_parse_since(text: str, expected: timedelta | None) -> None:
         ("scorer", "/aws/lambda/scorer"),
         ("arn:aws:lambda:eu-west-1:123456789012:function:scorer", "/aws/lambda/scorer"),
         ("arn:aws:lambda:eu-west-1:123456789012:function:scorer:live", "/aws/lambda/scorer"),
+        ("scorer:live", "/aws/lambda/scorer"),
+        ("scorer:3", "/aws/lambda/scorer"),
+        ("123456789012:function:scorer:live", "/aws/lambda/scorer"),
     ],
+    ids=["name", "arn", "qualified-arn", "name-alias", "name-version", "partial-arn"],
 )
 def test_log_group_for(function: str, group: str) -> None:
     assert log_group_for(function) == group

@@ -537,6 +537,17 @@ def test_from_logs_cli(aws: None) -> None:
     }
 
 
+def test_from_logs_qualified_name_reads_the_function_log_group(aws: None) -> None:
+    # Given REPORT lines in the function's one log group (aliases and versions share it)
+    logs = boto3.client("logs", region_name="us-east-1")
+    _put_reports(logs, "scorer", REPORT_LINES)
+    # When the function is given with its alias
+    data = run_json("cost", "--from-logs", "scorer:live", "--batch-size", "100")
+    # Then its log group is read, not /aws/lambda/scorer:live
+    assert data["source"] == "CloudWatch Logs /aws/lambda/scorer"
+    assert sum(m["measured"]["invocations"] for m in data["memory_sizes"]) == 6
+
+
 def test_from_logs_old_events_are_outside_since(aws: None) -> None:
     logs = boto3.client("logs", region_name="us-east-1")
     logs.create_log_group(logGroupName="/aws/lambda/old")

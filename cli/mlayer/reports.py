@@ -215,13 +215,17 @@ def parse_since(text: str) -> timedelta:
 
 
 def log_group_for(function: str) -> str:
-    """The log group of a function given by name or ARN (``/aws/lambda/<name>``)."""
-    name = function
-    if function.startswith("arn:"):
-        parts = function.split(":")
-        # arn:aws:lambda:<region>:<account>:function:<name>[:<qualifier>]
-        if len(parts) >= 7 and parts[5] == "function":
-            name = parts[6]
+    """The log group of a function given by name, ``name:qualifier`` or (partial) ARN.
+
+    ``/aws/lambda/<name>``: one group per function, whatever version or alias wrote to it.
+    """
+    parts = function.split(":")
+    if function.startswith("arn:") and len(parts) >= 7 and parts[5] == "function":
+        name = parts[6]  # arn:aws:lambda:<region>:<account>:function:<name>[:<qualifier>]
+    elif len(parts) >= 3 and parts[1] == "function":
+        name = parts[2]  # <account>:function:<name>[:<qualifier>]
+    else:
+        name = parts[0]  # <name>[:<qualifier>]
     return f"/aws/lambda/{name}"
 
 

@@ -12,15 +12,6 @@ import click
 from mlayer import options
 
 
-def _require(value: str | None, flag: str) -> str:
-    if not value:
-        name = flag.lstrip("-").upper().replace("-", "_")
-        raise click.UsageError(
-            f"Missing option '{flag}' (or MLAYER_{name}, or {flag.lstrip('-')} = ... in mlayer.toml)."
-        )
-    return value
-
-
 def _layer_name(given: str | None, function: str | None, kind: str) -> str:
     from mlayer.publish import default_layer_name
 
@@ -210,7 +201,7 @@ def publish_model(
     )
     from mlayer.publish import publish_model as publish
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     layer_name = model_layer or default_layer_name(function, "model")
     lam = settings.client("lambda")
     layers = Path(layers_dir)
@@ -309,8 +300,8 @@ def promote(
     """
     from mlayer.publish import promote as do_promote
 
-    function = _require(function, "--function")
-    alias = _require(alias, "--alias")
+    function = options.require_function(function)
+    alias = options.require(alias, "--alias")
     result = do_promote(
         settings.client("lambda"),
         function=function,
@@ -359,7 +350,7 @@ def rollback(
     """
     from mlayer.publish import rollback as do_rollback
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     result = do_rollback(
         settings.client("lambda"),
         function=function,
@@ -418,7 +409,7 @@ def status(
 
     from mlayer.publish import status as get_status
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     result = get_status(
         settings.client("lambda"),
         function=function,
@@ -520,7 +511,7 @@ def history(
     from mlayer.publish import history as get_history
     from mlayer.publish import mb
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     result = get_history(
         settings.client("lambda"),
         function=function,
@@ -596,7 +587,7 @@ def prune(
 
     from mlayer.publish import prune as do_prune
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     result = do_prune(
         settings.client("lambda"),
         function=function,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mlayer.archive import mb
 from mlayer.errors import MlayerError
 
 ALIAS = "live"
@@ -276,8 +277,8 @@ def _pipeline(
     manifest = deps.manifest
     yield step.finish(
         [
-            f"{deps.zip_path.name}: {manifest['unzipped_bytes'] / 1e6:.1f} MB unzipped, "
-            f"{manifest['zip_bytes'] / 1e6:.1f} MB zipped, sha256 {manifest['sha256'][:12]}"
+            f"{deps.zip_path.name}: {mb(manifest['unzipped_bytes'])} unzipped, "
+            f"{mb(manifest['zip_bytes'])} zipped, sha256 {manifest['sha256'][:12]}"
             + (" (cached build)" if deps.cached else "")
         ]
     )

@@ -1,6 +1,6 @@
-"""The cost model's arithmetic, against published figures and REFERENCE.md's formula.
+"""The cost model's arithmetic, against published figures and AWS's pricing formula.
 
-Formula (REFERENCE.md): cost = M_GB * price_GB_s * billed_s + (S_GB - 0.5) * storage_price
+Formula (https://aws.amazon.com/lambda/pricing/): cost = M_GB * price_GB_s * billed_s + (S_GB - 0.5) * storage_price
 * billed_s + request_price. Expected values below are written out from it by hand, not
 computed by the code under test.
 """

@@ -9,7 +9,7 @@ of a duration to what Lambda bills.
 Per invocation
 --------------
 An invocation that scores ``k`` records, with ``M`` MB of memory and ``S`` MB of ephemeral
-storage, is billed (REFERENCE.md's formula)::
+storage, is billed (the formula of https://aws.amazon.com/lambda/pricing/)::
 
     d(k)     = duration_ms + duration_per_record_ms * k        warm handler time
     billed   = d(k) rounded up to the granularity               1 ms today, 100 ms before 2020-12

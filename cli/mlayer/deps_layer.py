@@ -11,7 +11,7 @@ One build, whatever the method:
    folder stays (numpy 2's ``numpy.testing`` imports ``numpy._core.tests._natype``), and
    ``*.dist-info`` and the vendored ``*.libs`` are never touched.
 3. strip: ``strip --strip-unneeded`` on extension modules only, with a strip for the target
-   CPU (stripping the vendored libraries breaks numpy: see REFERENCE.md).
+   CPU (stripping the vendored libraries breaks numpy, measured: "ELF load command ... not page-aligned").
 4. bytecode + verify: with an interpreter of the target version (``--python``, the local one,
    ``python3.X`` on PATH, pyenv's, uv's, or the image's; it also runs pip in step 1), write unchecked-hash pycs for that
    version (by default *sourceless*: ``pkg/mod.pyc`` replaces ``pkg/mod.py``, see
@@ -69,7 +69,8 @@ METHODS = ("pip", "docker")
 # sources; imports: __pycache__ .pyc only for the modules importing the packages loads.
 BYTECODE_MODES = ("sourceless", "all", "imports", "none")
 
-# Runtime -> (OS, newest glibc, deprecation date or None). REFERENCE.md "Python runtimes".
+# Runtime -> (OS, newest glibc, deprecation date or None), as AWS lists them:
+# https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtimes.html
 RUNTIME_INFO: dict[str, tuple[str, tuple[int, int], str | None]] = {
     "python3.14": ("Amazon Linux 2023", (2, 34), None),
     "python3.13": ("Amazon Linux 2023", (2, 34), None),
@@ -80,7 +81,8 @@ RUNTIME_INFO: dict[str, tuple[str, tuple[int, int], str | None]] = {
 # ELF e_machine values: how a .so says which CPU it is for.
 ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
 # What an interpreter without bytecode in the read-only /opt costs at each cold start, as
-# measured for numpy + scipy + scikit-learn (REFERENCE.md): 2.9 s of imports instead of 0.9 s.
+# measured for numpy + scipy + scikit-learn (bench/layer_size.py, README "Layers"): 2.9 s of
+# imports instead of 0.9 s.
 NO_BYTECODE_COST = "about 2 s more at every cold start (imports recompile scikit-learn each time)"
 
 

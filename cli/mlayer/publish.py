@@ -2,7 +2,7 @@
 
 Everything here takes a boto3 Lambda client (and an S3 client where it uploads) and returns
 dataclasses; nothing prints, prompts or exits. What mlayer knows about a published layer
-version lives in the version itself, in its Description (CONTRACTS.md):
+version lives in the version itself, in its Description (docs/CONTRACTS.md):
 
     mlayer deps sha256=<hex64> unzipped=<bytes> runtime=python3.13 arch=x86_64
     mlayer model <name> v<N> sha256=<hex64> unzipped=<bytes> identity=<hex64>
@@ -248,7 +248,7 @@ def _is_client_error(exc: BaseException) -> bool:
 
 
 # --------------------------------------------------------------------------------------
-# Builds on disk (layers/, CONTRACTS.md "Layers on disk")
+# Builds on disk (layers/, docs/CONTRACTS.md "`layers/`: builds on disk")
 
 
 @dataclass(frozen=True)

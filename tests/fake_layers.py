@@ -1,4 +1,4 @@
-"""Small hand-made layer builds (zip + manifest, as CONTRACTS.md "Layers on disk" describes)
+"""Small hand-made layer builds (zip + manifest, as docs/CONTRACTS.md "`layers/`: builds on disk" describes)
 and a moto-backed function, for the publish / rollback / status / deploy tests; and the
 givens those tests share (the deps layer published and a function linked to it, a model
 version published), done through the CLI as a user would.

@@ -88,8 +88,8 @@ def test_budget_shares_and_verdict() -> None:
     assert not budget.fits
     assert budget.over_by == 10 * 1_048_576
     assert budget.describe() == (
-        "dependency layer 190.0 MB (76%), model 70.0 MB (28%); total 260.0 MB of 250.0 MB: "
-        "over by 10.0 MB"
+        "dependency layer 190.0 MiB (76%), model 70.0 MiB (28%); total 260.0 MiB of 250.0 MiB: "
+        "over by 10.0 MiB"
     )
     assert Budget([BudgetPart("x", 1)]).fits
 
@@ -100,5 +100,5 @@ def test_direct_upload_limit() -> None:
     assert needs_s3(DIRECT_UPLOAD_LIMIT + 1)
     assert upload_note(1000) is None
     note = upload_note(60 * 1_048_576, "dependency layer")
-    assert note is not None and "--bucket" in note and "60.0 MB" in note
-    assert mb(262_144_000) == "250.0 MB"
+    assert note is not None and "--bucket" in note and "60.0 MiB" in note
+    assert mb(262_144_000) == "250.0 MiB"

@@ -364,3 +364,37 @@ def test_an_endpoint_that_never_answers_gives_an_error_within_the_timeout() -> N
         "(3 attempts). Is the endpoint up and reachable? Check --endpoint-url (or "
         "AWS_ENDPOINT_URL) and the network; for a slow call pass --timeout SECONDS\n"
     )
+
+
+FUNCTION_MISSING = (
+    "Error: Missing option '--function' (or MLAYER_FUNCTION, or function = ... in mlayer.toml)."
+)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["publish-model"],
+        ["promote", "--alias", "live"],
+        ["rollback"],
+        ["status"],
+        ["history"],
+        ["prune", "--keep", "3"],
+        ["deploy-function"],
+        ["trigger", "--stream", "reviews"],
+        ["invoke"],
+        ["run-local", "--stream", "reviews"],
+    ],
+    ids=lambda args: args[0],
+)
+def test_every_command_that_needs_a_function_says_so_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    # Given no function in the flags, the environment or mlayer.toml
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLAYER_FUNCTION", raising=False)
+    # When a command that needs one runs
+    result = CliRunner().invoke(cli, args)
+    # Then it stops with the one usage error, before any work
+    assert result.exit_code == 2, result.output
+    assert FUNCTION_MISSING in result.output

@@ -1,6 +1,6 @@
-"""The cost model's arithmetic, against published figures and REFERENCE.md's formula.
+"""The cost model's arithmetic, against published figures and AWS's pricing formula.
 
-Formula (REFERENCE.md): cost = M_GB * price_GB_s * billed_s + (S_GB - 0.5) * storage_price
+Formula (https://aws.amazon.com/lambda/pricing/): cost = M_GB * price_GB_s * billed_s + (S_GB - 0.5) * storage_price
 * billed_s + request_price. Expected values below are written out from it by hand, not
 computed by the code under test.
 """
@@ -21,26 +21,25 @@ from hypothesis import strategies as st
 from mlayer.cost import (
     Estimate,
     MemoryCost,
-    Prices,
     Scenario,
     Stats,
-    Tier,
     Workload,
-    billed,
     estimate,
     estimate_from_reports,
-    load_prices,
-    log_group_for,
     measure,
     monthly_cost,
-    parse_since,
-    price_regions,
-    read_reports,
-    report_from_message,
     usage,
 )
 from mlayer.errors import ConfigError, NotFoundError
-from mlayer.reports import Report
+from mlayer.prices import Prices, Tier, load_prices, price_regions
+from mlayer.reports import (
+    Report,
+    log_group_for,
+    parse_since,
+    read_reports,
+    report_from_message,
+)
+from mlayer.reports import billed_ms as billed
 
 X86 = D("0.0000166667")
 X86_2 = D("0.0000150000")
@@ -669,7 +668,11 @@ def test_parse_since(text: str, expected: timedelta | None) -> None:
         ("scorer", "/aws/lambda/scorer"),
         ("arn:aws:lambda:eu-west-1:123456789012:function:scorer", "/aws/lambda/scorer"),
         ("arn:aws:lambda:eu-west-1:123456789012:function:scorer:live", "/aws/lambda/scorer"),
+        ("scorer:live", "/aws/lambda/scorer"),
+        ("scorer:3", "/aws/lambda/scorer"),
+        ("123456789012:function:scorer:live", "/aws/lambda/scorer"),
     ],
+    ids=["name", "arn", "qualified-arn", "name-alias", "name-version", "partial-arn"],
 )
 def test_log_group_for(function: str, group: str) -> None:
     assert log_group_for(function) == group

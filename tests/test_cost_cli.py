@@ -19,7 +19,7 @@ from moto import mock_aws
 from moto.server import ThreadedMotoServer
 
 from mlayer.cli import cli
-from mlayer.cost import fetch_reports, parse_since
+from mlayer.reports import fetch_reports, parse_since
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -535,6 +535,17 @@ def test_from_logs_cli(aws: None) -> None:
         512: 4,
         1024: 2,
     }
+
+
+def test_from_logs_qualified_name_reads_the_function_log_group(aws: None) -> None:
+    # Given REPORT lines in the function's one log group (aliases and versions share it)
+    logs = boto3.client("logs", region_name="us-east-1")
+    _put_reports(logs, "scorer", REPORT_LINES)
+    # When the function is given with its alias
+    data = run_json("cost", "--from-logs", "scorer:live", "--batch-size", "100")
+    # Then its log group is read, not /aws/lambda/scorer:live
+    assert data["source"] == "CloudWatch Logs /aws/lambda/scorer"
+    assert sum(m["measured"]["invocations"] for m in data["memory_sizes"]) == 6
 
 
 def test_from_logs_old_events_are_outside_since(aws: None) -> None:

@@ -342,7 +342,10 @@ def test_run_local_bad_arguments(deployed: Deployed, tmp_path: Path) -> None:
     )
     proc = mlayer(deployed, "run-local", "--stream", "reviews", cwd=ROOT)
     assert proc.returncode == 2
-    assert "no function given: pass --function NAME" in proc.stderr
+    assert (
+        "Missing option '--function' (or MLAYER_FUNCTION, or function = ... in mlayer.toml)."
+        in proc.stderr
+    )
     proc = mlayer(
         deployed, "run-local", "--function", FUNCTION, "--stream", "reviews",
         "--max-record-age", "5", cwd=ROOT,

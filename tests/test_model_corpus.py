@@ -475,8 +475,8 @@ def test_too_big_for_a_layer_names_files_and_the_measured_compressed_size(
     line = error_line(proc)
     assert re.fullmatch(
         r"Error: the model does not fit in a layer: over Lambda's 250 MB unzipped limit by "
-        r"[\d.]+ MB \(.*\)\. Model files: big\.joblib [\d.]+ MB\. Saved with compress=3 they "
-        r"measure [\d.]+ MB \(measured on your files\), which fits: "
+        r"[\d.]+ MiB \(.*\)\. Model files: big\.joblib [\d.]+ MiB\. Saved with compress=3 they "
+        r"measure [\d.]+ MiB \(measured on your files\), which fits: "
         r"joblib\.dump\(model, 'model\.joblib', compress=3\)\. Decompression is paid at every "
         r"cold start: loading took [\d.]+ s compressed against [\d.]+ s as saved \(measured "
         r"here\)",

@@ -262,7 +262,7 @@ def test_publish_deps_over_50mb_needs_a_bucket(aws: dict[str, Any], layers: Path
         },
     )
     assert result.output == (
-        f"Error: {layers}/deps-python3.11-x86_64.zip is 50.0 MB zipped: uploaded directly, its "
+        f"Error: {layers}/deps-python3.11-x86_64.zip is 50.0 MiB zipped: uploaded directly, its "
         f"request would be {request:,} bytes, over the 69,905,067 Lambda accepts (its 50 MB "
         "direct-upload limit): pass --bucket NAME (an S3 bucket in us-east-1) to upload it "
         "there first\n"
@@ -571,16 +571,16 @@ def test_budget_exceeded_names_each_share(deployed: dict[str, Any], layers: Path
     over = total - 262_144_000
 
     def share(n: int) -> str:
-        return f"{n / 1048576:.1f} MB ({100 * n / 262_144_000:.0f}%)"
+        return f"{n / 1048576:.1f} MiB ({100 * n / 262_144_000:.0f}%)"
 
     assert result.exit_code == 1
     assert result.output == (
-        f"Error: function scorer would be {total / 1048576:.1f} MB unzipped ({total:,} bytes), "
-        f"over Lambda's 250 MB (262,144,000 bytes) by {over / 1048576:.1f} MB: "
+        f"Error: function scorer would be {total / 1048576:.1f} MiB unzipped ({total:,} bytes), "
+        f"over Lambda's 250 MB (262,144,000 bytes) by {over / 1048576:.1f} MiB: "
         f"function scorer (at least) {share(code_size)}, layer scorer-deps:3 (deps) "
         f"{share(deps_bytes)}, layer vendor-tools:1 (at least) {share(foreign_size)}, "
         f"layer scorer-model (model sentiment v2) {share(model2_unzipped)}; total "
-        f"{total / 1048576:.1f} MB of 250.0 MB: over by {over / 1048576:.1f} MB "
+        f"{total / 1048576:.1f} MiB of 250.0 MiB: over by {over / 1048576:.1f} MiB "
         "(layer vendor-tools:1: not published by mlayer, so its zipped size counts as a lower "
         "bound of its unzipped size) (function scorer: not deployed by mlayer, so its zipped "
         "size counts as a lower bound). Slim the biggest part (layer scorer-deps:3 (deps)), "

@@ -24,9 +24,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# Lambda's limits (see shared/REFERENCE.md "Lambda limits").
-UNZIPPED_LIMIT = 262_144_000  # function + all its layers, unzipped: 250 MB
-DIRECT_UPLOAD_LIMIT = 52_428_800  # 50 MB zipped; larger zips are published from S3
+# Lambda's limits. The quotas page (docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html)
+# says "250 MB" and "50 MB"; the API counts 2^20-byte megabytes ("Unzipped size must be
+# smaller than 262144000 bytes", "Function code combined with layers exceeds the maximum
+# allowed size of 262144000 bytes"): 250 MiB and 50 MiB.
+UNZIPPED_LIMIT = 262_144_000  # function + all its layers, unzipped: 250 MiB
+DIRECT_UPLOAD_LIMIT = 52_428_800  # 50 MiB zipped; larger zips are published from S3
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o644
@@ -171,12 +174,16 @@ def zip_unzipped_size(zip_path: Path) -> int:
         return sum(info.file_size for info in archive.infolist())
 
 
-MB = 1_048_576  # Lambda's "MB": its 250 MB limit is 262,144,000 bytes
+MIB = 1_048_576
 
 
 def mb(n_bytes: int | float) -> str:
-    """Bytes as Lambda's megabytes (1,048,576 bytes) for messages, one decimal."""
-    return f"{n_bytes / MB:.1f} MB"
+    """A size for messages, in MiB (2^20 bytes) with one decimal: ``"162.0 MiB"``.
+
+    Every size mlayer prints meets one of Lambda's limits, and those are whole MiB (250 MiB
+    unzipped, 50 MiB zipped): in MiB they read as AWS states them, and the label says so.
+    """
+    return f"{n_bytes / MIB:.1f} MiB"
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ class BudgetPart:
 
 @dataclass
 class Budget:
-    """The unzipped total of a function and its layers against Lambda's 250 MB."""
+    """The unzipped total of a function and its layers against Lambda's 250 MiB."""
 
     parts: list[BudgetPart]
     limit: int = UNZIPPED_LIMIT

@@ -1,13 +1,15 @@
 """The cost model behind ``mlayer cost``: what Lambda bills for scoring records in batches.
 
 All money is USD, computed with :class:`~decimal.Decimal` so that figures are exact and the
-same on every machine. Prices come from ``prices.json`` (per region and architecture, with
-their date and sources) unless overridden.
+same on every machine. Prices come from :mod:`mlayer.prices` (``prices.json``, per region
+and architecture, with their date and sources, unless overridden); REPORT lines are read by
+:mod:`mlayer.reports`, which also holds :func:`~mlayer.reports.billed_ms`, the one rounding
+of a duration to what Lambda bills.
 
 Per invocation
 --------------
 An invocation that scores ``k`` records, with ``M`` MB of memory and ``S`` MB of ephemeral
-storage, is billed (REFERENCE.md's formula)::
+storage, is billed (the formula of https://aws.amazon.com/lambda/pricing/)::
 
     d(k)     = duration_ms + duration_per_record_ms * k        warm handler time
     billed   = d(k) rounded up to the granularity               1 ms today, 100 ms before 2020-12
@@ -67,8 +69,8 @@ in volume, with breaks where the free tier runs out and at the tier boundaries.
 
 Measured runs
 -------------
-From ``REPORT`` lines (a file from the local runner or a CloudWatch Logs export, or
-CloudWatch Logs itself) each invocation is priced as billed: its ``Billed Duration``
+From ``REPORT`` lines (read by :mod:`mlayer.reports` from a file of the local runner, a
+CloudWatch Logs export, or CloudWatch Logs itself) each invocation is priced as billed: its ``Billed Duration``
 (re-rounded from ``Duration`` when ``--granularity-ms`` is not 1) plus, on a cold start, its
 ``Init Duration``; since 2025-08-01 Lambda's own ``Billed Duration`` already includes the
 init on a cold start, which is recognised (billed >= duration + init) and not counted twice.
@@ -80,27 +82,21 @@ start, so the model's per-invocation cost equals the measured mean.
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
-import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
-from importlib import resources
+from decimal import Decimal
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
-from mlayer.errors import AwsError, ConfigError, NotFoundError
-from mlayer.reports import Report, parse_report
+from mlayer.errors import ConfigError, NotFoundError
+from mlayer.prices import Prices
+from mlayer.reports import Report, billed_ms
 
 ZERO = Decimal(0)
 ONE = Decimal(1)
 MB_PER_GB = Decimal(1024)
 MS_PER_S = Decimal(1000)
-PER_MILLION = Decimal(1_000_000)
 BASE_STORAGE_MB = 512
 MIN_STORAGE_MB = 512
 MAX_STORAGE_MB = 10_240
@@ -108,243 +104,6 @@ MIN_MEMORY_MB = 128
 MAX_MEMORY_MB = 10_240
 TIMEOUT_MS = Decimal(900_000)
 DEFAULT_HOURS_PER_MONTH = Decimal(720)
-DEFAULT_PRICING_REGION = "us-east-1"
-ARCHES = ("x86_64", "arm64")
-PRICES_FILE = "prices.json"
-
-
-# --------------------------------------------------------------------------- prices
-
-
-@dataclass(frozen=True)
-class Tier:
-    """One duration price tier: GB-s of the month up to ``up_to_gb_s`` (None: no end)."""
-
-    up_to_gb_s: Decimal | None
-    price_gb_s: Decimal
-
-
-@dataclass(frozen=True)
-class Prices:
-    """The prices for one region and architecture, where they come from, what was overridden."""
-
-    region: str
-    arch: str
-    tiers: tuple[Tier, ...]
-    requests_per_million: Decimal
-    storage_gb_s: Decimal
-    free_requests: Decimal
-    free_gb_s: Decimal
-    as_of: str
-    source: str
-    overridden: tuple[str, ...] = ()
-
-    @property
-    def first_tier_gb_s(self) -> Decimal:
-        """The duration price of the month's first GB-s."""
-        return self.tiers[0].price_gb_s
-
-    @property
-    def request_price(self) -> Decimal:
-        """The price of one request."""
-        return self.requests_per_million / PER_MILLION
-
-    @property
-    def tier_boundaries(self) -> list[Decimal]:
-        """The GB-s counts at which the duration price changes."""
-        return [t.up_to_gb_s for t in self.tiers if t.up_to_gb_s is not None]
-
-    def duration_cost(self, gb_s: Decimal, free_gb_s: Decimal = ZERO) -> Decimal:
-        """What ``gb_s`` GB-s in one month cost across the tiers; the first ``free_gb_s`` are free."""
-        cost = ZERO
-        lower = ZERO
-        for tier in self.tiers:
-            upper = tier.up_to_gb_s
-            start = max(lower, free_gb_s)
-            end = gb_s if upper is None else min(upper, gb_s)
-            if end > start:
-                cost += (end - start) * tier.price_gb_s
-            if upper is None or upper >= gb_s:
-                break
-            lower = upper
-        return cost
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "region": self.region,
-            "arch": self.arch,
-            "as_of": self.as_of,
-            "source": self.source,
-            "duration_tiers": [
-                {
-                    "up_to_gb_s": None if t.up_to_gb_s is None else int(t.up_to_gb_s),
-                    "price_gb_s": float(t.price_gb_s),
-                }
-                for t in self.tiers
-            ],
-            "requests_per_million": float(self.requests_per_million),
-            "ephemeral_storage_gb_s": float(self.storage_gb_s),
-            "free_tier": {"requests": int(self.free_requests), "gb_s": int(self.free_gb_s)},
-            "overridden": list(self.overridden),
-        }
-
-
-def _read_price_data(path: Path | None) -> tuple[dict[str, Any], str]:
-    try:
-        if path is None:
-            text = resources.files("mlayer").joinpath(PRICES_FILE).read_text(encoding="utf-8")
-            name = f"mlayer/{PRICES_FILE}"
-        else:
-            text = path.read_text(encoding="utf-8")
-            name = str(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot read price file {path}: {exc.strerror}; check --prices") from exc
-    try:
-        data = json.loads(text, parse_float=Decimal, parse_int=Decimal)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{name} is not valid JSON ({exc}); fix it or drop --prices") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("regions"), dict):
-        raise ConfigError(
-            f'{name} has no "regions" object; see mlayer/{PRICES_FILE} for the expected shape'
-        )
-    return data, name
-
-
-def _decimal(value: Any, what: str, name: str) -> Decimal:
-    if not isinstance(value, Decimal) or value < 0:
-        raise ConfigError(f"{name}: {what} must be a non-negative number, not {value!r}")
-    return value
-
-
-def load_prices(
-    region: str,
-    arch: str,
-    *,
-    path: Path | None = None,
-    price_gb_s: Decimal | None = None,
-    price_requests: Decimal | None = None,
-    price_storage: Decimal | None = None,
-) -> Prices:
-    """The prices for ``region`` and ``arch`` from the price file, with flag overrides applied.
-
-    ``price_gb_s`` replaces the tiered duration price with one flat price;
-    ``price_requests`` is USD per million requests; ``price_storage`` USD per GB-s of
-    ephemeral storage over 512 MB. A region missing from the file needs all three.
-
-    Raises:
-        ConfigError: the price file is unreadable or malformed, or has no prices for the
-            region or architecture and the overrides do not fill the gap.
-    """
-    data, name = _read_price_data(path)
-    regions: dict[str, Any] = data["regions"]
-    free = data.get("free_tier", {})
-    free_requests = _decimal(free.get("requests", ZERO), "free_tier.requests", name)
-    free_gb_s = _decimal(free.get("gb_s", ZERO), "free_tier.gb_s", name)
-    as_of = str(data.get("as_of", "unknown"))
-    overridden = tuple(
-        flag
-        for flag, value in (
-            ("--price-gb-s", price_gb_s),
-            ("--price-requests", price_requests),
-            ("--price-storage", price_storage),
-        )
-        if value is not None
-    )
-    entry = regions.get(region)
-    if entry is None:
-        if price_gb_s is None or price_requests is None or price_storage is None:
-            missing = [
-                flag
-                for flag, value in (
-                    ("--price-gb-s", price_gb_s),
-                    ("--price-requests", price_requests),
-                    ("--price-storage", price_storage),
-                )
-                if value is None
-            ]
-            raise ConfigError(
-                f"no prices for region {region} in {name} (prices as of {as_of}); it has "
-                f"{', '.join(sorted(regions))}. Pass --region with one of those, or give this "
-                f"region's prices with --price-gb-s, --price-requests and --price-storage "
-                f"(missing: {', '.join(missing)}), or a price file with --prices FILE"
-            )
-        return Prices(
-            region=region,
-            arch=arch,
-            tiers=(Tier(None, price_gb_s),),
-            requests_per_million=price_requests,
-            storage_gb_s=price_storage,
-            free_requests=free_requests,
-            free_gb_s=free_gb_s,
-            as_of="given by flags",
-            source="--price-gb-s, --price-requests, --price-storage",
-            overridden=overridden,
-        )
-    where = f"{name} regions.{region}"
-    durations = entry.get("duration", {})
-    if arch not in durations:
-        raise ConfigError(
-            f"{where} has no duration prices for {arch} (it has "
-            f"{', '.join(sorted(durations)) or 'none'}); pass --price-gb-s or use --arch "
-            f"{' / '.join(sorted(durations)) or 'x86_64'}"
-        )
-    tiers: list[Tier] = []
-    for index, raw in enumerate(durations[arch]):
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{where}.duration.{arch}[{index}] must be an object")
-        up_to = raw.get("up_to_gb_s")
-        tiers.append(
-            Tier(
-                None
-                if up_to is None
-                else _decimal(up_to, f"duration.{arch}[{index}].up_to_gb_s", where),
-                _decimal(raw.get("price_gb_s"), f"duration.{arch}[{index}].price_gb_s", where),
-            )
-        )
-    if not tiers or tiers[-1].up_to_gb_s is not None:
-        raise ConfigError(f"{where}.duration.{arch}: the last tier must have up_to_gb_s null")
-    bounds = [t.up_to_gb_s for t in tiers[:-1]]
-    checked = [b for b in bounds if b is not None]
-    if len(checked) != len(bounds) or checked != sorted(set(checked)):
-        raise ConfigError(
-            f"{where}.duration.{arch}: tier boundaries must be numbers that increase, the "
-            "last tier's null"
-        )
-    if price_gb_s is not None:
-        tiers = [Tier(None, price_gb_s)]
-    sources = data.get("sources", {})
-    source = "; ".join(
-        str(s)
-        for s in (
-            entry.get("duration_source"),
-            entry.get("requests_source"),
-            entry.get("ephemeral_storage_source"),
-            sources.get("aws") if isinstance(sources, dict) else None,
-        )
-        if s
-    )
-    return Prices(
-        region=region,
-        arch=arch,
-        tiers=tuple(tiers),
-        requests_per_million=price_requests
-        if price_requests is not None
-        else _decimal(entry.get("requests_per_million"), "requests_per_million", where),
-        storage_gb_s=price_storage
-        if price_storage is not None
-        else _decimal(entry.get("ephemeral_storage_gb_s"), "ephemeral_storage_gb_s", where),
-        free_requests=free_requests,
-        free_gb_s=free_gb_s,
-        as_of=as_of,
-        source=source or name,
-        overridden=overridden,
-    )
-
-
-def price_regions(path: Path | None = None) -> list[str]:
-    """The regions the price file has prices for."""
-    data, _ = _read_price_data(path)
-    return sorted(data["regions"])
 
 
 # --------------------------------------------------------------------------- inputs
@@ -384,14 +143,6 @@ class Scenario:
     compare_hourly: Decimal | None = None
     compare_per_second: Decimal | None = None
     hours_per_month: Decimal = DEFAULT_HOURS_PER_MONTH
-
-
-def billed(duration_ms: Decimal, granularity_ms: int) -> Decimal:
-    """The billed duration: rounded up to the granularity, at least one step."""
-    step = Decimal(granularity_ms)
-    if duration_ms <= 0:
-        return step
-    return (duration_ms / step).to_integral_value(rounding=ROUND_CEILING) * step
 
 
 # --------------------------------------------------------------------------- usage and cost
@@ -766,9 +517,11 @@ def _invocation(
         warm_billed = warm
         init_billed = workload.init_ms
     else:
-        warm_billed = billed(warm, scenario.granularity_ms)
+        warm_billed = Decimal(billed_ms(warm, scenario.granularity_ms))
         init_billed = (
-            billed(workload.init_ms, scenario.granularity_ms) if workload.init_ms > 0 else ZERO
+            Decimal(billed_ms(workload.init_ms, scenario.granularity_ms))
+            if workload.init_ms > 0
+            else ZERO
         )
     use = usage(
         workload.memory_mb,
@@ -1006,180 +759,6 @@ def estimate(
 # --------------------------------------------------------------------------- measurements
 
 
-def report_from_message(message: str) -> Report | None:
-    """A REPORT from a log message: Lambda's text REPORT line or a JSON-format platform.report."""
-    report = parse_report(message)
-    if report is not None:
-        return report
-    if "platform.report" not in message:
-        return None
-    try:
-        event = json.loads(message[message.index("{") :])
-        record = event["record"]
-        metrics = record["metrics"]
-        init = metrics.get("initDurationMs")
-        return Report(
-            request_id=str(record.get("requestId", "")),
-            duration_ms=float(metrics["durationMs"]),
-            billed_duration_ms=int(metrics["billedDurationMs"]),
-            memory_size_mb=int(metrics["memorySizeMB"]),
-            max_memory_used_mb=int(metrics.get("maxMemoryUsedMB", 0)),
-            init_duration_ms=None if init is None else float(init),
-        )
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def _messages(text: str) -> Iterator[str]:
-    """Log messages from a file's text: plain lines, or the JSON `aws logs` commands print."""
-    stripped = text.lstrip()
-    if stripped[:1] in ("{", "["):
-        try:
-            data = json.loads(stripped)
-        except json.JSONDecodeError:
-            data = None  # JSON lines (one platform.report per line): read line by line
-        if data is not None:
-            events = data.get("events", []) if isinstance(data, dict) else data
-            for event in events if isinstance(events, list) else []:
-                if isinstance(event, str):
-                    yield event
-                elif isinstance(event, dict) and isinstance(event.get("message"), str):
-                    yield event["message"]
-            return
-    yield from text.splitlines()
-
-
-def read_reports(path: Path) -> list[Report]:
-    """Every invocation's REPORT in a file: REPORT lines as the local runner writes them, a
-    CloudWatch Logs export (plain or gzipped text), or the JSON of ``aws logs
-    filter-log-events`` / ``get-log-events``.
-
-    Raises:
-        NotFoundError: the file cannot be read or holds no REPORT line.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise NotFoundError(f"cannot read {path}: {exc.strerror}") from exc
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise NotFoundError(f"{path} looks gzipped but cannot be decompressed: {exc}") from exc
-    reports = [
-        r
-        for r in (report_from_message(m) for m in _messages(raw.decode("utf-8", "replace")))
-        if r is not None
-    ]
-    if not reports:
-        raise NotFoundError(
-            f"no REPORT lines in {path}: expected Lambda's 'REPORT RequestId: ...\\tDuration: "
-            "... ms\\tBilled Duration: ... ms\\tMemory Size: ... MB' lines (from mlayer's local "
-            "runner or a CloudWatch Logs export)"
-        )
-    return reports
-
-
-_SINCE = re.compile(
-    r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|m|min|mins|h|hr|hrs|d|day|days|w|wk|wks)\s*$"
-)
-_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_since(text: str) -> timedelta:
-    """A look-back such as ``90s``, ``30m``, ``1h``, ``7d``, ``2w``.
-
-    Raises:
-        ValueError: not of that form, or zero.
-    """
-    match = _SINCE.match(text.lower())
-    if match is None:
-        raise ValueError(
-            f"{text!r} is not a duration; use a number and a unit: 30m, 1h, 7d (s, m, h, d, w)"
-        )
-    seconds = float(match.group(1)) * _SINCE_UNITS[match.group(2)[0]]
-    if seconds <= 0:
-        raise ValueError(f"{text!r} is zero; give a positive look-back such as 1h")
-    return timedelta(seconds=seconds)
-
-
-def log_group_for(function: str) -> str:
-    """The log group of a function given by name or ARN (``/aws/lambda/<name>``)."""
-    name = function
-    if function.startswith("arn:"):
-        parts = function.split(":")
-        # arn:aws:lambda:<region>:<account>:function:<name>[:<qualifier>]
-        if len(parts) >= 7 and parts[5] == "function":
-            name = parts[6]
-    return f"/aws/lambda/{name}"
-
-
-# Lambda's text REPORT lines, or the platform.report events of JSON-format logs. (moto
-# returns every event for "?" patterns; the parser skips what is not a report anyway.)
-REPORT_FILTER_PATTERN = '?"REPORT RequestId" ?"platform.report"'
-
-
-def fetch_reports(
-    logs: Any,
-    function: str,
-    since: timedelta,
-    *,
-    now: datetime | None = None,
-    page_size: int | None = None,
-) -> list[Report]:
-    """The REPORTs of ``function`` in CloudWatch Logs over the last ``since``.
-
-    Pages through ``filter_log_events`` on ``/aws/lambda/<function>`` with boto3's
-    paginator. ``logs`` is a CloudWatch Logs client.
-
-    Raises:
-        NotFoundError: the log group does not exist, or holds no REPORT in the window.
-        AwsError: another CloudWatch Logs error.
-    """
-    from botocore.exceptions import ClientError
-
-    group = log_group_for(function)
-    end = now or datetime.now(UTC)
-    start_ms = int((end - since).timestamp() * 1000)
-    paginator = logs.get_paginator("filter_log_events")
-    config: dict[str, int] = {"PageSize": page_size} if page_size else {}
-    reports: list[Report] = []
-    try:
-        for page in paginator.paginate(
-            logGroupName=group,
-            startTime=start_ms,  # no endTime: the newest lines count too, whatever the clocks
-            filterPattern=REPORT_FILTER_PATTERN,
-            PaginationConfig=config,
-        ):
-            for event in page.get("events", []):
-                report = report_from_message(event.get("message", ""))
-                if report is not None:
-                    reports.append(report)
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code == "ResourceNotFoundException":
-            raise NotFoundError(
-                f"log group {group} does not exist in this region: check the function name "
-                "and --region (the group appears after the function's first invocation)"
-            ) from exc
-        message = exc.response.get("Error", {}).get("Message", str(exc))
-        raise AwsError(f"reading {group} failed ({code}): {message}") from exc
-    if not reports:
-        raise NotFoundError(
-            f"no REPORT lines in {group} over the last {_human(since)}: invoke the function "
-            "or widen --since (e.g. --since 7d)"
-        )
-    return reports
-
-
-def _human(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
 def _decimal_of(value: float) -> Decimal:
     # Through str: 12.34 stays 12.34 instead of its binary approximation.
     return Decimal(str(value))
@@ -1192,9 +771,9 @@ def _init_in_billed(duration: Decimal, init: Decimal, lambda_billed: Decimal) ->
     once init is 1 ms or more). A line from the 100 ms era, when init was not billed, rounds
     the handler alone up to 100 ms, and that slack can exceed a short init: not included.
     """
-    if lambda_billed < billed(duration + init, 1):
+    if lambda_billed < billed_ms(duration + init):
         return False
-    return lambda_billed != billed(duration, 100)
+    return lambda_billed != billed_ms(duration, 100)
 
 
 def measure(
@@ -1217,11 +796,13 @@ def measure(
         lambda_billed = Decimal(report.billed_duration_ms)
         if init is not None and _init_in_billed(duration, init, lambda_billed):
             init_in_billed += 1
-            warm = billed(duration, step)
-            init_part = lambda_billed - billed(duration, 1) if step == 1 else billed(init, step)
+            warm = Decimal(billed_ms(duration, step))
+            init_part = (
+                lambda_billed - billed_ms(duration) if step == 1 else Decimal(billed_ms(init, step))
+            )
         else:
-            warm = lambda_billed if step == 1 else billed(duration, step)
-            init_part = ZERO if init is None else billed(init, step)
+            warm = lambda_billed if step == 1 else Decimal(billed_ms(duration, step))
+            init_part = ZERO if init is None else Decimal(billed_ms(init, step))
         durations.append(duration)
         warm_billed.append(warm)
         if init is not None:
@@ -1289,7 +870,9 @@ def estimate_from_reports(
     for size in sizes:
         m, workload = measure(by_memory[size], prices, scenario, size)
         if init_ms is not None:
-            init_value = billed(init_ms, scenario.granularity_ms) if init_ms > 0 else ZERO
+            init_value = (
+                Decimal(billed_ms(init_ms, scenario.granularity_ms)) if init_ms > 0 else ZERO
+            )
             workload = replace(workload, init_ms=init_value)
         if invocations_per_environment is not None:
             workload = replace(workload, invocations_per_environment=invocations_per_environment)

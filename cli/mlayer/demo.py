@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mlayer.archive import mb
 from mlayer.errors import MlayerError
 
 ALIAS = "live"
@@ -278,8 +279,8 @@ def _pipeline(
     manifest = deps.manifest
     yield step.finish(
         [
-            f"{deps.zip_path.name}: {manifest.unzipped_bytes / 1e6:.1f} MB unzipped, "
-            f"{manifest.zip_bytes / 1e6:.1f} MB zipped, sha256 {manifest.sha256[:12]}"
+            f"{deps.zip_path.name}: {mb(manifest.unzipped_bytes)} unzipped, "
+            f"{mb(manifest.zip_bytes)} zipped, sha256 {manifest.sha256[:12]}"
             + (" (cached build)" if deps.cached else "")
         ]
     )
@@ -554,7 +555,9 @@ def _served(
 def _cost_lines(log_path: Path, region: str, arch: str, records: int, batch_size: int) -> list[str]:
     from decimal import Decimal
 
-    from mlayer.cost import Scenario, estimate_from_reports, load_prices, read_reports
+    from mlayer.cost import Scenario, estimate_from_reports
+    from mlayer.prices import load_prices
+    from mlayer.reports import read_reports
 
     reports = read_reports(log_path)
     prices = load_prices(region, arch)

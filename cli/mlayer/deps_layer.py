@@ -69,7 +69,8 @@ METHODS = ("pip", "docker")
 BYTECODE_MODES = ("sourceless", "all", "imports", "none")
 
 # What an interpreter without bytecode in the read-only /opt costs at each cold start, as
-# measured for numpy + scipy + scikit-learn (REFERENCE.md): 2.9 s of imports instead of 0.9 s.
+# measured for numpy + scipy + scikit-learn (bench/layer_size.py, README "Layers"): 2.9 s of
+# imports instead of 0.9 s.
 NO_BYTECODE_COST = "about 2 s more at every cold start (imports recompile scikit-learn each time)"
 
 

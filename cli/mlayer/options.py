@@ -78,3 +78,24 @@ dry_run = click.option(
     is_flag=True,
     help="Say what would change without changing anything.",
 )
+
+
+def require(value: str | None, flag: str) -> str:
+    """``value`` of a shared option the command cannot run without.
+
+    Raises:
+        click.UsageError: it is missing (exit 2); the message names the flag, its
+            environment variable and its mlayer.toml key, the three places it can come from.
+    """
+    if not value:
+        key = flag.lstrip("-")
+        raise click.UsageError(
+            f"Missing option '{flag}' (or MLAYER_{key.upper().replace('-', '_')}, or "
+            f"{key} = ... in mlayer.toml)."
+        )
+    return value
+
+
+def require_function(function: str | None) -> str:
+    """The ``--function`` a command needs: the one requirement and message for every command."""
+    return require(function, "--function")

@@ -4,7 +4,7 @@ Each rule reports the files and bytes it removed; what run-time code imports fro
 ``tests`` folder stays (numpy 2's ``numpy.testing`` imports ``numpy._core.tests._natype``),
 and ``*.dist-info`` and the vendored ``*.libs`` are never touched. Strip touches extension
 modules only, with a strip for the target CPU (stripping the vendored libraries breaks
-numpy: see REFERENCE.md).
+numpy, measured: "ELF load command ... not page-aligned").
 """
 
 from __future__ import annotations

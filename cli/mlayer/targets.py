@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from mlayer.errors import ConfigError
 
-# Runtime -> (OS, newest glibc, deprecation date or None). REFERENCE.md "Python runtimes".
+# Runtime -> (OS, newest glibc, deprecation date or None), as AWS lists them:
+# https://docs.aws.amazon.com/lambda/latest/dg/lambda-runtimes.html
 RUNTIME_INFO: dict[str, tuple[str, tuple[int, int], str | None]] = {
     "python3.14": ("Amazon Linux 2023", (2, 34), None),
     "python3.13": ("Amazon Linux 2023", (2, 34), None),

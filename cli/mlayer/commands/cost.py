@@ -1,7 +1,8 @@
 """``mlayer cost``: what the pipeline costs on Lambda, from parameters or measured runs.
 
-The arithmetic lives in :mod:`mlayer.cost` (its docstring states the model); this module
-parses options, calls it, and renders a table or JSON.
+The arithmetic lives in :mod:`mlayer.cost` (its docstring states the model), prices in
+:mod:`mlayer.prices`, REPORT reading in :mod:`mlayer.reports`; this module parses options,
+calls them, and renders a table or JSON.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class SinceType(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         from datetime import timedelta
 
-        from mlayer.cost import parse_since
+        from mlayer.reports import parse_since
 
         if isinstance(value, timedelta):
             return value
@@ -265,6 +266,7 @@ def cost(
     from pathlib import Path
 
     from mlayer import cost as model
+    from mlayer import prices, reports
 
     if from_report and from_logs:
         raise click.UsageError("give --from-report or --from-logs, not both")
@@ -302,8 +304,8 @@ def cost(
         )
 
     settings = ctx.obj
-    region = settings.region or settings.session().region_name or model.DEFAULT_PRICING_REGION
-    price_table = model.load_prices(
+    region = settings.region or settings.session().region_name or prices.DEFAULT_PRICING_REGION
+    price_table = prices.load_prices(
         region,
         arch,
         path=Path(prices_path) if prices_path else None,
@@ -326,16 +328,16 @@ def cost(
     n_env = Decimal(invocations_per_environment) if invocations_per_environment else None
     if measuring:
         if from_report:
-            reports = model.read_reports(Path(from_report))
+            measured = reports.read_reports(Path(from_report))
             source = f"REPORT lines in {from_report}"
         else:
             assert from_logs is not None
-            reports = model.fetch_reports(settings.client("logs"), from_logs, since)
-            source = f"CloudWatch Logs {model.log_group_for(from_logs)}"
+            measured = reports.fetch_reports(settings.client("logs"), from_logs, since)
+            source = f"CloudWatch Logs {reports.log_group_for(from_logs)}"
         estimate = model.estimate_from_reports(
             price_table,
             scenario,
-            reports,
+            measured,
             memory_sizes=memory,
             init_ms=init_ms[0] if init_ms else None,
             invocations_per_environment=n_env,

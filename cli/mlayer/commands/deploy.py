@@ -37,14 +37,6 @@ def _destination(ctx: click.Context, param: click.Parameter, value: str | None) 
     )
 
 
-def _require_function(function: str | None) -> str:
-    if not function:
-        raise click.UsageError(
-            "Missing option '--function' (or MLAYER_FUNCTION, or function = ... in mlayer.toml)."
-        )
-    return function
-
-
 @click.command("deploy-function")
 @options.function
 @click.option(
@@ -117,7 +109,7 @@ def deploy_function(
     from mlayer.contracts import default_layer_name
     from mlayer.deploy import deploy_function as deploy
 
-    function = _require_function(function)
+    function = options.require_function(function)
     result = deploy(
         settings.client("lambda"),
         function=function,
@@ -269,7 +261,7 @@ def trigger(
     from mlayer.deploy import TriggerSettings, describe_on_failure
     from mlayer.deploy import trigger as make_trigger
 
-    function = _require_function(function)
+    function = options.require_function(function)
     result = make_trigger(
         settings.client("lambda"),
         settings.client("kinesis"),

@@ -58,15 +58,6 @@ log_option = click.option(
 )
 
 
-def _require_function(function: str | None) -> str:
-    if not function:
-        raise click.BadParameter(
-            "no function given: pass --function NAME (or set function in mlayer.toml)",
-            param_hint="--function",
-        )
-    return function
-
-
 def _layer_label(arn: str) -> str:
     layer = parse_layer_arn(arn)
     return f"{layer.name}:{layer.version}"
@@ -124,7 +115,7 @@ def invoke_command(
     """
     from mlayer.local.runner import invoke
 
-    name = _require_function(function)
+    name = options.require_function(function)
     event: Any | None = None
     if event_file is not None:
         try:
@@ -324,7 +315,7 @@ def run_local_command(
     from mlayer.local.esm import RunAborted
     from mlayer.local.runner import run_local
 
-    name = _require_function(function)
+    name = options.require_function(function)
     overrides = {
         "batch_size": batch_size,
         "batching_window_s": batching_window,

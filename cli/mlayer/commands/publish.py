@@ -14,15 +14,6 @@ import click
 from mlayer import options
 
 
-def _require(value: str | None, flag: str) -> str:
-    if not value:
-        name = flag.lstrip("-").upper().replace("-", "_")
-        raise click.UsageError(
-            f"Missing option '{flag}' (or MLAYER_{name}, or {flag.lstrip('-')} = ... in mlayer.toml)."
-        )
-    return value
-
-
 def _layer_name(given: str | None, function: str | None, kind: str) -> str:
     from mlayer.contracts import default_layer_name
 
@@ -208,7 +199,7 @@ def publish_model(
     from mlayer.layers import build_model_for, load_build, model_builds
     from mlayer.rollout import publish_model as publish
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     layer_name = model_layer or default_layer_name(function, "model")
     lam = settings.client("lambda")
     layers = Path(layers_dir)
@@ -307,8 +298,8 @@ def promote(
     """
     from mlayer.rollout import promote as do_promote
 
-    function = _require(function, "--function")
-    alias = _require(alias, "--alias")
+    function = options.require_function(function)
+    alias = options.require(alias, "--alias")
     result = do_promote(
         settings.client("lambda"),
         function=function,
@@ -357,7 +348,7 @@ def rollback(
     """
     from mlayer.rollout import rollback as do_rollback
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     result = do_rollback(
         settings.client("lambda"),
         function=function,
@@ -416,7 +407,7 @@ def status(
 
     from mlayer.inventory import status as get_status
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     result = get_status(
         settings.client("lambda"),
         function=function,
@@ -518,7 +509,7 @@ def history(
     from mlayer.archive import mb
     from mlayer.inventory import history as get_history
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     result = get_history(
         settings.client("lambda"),
         function=function,
@@ -594,7 +585,7 @@ def prune(
 
     from mlayer.inventory import prune as do_prune
 
-    function = _require(function, "--function")
+    function = options.require_function(function)
     result = do_prune(
         settings.client("lambda"),
         function=function,

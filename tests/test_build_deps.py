@@ -716,7 +716,7 @@ def test_over_the_budget_names_the_biggest_packages(
     )  # fmt: skip
     assert proc.returncode == 1
     error = proc.stderr.strip().splitlines()[-1]
-    assert error.startswith("Error: over Lambda's 250 MB unzipped limit by ")
+    assert error.startswith("Error: over Lambda's 250 MiB unzipped limit by ")
     assert "model layer big v3 95.4 MiB" in error
     assert "Biggest packages in the layer: scipy " in error
     assert not (layers / "deps-python3.11-x86_64.zip").exists()

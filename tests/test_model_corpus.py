@@ -434,7 +434,7 @@ def test_dataframe_model_refused_without_pandas(deps_layers: Path, tmp_path: Pat
         "Error: ColumnTransformer -> HistGradientBoostingClassifier was fitted on a pandas "
         "DataFrame (columns age, income, city, plan) and must be given one, and the "
         "dependency layer has no pandas: add the line pandas==2.3.3 to requirements.txt and "
-        "run mlayer build-deps (pandas adds about 34 MB of the 250 MB)"
+        "run mlayer build-deps (pandas adds about 32 MiB of the 250 MiB)"
     )
     assert not list(layers.glob("model-*"))
 
@@ -474,7 +474,7 @@ def test_too_big_for_a_layer_names_files_and_the_measured_compressed_size(
     # then the refusal names the file, its size, the measured compress=3 size and load cost
     line = error_line(proc)
     assert re.fullmatch(
-        r"Error: the model does not fit in a layer: over Lambda's 250 MB unzipped limit by "
+        r"Error: the model does not fit in a layer: over Lambda's 250 MiB unzipped limit by "
         r"[\d.]+ MiB \(.*\)\. Model files: big\.joblib [\d.]+ MiB\. Saved with compress=3 they "
         r"measure [\d.]+ MiB \(measured on your files\), which fits: "
         r"joblib\.dump\(model, 'model\.joblib', compress=3\)\. Decompression is paid at every "

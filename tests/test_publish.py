@@ -263,7 +263,7 @@ def test_publish_deps_over_50mb_needs_a_bucket(aws: dict[str, Any], layers: Path
     )
     assert result.output == (
         f"Error: {layers}/deps-python3.11-x86_64.zip is 50.0 MiB zipped: uploaded directly, its "
-        f"request would be {request:,} bytes, over the 69,905,067 Lambda accepts (its 50 MB "
+        f"request would be {request:,} bytes, over the 69,905,067 Lambda accepts (its 50 MiB "
         "direct-upload limit): pass --bucket NAME (an S3 bucket in us-east-1) to upload it "
         "there first\n"
     )
@@ -576,7 +576,7 @@ def test_budget_exceeded_names_each_share(deployed: dict[str, Any], layers: Path
     assert result.exit_code == 1
     assert result.output == (
         f"Error: function scorer would be {total / 1048576:.1f} MiB unzipped ({total:,} bytes), "
-        f"over Lambda's 250 MB (262,144,000 bytes) by {over / 1048576:.1f} MiB: "
+        f"over Lambda's 250 MiB (262,144,000 bytes) by {over / 1048576:.1f} MiB: "
         f"function scorer (at least) {share(code_size)}, layer scorer-deps:3 (deps) "
         f"{share(deps_bytes)}, layer vendor-tools:1 (at least) {share(foreign_size)}, "
         f"layer scorer-model (model sentiment v2) {share(model2_unzipped)}; total "
@@ -598,7 +598,7 @@ def test_budget_error_is_raised_by_the_library(deployed: dict[str, Any]) -> None
         lam, "huge", deps_description("e" * 64, 262_144_001, "python3.11", "x86_64")
     )
     config = lam.get_function_configuration(FunctionName="scorer")
-    with pytest.raises(BudgetError, match=r"over Lambda's 250 MB \(262,144,000 bytes\)"):
+    with pytest.raises(BudgetError, match=r"over Lambda's 250 MiB \(262,144,000 bytes\)"):
         check_budget(lam, config, [big])
 
 

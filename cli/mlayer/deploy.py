@@ -128,7 +128,7 @@ def zip_function(function_dir: Path) -> FunctionZip:
         data = result.path.read_bytes()
     if len(data) > DIRECT_UPLOAD_LIMIT:
         raise ConfigError(
-            f"{function_dir} zips to {mb(len(data))}, over the 50 MB direct-upload limit; "
+            f"{function_dir} zips to {mb(len(data))}, over the 50 MiB direct-upload limit; "
             "move dependencies into the dependency layer (requirements.txt, mlayer build-deps)"
         )
     return FunctionZip(

@@ -232,14 +232,14 @@ def deps_budget(unzipped: int, function_dir: Path | None, layers_dir: Path) -> B
             )
         )
     else:
-        notes.append("no model layer built yet: its size will count against the same 250 MB")
+        notes.append("no model layer built yet: its size will count against the same 250 MiB")
     return Budget(parts=parts, notes=notes)
 
 
 def _budget_error(budget: Budget, sizes: dict[str, int]) -> BudgetError:
     biggest = ", ".join(f"{name} {mb(size)}" for name, size in list(sizes.items())[:5])
     return BudgetError(
-        f"over Lambda's 250 MB unzipped limit by {mb(budget.over_by)}: {budget.describe()}. "
+        f"over Lambda's 250 MiB unzipped limit by {mb(budget.over_by)}: {budget.describe()}. "
         f"Biggest packages in the layer: {biggest}. Drop packages from the requirements, "
         "or --exclude parts of them the function never imports"
     )

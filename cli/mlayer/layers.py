@@ -333,7 +333,7 @@ def check_budget(
         notes = "".join(f" ({n})" for n in budget.notes)
         raise BudgetError(
             f"function {name} would be {mb(budget.total)} unzipped ({budget.total:,} bytes), "
-            f"over Lambda's 250 MB ({budget.limit:,} bytes) by {mb(budget.over_by)}: "
+            f"over Lambda's 250 MiB ({budget.limit:,} bytes) by {mb(budget.over_by)}: "
             f"{budget.describe()}{notes}. Slim the biggest part ({biggest.name}), e.g. "
             "rebuild it with mlayer build-deps --exclude PATTERN"
         )
@@ -402,7 +402,7 @@ def publish_layer(
             raise ConfigError(
                 f"{build.zip_path} is {mb(build.zip_bytes)} zipped: uploaded directly, its "
                 f"request would be {request_bytes:,} bytes, over the {REQUEST_LIMIT:,} Lambda "
-                f"accepts (its 50 MB direct-upload limit): pass --bucket NAME (an S3 bucket in "
+                f"accepts (its 50 MiB direct-upload limit): pass --bucket NAME (an S3 bucket in "
                 f"{lam.meta.region_name}) to upload it there first"
             )
         assert s3 is not None, "an S3 client is needed to upload over 50 MB"

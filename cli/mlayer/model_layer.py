@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlayer.archive import Budget, BudgetPart, mb, sha256_file, upload_note, write_zip
+from mlayer.archive import MIB, Budget, BudgetPart, mb, sha256_file, upload_note, write_zip
 from mlayer.deps_layer import function_size
 from mlayer.errors import BudgetError, CompatibilityError, ConfigError, SmokeTestError
 from mlayer.interpreters import find_interpreter
@@ -648,7 +648,7 @@ def _too_big(build: _Build, budget: Budget, measured: dict[str, Any] | None) -> 
         ((f, (directory / f).stat().st_size) for f in build.source.stages), key=lambda x: -x[1]
     )
     text = (
-        f"the model does not fit in a layer: over Lambda's 250 MB unzipped limit by "
+        f"the model does not fit in a layer: over Lambda's 250 MiB unzipped limit by "
         f"{mb(budget.over_by)} ({budget.describe()}). Model files: "
         + ", ".join(f"{name} {mb(size)}" for name, size in sizes)
     )
@@ -766,8 +766,8 @@ def _require_pandas(build: _Build, spec: dict[str, Any], inspected: dict[str, An
     raise CompatibilityError(
         f"{steps} was fitted on a pandas DataFrame (columns {columns}) and must be given "
         f"one, and the dependency layer has no pandas: add the line {pin} to requirements.txt "
-        f"and run mlayer build-deps (pandas adds about {PANDAS_ADDS_MB[pin]:.0f} MB of the "
-        "250 MB)"
+        f"and run mlayer build-deps (pandas adds about {PANDAS_ADDS_MB[pin] * 1e6 / MIB:.0f} MiB "
+        "of the 250 MiB)"
     )
 
 

@@ -18,7 +18,7 @@ from moto import mock_aws
 
 from mlayer.cli import cli
 from mlayer.deploy import deploy_function, zip_function
-from mlayer.publish import (
+from mlayer.contracts import (
     VersionRecord,
     model_description,
     model_identity,

@@ -235,3 +235,13 @@ def test_bad_model_dirs_and_missing_deps(text_model_dir: Path, tmp_path: Path) -
         "first with `mlayer build-deps` (the model is checked and smoke-tested against it), "
         "or pass --deps FILE"
     )
+
+
+def test_deps_that_is_not_a_manifest(text_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "deps.json"
+    broken.write_text("{not json")
+    proc = build_model(text_model_dir, tmp_path / "layers", "--deps", str(broken))
+    assert proc.returncode == 1
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"Error: --deps {broken}: ")
+    assert line.endswith("pass the .json (or .zip) that mlayer build-deps wrote")

@@ -17,13 +17,13 @@ from fake_layers import layer_list, layer_version_arn, role_arn, write_deps_buil
 from moto import mock_aws
 
 from mlayer.cli import cli
-from mlayer.deploy import deploy_function, zip_function
 from mlayer.contracts import (
     VersionRecord,
     model_description,
     model_identity,
     parse_version_record,
 )
+from mlayer.deploy import deploy_function, zip_function
 
 REGION = "us-east-1"
 

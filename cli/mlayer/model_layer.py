@@ -38,7 +38,7 @@ from mlayer.archive import MIB, Budget, BudgetPart, mb, sha256_file, upload_note
 from mlayer.deps_layer import function_size
 from mlayer.errors import BudgetError, CompatibilityError, ConfigError, SmokeTestError
 from mlayer.interpreters import find_interpreter
-from mlayer.manifests import DepsManifest, load_deps_manifest
+from mlayer.manifests import DepsManifest, ManifestError, load_deps_manifest
 from mlayer.model_files import ModelSource, Overrides, resolve
 from mlayer.targets import Target, host_machine
 
@@ -130,7 +130,12 @@ def find_deps_manifest(
                 f"no dependency layer manifest at {manifest}; pass the .json (or .zip) that "
                 "mlayer build-deps wrote"
             )
-        return manifest, DepsManifest.load(manifest)
+        try:
+            return manifest, DepsManifest.load(manifest)
+        except ManifestError as exc:
+            raise ConfigError(
+                f"--deps {deps}: {exc}; pass the .json (or .zip) that mlayer build-deps wrote"
+            ) from None
     pattern = f"deps-{runtime or '*'}-{arch or '*'}.json"
     candidates = []
     for path in layers_dir.glob(pattern):

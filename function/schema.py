@@ -327,6 +327,7 @@ def inspect_handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         result["infer_error"] = str(exc)
     result["inferred"] = inferred
     spec = event.get("input") or inferred
+    result["spec"] = spec  # what the examples and the expected predictions were made for
     result["outputs"] = outputs(steps[-1])
     if spec is not None:
         result["examples"] = examples(spec, loaded)

@@ -691,6 +691,7 @@ def _inspect(build: _Build, say: Progress, *, compress: bool = False) -> dict[st
         directory=build.source.directory,
         stages=build.source.stages,
         input_spec=build.source.meta.get("input"),
+        records=None if compress else _given_records(build),
         compress=compress,
         model_bytes=build.model_bytes,
     )
@@ -796,23 +797,38 @@ def _decide_labels(build: _Build, inspected: dict[str, Any] | None) -> list[Any]
     return classes
 
 
+def _given_records(build: _Build) -> list[Any] | None:
+    """The smoke test's records when the user gave them (--sample, metadata's examples)."""
+    examples = build.source.meta.get("examples")
+    if not build.options.sample and not examples:
+        return None
+    return sample_records({"examples": examples}, build.options.sample)
+
+
 def _records_and_expected(
     build: _Build, inspected: dict[str, Any] | None, spec: dict[str, Any], say: Progress
 ) -> tuple[list[Any], list[Any] | None]:
     """The smoke test's records (--sample, metadata's examples, else made from what the
-    model learnt) and what the model itself predicts for them (None: not known here)."""
-    given = build.options.sample or build.source.meta.get("examples")
-    records = (
-        sample_records({"input": spec, "examples": build.source.meta.get("examples")},
-                       build.options.sample)
-        if given or inspected is None
-        else None
-    )  # fmt: skip
+    model learnt) and what the model itself predicts for them (None: not known here).
+
+    The first inspection already predicted them for the spec it used; only when flags
+    changed the spec in a way the records cannot follow does the model run again.
+    """
+    given = _given_records(build)
     if inspected is None:
-        assert records is not None
-        return records, None
-    found = inspected
-    if records is not None or spec != inspected.get("inferred"):
+        return given or sample_records({"input": spec}, None), None
+    used = inspected.get("spec")
+    found: dict[str, Any] | None = inspected
+    if given is not None:
+        records = given
+        if spec != used:
+            found = None
+    else:
+        adapted = _adapt_examples(inspected.get("examples"), used, spec)
+        records = adapted if adapted is not None else []
+        if adapted is None:
+            found = None
+    if found is None:
         from mlayer.model_sandbox import inspect_model
 
         assert build.runnable is not None
@@ -824,11 +840,11 @@ def _records_and_expected(
             directory=build.source.directory,
             stages=build.source.stages,
             input_spec=spec,
-            records=records,
+            records=given,
             model_bytes=build.model_bytes,
         )
-    if records is None:
-        records = list(found["examples"])
+        if given is None:
+            records = list(found["examples"])
     if found.get("expected_error"):
         # The smoke test says what is wrong with the records first (the function reports
         # each bad one); if it passes, this error is raised after it.
@@ -836,6 +852,33 @@ def _records_and_expected(
         return records, None
     expected = found.get("expected")
     return records, list(expected) if isinstance(expected, list) else None
+
+
+def _adapt_examples(
+    examples: Any, used: dict[str, Any] | None, spec: dict[str, Any]
+) -> list[Any] | None:
+    """The examples made for ``used`` rewritten for ``spec`` when only names differ (a text
+    field, names given to an array model's columns); None when they cannot follow."""
+    if not isinstance(examples, list) or used is None:
+        return None
+    if spec == used:
+        return examples
+    if spec["kind"] == used["kind"] == "text":
+        texts = [
+            next(v for v in e.values() if isinstance(v, str)) if isinstance(e, dict) else e
+            for e in examples
+        ]
+        return [{spec.get("field") or "text": text} for text in texts]
+    if (
+        spec["kind"] == used["kind"] == "features"
+        and used.get("named") is False
+        and spec.get("named", True)
+        and len(spec["features"]) == len(used["features"])
+        and not spec.get("dataframe")
+        and not spec.get("field")
+    ):
+        return [dict(zip(spec["features"], row, strict=True)) for row in examples]
+    return None
 
 
 def _smoke(

@@ -638,27 +638,9 @@ def _cross_build(
     return result, layer
 
 
-def test_cross_build_python313_arm64_without_python313(build_cache: Path, tmp_path: Path) -> None:
-    """Runs everywhere: the machine's own Python 3.13, if any, is hidden."""
-    # given no Python 3.13 to be found (a shim that does not run, empty pyenv, no uv)
-    env = _no_python_env(tmp_path, "3.13")
-    # when cross building for python3.13 arm64
-    result, layer = _cross_build(tmp_path, build_cache, env)
-    # then the layer ships its sources without bytecode, and the build says so and why
-    assert result["manifest"]["bytecode"] is False
-    assert result["manifest"]["bytecode_mode"] == "none"
-    assert (layer / "sklearn/base.py").is_file() and not list(layer.rglob("*.pyc"))
-    warning = next(w for w in result["warnings"] if "WITHOUT bytecode" in w)
-    assert warning.startswith(
-        "the layer ships WITHOUT bytecode and with every .py source (no Python 3.13 "
-        f"interpreter found (tried {tmp_path}/bin/python3.13: does not run; pyenv: no "
-        f"{tmp_path}/pyenv/versions/3.13*/bin/python3.13; uv: not installed)): about 2 s more"
-    ), warning
-    assert "pass --python PATH to a Python 3.13" in warning
-
-
 def test_cross_build_python313_arm64_with_python313(build_cache: Path, tmp_path: Path) -> None:
-    """An extra where a Python 3.13 exists (PATH, pyenv or uv): sourceless 3.13 bytecode."""
+    """An extra where a Python 3.13 exists (PATH, pyenv or uv): sourceless 3.13 bytecode.
+    (The cross build without one: tests/test_build_deps_current.py, with today's pins.)"""
     python313 = locate_interpreter("3.13").path
     if python313 is None:
         pytest.skip("extra: no Python 3.13 on this machine (the build without one is tested)")

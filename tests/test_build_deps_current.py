@@ -322,4 +322,10 @@ def test_python313_arm64_cross_build_runs_mlayers_pip_with_the_users_python(
     assert {elf_machine(p) for p in shared} == {ELF_MACHINES["aarch64"]}
     # without a Python 3.13 there is no bytecode, and the build says so
     assert manifest["bytecode"] is False and "cannot load here" in report["verify"]["skipped"]
-    assert any("WITHOUT bytecode" in warning for warning in result["warnings"])
+    warning = next(w for w in result["warnings"] if "WITHOUT bytecode" in w)
+    assert warning.startswith(
+        "the layer ships WITHOUT bytecode and with every .py source (no Python 3.13 "
+        f"interpreter found (tried {tmp}/bin/python3.13: does not run; pyenv: no "
+        f"{tmp}/pyenv/versions/3.13*/bin/python3.13; uv: not installed)): about 2 s more"
+    ), warning
+    assert "pass --python PATH to a Python 3.13" in warning

@@ -475,107 +475,27 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
             runnable=_runnable_deps(deps_path, deps, layers_dir, options.python),
             opt=staging / "opt",
         )
-        if build.runnable is not None:
-            say("unpacking the layers as Lambda's /opt")
-            from mlayer.lambda_env.environment import prepare_opt
-
-            prepare_opt([_deps_zip(build.runnable[0])], build.opt)
-            problems += _missing_modules(pickles, build.opt)
-        else:
-            build.notes.append(
-                "the dependency layer "
-                f"({deps.runtime} {deps.arch}) cannot run here: the model's input is "
-                "taken from metadata.json and flags, not read from the model"
-            )
-        if problems:
-            message = "; ".join(problems)
-            if not options.force:
-                raise CompatibilityError(f"{message}. (--force builds anyway, at your own risk)")
-            build.warnings.append(
-                f"--force: building a model the dependency layer may not load: {message}"
-            )
+        problems += _gate(build, pickles, problems, say)
         _check_size(build, say)
         inspected = _inspect(build, say)
         spec = _decide_input(build, inspected)
         _require_pandas(build, spec, inspected)
         labels = _decide_labels(build, inspected)
         records, expected = _records_and_expected(build, inspected, spec, say)
-        classes = ((inspected or {}).get("outputs") or {}).get("labels")
-        if expected is not None and labels and classes and labels != classes:
-            # The function answers with the label names given for the classes.
-            names = dict(zip(map(str, classes), labels, strict=True))
-            expected = [names.get(str(value), value) for value in expected]
-
-        files = {name: sha256_file(source.directory / name) for name in source.files}
-        created = source.meta.get("created") or _newest_mtime(source.directory, list(files))
-        inner: dict[str, Any] = {
-            key: value for key, value in source.meta.items() if key not in ("stages", "input")
-        }
-        inner.update({
-            "name": source.name,
-            "version": version,
-            "stages": source.stages,
-            "input": spec,
-            "labels": labels,
-            "outputs": (inspected or {}).get("outputs"),
-            "examples": records,
-            "layout": source.layout,
-            "files": dict(sorted(files.items())),
-            "created": created,
-            "saved_with": saved_with,
-        })  # fmt: skip
-        manifest_file = staging / "manifest.json"
-        manifest_file.write_text(json.dumps(inner, indent=2, sort_keys=True) + "\n")
-        pairs = [(source.directory / f, f"model/{f}") for f in files]
-        pairs.append((manifest_file, "model/manifest.json"))
+        outputs = (inspected or {}).get("outputs")
+        expected = _named(expected, labels, (outputs or {}).get("labels"))
+        inner = _inner_manifest(source, version, spec, labels, outputs, records, saved_with)
         staged_zip = staging / "model.zip"
-        result = write_zip(pairs, staged_zip)
+        result = _write_layer_zip(source, inner, staging, staged_zip)
         budget = _budget(build, result.unzipped_bytes, version)
         if not budget.fits:
             raise BudgetError(_too_big(build, budget, None))
-
-        smoke: dict[str, Any] = {"skipped": "--no-smoke-test"}
-        if options.smoke_test:
-            smoke = _smoke(build, staged_zip, records, labels, version, expected, say)
-            if build.expected_error:
-                raise SmokeTestError(
-                    f"the model itself fails on the sample records ({build.expected_error}) "
-                    "while the function scored them: check --sample and the input it was "
-                    "fitted on"
-                )
-        else:
-            build.warnings.append(
-                "the smoke test was skipped (--no-smoke-test): the model is untested"
-            )
+        smoke = _smoke_or_skip(build, staged_zip, records, labels, version, expected, say)
         layers_dir.mkdir(parents=True, exist_ok=True)
         zip_path = layers_dir / f"model-{source.name}-v{version}.zip"
         manifest_path = zip_path.with_suffix(".json")
         shutil.copyfile(staged_zip, zip_path)
-    manifest = {
-        "kind": "model",
-        "name": source.name,
-        "version": version,
-        "sha256": result.sha256,
-        "zip_bytes": result.zip_bytes,
-        "unzipped_bytes": result.unzipped_bytes,
-        "files": inner["files"],
-        "stages": source.stages,
-        "layout": source.layout,
-        "input": spec,
-        "labels": labels,
-        "outputs": inner["outputs"],
-        "versions": source.meta.get("versions", {}),
-        "saved_with": saved_with,
-        "created": created,
-        "built": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "deps": {
-            "runtime": deps.runtime,
-            "arch": deps.arch,
-            "sha256": deps.sha256,
-        },
-        "forced": bool(problems),
-        "smoke_test": smoke,
-    }
+    manifest = _build_manifest(build, inner, result, forced=bool(problems), smoke=smoke)
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     build.notes.insert(0, budget.describe())
     upload = upload_note(result.zip_bytes, "model layer")
@@ -584,6 +504,133 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
     return ModelBuildResult(
         zip_path, manifest_path, manifest, pickles, checks, smoke, build.warnings, build.notes
     )
+
+
+def _inner_manifest(
+    source: ModelSource,
+    version: int,
+    spec: dict[str, Any],
+    labels: list[Any] | None,
+    outputs: dict[str, Any] | None,
+    records: list[Any],
+    saved_with: dict[str, Any],
+) -> dict[str, Any]:
+    """``model/manifest.json``: metadata.json's keys, then what the build decided."""
+    inner = {key: value for key, value in source.meta.items() if key not in ("stages", "input")}
+    files = {name: sha256_file(source.directory / name) for name in source.files}
+    inner.update({
+        "name": source.name,
+        "version": version,
+        "stages": source.stages,
+        "input": spec,
+        "labels": labels,
+        "outputs": outputs,
+        "examples": records,
+        "layout": source.layout,
+        "files": dict(sorted(files.items())),
+        "created": source.meta.get("created") or _newest_mtime(source.directory, list(files)),
+        "saved_with": saved_with,
+    })  # fmt: skip
+    return inner
+
+
+def _gate(build: _Build, pickles: dict[str, Any], problems: list[str], say: Progress) -> list[str]:
+    """Unpack the deps layer (when it runs here), add the modules it lacks to ``problems``,
+    and refuse them unless forced. Returns the problems found here."""
+    found: list[str] = []
+    if build.runnable is not None:
+        say("unpacking the layers as Lambda's /opt")
+        from mlayer.lambda_env.environment import prepare_opt
+
+        prepare_opt([_deps_zip(build.runnable[0])], build.opt)
+        found = _missing_modules(pickles, build.opt)
+    else:
+        build.notes.append(
+            "the dependency layer "
+            f"({build.deps.runtime} {build.deps.arch}) cannot run here: the model's input is "
+            "taken from metadata.json and flags, not read from the model"
+        )
+    every = problems + found
+    if every:
+        message = "; ".join(every)
+        if not build.options.force:
+            raise CompatibilityError(f"{message}. (--force builds anyway, at your own risk)")
+        build.warnings.append(
+            f"--force: building a model the dependency layer may not load: {message}"
+        )
+    return found
+
+
+def _named(
+    expected: list[Any] | None, labels: list[Any] | None, classes: list[Any] | None
+) -> list[Any] | None:
+    """The model's own predictions as the function answers them: with the label names
+    given for its classes."""
+    if expected is None or not labels or not classes or labels == classes:
+        return expected
+    names = dict(zip(map(str, classes), labels, strict=True))
+    return [names.get(str(value), value) for value in expected]
+
+
+def _write_layer_zip(
+    source: ModelSource, inner: dict[str, Any], staging: Path, staged_zip: Path
+) -> Any:
+    """``model/`` with the files and ``manifest.json`` (``inner``), zipped deterministically."""
+    manifest_file = staging / "manifest.json"
+    manifest_file.write_text(json.dumps(inner, indent=2, sort_keys=True) + "\n")
+    pairs = [(source.directory / f, f"model/{f}") for f in inner["files"]]
+    pairs.append((manifest_file, "model/manifest.json"))
+    return write_zip(pairs, staged_zip)
+
+
+def _smoke_or_skip(
+    build: _Build,
+    staged_zip: Path,
+    records: list[Any],
+    labels: list[Any] | None,
+    version: int,
+    expected: list[Any] | None,
+    say: Progress,
+) -> dict[str, Any]:
+    if not build.options.smoke_test:
+        build.warnings.append("the smoke test was skipped (--no-smoke-test): the model is untested")
+        return {"skipped": "--no-smoke-test"}
+    smoke = _smoke(build, staged_zip, records, labels, version, expected, say)
+    if build.expected_error:
+        raise SmokeTestError(
+            f"the model itself fails on the sample records ({build.expected_error}) "
+            "while the function scored them: check --sample and the input it was "
+            "fitted on"
+        )
+    return smoke
+
+
+def _build_manifest(
+    build: _Build, inner: dict[str, Any], result: Any, *, forced: bool, smoke: dict[str, Any]
+) -> dict[str, Any]:
+    """The manifest beside the zip in layers/ (docs/CONTRACTS.md)."""
+    deps = build.deps
+    return {
+        "kind": "model",
+        "name": inner["name"],
+        "version": inner["version"],
+        "sha256": result.sha256,
+        "zip_bytes": result.zip_bytes,
+        "unzipped_bytes": result.unzipped_bytes,
+        "files": inner["files"],
+        "stages": inner["stages"],
+        "layout": inner["layout"],
+        "input": inner["input"],
+        "labels": inner["labels"],
+        "outputs": inner["outputs"],
+        "versions": build.source.meta.get("versions", {}),
+        "saved_with": inner["saved_with"],
+        "created": inner["created"],
+        "built": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "deps": {"runtime": deps.runtime, "arch": deps.arch, "sha256": deps.sha256},
+        "forced": forced,
+        "smoke_test": smoke,
+    }
 
 
 def _missing_modules(pickles: dict[str, Any], opt: Path) -> list[str]:

@@ -638,6 +638,32 @@ def test_an_interrupt_while_stopping_aborts_and_kills_the_environments() -> None
     assert aborted.value.checkpoints == {SHARD: None}
 
 
+def test_a_second_interrupt_before_the_loop_sees_the_first_still_aborts() -> None:
+    # Given a hanging batch, and a second Ctrl-C right after the first: the main loop has
+    # not yet seen the first one's stop when the second's KeyboardInterrupt reaches it
+    stream = FakeStream()
+    stream.add(SHARD, 20)
+    stop = threading.Event()
+    function = FakeFunction()
+
+    def hang(batch: list[str]) -> Any:
+        stop.set()
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        function.closed.wait(30)
+        raise RuntimeError("killed")
+
+    function.behave = hang
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(RunAborted) as aborted:
+            run(stream, function, until_idle_s=None, stop=stop, batch_size=10)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # Then it aborted at once: the environment killed, not waited for
+    assert function.closed.is_set()
+    assert aborted.value.killed == 1
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

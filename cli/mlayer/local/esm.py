@@ -743,6 +743,10 @@ class StreamProcessor:
                     next_refresh = now + 5.0
                 time.sleep(0.02)
         except KeyboardInterrupt:
+            if stop is not None and stop.is_set():
+                # A second Ctrl-C that arrived before this loop saw the first one's stop:
+                # abort now, as one arriving during the shutdown does.
+                raise RunAborted(self._checkpoints(), self._abort()) from None
             stopped = "interrupted"
         except BaseException:
             self._abort()

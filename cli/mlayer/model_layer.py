@@ -490,7 +490,7 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         budget = _budget(build, result.unzipped_bytes, version)
         if not budget.fits:
             raise BudgetError(_too_big(build, budget, None))
-        smoke = _smoke_or_skip(build, staged_zip, records, labels, version, expected, say)
+        smoke = _smoke(build, staged_zip, records, labels, version, expected, say)
         layers_dir.mkdir(parents=True, exist_ok=True)
         zip_path = layers_dir / f"model-{source.name}-v{version}.zip"
         manifest_path = zip_path.with_suffix(".json")
@@ -581,28 +581,6 @@ def _write_layer_zip(
     pairs = [(source.directory / f, f"model/{f}") for f in inner["files"]]
     pairs.append((manifest_file, "model/manifest.json"))
     return write_zip(pairs, staged_zip)
-
-
-def _smoke_or_skip(
-    build: _Build,
-    staged_zip: Path,
-    records: list[Any],
-    labels: list[Any] | None,
-    version: int,
-    expected: list[Any] | None,
-    say: Progress,
-) -> dict[str, Any]:
-    if not build.options.smoke_test:
-        build.warnings.append("the smoke test was skipped (--no-smoke-test): the model is untested")
-        return {"skipped": "--no-smoke-test"}
-    smoke = _smoke(build, staged_zip, records, labels, version, expected, say)
-    if build.expected_error:
-        raise SmokeTestError(
-            f"the model itself fails on the sample records ({build.expected_error}) "
-            "while the function scored them: check --sample and the input it was "
-            "fitted on"
-        )
-    return smoke
 
 
 def _build_manifest(
@@ -937,6 +915,10 @@ def _smoke(
     expected: list[Any] | None,
     say: Progress,
 ) -> dict[str, Any]:
+    """The smoke test's report, or why it was skipped (--no-smoke-test)."""
+    if not build.options.smoke_test:
+        build.warnings.append("the smoke test was skipped (--no-smoke-test): the model is untested")
+        return {"skipped": "--no-smoke-test"}
     deps = build.deps
     if build.runnable is None:
         raise SmokeTestError(
@@ -957,7 +939,7 @@ def _smoke(
         )
     _add_model(staged_zip, build.opt)
     say(f"smoke test: the function scores sample records ({run_deps.runtime})")
-    return smoke_test(
+    report = smoke_test(
         function_dir=build.function_dir,
         opt_dir=build.opt,
         python=python,
@@ -967,6 +949,13 @@ def _smoke(
         expected=expected,
         memory_mb=memory_for(build.model_bytes),
     )
+    if build.expected_error:
+        raise SmokeTestError(
+            f"the model itself fails on the sample records ({build.expected_error}) "
+            "while the function scored them: check --sample and the input it was "
+            "fitted on"
+        )
+    return report
 
 
 def _add_model(model_zip: Path, opt_dir: Path) -> None:

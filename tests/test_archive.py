@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from mlayer.archive import (
     needs_s3,
     sha256_file,
     upload_note,
+    write_model_tar,
     write_zip,
     zip_unzipped_size,
 )
@@ -78,6 +80,93 @@ def test_pairs_source_and_duplicates(tmp_path: Path) -> None:
     assert result.files == 1
     with pytest.raises(ValueError, match="duplicate"):
         write_zip([(tmp_path / "f", "x"), (tmp_path / "f", "x")], tmp_path / "d.zip")
+
+
+MODEL_FILES = {
+    "manifest.json": b'{"name": "m"}\n',
+    "z_model.joblib": b"\x80\x04model" * 5000,
+    "PreProc1_m.joblib": b"pre" * 10,
+    "a/nested.pkl": b"n",
+}
+
+
+def _model_dir(root: Path, *, reverse: bool = False) -> list[str]:
+    """The same model files, written in another order, with other mtimes and modes."""
+    names = sorted(MODEL_FILES, reverse=reverse)
+    for i, name in enumerate(names):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(MODEL_FILES[name])
+        os.utime(path, (1_600_000_000 + i * 1000 + (7 if reverse else 0),) * 2)
+        path.chmod(0o755 if reverse else 0o600)
+    return names
+
+
+def test_model_tar_same_content_same_sha(tmp_path: Path) -> None:
+    # given the same model files, created differently, and listed in different orders
+    one = write_model_tar(tmp_path / "one", _model_dir(tmp_path / "one"), tmp_path / "1.tar")
+    two = write_model_tar(
+        tmp_path / "two", _model_dir(tmp_path / "two", reverse=True), tmp_path / "2.tar"
+    )
+    # then the archives are byte-identical, and the returned sha and size are the file's
+    assert (tmp_path / "1.tar").read_bytes() == (tmp_path / "2.tar").read_bytes()
+    assert one == two == (sha256_file(tmp_path / "1.tar"), (tmp_path / "1.tar").stat().st_size)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_model_tar_order_headers_and_content(tmp_path: Path) -> None:
+    files = _model_dir(tmp_path / "src", reverse=True)
+    write_model_tar(tmp_path / "src", files, tmp_path / "m.tar")
+    with tarfile.open(tmp_path / "m.tar") as archive:
+        members = archive.getmembers()
+        # manifest.json first, then the others sorted; regular files only
+        assert [m.name for m in members] == [
+            "manifest.json",
+            "PreProc1_m.joblib",
+            "a/nested.pkl",
+            "z_model.joblib",
+        ]
+        assert all(m.isreg() for m in members)
+        assert {(m.mtime, m.mode, m.uid, m.gid, m.uname, m.gname) for m in members} == {
+            (0, 0o644, 0, 0, "", "")
+        }
+        for member in members:
+            extracted = archive.extractfile(member)
+            assert extracted is not None
+            assert extracted.read() == MODEL_FILES[member.name]
+    # ustar magic in the first header: no pax header for short names
+    assert (tmp_path / "m.tar").read_bytes()[257:263] == b"ustar\x00"
+
+
+def test_model_tar_manifest_from_elsewhere_and_long_names(tmp_path: Path) -> None:
+    # given a manifest written outside the model directory and a name over 100 bytes
+    model = tmp_path / "model"
+    model.mkdir()
+    long_name = "m" * 120 + ".joblib"
+    (model / long_name).write_bytes(b"long")
+    (tmp_path / "staged.json").write_text("{}")
+    # when the tar is written with the manifest passed apart
+    write_model_tar(model, [long_name], tmp_path / "m.tar", manifest=tmp_path / "staged.json")
+    # then it is first, named manifest.json, and the long name survives (a pax header)
+    with tarfile.open(tmp_path / "m.tar") as archive:
+        assert archive.getnames() == ["manifest.json", long_name]
+        assert archive.extractfile(long_name).read() == b"long"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (["../up.joblib"], "not a relative path"),
+        (["/abs.joblib"], "not a relative path"),
+        (["x.joblib", "./x.joblib"], "listed twice: x.joblib"),
+    ],
+    ids=["climbs-out", "absolute", "duplicate"],
+)
+def test_model_tar_refuses_bad_names(tmp_path: Path, files: list[str], message: str) -> None:
+    (tmp_path / "x.joblib").write_bytes(b"x")
+    with pytest.raises(ValueError, match=message):
+        write_model_tar(tmp_path, files, tmp_path / "out" / "m.tar")
+    assert not (tmp_path / "out" / "m.tar").exists()
 
 
 def test_budget_shares_and_verdict() -> None:

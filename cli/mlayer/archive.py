@@ -1,4 +1,4 @@
-"""Deterministic zips, sizes, hashes, and Lambda's size budgets.
+"""Deterministic zips and model tars, sizes, hashes, and Lambda's size budgets.
 
 Layer zips must be byte-identical for identical inputs: publishing dedupes on the zip's
 sha256, and a rebuild that changes nothing must not look like a new layer. So entries are
@@ -11,6 +11,10 @@ publish commands (refuse before calling AWS). :func:`unsafe_entry` is what the p
 commands check every entry of a zip with before anything reaches AWS: Lambda unpacks a
 layer into ``/opt`` as it is, so an entry that climbs out (``../``), is absolute, is a
 symlink or shadows another of the same name must never be published.
+
+:func:`write_model_tar` writes the model store's archive (docs/CONTRACTS.md, "The model
+store"): the same determinism for an uncompressed tar, which the function unpacks while it
+downloads.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import hashlib
 import os
 import re
 import stat
+import tarfile
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 # Lambda's limits. The quotas page (docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html)
 # says "250 MB" and "50 MB"; the API counts 2^20-byte megabytes ("Unzipped size must be
@@ -115,6 +121,95 @@ def write_zip(
         unzipped_bytes=unzipped,
         files=len(pairs),
     )
+
+
+class _HashingWriter:
+    """A binary file that hashes and counts what is written to it (what tarfile needs)."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self._handle.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+MANIFEST = "manifest.json"
+
+
+def write_model_tar(
+    directory: Path, files: list[str], out: Path, *, manifest: Path | None = None
+) -> tuple[str, int]:
+    """Write the model store's archive: ``manifest.json`` first, then ``files`` sorted.
+
+    Deterministic (the object key is the sha256): ustar headers (pax only for a name over
+    100 bytes), mtime 0, uid/gid 0, mode 0644, no owner names, no directory entries.
+    Uncompressed, so the function can memory-map the joblib files it unpacks. Each file is
+    copied in 1 MiB chunks and hashed as it is written: a 1 GB model is never in memory.
+
+    Args:
+        directory: where the files are.
+        files: the archive's members, paths relative to ``directory`` (``/``-separated);
+            ``manifest.json`` among them is written first.
+        out: the tar to (over)write; written to a temporary name and renamed, so a failed
+            build never leaves a half-written archive under the final name.
+        manifest: the ``manifest.json`` to write first, when it is not in ``directory``
+            (``mlayer build-model`` writes it to its staging directory).
+
+    Returns:
+        (the archive's sha256 hex, its size in bytes).
+
+    Raises:
+        ValueError: a name is absolute, climbs out (``..``), is given twice, or
+            ``manifest.json`` is both listed and passed as ``manifest``.
+    """
+    names = [PurePosixPath(name).as_posix() for name in files]
+    for name in names:
+        parts = PurePosixPath(name).parts
+        if not parts or name.startswith("/") or ".." in parts or "\\" in name:
+            raise ValueError(f"model file {name!r} is not a relative path inside {directory}")
+    if len(set(names)) != len(names):
+        raise ValueError(
+            "model files listed twice: "
+            + ", ".join(sorted(set(name for name in names if names.count(name) > 1)))
+        )
+    pairs = [(directory / name, name) for name in sorted(names) if name != MANIFEST]
+    if manifest is not None:
+        if MANIFEST in names:
+            raise ValueError(f"{MANIFEST} is both in the model files and passed as manifest")
+        pairs.insert(0, (manifest, MANIFEST))
+    elif MANIFEST in names:
+        pairs.insert(0, (directory / MANIFEST, MANIFEST))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            writer = _HashingWriter(handle)
+            with tarfile.TarFile(
+                fileobj=writer,  # type: ignore[arg-type]  # write and tell are all it uses
+                mode="w",
+                format=tarfile.PAX_FORMAT,  # ustar headers unless a name needs pax
+                copybufsize=_CHUNK,
+            ) as archive:
+                for path, name in pairs:
+                    info = tarfile.TarInfo(name)
+                    info.size = path.stat().st_size
+                    info.mtime = 0
+                    info.mode = FILE_MODE
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    with open(path, "rb") as source:
+                        archive.addfile(info, source)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return writer.digest.hexdigest(), writer.size
 
 
 def unsafe_entry(infos: Iterable[zipfile.ZipInfo]) -> str | None:

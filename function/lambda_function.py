@@ -6,6 +6,9 @@ and a direct invocation ``{"records": [payload, ...]}`` for manual tests.
 
 Environment:
     MODEL_DIR              the model directory (default /opt/model, the model layer)
+    MODEL_URI              the model's archive in the model store,
+                           s3://<bucket>/<key>#sha256=<hex64>&size=<bytes>: fetched at init
+                           into <tempdir>/mlayer-model/<sha256>/ (wins over MODEL_DIR)
     INPUT_FIELD            overrides the field the model reads (from the model's metadata)
     MODEL_VERSION          the version reported when the model directory has no manifest
     OUTPUT_TABLE           DynamoDB table (partition key ``record_id``, S) for predictions
@@ -24,7 +27,7 @@ by the invocation's remaining time (``context.get_remaining_time_in_millis()``);
 not fit is reported, with every record behind it (see ``_deliver``).
 
 Only the standard library, the dependency layer (scikit-learn, numpy, joblib, orjson) and,
-when a sink or the dead-letter queue is configured, boto3 are imported.
+when MODEL_URI, a sink or the dead-letter queue is configured, boto3 are imported.
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ def _model() -> Model:
             entry["warnings"] = model.warnings
         if model.version_drift:
             entry["version_drift"] = model.version_drift
+        if model.store is not None:
+            entry["store"] = model.store
         _log(entry)
     return model
 

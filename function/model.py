@@ -1,6 +1,7 @@
 """Load the model once per execution environment and predict through its stages.
 
-A model directory (MODEL_DIR, default /opt/model: the model layer) holds the joblib stages
+A model directory (MODEL_DIR, default /opt/model: the model layer; or the archive MODEL_URI
+names in the model store, fetched by ``model_store``) holds the joblib stages
 and ``manifest.json`` (written by ``mlayer build-model``) or ``metadata.json`` (written by
 ``training/train.py``)::
 
@@ -62,6 +63,9 @@ class Model:
     # Where metadata.json's library versions differ from this environment's (informational:
     # the pickles, not the metadata, say what they need).
     version_drift: list[str] = field(default_factory=list)
+    # From the model store (MODEL_URI): model_store.Fetched.describe() and wait_ms, how long
+    # the init waited for the fetch after its own imports. None for a model layer.
+    store: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         import numpy as np
@@ -387,17 +391,51 @@ _LOADED: dict[tuple[str, str | None, str | None], Model] = {}
 def get_model(environ: Mapping[str, str] = os.environ) -> Model:
     """The model of this execution environment, loaded at the first call and kept.
 
-    Keyed by MODEL_DIR / INPUT_FIELD / MODEL_VERSION, which never change inside a Lambda
-    execution environment; tests that change them get a fresh load.
+    From the model store when MODEL_URI is set (it wins over MODEL_DIR), else from
+    MODEL_DIR. Keyed by MODEL_URI or MODEL_DIR, INPUT_FIELD and MODEL_VERSION, which never
+    change inside a Lambda execution environment; tests that change them get a fresh load.
+
+    Raises:
+        ModelLoadError: with what is wrong and how to fix it (a fetch that failed too).
     """
+    uri = environ.get("MODEL_URI") or None
     key = (
-        environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR,
+        uri or environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR,
         environ.get("INPUT_FIELD") or None,
         environ.get("MODEL_VERSION") or None,
     )
     model = _LOADED.get(key)
     if model is None:
-        model = load(key[0], input_field=key[1], version=key[2])
+        if uri:
+            model = _load_from_store(uri, input_field=key[1], version=key[2])
+        else:
+            model = load(key[0], input_field=key[1], version=key[2])
         _LOADED.clear()
         _LOADED[key] = model
     return model
+
+
+def _load_from_store(uri: str, *, input_field: str | None, version: str | None) -> Model:
+    """Fetch MODEL_URI's archive in a background thread while this one imports the
+    libraries every model needs, then load the directory it unpacked to."""
+    import model_store
+
+    pending = model_store.start_fetch(uri)
+    _import_libraries()
+    waiting = time.perf_counter()
+    fetched = pending.result()
+    waited_ms = round((time.perf_counter() - waiting) * 1000, 2)
+    model = load(fetched.directory, input_field=input_field, version=version)
+    model.store = {**fetched.describe(), "wait_ms": waited_ms}
+    return model
+
+
+def _import_libraries() -> None:
+    """What loading any model imports first (about 0.5-1 s of an init): done while the
+    archive downloads. A missing library is reported by load() itself."""
+    try:
+        import joblib  # noqa: F401
+        import numpy  # noqa: F401
+        import sklearn.pipeline  # noqa: F401
+    except ImportError:
+        pass

@@ -1,0 +1,590 @@
+"""Fetch a model archive from the model store (S3) named by ``MODEL_URI``.
+
+The contract is docs/CONTRACTS.md, "The model store (S3)": ``MODEL_URI`` is
+``s3://<bucket>/<key>#sha256=<hex64>&size=<bytes>`` and the object an uncompressed tar holding
+``manifest.json`` and the model files at its root. :func:`fetch` unpacks it into
+``<tempdir>/mlayer-model/<sha256>/`` (tempdir: ``TMPDIR``, else ``/tmp``) and returns that
+directory for ``model.load``:
+
+* before the first request, the file system must have room for the archive's size;
+* the ranged GETs of boto3's transfer manager are written, in order, into a hashing writer
+  whose chunks stream into ``tarfile``'s extraction in another thread: download and unpacking
+  overlap, and the archive itself never lands on disk;
+* members are extracted into a staging directory (absolute names, ``..``, links and devices
+  refused); only when the sha256 and the size of every byte received match ``MODEL_URI`` is
+  it renamed into place and marked complete, so a re-init in the same execution environment
+  (its ``/tmp`` survives) reuses it. Anything else removes the staging directory and raises
+  :class:`model.ModelLoadError` with the reason and the fix.
+
+:func:`start_fetch` runs :func:`fetch` in a background thread, so the init can import numpy
+and scikit-learn while the bytes arrive. boto3 is imported only here, only when a fetch
+starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import re
+import shutil
+import tarfile
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from model import ModelLoadError
+
+STORE_DIR = "mlayer-model"
+MARKER = ".mlayer-verified"  # in the final directory: its contents were verified
+MIB = 1_048_576
+
+# The transfer manager's part size and concurrency. Real S3 serves each connection at about
+# 50-100 MB/s and a Lambda environment reaches several hundred MB/s with ~10 of them; parts of
+# 8 MiB keep 10 connections busy from a ~80 MB archive up while capping what the in-order
+# writer may hold back (parts that arrive ahead of the next byte wait in memory: at most about
+# concurrency x part size). moto_server reads the whole object again for every ranged GET, so
+# smaller parts are quadratic there (bench/model_load.py measures both).
+PART_BYTES = 8 * MIB
+CONCURRENCY = 10
+# s3transfer hands the writer 256 KiB chunks; up to 64 of them (16 MiB) wait for the unpacker
+# before the download is held back.
+QUEUE_CHUNKS = 64
+READ_BYTES = MIB  # tarfile's reads from the stream, and its copy buffer
+# How every message that blames the object ends: the one fix is a fresh publish and deploy.
+REPUBLISH = (
+    "publish the model again (mlayer build-model --store s3 writes the archive) and deploy "
+    "the function with the MODEL_URI that publishing prints"
+)
+
+# tarfile's extraction filters (Python 3.11.4+); older versions rely on _unsafe alone.
+_FILTER_ERRORS: tuple[type[Exception], ...] = (
+    (tarfile.FilterError,) if hasattr(tarfile, "FilterError") else ()
+)
+
+_URI = re.compile(r"^s3://(?P<bucket>[^/#?]+)/(?P<key>[^#]+)#(?P<fragment>.*)$")
+
+
+@dataclass(frozen=True)
+class ModelUri:
+    """A parsed ``MODEL_URI``."""
+
+    bucket: str
+    key: str
+    sha256: str
+    size: int
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}#sha256={self.sha256}&size={self.size}"
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A model directory from the store, and what getting it cost.
+
+    ``fetch_ms`` is the whole fetch (download, unpacking and verification overlap in it),
+    ``unpack_ms`` the time the unpacker spent writing files (not waiting for bytes),
+    ``verify_ms`` the time spent hashing; all 0 but ``fetch_ms`` when ``reused``.
+    """
+
+    uri: str
+    directory: Path
+    size: int
+    fetch_ms: float
+    unpack_ms: float
+    verify_ms: float
+    reused: bool
+
+    def describe(self) -> dict[str, Any]:
+        """The ``store`` figures of the "model loaded" log line."""
+        return {
+            "uri": self.uri,
+            "bytes": self.size,
+            "fetch_ms": self.fetch_ms,
+            "unpack_ms": self.unpack_ms,
+            "verify_ms": self.verify_ms,
+            "reused": self.reused,
+        }
+
+
+def parse_uri(text: str) -> ModelUri:
+    """Parse ``s3://<bucket>/<key>#sha256=<hex64>&size=<bytes>``.
+
+    Raises:
+        ModelLoadError: naming what is malformed.
+    """
+    fix = (
+        "set it to s3://<bucket>/<key>#sha256=<hex64>&size=<bytes> as mlayer deploy-function "
+        "writes it (from the archive's manifest in layers/)"
+    )
+    match = _URI.match(text.strip())
+    if not match:
+        raise ModelLoadError(f"MODEL_URI {text!r} is not s3://<bucket>/<key>#...: {fix}")
+    fields = parse_qs(match["fragment"], keep_blank_values=True)
+    sha = fields.get("sha256", [""])
+    size = fields.get("size", [""])
+    if len(sha) != 1 or not re.fullmatch(r"[0-9a-f]{64}", sha[0]):
+        raise ModelLoadError(
+            f"MODEL_URI {text!r} has no sha256=<64 lowercase hex digits> after '#': {fix}"
+        )
+    if len(size) != 1 or not re.fullmatch(r"[0-9]+", size[0]) or int(size[0]) == 0:
+        raise ModelLoadError(
+            f"MODEL_URI {text!r} has no size=<bytes> (a positive whole number) after '#': {fix}"
+        )
+    return ModelUri(match["bucket"], unquote(match["key"]), sha[0], int(size[0]))
+
+
+def store_root() -> Path:
+    """``<tempdir>/mlayer-model``: tempfile honours ``TMPDIR``, the local emulator's per
+    environment ``/tmp``."""
+    return Path(tempfile.gettempdir()) / STORE_DIR
+
+
+def fetch(uri: str | ModelUri, root: Path | None = None, *, client: Any = None) -> Fetched:
+    """Fetch, verify and unpack the archive ``uri`` names; reuse it when already here.
+
+    Args:
+        uri: ``MODEL_URI``'s value, or a parsed one.
+        root: where model directories go (default :func:`store_root`).
+        client: a boto3 S3 client (default: one for the environment's region and
+            ``AWS_ENDPOINT_URL``).
+
+    Returns:
+        the model directory ``<root>/<sha256>`` and the figures of the fetch.
+
+    Raises:
+        ModelLoadError: a malformed URI, no room, a missing bucket or object, no access, a
+            network failure, a size or sha256 that does not match, or an unsafe member.
+    """
+    started = time.perf_counter()
+    parsed = parse_uri(uri) if isinstance(uri, str) else uri
+    root = root if root is not None else store_root()
+    final = root / parsed.sha256
+    if _verified(final, parsed):
+        return Fetched(str(parsed), final, parsed.size, _ms(started), 0.0, 0.0, True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(root, final)
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot prepare {root} for the model from the store: {exc}. The function's "
+            "temporary directory (/tmp) must be writable"
+        ) from None
+    _check_room(root, parsed)
+    if client is None:
+        client = _client()
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=root))
+    try:
+        unpack_ms, verify_ms = _download_and_unpack(client, parsed, staging)
+        _put_in_place(staging, final, parsed)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Fetched(str(parsed), final, parsed.size, _ms(started), unpack_ms, verify_ms, False)
+
+
+class PendingFetch:
+    """A :func:`fetch` running in a background thread; :meth:`result` joins it."""
+
+    def __init__(self, uri: str | ModelUri, root: Path | None, client: Any) -> None:
+        self._result: Fetched | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, args=(uri, root, client), name="mlayer-model-fetch", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, uri: str | ModelUri, root: Path | None, client: Any) -> None:
+        try:
+            self._result = fetch(uri, root, client=client)
+        except BaseException as exc:  # handed to the thread that joins
+            self._error = exc
+
+    def done(self) -> bool:
+        """True once the fetch has finished (either way)."""
+        return not self._thread.is_alive()
+
+    def result(self) -> Fetched:
+        """Wait for the fetch; its :class:`Fetched`, or its error raised here.
+
+        Raises:
+            ModelLoadError: as :func:`fetch`.
+        """
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+def start_fetch(
+    uri: str | ModelUri, root: Path | None = None, *, client: Any = None
+) -> PendingFetch:
+    """Start :func:`fetch` in a background thread and return at once.
+
+    A malformed URI is raised here, before any thread starts.
+    """
+    parsed = parse_uri(uri) if isinstance(uri, str) else uri
+    return PendingFetch(parsed, root, client)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+def _verified(final: Path, uri: ModelUri) -> bool:
+    try:
+        marker = json.loads((final / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and marker.get("sha256") == uri.sha256
+
+
+def _remove_leftovers(root: Path, final: Path) -> None:
+    """An unmarked final directory (the init died between the rename and the marker) and
+    the staging directories of processes that are gone: they hold /tmp's room."""
+    if final.exists():
+        shutil.rmtree(final)
+    for path in root.glob(".staging-*"):
+        pid = path.name.split("-")[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _check_room(root: Path, uri: ModelUri) -> None:
+    """The unpacked files take at most the archive's size (headers and padding are dropped)."""
+    usage = shutil.disk_usage(root)
+    if usage.free >= uri.size:
+        return
+    needed_total = -(-(usage.used + uri.size) // MIB)
+    raise ModelLoadError(
+        f"no room for the model from the store: it needs {uri.size / MIB:.1f} MB in {root} "
+        f"and {usage.free / MIB:.1f} MB are free (of {usage.total / MIB:.1f} MB). Give the "
+        f"function at least {needed_total} MB of ephemeral storage: mlayer deploy-function "
+        f"--ephemeral-storage {needed_total} (the function's EphemeralStorage size)"
+    )
+
+
+def _client() -> Any:
+    import boto3
+    from botocore.config import Config
+
+    # One connection per concurrent part; botocore's default pool is 10.
+    return boto3.client(
+        "s3",
+        config=Config(
+            max_pool_connections=CONCURRENCY,
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=5,
+            read_timeout=30,
+        ),
+    )
+
+
+def _transfer_config() -> Any:
+    from boto3.s3.transfer import TransferConfig
+
+    settings: dict[str, Any] = {
+        "multipart_threshold": PART_BYTES,
+        "multipart_chunksize": PART_BYTES,
+        "max_concurrency": CONCURRENCY,
+    }
+    try:
+        # The classic (s3transfer) manager: the CRT one, picked on some instance types when
+        # awscrt is installed, does not write a non-seekable stream in order.
+        return TransferConfig(preferred_transfer_client="classic", **settings)
+    except TypeError:  # a boto3 older than the option: classic is all it has
+        return TransferConfig(**settings)
+
+
+class _Aborted(Exception):
+    """The unpacker stopped: the download must stop too."""
+
+
+class _TooBig(Exception):
+    """More bytes arrived than MODEL_URI's size."""
+
+
+class _Pipe:
+    """The in-order byte stream from s3transfer's writes to tarfile's reads.
+
+    s3transfer calls :meth:`write` from its I/O thread with the object's bytes in order (a
+    non-seekable target: ``DownloadNonSeekableOutputManager`` reorders the ranged GETs);
+    each chunk is hashed, counted and queued. :meth:`read` is the unpacker's file object.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.expected = size
+        self.digest = hashlib.sha256()
+        self.received = 0
+        self.hash_seconds = 0.0
+        self.wait_seconds = 0.0  # the unpacker waiting for bytes
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._buffer = memoryview(b"")
+        self._ended = False
+        self.aborted = threading.Event()
+
+    # -- the download side ---------------------------------------------------------------
+
+    def seekable(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> int:
+        if self.received + len(data) > self.expected:
+            self.received += len(data)
+            raise _TooBig()
+        started = time.perf_counter()
+        self.digest.update(data)
+        self.hash_seconds += time.perf_counter() - started
+        self.received += len(data)
+        self._put(data if isinstance(data, bytes) else bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        """The download ended (either way): the reader sees the end of the stream."""
+        with contextlib.suppress(_Aborted):
+            self._put(None)
+
+    def _put(self, item: bytes | None) -> None:
+        while True:
+            if self.aborted.is_set():
+                raise _Aborted()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    # -- the unpacker side ---------------------------------------------------------------
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._buffer and not self._next():
+            return b""
+        if size < 0 or size >= len(self._buffer):
+            data = bytes(self._buffer)
+            self._buffer = memoryview(b"")
+            return data
+        data = bytes(self._buffer[:size])
+        self._buffer = self._buffer[size:]
+        return data
+
+    def _next(self) -> bool:
+        while not self._ended:
+            started = time.perf_counter()
+            item = self._queue.get()
+            self.wait_seconds += time.perf_counter() - started
+            if item is None:
+                self._ended = True
+            elif item:
+                self._buffer = memoryview(item)
+                return True
+        return False
+
+    def drain(self) -> None:
+        """Read to the end (the tar's trailing padding must be hashed too)."""
+        self._buffer = memoryview(b"")
+        while self._next():
+            self._buffer = memoryview(b"")
+
+
+def _download_and_unpack(client: Any, uri: ModelUri, staging: Path) -> tuple[float, float]:
+    """Stream the object into ``staging``; (unpack_ms, verify_ms) once sha256 and size match."""
+    pipe = _Pipe(uri.size)
+    download_error: list[BaseException] = []
+
+    def download() -> None:
+        try:
+            client.download_fileobj(uri.bucket, uri.key, pipe, Config=_transfer_config())
+        except BaseException as exc:  # reported by the unpacking thread
+            download_error.append(exc)
+        finally:
+            pipe.close()
+
+    downloader = threading.Thread(target=download, name="mlayer-model-download", daemon=True)
+    started = time.perf_counter()
+    downloader.start()
+    unpack_error: BaseException | None = None
+    try:
+        _unpack(pipe, staging, uri)
+    except BaseException as exc:
+        unpack_error = exc
+    unpacked = time.perf_counter()
+    try:
+        # After an unsafe member or an unreadable tar, the rest is still hashed (nothing is
+        # written): a sha256 that does not match says more than the tar error.
+        pipe.drain()
+    except BaseException:
+        pipe.aborted.set()
+        raise
+    finally:
+        downloader.join()
+    if download_error:
+        raise _download_failure(download_error[0], uri, pipe, client) from None
+    if pipe.received != uri.size:
+        raise ModelLoadError(
+            f"the object s3://{uri.bucket}/{uri.key} is {pipe.received:,} bytes but MODEL_URI "
+            f"says size={uri.size:,}: it is not the archive this function version was "
+            f"deployed with: {REPUBLISH}"
+        )
+    actual = pipe.digest.hexdigest()
+    if actual != uri.sha256:
+        raise ModelLoadError(
+            f"the object s3://{uri.bucket}/{uri.key} has sha256 {actual} but MODEL_URI "
+            f"expects {uri.sha256}: it was changed after publishing, or damaged on the way. "
+            f"Nothing was loaded: {REPUBLISH}"
+        )
+    if unpack_error is not None:
+        if isinstance(unpack_error, ModelLoadError):
+            raise unpack_error
+        raise ModelLoadError(
+            f"cannot unpack s3://{uri.bucket}/{uri.key} into {staging.parent}: "
+            f"{type(unpack_error).__name__}: {unpack_error}"
+        ) from unpack_error
+    unpack_ms = round((unpacked - started - pipe.wait_seconds) * 1000, 2)
+    return max(unpack_ms, 0.0), round(pipe.hash_seconds * 1000, 2)
+
+
+def _unpack(pipe: _Pipe, staging: Path, uri: ModelUri) -> None:
+    """Extract every member of the streamed tar into ``staging``, refusing unsafe ones."""
+    data_filter = getattr(tarfile, "data_filter", None)  # Python 3.11.4+: belt and braces
+    extra: dict[str, Any] = {"filter": data_filter} if data_filter is not None else {}
+    with tarfile.open(
+        fileobj=pipe,  # type: ignore[call-overload]
+        mode="r|",
+        bufsize=READ_BYTES,
+        copybufsize=READ_BYTES,
+    ) as archive:
+        for member in archive:
+            problem = _unsafe(member)
+            if problem:
+                raise ModelLoadError(
+                    f"the archive s3://{uri.bucket}/{uri.key} has {problem}: it is not "
+                    f"unpacked (the model store's archives hold regular files only); {REPUBLISH}"
+                )
+            try:
+                archive.extract(member, staging, set_attrs=False, **extra)
+            except _FILTER_ERRORS as exc:
+                raise ModelLoadError(
+                    f"the archive s3://{uri.bucket}/{uri.key} has an unsafe member: {exc}; "
+                    f"{REPUBLISH}"
+                ) from None
+
+
+def _unsafe(member: tarfile.TarInfo) -> str | None:
+    name = member.name
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return f"member {name!r} with an absolute path"
+    if ".." in parts or "\\" in name:
+        return f"member {name!r} that climbs out of its directory ('..')"
+    if member.issym() or member.islnk():
+        return f"member {name!r} that is a link (to {member.linkname!r})"
+    if not (member.isreg() or member.isdir()):
+        return f"member {name!r} that is a device, FIFO or other special file"
+    return None
+
+
+def _put_in_place(staging: Path, final: Path, uri: ModelUri) -> None:
+    try:
+        os.rename(staging, final)
+    except OSError:
+        if not _verified(final, uri):  # not another process of this environment's doing
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    (final / MARKER).write_text(
+        json.dumps({"sha256": uri.sha256, "size": uri.size, "uri": str(uri)}), encoding="utf-8"
+    )
+
+
+def _download_failure(
+    exc: BaseException, uri: ModelUri, pipe: _Pipe, client: Any
+) -> ModelLoadError:
+    """A botocore / s3transfer error as the reason the init failed and the fix."""
+    where = f"s3://{uri.bucket}/{uri.key}"
+    if isinstance(exc, _TooBig):
+        return ModelLoadError(
+            f"the object {where} is larger than MODEL_URI's size={uri.size:,} (at least "
+            f"{pipe.received:,} bytes; the download was stopped there): it is not the archive "
+            f"this function version was deployed with: {REPUBLISH}"
+        )
+    if isinstance(exc, ModelLoadError):
+        return exc
+    code, status = _error_code(exc)
+    region = os.environ.get("AWS_REGION", "its region")
+    if code == "NoSuchBucket":
+        return ModelLoadError(
+            f"the bucket {uri.bucket!r} of MODEL_URI does not exist (seen from {region}): "
+            f"{REPUBLISH}, or set MODEL_URI to the bucket the archive is in"
+        )
+    if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+        if _bucket_missing(client, uri):
+            return _download_failure(_with_code("NoSuchBucket"), uri, pipe, client)
+        return ModelLoadError(
+            f"the model archive {where} does not exist (the bucket does): it was deleted "
+            f"(mlayer prune?) or never uploaded: {REPUBLISH}, or roll back to a function "
+            "version whose model is there"
+        )
+    if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled") or status == 403:
+        return ModelLoadError(
+            f"access to the model archive {where} is denied: the function's execution role "
+            f"needs s3:GetObject on arn:aws:s3:::{uri.bucket}/{uri.key} (and s3:ListBucket "
+            f"on arn:aws:s3:::{uri.bucket} for a clear 'does not exist'); mlayer "
+            "deploy-function grants both"
+        )
+    if code:
+        return ModelLoadError(
+            f"cannot download the model archive {where}: {code}: {exc}. Check MODEL_URI and "
+            "the function's access to the bucket"
+        )
+    return ModelLoadError(
+        f"cannot download the model archive {where}: {type(exc).__name__}: {exc}. S3 was "
+        "not reachable: a function in a VPC needs an S3 gateway endpoint or a NAT gateway; "
+        "the init is retried"
+    )
+
+
+def _error_code(exc: BaseException) -> tuple[str | None, int | None]:
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and cause is not exc:
+            return _error_code(cause)
+        return None, None
+    error = response.get("Error") or {}
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    code = error.get("Code")
+    return (str(code) if code else None), (int(status) if status else None)
+
+
+def _with_code(code: str) -> BaseException:
+    error = Exception(code)
+    error.response = {"Error": {"Code": code}}  # type: ignore[attr-defined]
+    return error
+
+
+def _bucket_missing(client: Any, uri: ModelUri) -> bool:
+    """s3transfer's HeadObject answers a bare 404 for a missing bucket and a missing key
+    alike; HeadBucket tells them apart (only on this failure path)."""
+    try:
+        client.head_bucket(Bucket=uri.bucket)
+    except Exception as error:  # the bucket's absence is all this asks
+        code, status = _error_code(error)
+        return code in ("404", "NoSuchBucket", "NotFound") or status == 404
+    return False

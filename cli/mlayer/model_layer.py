@@ -1038,6 +1038,52 @@ def _smoke(
     return report
 
 
+def smoke_test_directory(
+    model_dir: Path,
+    *,
+    layers_dir: Path,
+    records: list[Any],
+    version: int,
+    runtime: str | None = None,
+    arch: str | None = None,
+    python: str | None = None,
+    function_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the real function on the dependency layer built in ``layers_dir`` with
+    ``model_dir`` as /opt/model (a model or a model set), on ``records``; its report.
+
+    Raises:
+        ConfigError: no dependency layer build.
+        SmokeTestError: no interpreter to run it here, or the function failed.
+    """
+    from mlayer.lambda_env.environment import prepare_opt
+    from mlayer.model_sandbox import memory_for, smoke_test
+
+    deps_path, deps = find_deps_manifest(layers_dir, None, runtime, arch)
+    runnable = _runnable_deps(deps_path, deps, layers_dir, python)
+    if runnable is None:
+        raise SmokeTestError(
+            f"cannot smoke-test on this machine: the dependency layer is for {deps.runtime} "
+            f"{deps.arch} and this is a {host_machine()} machine without a matching interpreter"
+        )
+    run_path, _, interpreter = runnable
+    size = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+    with tempfile.TemporaryDirectory(prefix="mlayer-smoke-") as tmp:
+        opt = Path(tmp) / "opt"
+        prepare_opt([_deps_zip(run_path)], opt)
+        shutil.copytree(model_dir, opt / "model")
+        return smoke_test(
+            function_dir=function_dir or default_function_dir(),
+            opt_dir=opt,
+            python=interpreter,
+            records=records,
+            labels=None,
+            version=version,
+            expected=None,
+            memory_mb=memory_for(size),
+        )
+
+
 def _add_model(model_zip: Path, opt_dir: Path) -> None:
     """Unzip the model layer over an /opt that holds the deps layer (as Lambda stacks them);
     a store archive goes to /opt/model, where the function finds the same files."""

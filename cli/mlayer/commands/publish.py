@@ -176,6 +176,24 @@ def publish_deps(
     "store only when the model does not fit a layer.",
 )
 @click.option(
+    "--set",
+    "member",
+    metavar="NAME",
+    help="Add (or replace) model NAME in the function's model set, built from MODEL_DIR, and "
+    "publish the set as its next version (records choose their model by --set-field).",
+)
+@click.option(
+    "--set-field",
+    metavar="FIELD",
+    help="The record field naming the model that scores it (needed to start a set).",
+)
+@click.option(
+    "--set-default",
+    metavar="NAME",
+    help="The set's model for records without the field or naming no member (else they are "
+    "reported as bad).",
+)
+@click.option(
     "--memory",
     "memory_mb",
     type=click.IntRange(128, 10240),
@@ -196,6 +214,9 @@ def publish_model(
     alias: str | None,
     canary: float | None,
     store: str,
+    member: str | None,
+    set_field: str | None,
+    set_default: str | None,
     memory_mb: int | None,
     runtime: str | None,
     arch: str,
@@ -233,6 +254,13 @@ def publish_model(
       mlayer publish-model layers/model-sentiment-v3.zip --alias live --canary 10
       mlayer promote --function scorer --alias live
       mlayer publish-model forest/ --store s3 --bucket models --alias live --memory 4096
+      mlayer publish-model acme/ --set acme --set-field tenant --alias live
+
+    With --set NAME, the function serves a model set: the live set (read back from
+    --layers-dir, the layer or the store) with model NAME added or replaced by MODEL_DIR's
+    build, smoke-tested as a whole and published as the set's next version; each record is
+    scored by the model its --set-field names (or --set-default). Rollback moves the whole
+    set.
     """
     from mlayer import model_store
     from mlayer.contracts import default_layer_name
@@ -243,7 +271,28 @@ def publish_model(
     layer_name = model_layer or default_layer_name(function, "model")
     lam = settings.client("lambda")
     layers = Path(layers_dir)
-    if source is None:
+    if member is not None:
+        from mlayer.model_set import build_set
+
+        if source is None or not Path(source).exists() or Path(source).suffix in (".zip", ".tar"):
+            raise click.UsageError(
+                "--set NAME needs MODEL_DIR (or a model file) to build NAME from"
+            )
+        change = build_set(
+            lam, settings.client("s3"), function=function, layer_name=layer_name, alias=alias,
+            member_dir=Path(source), member=member, layers_dir=layers, field_name=set_field,
+            default=set_default, store=store, bucket=bucket, runtime=runtime, arch=arch,
+            progress=lambda message: click.echo(f"  {message}"),
+        )  # fmt: skip
+        build = change.build
+        action = "replaced" if change.replaced else "added"
+        click.echo(
+            f"Set: {build.name} v{build.version} from {change.base}: {member} {action}; "
+            f"members {', '.join(change.members)}; built {build.zip_path}"
+        )
+        for note in change.notes:
+            click.echo(f"Note: {note}")
+    elif source is None:
         builds = model_builds(layers)
         if not builds:
             from mlayer.errors import NotFoundError
@@ -322,8 +371,8 @@ def publish_model(
         click.echo(f"Relinked {rollout.function}: layers now")
         for arn in rollout.layers:
             click.echo(f"  {arn}")
-        for change in rollout.environment_changes:
-            click.echo(f"  {change}")
+        for changed in rollout.environment_changes:
+            click.echo(f"  {changed}")
     else:
         click.echo(f"{rollout.function} already serves {rollout.new_model.location}")
     click.echo(f"Size: {rollout.budget.describe()}")

@@ -9,6 +9,8 @@ Environment:
     MODEL_URI              the model's archive in the model store,
                            s3://<bucket>/<key>#sha256=<hex64>&size=<bytes>: fetched at init
                            into <tempdir>/mlayer-model/<sha256>/ (wins over MODEL_DIR)
+    MODEL_MMAP             how uncompressed joblib files load: memory-mapped when of 32 MiB
+                           or more (unset), always (1) or never (0)
     INPUT_FIELD            overrides the field the model reads (from the model's metadata)
     MODEL_VERSION          the version reported when the model directory has no manifest
     OUTPUT_TABLE           DynamoDB table (partition key ``record_id``, S) for predictions

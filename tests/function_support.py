@@ -22,6 +22,8 @@ FUNCTION_DIR = ROOT / "function"
 EVENTS_DIR = Path(__file__).resolve().parent / "events"
 FUNCTION_ENV = (
     "MODEL_DIR",
+    "MODEL_URI",
+    "MODEL_MMAP",
     "INPUT_FIELD",
     "MODEL_VERSION",
     "OUTPUT_TABLE",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 import pytest
 import sklearn
 from function_support import (
@@ -274,6 +275,40 @@ def test_model_is_loaded_once_per_environment(
         run = invoke(load_event("kinesis_reviews"), MODEL_DIR=text_model_dir)
         assert run.batch_log["cold_start"] is False
     assert loads == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "mapped"),
+    # CountVectorizer keeps no arrays (a vocabulary dict): never mapped
+    [(None, [False, False, True]), ("1", [False, True, True]), ("0", [False, False, False])],
+    ids=["unset-by-size", "always", "never"],
+)
+def test_model_mmap_setting(
+    text_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str | None,
+    mapped: list[bool],
+) -> None:
+    # given the size threshold between the TfidfTransformer's file and the classifier's
+    names = json.loads((text_model_dir / "metadata.json").read_text())["stages"]
+    sizes = [(text_model_dir / name).stat().st_size for name in names]
+    assert sizes[1] < sizes[2]
+    monkeypatch.setattr(model_module, "MMAP_MIN_BYTES", sizes[2])
+    monkeypatch.setattr(model_module, "_LOADED", {})
+    environ = {"MODEL_DIR": str(text_model_dir)}
+    if setting is not None:
+        environ["MODEL_MMAP"] = setting
+    # when the environment's model loads
+    loaded = model_module.get_model(environ)
+    # then each stage's arrays are memory-mapped or read as the setting says, no warning
+    stages = [*loaded.transforms, loaded.final]
+    assert [_has_memmap(stage) for stage in stages] == mapped
+    assert loaded.warnings == []
+    assert loaded.predict(["great", "awful"]).labels == ["positive", "negative"]
+
+
+def _has_memmap(stage: Any) -> bool:
+    return any(isinstance(value, np.memmap) for value in vars(stage).values())
 
 
 def test_cold_start_flag_only_on_the_first_invocation(

@@ -43,6 +43,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import LinearSVC
 
+import model
+import records
 from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -406,6 +408,60 @@ def test_users_model_served_as_saved(
         assert response["counts"]["predicted"] == len(made.records)
         for prediction in response["predictions"]:
             json.dumps(prediction, allow_nan=False)  # JSON-safe, no NaN
+
+
+def _memmapped(value: Any, depth: int = 0) -> bool:
+    """True when a numpy memmap is among ``value``'s attributes (through pipelines and
+    column transformers: lists, tuples and dicts of estimators)."""
+    if isinstance(value, np.memmap):
+        return True
+    if depth > 4:
+        return False
+    if isinstance(value, list | tuple):
+        return any(_memmapped(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return any(_memmapped(item, depth + 1) for item in value.values())
+    attributes = getattr(value, "__dict__", None)
+    return attributes is not None and any(
+        _memmapped(item, depth + 1) for item in attributes.values()
+    )
+
+
+# A regression forest's arrays are all in its trees, whose __setstate__ copies them out of
+# the mapped pages into memory of their own: nothing stays mapped (classifiers keep classes_).
+NO_ARRAY_ATTRIBUTES = {"forest-regressor-arrays"}
+
+
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_memory_mapped_model_predicts_the_same(case: str, tmp_path: Path) -> None:
+    # given a corpus model saved as its user saved it, with a metadata.json naming its files
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    made = CORPUS[case](saved)
+    files = sorted(path.name for path in saved.iterdir())
+    meta: dict[str, Any] = {"name": case, "stages": files}
+    if "--features" in made.args:
+        meta["input"] = {"kind": "features", "features": made.args[1].split(",")}
+    (saved / "metadata.json").write_text(json.dumps(meta))
+    field = made.args[1] if "--input-field" in made.args else None
+    # when it is loaded with its arrays memory-mapped, and read into memory
+    mapped = model.load(saved, input_field=field, mmap=True)
+    read = model.load(saved, input_field=field, mmap=False)
+    # then uncompressed joblib files keep their arrays mapped (compressed ones and pickles
+    # cannot be mapped), with no warning either way
+    uncompressed_joblib = any(
+        name.endswith(".joblib") and (saved / name).read_bytes()[:1] == b"\x80" for name in files
+    )
+    keeps_arrays = case not in NO_ARRAY_ATTRIBUTES
+    assert _memmapped([mapped.transforms, mapped.final]) == (uncompressed_joblib and keeps_arrays)
+    assert not _memmapped([read.transforms, read.final])
+    assert mapped.warnings == read.warnings == []
+    # and both predict exactly what the model itself predicts, on the same decoded records
+    batch = records.decode_event(kinesis_event(made.records), mapped.input)
+    assert not batch.rejected, batch.rejected
+    from_map = mapped.predict(batch.inputs)
+    assert from_map == read.predict(batch.inputs)
+    _same(from_map.labels, made.predict(made.records))
 
 
 def test_text_model_reports_json_that_is_not_text(deps_layers: Path, tmp_path: Path) -> None:

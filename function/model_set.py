@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model import DEFAULT_MODEL_DIR, UNVERSIONED, Model, ModelLoadError, load
+from model import DEFAULT_MODEL_DIR, UNVERSIONED, Model, ModelLoadError, fetched_directory, load
 from records import Batch, InputSpec, Rejected, decode_event, decode_records
 
 SET_FILE = "set.json"
@@ -410,7 +410,11 @@ def find(environ: Mapping[str, str] = os.environ) -> ModelSet | None:
         ModelLoadError: set.json is malformed (raised again at every call, as a single
             model's load error is).
     """
-    directory = environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR
+    uri = environ.get("MODEL_URI") or None
+    if uri:  # a set in the model store: the directory its archive unpacked to
+        directory = str(fetched_directory(uri)[0])
+    else:
+        directory = environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR
     found = _IS_SET.get(directory)
     if found is None:
         found = is_set(directory)

@@ -271,3 +271,86 @@ def test_a_tampered_archive_fails_the_init_and_nothing_is_served(
     assert "sha256" in failed[0]["error"] and stored.sha256 in failed[0]["error"]
     assert logged(log, "model loaded") == []
     assert logged(log, "batch") == []
+
+
+def test_a_model_set_routes_each_record_to_its_tenants_model_and_rolls_back_whole(
+    deployed: Deployed, tmp_path: Path, text_model_dir: Path, numeric_model_dir: Path
+) -> None:
+    """Given function "tenants"; when three members are published one by one with --set
+    (a text model, a numeric model, the text model with other labels); then one invocation
+    with records for each tenant predicts each with its own model (equal to loading that
+    model directly), records naming no tenant go to the default; and rollback serves the
+    previous set, where the third tenant's records fall back to the default."""
+    from function_support import FUNCTION_DIR  # noqa: F401  (puts function/ on sys.path)
+
+    from mlayer.deploy import deploy_function
+    from model import load
+
+    clients = deployed.clients
+    deploy_function(
+        clients["lambda"], function="tenants", function_dir=ROOT / "function", role=None,
+        runtime=RUNTIME, arch="x86_64", memory_mb=1024, timeout_s=60, environment={},
+        deps_layer=f"{FUNCTION}-deps", model_layer="tenants-model",
+        layers_dir=deployed.layers, local_iam=clients["iam"],
+    )  # fmt: skip
+    relabelled = tmp_path / "relabelled"
+    shutil.copytree(text_model_dir, relabelled)
+    meta = json.loads((relabelled / "metadata.json").read_text())
+    meta["labels"] = ["bad", "good"]
+    (relabelled / "metadata.json").write_text(json.dumps(meta))
+    members = [("acme", text_model_dir), ("globex", numeric_model_dir), ("initech", relabelled)]
+    for i, (member, source) in enumerate(members):
+        extra = ["--set-field", "tenant", "--set-default", "acme"] if i == 0 else []
+        proc = mlayer(
+            deployed, "publish-model", str(source), "--function", "tenants", "--set", member,
+            "--alias", "live", "--layers-dir", str(deployed.layers), *extra, cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"{member} added; members {', '.join(sorted(m for m, _ in members[: i + 1]))}" in (
+            proc.stdout
+        )
+    numeric_meta = json.loads((numeric_model_dir / "metadata.json").read_text())
+    numeric_row = dict(numeric_meta["examples"][0])
+    records = [
+        {"tenant": "acme", "text": "great product, works"},
+        {"tenant": "globex", **numeric_row},
+        {"tenant": "initech", "text": "great product, works"},
+        {"tenant": "acme", "text": "awful, broke at once"},
+        {"tenant": "nobody", "text": "awful, broke at once"},  # -> the default, acme
+    ]
+    event = tmp_path / "event.json"
+    event.write_text(json.dumps({"records": records}))
+
+    def invoke_set() -> list[dict[str, Any]]:
+        proc = mlayer(
+            deployed, "invoke", "--function", "tenants", "--alias", "live", "--event",
+            str(event), "--json", "--layers-dir", str(deployed.layers),
+            "--function-dir", str(ROOT / "function"), "--log", str(tmp_path / "l.log"),
+            cwd=tmp_path,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        predictions: list[dict[str, Any]] = json.loads(proc.stdout)["response"]["predictions"]
+        return predictions
+
+    predicted = invoke_set()
+
+    direct = {member: load(source) for member, source in members}
+    text_rows = [r["text"] for r in records if "text" in r]
+    acme = direct["acme"].predict(text_rows).labels
+    initech = direct["initech"].predict(text_rows).labels
+    globex = (
+        direct["globex"]
+        .predict([[float(numeric_row[f]) for f in direct["globex"].input.features]])
+        .labels
+    )
+    assert [p["model"] for p in predicted] == ["acme", "globex", "initech", "acme", "acme"]
+    assert [p["label"] for p in predicted] == [
+        acme[0], globex[0], initech[1], acme[2], acme[3],
+    ]  # fmt: skip
+    assert {p["model_version"] for p in predicted} == {3}
+
+    back = mlayer(deployed, "rollback", "--function", "tenants", "--alias", "live", cwd=tmp_path)
+    assert back.returncode == 0, back.stdout + back.stderr
+    rolled = invoke_set()
+    assert [p["model"] for p in rolled] == ["acme", "globex", "acme", "acme", "acme"]
+    assert {p["model_version"] for p in rolled} == {2}

@@ -196,17 +196,25 @@ def _model_manifest(zip_path: Path, zf: zipfile.ZipFile, names: set[str]) -> dic
             raise BuildError(
                 f"{where} lists {file_name!r}, which is not in the zip ({entry}); {fix}"
             )
-        digest = hashlib.sha256()
         with zf.open(entry) as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != recorded:
-            raise BuildError(
-                f"{entry} in {zip_path} has sha256 {digest.hexdigest()[:12]}…, but "
-                f"model/manifest.json records {str(recorded)[:12]}…: the zip was changed after "
-                f"it was built; {fix}"
+            _check_member(
+                handle, recorded, f"{entry} in {zip_path}", "model/manifest.json", "zip", fix
             )
     return inner
+
+
+def _check_member(
+    handle: Any, recorded: Any, where: str, manifest: str, kind: str, fix: str
+) -> None:
+    """Raise when the member read from ``handle`` is not what the manifest recorded."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(1 << 20):
+        digest.update(chunk)
+    if digest.hexdigest() != recorded:
+        raise BuildError(
+            f"{where} has sha256 {digest.hexdigest()[:12]}…, but {manifest} records "
+            f"{str(recorded)[:12]}…: the {kind} was changed after it was built; {fix}"
+        )
 
 
 def load_archive(tar_path: Path) -> Build:
@@ -263,17 +271,16 @@ def load_archive(tar_path: Path) -> Build:
                         f"manifest.json in {tar_path} lists {file_name!r}, which is not in the "
                         f"archive; {fix}"
                     )
-                digest = hashlib.sha256()
                 extracted = tar.extractfile(file_name)
                 assert extracted is not None
-                while chunk := extracted.read(1 << 20):
-                    digest.update(chunk)
-                if digest.hexdigest() != recorded:
-                    raise BuildError(
-                        f"{file_name} in {tar_path} has sha256 {digest.hexdigest()[:12]}…, but "
-                        f"manifest.json records {str(recorded)[:12]}…: the archive was changed "
-                        f"after it was built; {fix}"
-                    )
+                _check_member(
+                    extracted,
+                    recorded,
+                    f"{file_name} in {tar_path}",
+                    "manifest.json",
+                    "archive",
+                    fix,
+                )
     except tarfile.TarError as exc:
         raise BuildError(f"{tar_path} is not a tar archive: {exc}; {fix}") from exc
     for key in ("name", "version"):

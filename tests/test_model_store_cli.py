@@ -361,3 +361,40 @@ def test_deploy_function_keeps_the_stored_model(
         "Error: --ephemeral-storage 512 MB cannot hold the stored model (s3://models/mlayer/"
     )
     assert "pass at least 768" in small.output
+
+
+def test_a_changed_or_unsafe_archive_is_refused_before_anything_reaches_aws(
+    aws: dict[str, Any], layers: Path
+) -> None:
+    """Given an archive whose model file was changed after the build, and one with an entry
+    climbing out of its root; when published; then each gets one Error line and S3 and the
+    function are untouched."""
+    import io
+    import tarfile
+
+    archive = write_model_archive(layers, 1)
+    data = bytearray(archive.read_bytes())
+    data[data.index(b"model sentiment v1")] ^= 0x20  # "Model sentiment v1": same size
+    archive.write_bytes(bytes(data))
+    changed = publish(archive)
+
+    unsafe = layers / "model-evil-v1.tar"
+    with tarfile.open(unsafe, "w") as tar:
+        for name, body in (("manifest.json", b"{}"), ("../escape.py", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    refused = publish(unsafe)
+
+    assert changed.exit_code == 1
+    assert changed.output.startswith("Error: sentiment.joblib in ")
+    assert "the archive was changed after it was built; rebuild it with mlayer build-model " in (
+        changed.output
+    )
+    assert refused.exit_code == 1
+    assert refused.output.startswith(
+        f"Error: {unsafe} is not safe to publish: entry '../escape.py' is not a regular file "
+        "under the archive's root"
+    )
+    assert stored_keys(aws["s3"]) == []
+    assert model_uri(aws["lambda"]) is None

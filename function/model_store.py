@@ -189,6 +189,12 @@ def fetch(uri: str | ModelUri, root: Path | None = None, *, client: Any = None) 
     try:
         unpack_ms, verify_ms = _download_and_unpack(client, parsed, staging)
         _put_in_place(staging, final, parsed)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelLoadError(
+            f"cannot put the verified model from {parsed.bucket}/{parsed.key} in place at "
+            f"{final}: {exc}. The function's temporary directory (/tmp) must be writable"
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

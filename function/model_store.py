@@ -439,11 +439,15 @@ def _download_and_unpack(client: Any, uri: ModelUri, staging: Path) -> tuple[flo
     downloader = threading.Thread(target=download, name="mlayer-model-download", daemon=True)
     started = time.perf_counter()
     downloader.start()
-    unpack_error: BaseException | None = None
+    unpack_error: Exception | None = None
     try:
         _unpack(pipe, staging, uri)
-    except BaseException as exc:
+    except Exception as exc:
         unpack_error = exc
+    except BaseException:  # an interrupt: stop the download too, and let it through
+        pipe.aborted.set()
+        downloader.join()
+        raise
     unpacked = time.perf_counter()
     try:
         # After an unsafe member or an unreadable tar, the rest is still hashed (nothing is

@@ -65,8 +65,8 @@ QUEUE_CHUNKS = 64
 READ_BYTES = MIB  # tarfile's reads from the stream, and its copy buffer
 # How every message that blames the object ends: the one fix is a fresh publish and deploy.
 REPUBLISH = (
-    "publish the model again (mlayer build-model --store s3 writes the archive) and deploy "
-    "the function with the MODEL_URI that publishing prints"
+    "publish the model again with mlayer publish-model <model> --store s3 --bucket <bucket>, "
+    "which uploads the archive and sets the function's MODEL_URI"
 )
 
 # tarfile's extraction filters (Python 3.11.4+); older versions rely on _unsafe alone.

@@ -297,8 +297,8 @@ _PICKLE_PROTO = b"\x80"
 # joblib < 1.2 wrote arrays unaligned: it warns rather than memory-map them; read them instead.
 _UNALIGNED = "is not byte aligned"
 # Mapping an array costs ~70 us (joblib opens and maps the file once per array) and saves
-# reading it: about 1.2 ms per MB of a forest's trees, 0.4 ms per MB of a KNN's data (warm
-# page cache, bench figures in the issue 12 notes). A file of many small arrays loses: a
+# reading it: about 1.2 ms per MB of a forest's trees, 0.4 ms per MB of a KNN's data
+# (medians, warm page cache, 2 shared cores). A file of many small arrays loses: a
 # 100-tree 3 MB forest 27 ms (59 vs 32 ms), a 1,000-tree 10 MB one 280 ms; big files win: a
 # 100 MB forest loads in 120 instead of 238 ms, a 1 GB one in 1.3 instead of 2.4 s, a 100 MB
 # KNN in 1 instead of 41 ms without a 100 MB copy. Below this size the gain is a few ms at
@@ -505,10 +505,11 @@ def fetched_directory(uri: str) -> tuple[Path, dict[str, Any]]:
 
 def _import_libraries() -> None:
     """What loading any model imports first (about 0.5-1 s of an init): done while the
-    archive downloads. A missing library is reported by load() itself."""
+    archive downloads. A library that fails to import is reported by load() itself, with
+    its fix."""
     try:
         import joblib  # noqa: F401
         import numpy  # noqa: F401
         import sklearn.pipeline  # noqa: F401
-    except ImportError:
+    except Exception:  # load() meets the same failure and explains it
         pass

@@ -398,3 +398,29 @@ def test_a_changed_or_unsafe_archive_is_refused_before_anything_reaches_aws(
     )
     assert stored_keys(aws["s3"]) == []
     assert model_uri(aws["lambda"]) is None
+
+
+def test_deploy_function_checks_memory_against_the_stored_models_peak(
+    aws: dict[str, Any], layers: Path
+) -> None:
+    """Given a stored model whose smoke test peaked at 900 MB, live with --memory 1280; when
+    deploy-function lowers the memory below the peak; then it is refused naming the peak,
+    and between the peak and the recommendation it warns."""
+    lam = aws["lambda"]
+    archive = write_model_archive(layers, 1, peak_mb=900.0)
+    assert publish(archive, "--memory", "1280").exit_code == 0
+    deploy = ["deploy-function", "--function", "scorer", "--layers-dir", str(layers)]
+
+    refused = run(*deploy, "--memory", "512")
+    warned = run(*deploy, "--memory", "1024")
+
+    assert refused.exit_code == 1
+    assert refused.output.startswith(
+        "Error: the function has 512 MB of memory but loading and scoring this model peaked at "
+        "900 MB in the smoke test"
+    )
+    assert warned.exit_code == 0, warned.output
+    assert "Warning: the function has 1,024 MB of memory; 1,280 MB is recommended" in (
+        warned.output
+    )
+    assert config(lam)["MemorySize"] == 1024

@@ -51,7 +51,7 @@ from mlayer.lambda_api import (
 from mlayer.layers import check_budget
 from mlayer.model_store import StoreURI
 from mlayer.rollout import set_alias
-from mlayer.sizing import environment_size
+from mlayer.sizing import EnvironmentSize, environment_size, memory_problem
 
 HANDLER = "lambda_function.lambda_handler"
 # 512 MB: the measured function peaks near 150 MB, but Lambda gives CPU in proportion to
@@ -293,8 +293,16 @@ def deploy_function(
         else:
             notes.append(f"no model layer published yet ({model_layer}): run mlayer publish-model")
     storage = ephemeral_mb or int(((existing or {}).get("EphemeralStorage") or {}).get("Size", 512))
+    memory = memory_mb or int((existing or {}).get("MemorySize") or DEFAULT_MEMORY_MB)
+    warnings: list[str] = []
     if stored is not None:
-        needed = environment_size(stored.size, stored.size, None).ephemeral_mb
+        size = _stored_size(stored, layers_dir)
+        needed = size.ephemeral_mb
+        problem = memory_problem(size, memory) if size.peak_mb else None
+        if problem is not None and problem[1]:
+            raise ConfigError(problem[0])
+        if problem is not None:
+            warnings.append(problem[0])
         if ephemeral_mb is not None and ephemeral_mb < needed:
             raise ConfigError(
                 f"--ephemeral-storage {ephemeral_mb} MB cannot hold the stored model "
@@ -305,7 +313,7 @@ def deploy_function(
             notes.append(f"/tmp {storage:,} -> {needed:,} MB for the stored model")
             storage = needed
 
-    warnings = dead_letter_warnings(env)
+    warnings += dead_letter_warnings(env)
 
     description = function_description(code.sha256, code.unzipped_bytes)
     planned = dict(existing or {})
@@ -322,7 +330,6 @@ def deploy_function(
                 "Lambda can assume with read access to the stream (e.g. the managed policy "
                 "AWSLambdaKinesisExecutionRole or AWSLambdaDynamoDBExecutionRole)"
             )
-        memory = memory_mb or DEFAULT_MEMORY_MB
         timeout = timeout_s or DEFAULT_TIMEOUT_S
         result = lam.create_function(
             FunctionName=name,
@@ -342,7 +349,6 @@ def deploy_function(
         wait_active(lam, name, pace)
         code_changed = True
     else:
-        memory = memory_mb or int(existing.get("MemorySize") or DEFAULT_MEMORY_MB)
         timeout = timeout_s or int(existing.get("Timeout") or DEFAULT_TIMEOUT_S)
         role = role or str(existing.get("Role"))
         old_arch = (existing.get("Architectures") or ["x86_64"])[0]
@@ -394,6 +400,22 @@ def deploy_function(
     if alias:
         _point_alias(lam, name, alias, model_layer, layers, deployment, pace, stored, s3)
     return deployment
+
+
+def _stored_size(stored: StoreURI, layers_dir: Path) -> EnvironmentSize:
+    """What the stored model needs: from its build in ``layers_dir`` (the unpacked size and
+    the smoke test's peak memory) when there, else from the archive's size alone."""
+    if layers_dir.is_dir():
+        for sidecar in sorted(layers_dir.glob("model-*-v*.json")):
+            try:
+                data = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("sha256") == stored.sha256:
+                peak = (data.get("smoke_test") or {}).get("max_memory_mb")
+                unpacked = int(data.get("unzipped_bytes") or stored.size)
+                return environment_size(stored.size, unpacked, peak)
+    return environment_size(stored.size, stored.size, None)
 
 
 def dead_letter_warnings(env: dict[str, str]) -> list[str]:

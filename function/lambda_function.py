@@ -13,6 +13,8 @@ Environment:
                            or more (unset), always (1) or never (0)
     INPUT_FIELD            overrides the field the model reads (from the model's metadata)
     MODEL_VERSION          the version reported when the model directory has no manifest
+    MODEL_FIELD            a model set's record field naming the model (overrides set.json)
+    MODEL_CACHE_MB         a model set's cache budget, MB of model files (see model_set.py)
     OUTPUT_TABLE           DynamoDB table (partition key ``record_id``, S) for predictions
     OUTPUT_STREAM          Kinesis stream (name or ARN) for predictions
     DEAD_LETTER_QUEUE_URL  SQS queue for bad records (else they are reported as failures)
@@ -28,6 +30,9 @@ reported in batchItemFailures: none is dropped, none fails the batch. Sink calls
 by the invocation's remaining time (``context.get_remaining_time_in_millis()``); what does
 not fit is reported, with every record behind it (see ``_deliver``).
 
+A model directory holding ``set.json`` is a model set: each record is scored by the model
+it names (``model_set.py`` has the contract); a prediction's ``model`` is then that member.
+
 Only the standard library, the dependency layer (scikit-learn, numpy, joblib, orjson) and,
 when MODEL_URI, a sink or the dead-letter queue is configured, boto3 are imported.
 """
@@ -41,7 +46,9 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+import model_set
 from model import Model, ModelLoadError, get_model
+from model_set import ModelSet
 from records import Batch, decode_event
 from safe_json import dumps
 
@@ -50,6 +57,7 @@ if TYPE_CHECKING:  # sinks is imported only when a sink is configured (it is not
 
 _cold_start = True
 _announced: Model | None = None
+_announced_set: ModelSet | None = None
 
 
 def _log(entry: dict[str, Any]) -> None:
@@ -85,14 +93,78 @@ def _model() -> Model:
     return model
 
 
+def _announce_set(models: ModelSet) -> None:
+    """Log the set the environment serves and load its default (see ``_load_at_init``)."""
+    global _announced_set
+    _announced_set = models
+    _log(
+        {
+            "message": "model set",
+            "model": models.name,
+            "model_version": models.version,
+            "members": list(models.members),
+            "field": models.field,
+            "default": models.default,
+            "cache_budget_bytes": models.budget_bytes,
+        }
+    )
+    for note in models.notes:
+        _log({"message": "setting ignored", "error": note})
+    if models.default is None:
+        model_set.import_libraries()
+        return
+    try:
+        _, load = models.get(models.default)
+    except ModelLoadError as exc:
+        _log_load_failed(models, models.default, str(exc))
+        return
+    if load is not None:
+        _log_load(models, load)
+
+
+def _log_load(models: ModelSet, load: model_set.Load) -> None:
+    entry: dict[str, Any] = {
+        "message": "model loaded",
+        "set": models.name,
+        "model": load.member,
+        "model_version": load.version,
+        "input": load.input,
+        "load_ms": load.load_ms,
+        "bytes": load.bytes,
+    }
+    if load.evicted:
+        entry["evicted"] = list(load.evicted)
+    if load.warnings:
+        entry["warnings"] = load.warnings
+    if load.version_drift:
+        entry["version_drift"] = load.version_drift
+    _log(entry)
+
+
+def _log_load_failed(models: ModelSet, member: str, error: str) -> None:
+    _log({"message": "model load failed", "set": models.name, "model": member, "error": error})
+
+
 def _load_at_init() -> None:
     """Load the model while Lambda initialises the environment, not in the first invoke.
 
     A failure is logged here and raised again by every invocation (Lambda retries the
     batch), with the same clear message.
+
+    For a model set: the set is logged, and only its default member is loaded (the others
+    load on first use). The default is the member most records fall back to, and loading
+    one member moves the library imports (about 1.3 s of scikit-learn, numpy, joblib: most
+    of a cold start) into init, as for a single model; a set without a default imports them
+    without loading a member. Loading every member would make init grow with the set and
+    could overrun the cache budget before the first record arrives. A default that fails
+    to load is logged; its records are then reported as bad, the other members' scored.
     """
     try:
-        _model()
+        models = model_set.find(os.environ)
+        if models is None:
+            _model()
+        else:
+            _announce_set(models)
     except ModelLoadError as exc:
         _log({"message": "model load failed", "error": str(exc)})
 
@@ -116,6 +188,9 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
     global _cold_start
     cold_start, _cold_start = _cold_start, False
     environ = os.environ
+    models = model_set.find(environ)
+    if models is not None:
+        return _handle_set(event, context, models, cold_start)
     model = _model()
 
     started = time.perf_counter()
@@ -175,10 +250,82 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
     }
 
 
+def _handle_set(event: Any, context: Any, models: ModelSet, cold_start: bool) -> dict[str, Any]:
+    """``_handle`` for a model set: each record scored by the member it names."""
+    if models is not _announced_set:
+        _announce_set(models)
+    environ = os.environ
+    scored = model_set.score(event, models)
+    predicted = time.perf_counter()
+    for load in scored.loads:
+        _log_load(models, load)
+    for member, error in scored.load_errors.items():
+        _log_load_failed(models, member, error)
+
+    batch, version = scored.batch, models.version
+    predictions = [
+        {
+            "record_id": record_id,
+            "sequence_number": sequence_number,
+            "label": label,
+            "probability": probability,
+            "model": member,
+            "model_version": version,
+        }
+        for record_id, sequence_number, label, probability, member in zip(
+            batch.record_ids,
+            batch.sequence_numbers,
+            scored.labels,
+            scored.probabilities,
+            scored.members,
+            strict=True,
+        )
+    ]
+    failed: dict[int, str] = {}
+    dead_lettered = _deliver(batch, predictions, models, environ, context, failed)
+    written = time.perf_counter()
+
+    counts = {
+        "received": batch.received,
+        "predicted": len(predictions),
+        "skipped": len(batch.skipped),
+        "dead_lettered": dead_lettered,
+        "failed": len(failed),
+    }
+    _log(
+        {
+            "message": "batch",
+            "source": batch.source,
+            "counts": counts,
+            "decode_ms": scored.decode_ms,
+            "predict_ms": scored.predict_ms,
+            "load_ms": scored.load_ms,
+            "write_ms": round((written - predicted) * 1000, 3),
+            "model": models.name,
+            "model_version": version,
+            "models": scored.per_model,
+            "defaulted": scored.defaulted,
+            "unrouted": scored.unrouted,
+            "loads": len(scored.loads),
+            "evictions": scored.evictions,
+            "cached": len(models.cached()),
+            "cache_bytes": models.cached_bytes,
+            "cache_budget_bytes": models.budget_bytes,
+            "cold_start": cold_start,
+            "request_id": getattr(context, "aws_request_id", None),
+        }
+    )
+    return {
+        "batchItemFailures": [{"itemIdentifier": failed[index]} for index in sorted(failed)],
+        "predictions": predictions,
+        "counts": counts,
+    }
+
+
 def _deliver(
     batch: Batch,
     predictions: list[dict[str, Any]],
-    model: Model,
+    model: Model | ModelSet,
     environ: Mapping[str, str],
     context: Any,
     failed: dict[int, str],
@@ -231,7 +378,7 @@ def _deliver(
 
 def _handle_rejected(
     batch: Batch,
-    model: Model,
+    model: Model | ModelSet,
     queue_url: str | None,
     environ: Mapping[str, str],
     deadline: Deadline,

@@ -297,8 +297,8 @@ _PICKLE_PROTO = b"\x80"
 # joblib < 1.2 wrote arrays unaligned: it warns rather than memory-map them; read them instead.
 _UNALIGNED = "is not byte aligned"
 # Mapping an array costs ~70 us (joblib opens and maps the file once per array) and saves
-# reading it: about 1.2 ms per MB of a forest's trees, 0.4 ms per MB of a KNN's data (warm
-# page cache, bench figures in the issue 12 notes). A file of many small arrays loses: a
+# reading it: about 1.2 ms per MB of a forest's trees, 0.4 ms per MB of a KNN's data
+# (medians, warm page cache, 2 shared cores). A file of many small arrays loses: a
 # 100-tree 3 MB forest 27 ms (59 vs 32 ms), a 1,000-tree 10 MB one 280 ms; big files win: a
 # 100 MB forest loads in 120 instead of 238 ms, a 1 GB one in 1.3 instead of 2.4 s, a 100 MB
 # KNN in 1 instead of 41 ms without a 100 MB copy. Below this size the gain is a few ms at
@@ -468,26 +468,48 @@ def get_model(environ: Mapping[str, str] = os.environ) -> Model:
 def _load_from_store(
     uri: str, *, input_field: str | None, version: str | None, mmap: bool | None
 ) -> Model:
-    """Fetch MODEL_URI's archive in a background thread while this one imports the
-    libraries every model needs, then load the directory it unpacked to."""
-    import model_store
-
-    pending = model_store.start_fetch(uri)
-    _import_libraries()
-    waiting = time.perf_counter()
-    fetched = pending.result()
-    waited_ms = round((time.perf_counter() - waiting) * 1000, 2)
-    model = load(fetched.directory, input_field=input_field, version=version, mmap=mmap)
-    model.store = {**fetched.describe(), "wait_ms": waited_ms}
+    """Load the directory MODEL_URI's archive unpacked to (see :func:`fetched_directory`)."""
+    directory, figures = fetched_directory(uri)
+    model = load(directory, input_field=input_field, version=version, mmap=mmap)
+    model.store = figures
     return model
+
+
+_FETCHED: dict[str, tuple[Path, dict[str, Any]]] = {}
+
+
+def fetched_directory(uri: str) -> tuple[Path, dict[str, Any]]:
+    """The model directory MODEL_URI's archive unpacks to, fetched once per environment,
+    and the fetch's figures for the "model loaded" line.
+
+    The fetch runs in a background thread while this one imports the libraries every
+    model needs. A model set stored in the store is a directory like any other.
+
+    Raises:
+        ModelLoadError: the fetch failed (tried again at the next call).
+    """
+    done = _FETCHED.get(uri)
+    if done is None:
+        import model_store
+
+        pending = model_store.start_fetch(uri)
+        _import_libraries()
+        waiting = time.perf_counter()
+        fetched = pending.result()
+        waited_ms = round((time.perf_counter() - waiting) * 1000, 2)
+        done = (fetched.directory, {**fetched.describe(), "wait_ms": waited_ms})
+        _FETCHED.clear()
+        _FETCHED[uri] = done
+    return done
 
 
 def _import_libraries() -> None:
     """What loading any model imports first (about 0.5-1 s of an init): done while the
-    archive downloads. A missing library is reported by load() itself."""
+    archive downloads. A library that fails to import is reported by load() itself, with
+    its fix."""
     try:
         import joblib  # noqa: F401
         import numpy  # noqa: F401
         import sklearn.pipeline  # noqa: F401
-    except ImportError:
+    except Exception:  # load() meets the same failure and explains it
         pass

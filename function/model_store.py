@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from model import ModelLoadError
 
@@ -45,22 +45,28 @@ STORE_DIR = "mlayer-model"
 MARKER = ".mlayer-verified"  # in the final directory: its contents were verified
 MIB = 1_048_576
 
-# The transfer manager's part size and concurrency. Real S3 serves each connection at about
-# 50-100 MB/s and a Lambda environment reaches several hundred MB/s with ~10 of them; parts of
-# 8 MiB keep 10 connections busy from a ~80 MB archive up while capping what the in-order
-# writer may hold back (parts that arrive ahead of the next byte wait in memory: at most about
-# concurrency x part size). moto_server reads the whole object again for every ranged GET, so
-# smaller parts are quadratic there (bench/model_load.py measures both).
+# The transfer manager's part size and concurrency on S3. AWS's performance guidelines
+# ("Use byte-range fetches", docs.aws.amazon.com/whitepapers/latest/
+# s3-optimizing-performance-best-practices) give 8 or 16 MB as the typical range size, best
+# aligned with the object's upload parts (boto3 uploads in 8 MiB parts by default): 8 MiB parts
+# over 10 connections. The in-order writer holds parts that arrive ahead of the next byte in
+# memory, about concurrency x part size (80 MiB) at worst, which bigger parts would multiply.
 PART_BYTES = 8 * MIB
 CONCURRENCY = 10
+# On a loopback endpoint (moto_server in mlayer's local runs) the archive comes in one GET:
+# moto_server reads the whole object again for every ranged GET, so parts are quadratic there.
+# Measured on moto_server (this machine, 2 cores): 106 MB in 1.18 s with 8 MiB parts, 0.45 s
+# with 64 MiB parts, 0.36 s in one GET; 1,047 MB in 113 s with 8 MiB parts, 15.5 s with
+# 64 MiB parts, 5.3 s in one GET.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 # s3transfer hands the writer 256 KiB chunks; up to 64 of them (16 MiB) wait for the unpacker
 # before the download is held back.
 QUEUE_CHUNKS = 64
 READ_BYTES = MIB  # tarfile's reads from the stream, and its copy buffer
 # How every message that blames the object ends: the one fix is a fresh publish and deploy.
 REPUBLISH = (
-    "publish the model again (mlayer build-model --store s3 writes the archive) and deploy "
-    "the function with the MODEL_URI that publishing prints"
+    "publish the model again with mlayer publish-model <model> --store s3 --bucket <bucket>, "
+    "which uploads the archive and sets the function's MODEL_URI"
 )
 
 # tarfile's extraction filters (Python 3.11.4+); older versions rely on _unsafe alone.
@@ -183,6 +189,12 @@ def fetch(uri: str | ModelUri, root: Path | None = None, *, client: Any = None) 
     try:
         unpack_ms, verify_ms = _download_and_unpack(client, parsed, staging)
         _put_in_place(staging, final, parsed)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ModelLoadError(
+            f"cannot put the verified model from {parsed.bucket}/{parsed.key} in place at "
+            f"{final}: {exc}. The function's temporary directory (/tmp) must be writable"
+        ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -297,17 +309,23 @@ def _client() -> Any:
     )
 
 
-def _transfer_config() -> Any:
+def _transfer_config(size: int, client: Any) -> Any:
     from boto3.s3.transfer import TransferConfig
 
+    part = PART_BYTES
+    endpoint = getattr(getattr(client, "meta", None), "endpoint_url", None) or ""
+    host = urlsplit(endpoint).hostname or ""
+    if host in LOOPBACK_HOSTS or host.startswith("127."):
+        part = max(size + 1, PART_BYTES)  # over the multipart threshold: one GET
     settings: dict[str, Any] = {
-        "multipart_threshold": PART_BYTES,
-        "multipart_chunksize": PART_BYTES,
+        "multipart_threshold": part,
+        "multipart_chunksize": part,
         "max_concurrency": CONCURRENCY,
     }
     try:
-        # The classic (s3transfer) manager: the CRT one, picked on some instance types when
-        # awscrt is installed, does not write a non-seekable stream in order.
+        # The classic (s3transfer) manager, whose in-order non-seekable writes and settings
+        # are the ones described above: the CRT one (chosen by itself on some instance types
+        # when awscrt is installed) may ignore these settings.
         return TransferConfig(preferred_transfer_client="classic", **settings)
     except TypeError:  # a boto3 older than the option: classic is all it has
         return TransferConfig(**settings)
@@ -410,7 +428,9 @@ def _download_and_unpack(client: Any, uri: ModelUri, staging: Path) -> tuple[flo
 
     def download() -> None:
         try:
-            client.download_fileobj(uri.bucket, uri.key, pipe, Config=_transfer_config())
+            client.download_fileobj(
+                uri.bucket, uri.key, pipe, Config=_transfer_config(uri.size, client)
+            )
         except BaseException as exc:  # reported by the unpacking thread
             download_error.append(exc)
         finally:
@@ -419,11 +439,15 @@ def _download_and_unpack(client: Any, uri: ModelUri, staging: Path) -> tuple[flo
     downloader = threading.Thread(target=download, name="mlayer-model-download", daemon=True)
     started = time.perf_counter()
     downloader.start()
-    unpack_error: BaseException | None = None
+    unpack_error: Exception | None = None
     try:
         _unpack(pipe, staging, uri)
-    except BaseException as exc:
+    except Exception as exc:
         unpack_error = exc
+    except BaseException:  # an interrupt: stop the download too, and let it through
+        pipe.aborted.set()
+        downloader.join()
+        raise
     unpacked = time.perf_counter()
     try:
         # After an unsafe member or an unreadable tar, the rest is still hashed (nothing is

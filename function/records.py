@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import math
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Literal, TypeVar
@@ -210,16 +210,44 @@ def decode_event(event: Any, spec: InputSpec) -> Batch:
     )
 
 
+def decode_records(
+    source: Source, records: list[Any], spec: InputSpec, positions: Sequence[int]
+) -> Batch:
+    """Decode some of an event's records (its ``source`` known) for ``spec``.
+
+    ``positions`` are the records' indexes in the whole event: the batch's indexes, and the
+    ids of direct records without one, are those, so that batches decoded from parts of an
+    event (a model set decodes each model's records with that model's spec) merge back in
+    event order with the identities the whole event gives.
+
+    Raises:
+        InvalidEventError: as ``decode_event``.
+    """
+    if not records:
+        return Batch(source=source, received=0)
+    if source == "kinesis":
+        return _decode_kinesis({"Records": records}, records, spec, positions)
+    if source == "dynamodb":
+        return _decode_dynamodb(records, spec, positions)
+    return _decode_direct(records, spec, positions)
+
+
 # --- Kinesis -------------------------------------------------------------------------------
 
 
-def _decode_kinesis(event: Mapping[str, Any], records: list[Any], spec: InputSpec) -> Batch:
-    batch = _kinesis_fast_path(event, records, spec)
+def _decode_kinesis(
+    event: Mapping[str, Any],
+    records: list[Any],
+    spec: InputSpec,
+    positions: Sequence[int] | None = None,
+) -> Batch:
+    batch = _kinesis_fast_path(event, records, spec, positions)
     if batch is not None:
         return batch
     return _decode_each(
         records,
         spec,
+        positions,
         source="kinesis",
         wrap=KinesisStreamRecord,
         sequence_of=operator.attrgetter("kinesis.sequence_number"),
@@ -229,7 +257,10 @@ def _decode_kinesis(event: Mapping[str, Any], records: list[Any], spec: InputSpe
 
 
 def _kinesis_fast_path(
-    event: Mapping[str, Any], records: list[Any], spec: InputSpec
+    event: Mapping[str, Any],
+    records: list[Any],
+    spec: InputSpec,
+    positions: Sequence[int] | None = None,
 ) -> Batch | None:
     """Decode a batch of well-formed records with bulk operations, or return None.
 
@@ -266,7 +297,7 @@ def _kinesis_fast_path(
         record_ids=event_ids,
         sequence_numbers=sequence_numbers,  # type: ignore[arg-type]  # list is invariant
         inputs=inputs,
-        indexes=list(range(count)),
+        indexes=list(range(count)) if positions is None else list(positions),
         raw_records=records,
     )
 
@@ -354,6 +385,7 @@ def _fast_typed_rows(rows: list[tuple[Any, ...]], spec: InputSpec) -> list[tuple
 def _decode_each(
     records: list[Any],
     spec: InputSpec,
+    positions: Sequence[int] | None,
     *,
     source: Source,
     wrap: Callable[[Mapping[str, Any]], R],
@@ -363,12 +395,14 @@ def _decode_each(
 ) -> Batch:
     """Decode stream records one by one: each is predicted, skipped or rejected.
 
+    ``positions``: the records' indexes in the event (None: their positions here).
     ``wrap`` makes the source's record accessor, ``sequence_of`` reads its sequence number,
     ``value_of`` gives its model input, a _Skip, or raises RecordError. ``sequence_member``
     names the missing sequence number in the error (``{index}`` is the record's index).
     """
     batch = Batch(source=source, received=len(records), raw_records=records)
-    for index, raw in enumerate(records):
+    numbering = range(len(records)) if positions is None else positions
+    for index, raw in zip(numbering, records, strict=True):
         record = wrap(raw if isinstance(raw, Mapping) else {})
         sequence_number = sequence_of(record)
         if not sequence_number or not isinstance(sequence_number, str):
@@ -439,10 +473,13 @@ def _kinesis_value(record: KinesisStreamRecord, spec: InputSpec) -> Any:
 # --- DynamoDB Streams ----------------------------------------------------------------------
 
 
-def _decode_dynamodb(records: list[Any], spec: InputSpec) -> Batch:
+def _decode_dynamodb(
+    records: list[Any], spec: InputSpec, positions: Sequence[int] | None = None
+) -> Batch:
     return _decode_each(
         records,
         spec,
+        positions,
         source="dynamodb",
         wrap=DynamoDBStreamRecord,
         sequence_of=operator.attrgetter("dynamodb.sequence_number"),
@@ -512,9 +549,12 @@ def _record_id(given: Any, index: int) -> tuple[str, str]:
     )
 
 
-def _decode_direct(records: list[Any], spec: InputSpec) -> Batch:
+def _decode_direct(
+    records: list[Any], spec: InputSpec, positions: Sequence[int] | None = None
+) -> Batch:
     batch = Batch(source="direct", received=len(records), raw_records=records)
-    for index, payload in enumerate(records):
+    numbering = range(len(records)) if positions is None else positions
+    for index, payload in zip(numbering, records, strict=True):
         record_id, id_note = str(index), ""
         if isinstance(payload, Mapping):
             record_id, id_note = _record_id(payload.get("id"), index)

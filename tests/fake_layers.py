@@ -217,3 +217,52 @@ def publish_model(layers: Path, version: int, *extra: str) -> Result:
     return _mlayer(
         "publish-model", str(write_model_build(layers, version)), "--function", "scorer", *extra
     )
+
+
+def write_model_archive(
+    layers_dir: Path,
+    version: int,
+    name: str = "sentiment",
+    *,
+    content: str | None = None,
+    peak_mb: float | None = 80.0,
+    payload_bytes: int = 0,
+) -> Path:
+    """layers/model-<name>-v<N>.tar + .json, as ``build-model --store s3`` writes them.
+
+    ``peak_mb`` is the smoke test's measured peak memory the sidecar records;
+    ``payload_bytes`` pads the model file (a bigger archive).
+    """
+    from mlayer.archive import write_model_tar
+
+    if content is not None:
+        joblib_bytes = f"model {name} {content}".encode()
+    else:
+        joblib_bytes = f"model {name} v{version}".encode()
+    joblib_bytes += b"\0" * payload_bytes
+    source = layers_dir / f".src-{name}-v{version}"
+    source.mkdir(parents=True, exist_ok=True)
+    (source / f"{name}.joblib").write_bytes(joblib_bytes)
+    manifest = {
+        "name": name,
+        "version": version,
+        "stages": [f"{name}.joblib"],
+        "input": {"kind": "text", "field": "text"},
+        "labels": ["negative", "positive"],
+        "examples": [{"text": "great product"}],
+        "files": {f"{name}.joblib": hashlib.sha256(joblib_bytes).hexdigest()},
+    }
+    (source / "manifest.json").write_text(json.dumps(manifest, sort_keys=True))
+    path = layers_dir / f"model-{name}-v{version}.tar"
+    sha, size = write_model_tar(source, ["manifest.json", f"{name}.joblib"], path)
+    sidecar = {
+        "kind": "model",
+        "package": "store",
+        **manifest,
+        "sha256": sha,
+        "zip_bytes": size,
+        "unzipped_bytes": len(joblib_bytes) + (source / "manifest.json").stat().st_size,
+        "smoke_test": {"records": 1, "max_memory_mb": peak_mb} if peak_mb else {"skipped": "x"},
+    }
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return path

@@ -671,3 +671,16 @@ def test_from_report_on_the_local_runner_log(tmp_path: Path) -> None:
         assert measured["init_duration_ms"]["count"] == 1
     assert data["batches"][0]["invocations_per_ingest"] == 100
     assert sum(m["cheapest"] for m in data["memory_sizes"]) == 1
+
+
+def test_one_cold_start_is_priced_with_its_memory_and_ephemeral_storage() -> None:
+    """A store-backed function's cold start: 9 s of init at 3,072 MB with 2,304 MB of /tmp
+    costs 9 x 3 GB-s of compute and 9 x 1.75 GB-s of storage over 512 MB."""
+    args = ["cost", "--memory", "3072", "--storage-mb", "2304", "--init-ms", "9000",
+            "--duration-ms", "200", "--invocations-per-environment", "1000"]  # fmt: skip
+    data = json.loads(CliRunner().invoke(cli, [*args, "--json"]).output)
+    text = CliRunner().invoke(cli, args, env={"COLUMNS": "200"}).output
+
+    expected = 9 * 3 * 0.0000166667 + 9 * 1.75 * 0.0000000309
+    assert data["cold_start"] == pytest.approx(expected, rel=1e-9)
+    assert "one cold start" in text and "9,000 ms at 3,072 MB, /tmp 2,304 MB" in text

@@ -9,12 +9,14 @@ directly. Each refusal has its exact ``Error:`` line.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
 import re
 import subprocess
 import sys
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -515,7 +517,7 @@ def test_class_from_the_training_script_is_refused(deps_layers: Path, tmp_path: 
     )
 
 
-def test_too_big_for_a_layer_names_files_and_the_measured_compressed_size(
+def test_too_big_for_a_layer_goes_to_the_store_or_is_refused_with_the_compressed_size(
     deps_layers: Path, tmp_path: Path
 ) -> None:
     # given a 96 MB model (a brute-force KNN holds its training data) of low-entropy values
@@ -525,8 +527,8 @@ def test_too_big_for_a_layer_names_files_and_the_measured_compressed_size(
     path = tmp_path / "big.joblib"
     joblib.dump(model, path)
     layers = _layers("plain", deps_layers, deps_layers, tmp_path)
-    # when it is built
-    proc = run_mlayer("build-model", str(path), "--layers-dir", str(layers))
+    # when it is built for a layer (--store layer)
+    proc = run_mlayer("build-model", str(path), "--layers-dir", str(layers), "--store", "layer")
     # then the refusal names the file, its size, the measured compress=3 size and load cost
     line = error_line(proc)
     assert re.fullmatch(
@@ -535,10 +537,32 @@ def test_too_big_for_a_layer_names_files_and_the_measured_compressed_size(
         r"measure [\d.]+ MiB \(measured on your files\), which fits: "
         r"joblib\.dump\(model, 'model\.joblib', compress=3\)\. Decompression is paid at every "
         r"cold start: loading took [\d.]+ s compressed against [\d.]+ s as saved \(measured "
-        r"here\)",
+        r"here\)\. Or build it for the S3 model store: mlayer build-model --store s3",
         line,
     ), line
     assert not list(layers.glob("model-*"))
+    # when it is built as users do (--store auto, the default)
+    proc = run_mlayer("build-model", str(path), "--layers-dir", str(layers))
+    # then it is packaged for the S3 model store, loudly, smoke-tested like a layer
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    warned = " ".join(proc.stderr.split())  # rich wraps the warning on stderr
+    assert "WARNING: the model does not fit in a layer (" in warned
+    assert "packaged for the S3 model store instead" in warned
+    archive = layers / "model-big-v1.tar"
+    sidecar = json.loads(archive.with_suffix(".json").read_text())
+    assert sidecar["package"] == "store"
+    assert sidecar["sha256"] == hashlib.sha256(archive.read_bytes()).hexdigest()
+    assert sidecar["smoke_test"]["records"] >= 1
+    assert sidecar["smoke_test"]["max_memory_mb"] > 96
+    assert f"Built {archive}: big v1 for the S3 model store" in proc.stdout
+    assert re.search(
+        r"Store: model archive for the S3 model store: [\d.]+ MiB; the function needs /tmp "
+        r"512 MB \(the archive and its unpacked files, \d+ MB\) and at least [\d,]+ MB of "
+        r"memory \(the smoke test's measured peak [\d,]+ MB\)",
+        proc.stdout,
+    ), proc.stdout
+    with tarfile.open(archive) as tar:
+        assert tar.getnames() == ["manifest.json", "big.joblib"]
 
 
 @pytest.mark.parametrize(

@@ -67,9 +67,15 @@ def model_identity(manifest: Mapping[str, Any]) -> str:
     though their versions, zips and sha256s differ; that is how a rerun of a failed publish
     finds what it published, and how rollback tells an older model from a copy of the live one.
 
+    A model set's identity is its members' identities, field and default (its manifest's
+    ``set``): the members' manifests and ``set.json`` carry build numbers.
+
     Raises:
         KeyError / AttributeError: no ``files`` mapping (validate the manifest first).
     """
+    if isinstance(manifest.get("set"), Mapping):
+        content_of_set = {"set": manifest["set"]}
+        return hashlib.sha256(json.dumps(content_of_set, sort_keys=True).encode()).hexdigest()
     files = {
         name: sha256 for name, sha256 in manifest["files"].items() if name not in IDENTITY_EXCLUDED
     }

@@ -435,10 +435,17 @@ class MemoryCost:
     def first(self) -> BatchCost:
         return self.batches[0]
 
+    @property
+    def cold_start(self) -> Decimal:
+        """What one cold start's init costs (memory and ephemeral storage over 512 MB for its
+        billed duration), before it is shared among the environment's invocations."""
+        return self.first.per_invocation.init * self.workload.invocations_per_environment
+
     def to_dict(self) -> dict[str, Any]:
         w = self.workload
         return {
             "memory_mb": w.memory_mb,
+            "cold_start": float(self.cold_start),
             "duration_ms": float(w.duration_ms),
             "duration_per_record_ms": float(w.duration_per_record_ms),
             "init_ms": float(w.init_ms),

@@ -370,7 +370,7 @@ def _pipeline(
             + (f" (via {published_deps.s3_uri})" if published_deps.s3_uri else ""),
             f"function {deployment.function}: {deployment.runtime} {deployment.arch}, "
             f"{deployment.memory_mb} MB, timeout {deployment.timeout_s} s",
-            f"{rollout.layer.arn}: {rollout.new_model.label}",
+            f"{rollout.new_model.location}: {rollout.new_model.label}",
             f"alias {ALIAS} -> version {rollout.new_function_version}",
         ]
     )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlayer import model_store
 from mlayer.archive import DIRECT_UPLOAD_LIMIT, Budget, iter_files, mb, write_zip
 from mlayer.arns import (
     function_name,
@@ -48,7 +49,9 @@ from mlayer.lambda_api import (
     wait_updated,
 )
 from mlayer.layers import check_budget
+from mlayer.model_store import StoreURI
 from mlayer.rollout import set_alias
+from mlayer.sizing import EnvironmentSize, environment_size, memory_problem
 
 HANDLER = "lambda_function.lambda_handler"
 # 512 MB: the measured function peaks near 150 MB, but Lambda gives CPU in proportion to
@@ -89,6 +92,7 @@ class Deployment:
     function_version: str | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ephemeral_mb: int = 512
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,8 @@ def deploy_function(
     alias: str | None = None,
     local_iam: Any | None = None,
     pace: Pace = DEFAULT_PACE,
+    ephemeral_mb: int | None = None,
+    s3: Any | None = None,
 ) -> Deployment:
     """Create or update ``function`` from ``function_dir`` with its layers linked.
 
@@ -229,8 +235,14 @@ def deploy_function(
     the alias at it. ``local_iam`` (an IAM client of a local endpoint) provides a stand-in
     role when none is given.
 
+    A store-backed function (MODEL_URI in its environment) links no model layer; its /tmp
+    (``ephemeral_mb``, else unchanged) must hold the stored archive and its files, and is
+    raised to what the archive needs when not given. ``s3`` reads the archive's record for
+    the version's Description.
+
     Raises:
-        ConfigError: no role to create with, or no runtime to choose.
+        ConfigError: no role to create with, or no runtime to choose; /tmp too small for the
+            stored model.
         BudgetError: over 5 layers or 250 MB unzipped.
     """
     name = function_name(function)
@@ -261,21 +273,47 @@ def deploy_function(
             f"import scikit-learn until you run `mlayer build-deps --runtime {runtime} --arch "
             f"{arch}` and `mlayer publish-deps`, then deploy again"
         )
-    if find_layer(layers, model_layer) is None:
-        models = list_layer_versions(lam, model_layer)
-        if models:
-            layers.append(models[0]["LayerVersionArn"])
-        else:
-            notes.append(f"no model layer published yet ({model_layer}): run mlayer publish-model")
-
     env = dict(((existing or {}).get("Environment") or {}).get("Variables", {}))
     for key, value in environment.items():
         if value == "":
             env.pop(key, None)
         else:
             env[key] = value
+    stored = StoreURI.parse(env.get(model_store.ENV_VAR, ""))
+    if env.get(model_store.ENV_VAR) and stored is None:
+        raise ConfigError(
+            f"{model_store.ENV_VAR}={env[model_store.ENV_VAR]!r} is not a model store URI "
+            "(s3://BUCKET/KEY#sha256=HEX&size=BYTES): let mlayer publish-model --store s3 set "
+            f"it, or remove it with --env {model_store.ENV_VAR}="
+        )
+    if stored is None and find_layer(layers, model_layer) is None:
+        models = list_layer_versions(lam, model_layer)
+        if models:
+            layers.append(models[0]["LayerVersionArn"])
+        else:
+            notes.append(f"no model layer published yet ({model_layer}): run mlayer publish-model")
+    storage = ephemeral_mb or int(((existing or {}).get("EphemeralStorage") or {}).get("Size", 512))
+    memory = memory_mb or int((existing or {}).get("MemorySize") or DEFAULT_MEMORY_MB)
+    warnings: list[str] = []
+    if stored is not None:
+        size = _stored_size(stored, layers_dir)
+        needed = size.ephemeral_mb
+        problem = memory_problem(size, memory) if size.peak_mb else None
+        if problem is not None and problem[1]:
+            raise ConfigError(problem[0])
+        if problem is not None:
+            warnings.append(problem[0])
+        if ephemeral_mb is not None and ephemeral_mb < needed:
+            raise ConfigError(
+                f"--ephemeral-storage {ephemeral_mb} MB cannot hold the stored model "
+                f"({stored.location}, {stored.size / (1 << 20):,.0f} MiB, and its unpacked "
+                f"files): pass at least {needed}"
+            )
+        if storage < needed:
+            notes.append(f"/tmp {storage:,} -> {needed:,} MB for the stored model")
+            storage = needed
 
-    warnings = dead_letter_warnings(env)
+    warnings += dead_letter_warnings(env)
 
     description = function_description(code.sha256, code.unzipped_bytes)
     planned = dict(existing or {})
@@ -292,7 +330,6 @@ def deploy_function(
                 "Lambda can assume with read access to the stream (e.g. the managed policy "
                 "AWSLambdaKinesisExecutionRole or AWSLambdaDynamoDBExecutionRole)"
             )
-        memory = memory_mb or DEFAULT_MEMORY_MB
         timeout = timeout_s or DEFAULT_TIMEOUT_S
         result = lam.create_function(
             FunctionName=name,
@@ -307,11 +344,11 @@ def deploy_function(
             Architectures=[arch],
             Layers=layers,
             PackageType="Zip",
+            EphemeralStorage={"Size": storage},
         )
         wait_active(lam, name, pace)
         code_changed = True
     else:
-        memory = memory_mb or int(existing.get("MemorySize") or DEFAULT_MEMORY_MB)
         timeout = timeout_s or int(existing.get("Timeout") or DEFAULT_TIMEOUT_S)
         role = role or str(existing.get("Role"))
         old_arch = (existing.get("Architectures") or ["x86_64"])[0]
@@ -338,6 +375,7 @@ def deploy_function(
             MemorySize=memory,
             Environment={"Variables": env},
             Layers=layers,
+            EphemeralStorage={"Size": storage},
         )
     deployment = Deployment(
         function=name,
@@ -358,9 +396,26 @@ def deploy_function(
         notes=notes,
         warnings=warnings,
     )
+    deployment.ephemeral_mb = storage
     if alias:
-        _point_alias(lam, name, alias, model_layer, layers, deployment, pace)
+        _point_alias(lam, name, alias, model_layer, layers, deployment, pace, stored, s3)
     return deployment
+
+
+def _stored_size(stored: StoreURI, layers_dir: Path) -> EnvironmentSize:
+    """What the stored model needs: from its build in ``layers_dir`` (the unpacked size and
+    the smoke test's peak memory) when there, else from the archive's size alone."""
+    if layers_dir.is_dir():
+        for sidecar in sorted(layers_dir.glob("model-*-v*.json")):
+            try:
+                data = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("sha256") == stored.sha256:
+                peak = (data.get("smoke_test") or {}).get("max_memory_mb")
+                unpacked = int(data.get("unzipped_bytes") or stored.size)
+                return environment_size(stored.size, unpacked, peak)
+    return environment_size(stored.size, stored.size, None)
 
 
 def dead_letter_warnings(env: dict[str, str]) -> list[str]:
@@ -409,19 +464,25 @@ def _point_alias(
     layers: list[str],
     deployment: Deployment,
     pace: Pace,
+    stored: StoreURI | None = None,
+    s3: Any | None = None,
 ) -> None:
     # Record the model this version carries as a rollout does (publish.carries): its name and
     # version, its zip's sha256 and its content identity, so that rollback still names it
     # after its layer version is deleted and knows it by content, not build number.
     description = "mlayer deploy-function"
     model_arn = find_layer(layers, model_layer)
-    if model_arn is not None:
+    record = None
+    if stored is not None:
+        found = model_store.head(s3, stored) if s3 is not None else None
+        record = found.record if found else None
+    elif model_arn is not None:
         version = get_layer_version(lam, model_arn)
         record = parse_description((version or {}).get("Description"))
-        if record and record.name and record.version is not None:
-            description = version_description(
-                record.name, record.version, record.sha256, record.identity
-            )
+    if record is not None and record.name and record.version is not None:
+        description = version_description(
+            record.name, record.version, record.sha256, record.identity
+        )
     new_version = publish_function_version(lam, function, description, pace)
     current = get_alias(lam, function, alias)
     if current is None:
@@ -431,7 +492,9 @@ def _point_alias(
     deployment.alias = alias
     deployment.function_version = new_version
     if parse_version_description(description) is None:
-        deployment.notes.append(f"alias {alias} -> version {new_version}, which has no model layer")
+        deployment.notes.append(
+            f"alias {alias} -> version {new_version}, which has no model layer or stored model"
+        )
 
 
 # --------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ import io
 import json
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlayer import model_store
 from mlayer.archive import Budget
 from mlayer.arns import function_name, parse_layer_arn
 from mlayer.contracts import VersionRecord, parse_description, parse_version_record
@@ -30,14 +32,17 @@ from mlayer.lambda_api import (
     list_layer_versions,
 )
 from mlayer.layers import check_budget_quietly
+from mlayer.model_store import StoreURI
 
 
 @dataclass
 class ModelRef:
-    """A model layer version and the model it holds."""
+    """Where a model is served from and the model it holds: a model layer version (``arn``
+    its ARN), or an archive of the S3 model store (``arn`` its ``MODEL_URI``, no
+    ``layer_version``)."""
 
     arn: str
-    layer_version: int
+    layer_version: int | None
     name: str | None
     version: int | None  # the model's version (vN), not the layer version
     sha256: str | None = None
@@ -47,33 +52,78 @@ class ModelRef:
     identity: str | None = None
 
     @property
+    def stored(self) -> StoreURI | None:
+        """The S3 archive of a store-backed model; None for a model layer version."""
+        return StoreURI.parse(self.arn)
+
+    @property
+    def location(self) -> str:
+        """Where the function gets it: ``<layer name> version <N>`` or ``s3://bucket/key``."""
+        stored = self.stored
+        if stored is not None:
+            return stored.location
+        parsed = parse_layer_arn(self.arn)
+        return f"{parsed.name} version {parsed.version}"
+
+    @property
     def label(self) -> str:
         model = f"{self.name} v{self.version}" if self.version is not None else "unknown model"
-        return f"{model} (layer version {self.layer_version}{', deleted' if self.deleted else ''})"
+        deleted = ", deleted" if self.deleted else ""
+        stored = self.stored
+        if stored is not None:
+            return f"{model} (S3 archive {stored.sha256[:12]}{deleted})"
+        return f"{model} (layer version {self.layer_version}{deleted})"
 
 
 class ModelIndex:
-    """Looks up model layer versions by ARN once per command."""
+    """Looks up model layer versions by ARN, and stored archives by MODEL_URI, once per
+    command.
 
-    def __init__(self, lam: Any, layer_name: str) -> None:
+    ``s3`` reads the model store; the buckets it lists are ``buckets`` and every bucket a
+    looked-up MODEL_URI names. Without ``s3`` a stored model is known only by what its URI
+    and the function version's Description say.
+    """
+
+    def __init__(
+        self, lam: Any, layer_name: str, s3: Any | None = None, buckets: Iterable[str] = ()
+    ) -> None:
         self.lam = lam
+        self.s3 = s3
         self.layer_name = layer_name
+        self.buckets = {b for b in buckets if b}
         self._by_arn: dict[str, ModelRef] = {}
         self._listed: list[ModelRef] | None = None
 
     def listed(self) -> list[ModelRef]:
-        """The model layer's live (not deleted) versions, newest first."""
+        """The model layer's live (not deleted) versions, newest first, then the archives
+        in the store's buckets, newest model version first."""
         if self._listed is None:
             self._listed = []
             for v in list_layer_versions(self.lam, self.layer_name):
                 ref = self._from_version(v)
                 self._by_arn[ref.arn] = ref
                 self._listed.append(ref)
+            if self.s3 is not None:
+                for bucket in sorted(self.buckets):
+                    for stored in model_store.listed(self.s3, bucket, self.layer_name):
+                        ref = self._from_stored(stored.uri, stored)
+                        self._by_arn[ref.arn] = ref
+                        self._listed.append(ref)
         return self._listed
 
     def ref(self, arn: str, hint: VersionRecord | None = None) -> ModelRef:
-        """The model at ``arn``; for a deleted version what a function version recorded
-        about it (``hint``), if anything."""
+        """The model at ``arn`` (a layer version ARN or a MODEL_URI); for a deleted one what
+        a function version recorded about it (``hint``), if anything."""
+        uri = StoreURI.parse(arn)
+        if uri is not None and arn not in self._by_arn:
+            self.buckets.add(uri.bucket)
+            if self.s3 is None:
+                # Unknown whether it is still there: say only what the URI says.
+                self._by_arn[arn] = ModelRef(
+                    arn=arn, layer_version=None, name=None, version=None, sha256=uri.sha256
+                )
+            else:
+                self._by_arn[arn] = self._from_stored(uri, model_store.head(self.s3, uri))
         if arn not in self._by_arn:
             version = get_layer_version(self.lam, arn)
             if version is not None:
@@ -90,6 +140,22 @@ class ModelIndex:
             ref.sha256 = ref.sha256 or hint.sha256
             ref.identity = ref.identity or hint.identity
         return ref
+
+    @staticmethod
+    def _from_stored(uri: StoreURI, stored: model_store.StoredModel | None) -> ModelRef:
+        record = stored.record if stored is not None else None
+        model = record if record and record.kind == "model" else None
+        return ModelRef(
+            arn=str(uri),
+            layer_version=None,
+            name=model.name if model else None,
+            version=model.version if model else None,
+            sha256=uri.sha256,
+            unzipped_bytes=model.unzipped_bytes if model else None,
+            created=stored.created if stored else None,
+            deleted=stored is None,
+            identity=model.identity if model else None,
+        )
 
     @staticmethod
     def _from_version(v: dict[str, Any]) -> ModelRef:
@@ -109,19 +175,24 @@ class ModelIndex:
 
 @dataclass
 class FunctionVersion:
-    """A function version and the model layer version it links."""
+    """A function version and where its model is: the model layer version it links, or
+    the MODEL_URI it downloads."""
 
     version: str
-    model_arn: str | None
+    model_at: str | None  # the model layer version's ARN, or a MODEL_URI
     description: str
     layers: list[str]
+    environment: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, version: str, config: dict[str, Any], layer_name: str) -> FunctionVersion:
-        """Function ``version`` from its configuration, linking a version of ``layer_name``
-        (the model layer) or not."""
+        """Function ``version`` from its configuration: a MODEL_URI wins (the function
+        downloads that model whatever layers it links), else a version of ``layer_name``."""
         arns = layer_arns(config)
-        return cls(version, find_layer(arns, layer_name), config.get("Description") or "", arns)
+        env = dict((config.get("Environment") or {}).get("Variables") or {})
+        uri = env.get(model_store.ENV_VAR)
+        at = uri if uri else find_layer(arns, layer_name)
+        return cls(version, at, config.get("Description") or "", arns, env)
 
 
 def function_versions(lam: Any, function: str, layer_name: str) -> list[FunctionVersion]:
@@ -133,9 +204,9 @@ def function_versions(lam: Any, function: str, layer_name: str) -> list[Function
 
 
 def model_of(models: ModelIndex, fv: FunctionVersion | None) -> ModelRef | None:
-    if fv is None or fv.model_arn is None:
+    if fv is None or fv.model_at is None:
         return None
-    return models.ref(fv.model_arn, parse_version_record(fv.description))
+    return models.ref(fv.model_at, parse_version_record(fv.description))
 
 
 @dataclass
@@ -178,6 +249,7 @@ class Status:
     handler: str | None
     code_size: int | None
     environment: dict[str, str]
+    ephemeral_mb: int | None
     layers: list[LinkedLayer]
     live_from: str  # "$LATEST" or "alias <name> -> version N"
     live_model: ModelRef | None
@@ -194,11 +266,12 @@ def status(
     layer_name: str,
     alias: str | None = None,
     layers_dir: Path | None = None,
+    s3: Any | None = None,
 ) -> Status:
     """Everything worth knowing about the deployed function, as data."""
     config = get_configuration(lam, function)
-    models = ModelIndex(lam, layer_name)
     versions = function_versions(lam, function, layer_name)
+    models = ModelIndex(lam, layer_name, s3, _buckets_of(versions))
     by_version = {fv.version: fv for fv in versions}
     linked = []
     sizes = {layer["Arn"]: layer.get("CodeSize") for layer in config.get("Layers") or []}
@@ -246,7 +319,7 @@ def status(
     live = model_of(models, live_fv)
     manifest, source = (None, None)
     if live is not None and live.sha256:
-        manifest, source = live_manifest(lam, live, layers_dir)
+        manifest, source = live_manifest(lam, live, layers_dir, s3)
     return Status(
         function=config["FunctionName"],
         arn=config["FunctionArn"],
@@ -259,6 +332,7 @@ def status(
         handler=config.get("Handler"),
         code_size=config.get("CodeSize"),
         environment=(config.get("Environment") or {}).get("Variables", {}),
+        ephemeral_mb=(config.get("EphemeralStorage") or {}).get("Size"),
         layers=linked,
         live_from=live_from,
         live_model=live,
@@ -270,12 +344,14 @@ def status(
 
 
 def live_manifest(
-    lam: Any, model: ModelRef, layers_dir: Path | None
+    lam: Any, model: ModelRef, layers_dir: Path | None, s3: Any | None = None
 ) -> tuple[dict[str, Any] | None, str | None]:
-    """The live model's manifest: from a local build with the same sha256, else the layer.
+    """The live model's manifest: from a local build with the same sha256, else the layer
+    (or the stored archive).
 
     The layer's content is fetched from the presigned URL Lambda gives (real AWS); a local
-    endpoint that gives none leaves the manifest unknown.
+    endpoint that gives none leaves the manifest unknown. A stored archive starts with its
+    manifest, so the first megabyte is enough.
     """
     if layers_dir is not None and layers_dir.is_dir():
         for sidecar in sorted(layers_dir.glob("model-*-v*.json")):
@@ -285,6 +361,12 @@ def live_manifest(
                 continue
             if data.get("sha256") == model.sha256:
                 return data, str(sidecar)
+    stored = model.stored
+    if stored is not None:
+        if s3 is None or model.deleted:
+            return None, None
+        manifest = model_store.read_manifest(s3, stored)
+        return (manifest, f"{stored.location} (its manifest.json)") if manifest else (None, None)
     version = get_layer_version(lam, model.arn)
     location = ((version or {}).get("Content") or {}).get("Location", "")
     if location.startswith("https://"):
@@ -300,10 +382,10 @@ def live_manifest(
 
 @dataclass
 class HistoryRow:
-    """One model layer version: what it holds and who uses it."""
+    """One model layer version or stored archive: what it holds and who uses it."""
 
-    layer_version: int
-    arn: str
+    layer_version: int | None  # None: an archive of the S3 model store
+    arn: str  # the layer version ARN, or the archive's MODEL_URI
     created: str | None
     model: str | None
     model_version: int | None
@@ -313,6 +395,8 @@ class HistoryRow:
     live: bool
     function_versions: list[str]
     aliases: list[str]
+    location: str = ""  # "layer <name>:<N>" or "s3://bucket/key"
+    archive_bytes: int | None = None  # a stored archive's size
 
 
 @dataclass
@@ -325,11 +409,21 @@ class History:
     rows: list[HistoryRow]
 
 
-def history(lam: Any, *, function: str, layer_name: str, alias: str | None = None) -> History:
-    """The model layer's versions (deleted ones still in use included), who uses each."""
+def history(
+    lam: Any,
+    *,
+    function: str,
+    layer_name: str,
+    alias: str | None = None,
+    s3: Any | None = None,
+    buckets: Iterable[str] = (),
+) -> History:
+    """The model layer's versions and the model store's archives (deleted ones still in use
+    included), who uses each. The store is read in ``buckets`` and in every bucket a
+    function version's MODEL_URI names (with ``s3``)."""
     get_configuration(lam, function)
-    models = ModelIndex(lam, layer_name)
     versions = function_versions(lam, function, layer_name)
+    models = ModelIndex(lam, layer_name, s3, [*buckets, *_buckets_of(versions)])
     by_version = {fv.version: fv for fv in versions}
     users: dict[str, list[str]] = {}
     for fv in versions:
@@ -343,13 +437,13 @@ def history(lam: Any, *, function: str, layer_name: str, alias: str | None = Non
         weights = alias_weights(a)
         for v in [str(a["FunctionVersion"]), *weights]:
             routed = by_version.get(v)
-            if routed and routed.model_arn:
+            if routed and routed.model_at:
                 share = f" ({weights[v]:.0%})" if v in weights else ""
-                alias_users.setdefault(routed.model_arn, []).append(f"{a['Name']}{share}")
+                alias_users.setdefault(routed.model_at, []).append(f"{a['Name']}{share}")
         if a["Name"] == alias:
             live_fv = by_version.get(str(a["FunctionVersion"]), live_fv)
             live_from = f"alias {alias} -> version {a['FunctionVersion']}"
-    live_arn = live_fv.model_arn
+    live_arn = live_fv.model_at
     refs = {r.arn: r for r in models.listed()}
     for arn in users:
         refs.setdefault(arn, models.ref(arn))
@@ -366,8 +460,12 @@ def history(lam: Any, *, function: str, layer_name: str, alias: str | None = Non
             live=r.arn == live_arn,
             function_versions=users.get(r.arn, []),
             aliases=alias_users.get(r.arn, []),
+            location=r.location,
+            archive_bytes=r.stored.size if r.stored else None,
         )
-        for r in sorted(refs.values(), key=lambda r: r.layer_version, reverse=True)
+        for r in sorted(
+            refs.values(), key=lambda r: (r.version or 0, r.layer_version or 0), reverse=True
+        )
     ]
     return History(
         function=function_name(function), layer_name=layer_name, live_from=live_from, rows=rows
@@ -387,14 +485,24 @@ class PruneResult:
 
 
 def prune(
-    lam: Any, *, function: str, layer_name: str, keep: int, dry_run: bool = False
+    lam: Any,
+    *,
+    function: str,
+    layer_name: str,
+    keep: int,
+    dry_run: bool = False,
+    s3: Any | None = None,
+    buckets: Iterable[str] = (),
 ) -> PruneResult:
-    """Delete model layer versions beyond the newest ``keep`` that no function version uses.
+    """Delete model layer versions and stored archives beyond the newest ``keep`` that no
+    function version uses.
 
-    A function version or alias that links a version keeps it (its function versions are
-    what alias rollback moves to). Deleted versions already in use are not counted.
+    A function version or alias that links a version (or downloads an archive) keeps it
+    (its function versions are what alias rollback moves to). Deleted ones already in use
+    are not counted.
     """
-    rows = [r for r in history(lam, function=function, layer_name=layer_name).rows if not r.deleted]
+    found = history(lam, function=function, layer_name=layer_name, s3=s3, buckets=buckets)
+    rows = [r for r in found.rows if not r.deleted]
     result = PruneResult(
         layer_name=layer_name,
         keep=keep,
@@ -412,6 +520,16 @@ def prune(
             result.deleted.append(row)
     if not dry_run:
         for row in result.deleted:
+            stored = StoreURI.parse(row.arn)
+            if stored is not None:
+                assert s3 is not None, "stored archives are listed only with an S3 client"
+                model_store.delete(s3, stored)
+                continue
             parsed = parse_layer_arn(row.arn)
             lam.delete_layer_version(LayerName=parsed.layer_arn, VersionNumber=parsed.version)
     return result
+
+
+def _buckets_of(versions: list[FunctionVersion]) -> list[str]:
+    """The buckets the function versions' MODEL_URIs name."""
+    return [uri.bucket for fv in versions if (uri := StoreURI.parse(fv.model_at or ""))]

@@ -26,14 +26,13 @@ from mlayer.contracts import (
     model_identity,
     parse_description,
 )
-from mlayer.errors import AwsError, BudgetError, BuildError, ConfigError, NotFoundError
+from mlayer.errors import BudgetError, BuildError, ConfigError, NotFoundError
 from mlayer.lambda_api import (
-    error_code,
     get_layer_version,
-    is_client_error,
     layer_arns,
     list_layer_versions,
 )
+from mlayer.model_store import check_bucket
 
 MAX_LAYERS = 5
 # Lambda rejects a request body over this many bytes. A direct upload sends the zip
@@ -53,6 +52,9 @@ class Build:
     unzipped_bytes: int
     manifest: dict[str, Any]
     identity: str | None = None  # a model's content (model_identity of its inner manifest)
+    # "layer": a layer zip; "store": a model archive (.tar) for the S3 model store, whose
+    # zip_path is the archive and zip_bytes its size.
+    package: str = "layer"
 
     @property
     def name(self) -> str:
@@ -87,6 +89,8 @@ def load_build(zip_path: Path) -> Build:
     """
     if not zip_path.is_file():
         raise NotFoundError(f"{zip_path} does not exist")
+    if zip_path.suffix == ".tar":
+        return load_archive(zip_path)
     sidecar = zip_path.with_suffix(".json")
     manifest: dict[str, Any] | None = None
     if sidecar.is_file():
@@ -192,17 +196,116 @@ def _model_manifest(zip_path: Path, zf: zipfile.ZipFile, names: set[str]) -> dic
             raise BuildError(
                 f"{where} lists {file_name!r}, which is not in the zip ({entry}); {fix}"
             )
-        digest = hashlib.sha256()
         with zf.open(entry) as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        if digest.hexdigest() != recorded:
-            raise BuildError(
-                f"{entry} in {zip_path} has sha256 {digest.hexdigest()[:12]}…, but "
-                f"model/manifest.json records {str(recorded)[:12]}…: the zip was changed after "
-                f"it was built; {fix}"
+            _check_member(
+                handle, recorded, f"{entry} in {zip_path}", "model/manifest.json", "zip", fix
             )
     return inner
+
+
+def _check_member(
+    handle: Any, recorded: Any, where: str, manifest: str, kind: str, fix: str
+) -> None:
+    """Raise when the member read from ``handle`` is not what the manifest recorded."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(1 << 20):
+        digest.update(chunk)
+    if digest.hexdigest() != recorded:
+        raise BuildError(
+            f"{where} has sha256 {digest.hexdigest()[:12]}…, but {manifest} records "
+            f"{str(recorded)[:12]}…: the {kind} was changed after it was built; {fix}"
+        )
+
+
+def load_archive(tar_path: Path) -> Build:
+    """Read a model archive for the S3 model store (``build-model --store s3``) and check it
+    as :func:`load_build` checks a model layer: regular files under one root, a valid
+    ``manifest.json`` whose files' sha256s match, and the manifest beside it agreeing.
+
+    Raises:
+        BuildError: not an archive mlayer can publish, or changed since it was built.
+    """
+    import tarfile
+
+    fix = "rebuild it with mlayer build-model --store s3"
+    sidecar = tar_path.with_suffix(".json")
+    outer: dict[str, Any] = {}
+    if sidecar.is_file():
+        try:
+            outer = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BuildError(f"{sidecar} is not valid JSON ({exc}); {fix}") from exc
+    try:
+        with tarfile.open(tar_path, "r:") as tar:
+            members = tar.getmembers()
+            sizes: dict[str, int] = {}
+            for member in members:
+                name = member.name
+                if (
+                    name.startswith("/")
+                    or ".." in Path(name).parts
+                    or not (member.isfile() or member.isdir())
+                ):
+                    raise BuildError(
+                        f"{tar_path} is not safe to publish: entry {name!r} is not a regular "
+                        f"file under the archive's root; {fix}"
+                    )
+                if member.isfile():
+                    sizes[name] = member.size
+            if "manifest.json" not in sizes:
+                raise BuildError(f"{tar_path} has no manifest.json at its root; {fix}")
+            handle = tar.extractfile("manifest.json")
+            assert handle is not None
+            try:
+                inner = json.loads(handle.read().decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise BuildError(
+                    f"manifest.json in {tar_path} is not valid JSON ({exc}); {fix}"
+                ) from exc
+            files = inner.get("files") if isinstance(inner, dict) else None
+            if not isinstance(files, dict) or not files:
+                raise BuildError(f'manifest.json in {tar_path} has no "files"; {fix}')
+            for file_name, recorded in sorted(files.items()):
+                if file_name not in sizes:
+                    raise BuildError(
+                        f"manifest.json in {tar_path} lists {file_name!r}, which is not in the "
+                        f"archive; {fix}"
+                    )
+                extracted = tar.extractfile(file_name)
+                assert extracted is not None
+                _check_member(
+                    extracted,
+                    recorded,
+                    f"{file_name} in {tar_path}",
+                    "manifest.json",
+                    "archive",
+                    fix,
+                )
+    except tarfile.TarError as exc:
+        raise BuildError(f"{tar_path} is not a tar archive: {exc}; {fix}") from exc
+    for key in ("name", "version"):
+        if key in outer and outer[key] != inner.get(key):
+            raise BuildError(
+                f"{sidecar} says {key} {outer[key]!r} but manifest.json in {tar_path} says "
+                f"{inner.get(key)!r}; {fix}"
+            )
+    sha = sha256_file(tar_path)
+    if outer.get("sha256") and outer["sha256"] != sha:
+        raise BuildError(
+            f"{tar_path} does not match its manifest (sha256 {sha[:12]}… on disk, "
+            f"{str(outer['sha256'])[:12]}… recorded); {fix}"
+        )
+    manifest = {**inner, **outer, "kind": "model"}
+    return Build(
+        kind="model",
+        zip_path=tar_path,
+        sha256=sha,
+        zip_bytes=tar_path.stat().st_size,
+        unzipped_bytes=sum(sizes.values()),
+        manifest=manifest,
+        identity=model_identity(inner),
+        package="store",
+    )
 
 
 def find_deps_build(layers_dir: Path, runtime: str | None, arch: str) -> Build:
@@ -234,7 +337,8 @@ def find_deps_build(layers_dir: Path, runtime: str | None, arch: str) -> Build:
 
 def model_builds(layers_dir: Path) -> list[Build]:
     """The model layers built under ``layers_dir``, newest version last."""
-    builds = [load_build(p) for p in layers_dir.glob("model-*-v*.zip")]
+    paths = [*layers_dir.glob("model-*-v*.zip"), *layers_dir.glob("model-*-v*.tar")]
+    builds = [load_build(p) for p in paths]
     return sorted(builds, key=lambda b: (b.version, b.zip_path.stat().st_mtime))
 
 
@@ -458,23 +562,7 @@ def upload_to_s3(
         NotFoundError: no such bucket.
         AwsError: the bucket exists but these credentials may not use it.
     """
-    try:
-        s3.head_bucket(Bucket=bucket)
-    except Exception as exc:
-        if not is_client_error(exc):
-            raise
-        code = error_code(exc)
-        if code in ("404", "NoSuchBucket", "NotFound"):
-            raise NotFoundError(
-                f"bucket {bucket} does not exist; create it (aws s3 mb s3://{bucket}) or pass "
-                "--bucket with an existing one in the function's region"
-            ) from exc
-        if code in ("403", "AccessDenied", "Forbidden"):
-            raise AwsError(
-                f"access to bucket {bucket} denied; grant s3:PutObject and s3:GetObject on it "
-                "to these credentials (--profile) or pass another --bucket"
-            ) from exc
-        raise
+    check_bucket(s3, bucket)
     s3.upload_file(str(path), bucket, key, Callback=progress)
 
 
@@ -524,14 +612,21 @@ def build_model_for(
     runtime: str | None = None,
     arch: str | None = None,
     progress: Callable[[str], None] | None = None,
+    store: str = "auto",
+    stored_versions: Callable[[], list[int]] | None = None,
 ) -> Build:
     """Build ``model_dir`` with mlayer build-model (gate + smoke test) for publishing.
 
-    Its version is one more than the newest built here or published in ``layer_name``
-    (whatever the model's name: versions only go up within a layer, so "previous" stays
-    meaningful for rollback).
+    Its version is one more than the newest built here, published in ``layer_name``, or
+    stored in the model store (``stored_versions``), whatever the model's name: versions
+    only go up within a layer, so "previous" stays meaningful for rollback. ``store`` is
+    build-model's --store.
     """
     from mlayer.model_layer import ModelBuildOptions, build_model
+
+    def published() -> list[int]:
+        found = published_model_versions(lam, layer_name)
+        return found + (stored_versions() if stored_versions else [])
 
     result = build_model(
         ModelBuildOptions(
@@ -539,7 +634,8 @@ def build_model_for(
             layers_dir=layers_dir,
             runtime=runtime,
             arch=arch,
-            published_versions=lambda: published_model_versions(lam, layer_name),
+            published_versions=published,
+            store=store,
         ),
         progress,
     )

@@ -34,12 +34,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlayer.archive import MIB, Budget, BudgetPart, mb, sha256_file, upload_note, write_zip
+from mlayer.archive import (
+    MIB,
+    Budget,
+    BudgetPart,
+    ZipResult,
+    mb,
+    sha256_file,
+    upload_note,
+    write_zip,
+)
 from mlayer.deps_layer import function_size
 from mlayer.errors import BudgetError, CompatibilityError, ConfigError, SmokeTestError
 from mlayer.interpreters import find_interpreter
 from mlayer.manifests import DepsManifest, ManifestError, load_deps_manifest
 from mlayer.model_files import ModelSource, Overrides, resolve
+from mlayer.sizing import environment_size
 from mlayer.targets import Target, host_machine
 
 Progress = Callable[[str], None]
@@ -54,6 +64,8 @@ PANDAS_PINS = (((2, 3), "pandas==3.1.1"), ((0, 0), "pandas==2.3.3"))
 # 10^6 bytes, measured with `python bench/layer_size.py --pandas`: 2.3.3 on python3.11 with
 # the repo's pins, 3.1.1 on python3.13 with scikit-learn 1.9.1 / numpy 2.5.5 (README, "Your
 # model").
+# The most a stored model's files may weigh: Lambda's 10,240 MB of memory (and of /tmp).
+STORE_LIMIT = 10_240 * MIB
 PANDAS_ADDS_MB = {"pandas==2.3.3": 33.7, "pandas==3.1.1": 29.0}
 
 
@@ -74,6 +86,9 @@ class ModelBuildOptions:
     python: str | None = None
     published_versions: PublishedVersions = None
     overrides: Overrides = field(default_factory=Overrides)
+    # "layer", "s3" (the model store: an archive the function downloads at init), or "auto":
+    # a layer when the model fits the 250 MiB budget, else the store, said loudly.
+    store: str = "auto"
 
 
 @dataclass
@@ -476,7 +491,7 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
             opt=staging / "opt",
         )
         problems += _gate(build, pickles, problems, say)
-        _check_size(build, say)
+        package = _package(build, say)
         inspected = _inspect(build, say)
         spec = _decide_input(build, inspected)
         _require_pandas(build, spec, inspected)
@@ -485,22 +500,33 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         outputs = (inspected or {}).get("outputs")
         expected = _named(expected, labels, (outputs or {}).get("labels"))
         inner = _inner_manifest(source, version, spec, labels, outputs, records, saved_with)
-        staged_zip = staging / "model.zip"
-        result = _write_layer_zip(source, inner, staging, staged_zip)
-        budget = _budget(build, result.unzipped_bytes, version)
-        if not budget.fits:
-            raise BudgetError(_too_big(build, budget, None))
+        if package == "store":
+            staged_zip = staging / "model.tar"
+            result = _write_archive(source, inner, staging, staged_zip)
+        else:
+            staged_zip = staging / "model.zip"
+            result = _write_layer_zip(source, inner, staging, staged_zip)
+            budget = _budget(build, result.unzipped_bytes, version)
+            if not budget.fits:
+                raise BudgetError(_too_big(build, budget, None))
         smoke = _smoke(build, staged_zip, records, labels, version, expected, say)
         layers_dir.mkdir(parents=True, exist_ok=True)
-        zip_path = layers_dir / f"model-{source.name}-v{version}.zip"
+        suffix = ".tar" if package == "store" else ".zip"
+        zip_path = layers_dir / f"model-{source.name}-v{version}{suffix}"
         manifest_path = zip_path.with_suffix(".json")
+        # One build per version: a stale archive of the other kind would be published instead.
+        zip_path.with_suffix(".zip" if package == "store" else ".tar").unlink(missing_ok=True)
         shutil.copyfile(staged_zip, zip_path)
     manifest = _build_manifest(build, inner, result, forced=bool(problems), smoke=smoke)
+    manifest["package"] = package
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-    build.notes.insert(0, budget.describe())
-    upload = upload_note(result.zip_bytes, "model layer")
-    if upload:
-        build.notes.append(upload)
+    if package == "store":
+        build.notes.insert(0, _store_note(result, smoke))
+    else:
+        build.notes.insert(0, budget.describe())
+        upload = upload_note(result.zip_bytes, "model layer")
+        if upload:
+            build.notes.append(upload)
     return ModelBuildResult(
         zip_path, manifest_path, manifest, pickles, checks, smoke, build.warnings, build.notes
     )
@@ -650,16 +676,70 @@ def _layer_modules(python: Path) -> set[str]:
     return names
 
 
-def _check_size(build: _Build, say: Progress) -> None:
-    """Refuse before anything runs when the files alone are over the budget."""
-    budget = _budget(build, build.model_bytes, None)
+def _package(build: _Build, say: Progress) -> str:
+    """ "layer" or "store": where this model goes, decided before anything runs.
+
+    ``--store layer`` refuses a model over the layer budget (with the size compress=3 would
+    give, measured); ``auto`` sends it to the S3 model store instead, saying so.
+
+    Raises:
+        BudgetError: over the layer budget with ``--store layer``, or too big even for the
+            store (Lambda's 10,240 MB of memory and of /tmp).
+    """
+    model_bytes = build.model_bytes
+    if model_bytes > STORE_LIMIT:
+        raise BudgetError(
+            f"the model's files are {mb(model_bytes)}: a Lambda function has at most 10,240 MB "
+            "of memory and of /tmp, so it cannot load this model; serve it from a container "
+            "service (ECS, SageMaker) or shrink it (fewer or shallower trees, compress=3)"
+        )
+    if build.options.store == "s3":
+        return "store"
+    budget = _budget(build, model_bytes, None)
     if budget.fits:
-        return
-    measured = None
-    if build.runnable is not None:
-        say("too big for a layer: measuring the files saved with compress=3")
-        measured = _inspect(build, say, compress=True)
-    raise BudgetError(_too_big(build, budget, measured))
+        return "layer"
+    if build.options.store == "layer":
+        measured = None
+        if build.runnable is not None:
+            say("too big for a layer: measuring the files saved with compress=3")
+            measured = _inspect(build, say, compress=True)
+        raise BudgetError(
+            _too_big(build, budget, measured)
+            + ". Or build it for the S3 model store: mlayer build-model --store s3"
+        )
+    build.warnings.append(
+        f"the model does not fit in a layer ({budget.describe()}): packaged for the S3 model "
+        "store instead. The function downloads it at init: publish it with mlayer "
+        "publish-model --bucket BUCKET (--store layer refuses instead)"
+    )
+    say("too big for a layer: packaging it for the S3 model store")
+    return "store"
+
+
+def _write_archive(
+    source: ModelSource, inner: dict[str, Any], staging: Path, staged: Path
+) -> ZipResult:
+    """The model archive of the S3 store: ``manifest.json`` and the files, an uncompressed
+    deterministic tar (docs/CONTRACTS.md)."""
+    from mlayer.archive import write_model_tar
+
+    manifest_file = staging / "manifest.json"
+    manifest_file.write_text(json.dumps(inner, indent=2, sort_keys=True) + "\n")
+    files = list(inner["files"])
+    sha256, size = write_model_tar(source.directory, files, staged, manifest=manifest_file)
+    unpacked = manifest_file.stat().st_size + sum(
+        (source.directory / name).stat().st_size for name in files
+    )
+    return ZipResult(staged, sha256, size, unpacked, len(inner["files"]) + 1)
+
+
+def _store_note(result: ZipResult, smoke: dict[str, Any]) -> str:
+    peak = smoke.get("max_memory_mb")
+    sizing = environment_size(result.zip_bytes, result.unzipped_bytes, peak)
+    return (
+        f"model archive for the S3 model store: {mb(result.zip_bytes)}; the function needs "
+        f"{sizing.describe()}"
+    )
 
 
 def _budget(build: _Build, model_bytes: int, version: int | None) -> Budget:
@@ -958,10 +1038,63 @@ def _smoke(
     return report
 
 
+def smoke_test_directory(
+    model_dir: Path,
+    *,
+    layers_dir: Path,
+    records: list[Any],
+    version: int,
+    runtime: str | None = None,
+    arch: str | None = None,
+    python: str | None = None,
+    function_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Run the real function on the dependency layer built in ``layers_dir`` with
+    ``model_dir`` as /opt/model (a model or a model set), on ``records``; its report.
+
+    Raises:
+        ConfigError: no dependency layer build.
+        SmokeTestError: no interpreter to run it here, or the function failed.
+    """
+    from mlayer.lambda_env.environment import prepare_opt
+    from mlayer.model_sandbox import memory_for, smoke_test
+
+    deps_path, deps = find_deps_manifest(layers_dir, None, runtime, arch)
+    runnable = _runnable_deps(deps_path, deps, layers_dir, python)
+    if runnable is None:
+        raise SmokeTestError(
+            f"cannot smoke-test on this machine: the dependency layer is for {deps.runtime} "
+            f"{deps.arch} and this is a {host_machine()} machine without a matching interpreter"
+        )
+    run_path, _, interpreter = runnable
+    size = sum(f.stat().st_size for f in model_dir.rglob("*") if f.is_file())
+    with tempfile.TemporaryDirectory(prefix="mlayer-smoke-") as tmp:
+        opt = Path(tmp) / "opt"
+        prepare_opt([_deps_zip(run_path)], opt)
+        shutil.copytree(model_dir, opt / "model")
+        return smoke_test(
+            function_dir=function_dir or default_function_dir(),
+            opt_dir=opt,
+            python=interpreter,
+            records=records,
+            labels=None,
+            version=version,
+            expected=None,
+            memory_mb=memory_for(size),
+        )
+
+
 def _add_model(model_zip: Path, opt_dir: Path) -> None:
-    """Unzip the model layer over an /opt that holds the deps layer (as Lambda stacks them)."""
+    """Unzip the model layer over an /opt that holds the deps layer (as Lambda stacks them);
+    a store archive goes to /opt/model, where the function finds the same files."""
     import zipfile
 
+    if model_zip.suffix == ".tar":
+        import tarfile
+
+        with tarfile.open(model_zip, "r:") as tar:
+            tar.extractall(opt_dir / "model", filter="data")
+        return
     with zipfile.ZipFile(model_zip) as archive:
         archive.extractall(opt_dir)
 

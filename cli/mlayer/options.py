@@ -28,7 +28,7 @@ bucket = click.option(
     "--bucket",
     envvar="MLAYER_BUCKET",
     metavar="NAME",
-    help="S3 bucket for zips over the 50 MiB direct-upload limit.",
+    help="S3 bucket for zips over the 50 MiB direct-upload limit, and the model store.",
 )
 role = click.option(
     "--role", envvar="MLAYER_ROLE", metavar="ARN", help="IAM role ARN the function runs as."

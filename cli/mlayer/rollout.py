@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlayer import model_store
 from mlayer.archive import Budget, BudgetPart
-from mlayer.arns import function_name
+from mlayer.arns import function_name, parse_layer_arn
 from mlayer.contracts import model_description, version_description
 from mlayer.errors import BuildError, ConfigError, NotFoundError
 from mlayer.inventory import FunctionVersion, ModelIndex, ModelRef, function_versions, model_of
@@ -34,6 +35,8 @@ from mlayer.layers import (
     check_budget_quietly,
     publish_layer,
 )
+from mlayer.model_store import StoredModel, StoreURI
+from mlayer.sizing import EnvironmentSize, environment_size, memory_problem
 
 
 @dataclass
@@ -41,7 +44,7 @@ class Rollout:
     """What publish-model did."""
 
     function: str
-    layer: PublishedLayer
+    layer: PublishedLayer | None  # None: the model went to the S3 model store (``stored``)
     old_model: ModelRef | None
     new_model: ModelRef
     layers: list[str]
@@ -54,6 +57,9 @@ class Rollout:
     alias_created: bool = False
     notes: list[str] = field(default_factory=list)
     unchanged: bool = False  # the live model already has this content: nothing was done
+    stored: StoredModel | None = None  # the archive in the S3 model store
+    size: EnvironmentSize | None = None  # what a store-backed function needs
+    environment_changes: list[str] = field(default_factory=list)  # memory / storage set
 
 
 def publish_model(
@@ -67,9 +73,15 @@ def publish_model(
     canary: float | None = None,
     bucket: str | None = None,
     progress: Callable[[int], None] | None = None,
+    memory_mb: int | None = None,
     pace: Pace = DEFAULT_PACE,
 ) -> Rollout:
     """Publish a model layer (or reuse an identical version) and roll it out.
+
+    A store build (``build.package == "store"``) goes to ``bucket`` instead, under its
+    content-addressed key, and $LATEST gets its MODEL_URI (and drops the model layer), with
+    /tmp sized for it and its memory checked against the smoke test's measured peak
+    (``memory_mb`` sets it).
 
     Relinks only the model layer of ``function`` (others keep their place), after checking
     the 5-layer limit and the 250 MB budget. With ``alias``: publishes a function version
@@ -84,7 +96,8 @@ def publish_model(
     Raises:
         NotFoundError: no such function.
         BudgetError: too many layers or over 250 MB unzipped.
-        ConfigError: a canary without an existing alias.
+        ConfigError: a canary without an existing alias; a store build without a bucket;
+            memory below the model's measured peak.
     """
     if build.kind != "model":
         raise BuildError(
@@ -92,9 +105,15 @@ def publish_model(
         )
     if canary is not None and not alias:
         raise ConfigError("--canary needs --alias: the canary is a share of the alias's traffic")
+    stored_build = build.package == "store"
+    if stored_build and not bucket:
+        raise ConfigError(
+            f"{build.zip_path.name} is packaged for the S3 model store: pass --bucket BUCKET "
+            "(an S3 bucket in the function's region the function's role may read)"
+        )
     config = get_configuration(lam, function)
     current = layer_arns(config)
-    models = ModelIndex(lam, layer_name)
+    models = ModelIndex(lam, layer_name, s3, [bucket] if bucket else [])
     current_alias = get_alias(lam, function, alias) if alias else None
     if canary is not None and current_alias is None:
         raise ConfigError(
@@ -111,6 +130,45 @@ def publish_model(
     ):
         return _unchanged(function, layer_name, build, old_model, current, config, lam, alias)
 
+    description = model_description(
+        build.name, build.version, build.sha256, build.unzipped_bytes, build.identity
+    )
+    if stored_build:
+        assert s3 is not None and bucket is not None
+        rollout = _store(
+            lam, s3, function=function, config=config, build=build, layer_name=layer_name,
+            bucket=bucket, description=description, models=models, progress=progress,
+            memory_mb=memory_mb, pace=pace,
+        )  # fmt: skip
+    else:
+        rollout = _publish_layer(
+            lam, s3, function=function, config=config, build=build, layer_name=layer_name,
+            bucket=bucket, description=description, models=models, progress=progress, pace=pace,
+        )  # fmt: skip
+    rollout.old_model = old_model
+    rollout.alias = alias
+    rollout.old_function_version = old_function_version
+    if alias:
+        _roll_alias(lam, function, alias, current_alias, canary, rollout, pace)
+    return rollout
+
+
+def _publish_layer(
+    lam: Any,
+    s3: Any | None,
+    *,
+    function: str,
+    config: dict[str, Any],
+    build: Build,
+    layer_name: str,
+    bucket: str | None,
+    description: str,
+    models: ModelIndex,
+    progress: Callable[[int], None] | None,
+    pace: Pace,
+) -> Rollout:
+    """Publish (or reuse) the model layer version and relink $LATEST to it."""
+    current = layer_arns(config)
     # Refuse before publishing anything: the new version takes the model layer's slot (any
     # ARN of that layer marks it) and adds the build's unzipped size.
     slot = f"arn:aws:lambda:{lam.meta.region_name}:000000000000:layer:{layer_name}:0"
@@ -118,15 +176,10 @@ def publish_model(
         f"layer {layer_name} (model {build.name} v{build.version})", build.unzipped_bytes
     )
     budget = check_budget(lam, config, relinked(current, slot), {slot: share})
-
-    description = model_description(
-        build.name, build.version, build.sha256, build.unzipped_bytes, build.identity
-    )
     layer = publish_layer(
         lam, s3, layer_name=layer_name, build=build, description=description,
         bucket=bucket, progress=progress, identity=build.identity,
     )  # fmt: skip
-    new_layers = relinked(current, layer.arn)
     budget.parts = [
         BudgetPart(f"layer {layer_name}:{layer.version} (model)", p.unzipped_bytes)
         if p is share
@@ -137,13 +190,11 @@ def publish_model(
     rollout = Rollout(
         function=function_name(function),
         layer=layer,
-        old_model=old_model,
+        old_model=None,
         new_model=new_model,
-        layers=new_layers,
-        relinked=new_layers != current,
+        layers=current,
+        relinked=False,
         budget=budget,
-        alias=alias,
-        old_function_version=old_function_version,
     )
     if layer.same_content:
         rollout.notes.append(
@@ -151,9 +202,77 @@ def publish_model(
             f"published before (by a publish that did not finish, or an earlier build): "
             f"reused it instead of publishing {build.name} v{build.version}"
         )
-    _relink_latest(lam, function, current, layer.arn, pace)
-    if alias:
-        _roll_alias(lam, function, alias, current_alias, canary, rollout, pace)
+    rollout.layers, rollout.relinked = _relink_latest(
+        lam, function, config, layer.arn, layer_name, pace
+    )
+    return rollout
+
+
+def _store(
+    lam: Any,
+    s3: Any,
+    *,
+    function: str,
+    config: dict[str, Any],
+    build: Build,
+    layer_name: str,
+    bucket: str,
+    description: str,
+    models: ModelIndex,
+    progress: Callable[[int], None] | None,
+    memory_mb: int | None,
+    pace: Pace,
+) -> Rollout:
+    """Upload the archive to the model store (or find it there) and point $LATEST's
+    MODEL_URI at it, sized for it, without its model layer."""
+    peak = (build.manifest.get("smoke_test") or {}).get("max_memory_mb")
+    size = environment_size(build.zip_bytes, build.unzipped_bytes, peak)
+    memory = memory_mb or int(config.get("MemorySize") or 128)
+    problem = memory_problem(size, memory)
+    notes = []
+    if problem is not None:
+        message, refuse = problem
+        if refuse:
+            raise ConfigError(message)
+        notes.append(message)
+    without_model = _without_layer(layer_arns(config), layer_name)
+    budget = check_budget(lam, config, without_model)
+    same = next(
+        (
+            r for r in models.listed()
+            if r.stored and not r.deleted and build.identity and r.identity == build.identity
+        ),
+        None,
+    )  # fmt: skip
+    if same is not None and same.stored is not None and same.sha256 != build.sha256:
+        stored = model_store.StoredModel(same.stored, None, same.created, reused=True)
+        notes.append(
+            f"{build.zip_path.name} holds the same model content as {same.label}, stored "
+            f"before (by a publish that did not finish, or an earlier build): reused it "
+            f"instead of storing {build.name} v{build.version}"
+        )
+    else:
+        stored = model_store.upload(
+            s3, bucket=bucket, layer_name=layer_name, path=build.zip_path, sha256=build.sha256,
+            size=build.zip_bytes, description=description, progress=progress,
+        )  # fmt: skip
+    locator = str(stored.uri)
+    rollout = Rollout(
+        function=function_name(function),
+        layer=None,
+        old_model=None,
+        new_model=models.ref(locator),
+        layers=without_model,
+        relinked=False,
+        budget=budget,
+        stored=stored,
+        size=size,
+        notes=notes,
+    )
+    rollout.layers, rollout.relinked = _relink_latest(
+        lam, function, config, locator, layer_name, pace, size=size, memory_mb=memory_mb,
+        changes=rollout.environment_changes,
+    )  # fmt: skip
     return rollout
 
 
@@ -186,18 +305,23 @@ def _unchanged(
     alias: str | None,
 ) -> Rollout:
     """The Rollout of a publish whose model content is already live: nothing changes."""
-    layer = PublishedLayer(
-        layer_name=layer_name,
-        arn=live.arn,
-        version=live.layer_version,
-        reused=True,
-        sha256=live.sha256 or build.sha256,
-        zip_bytes=build.zip_bytes,
-        unzipped_bytes=live.unzipped_bytes or build.unzipped_bytes,
-        description="",
-        created=live.created,
-        same_content=live.sha256 != build.sha256,
-    )
+    layer = None
+    stored = None
+    if live.stored is not None:
+        stored = model_store.StoredModel(live.stored, None, live.created, reused=True)
+    else:
+        layer = PublishedLayer(
+            layer_name=layer_name,
+            arn=live.arn,
+            version=live.layer_version or 0,
+            reused=True,
+            sha256=live.sha256 or build.sha256,
+            zip_bytes=build.zip_bytes,
+            unzipped_bytes=live.unzipped_bytes or build.unzipped_bytes,
+            description="",
+            created=live.created,
+            same_content=live.sha256 != build.sha256,
+        )
     return Rollout(
         function=function_name(function),
         layer=layer,
@@ -208,6 +332,7 @@ def _unchanged(
         budget=check_budget_quietly(lam, config),
         alias=alias,
         unchanged=True,
+        stored=stored,
     )
 
 
@@ -231,9 +356,11 @@ def _roll_alias(
         # version anyway; moto would publish a duplicate.)
         serving = get_configuration(lam, function, str(current_alias["FunctionVersion"]))
         latest = get_configuration(lam, function)
-        if serving.get("CodeSha256") == latest.get("CodeSha256") and layer_arns(
-            serving
-        ) == layer_arns(latest):
+        if (
+            serving.get("CodeSha256") == latest.get("CodeSha256")
+            and layer_arns(serving) == layer_arns(latest)
+            and _model_uri(serving) == _model_uri(latest)
+        ):
             rollout.new_function_version = str(current_alias["FunctionVersion"])
             rollout.notes.append(
                 f"alias {alias} already serves function version "
@@ -278,7 +405,9 @@ class Promotion:
     new_model: ModelRef | None
 
 
-def promote(lam: Any, *, function: str, alias: str, layer_name: str) -> Promotion:
+def promote(
+    lam: Any, *, function: str, alias: str, layer_name: str, s3: Any | None = None
+) -> Promotion:
     """Move the alias fully to its canary version and clear the routing.
 
     Raises:
@@ -298,7 +427,7 @@ def promote(lam: Any, *, function: str, alias: str, layer_name: str) -> Promotio
         )
     canary_version, weight = max(weights.items(), key=lambda kv: kv[1])
     set_alias(lam, function, alias, canary_version)
-    models = ModelIndex(lam, layer_name)
+    models = ModelIndex(lam, layer_name, s3)
     versions = {fv.version: fv for fv in function_versions(lam, function, layer_name)}
     return Promotion(
         function=function_name(function),
@@ -334,6 +463,7 @@ def rollback(
     alias: str | None = None,
     to: int | None = None,
     pace: Pace = DEFAULT_PACE,
+    s3: Any | None = None,
 ) -> Rollback:
     """Go back to the previous model version (the newest one older than the live one), or ``to``.
 
@@ -347,8 +477,9 @@ def rollback(
         ConfigError: the target layer version was deleted and no function version carries it.
     """
     config = get_configuration(lam, function)
-    models = ModelIndex(lam, layer_name)
     versions = function_versions(lam, function, layer_name)
+    buckets = [u.bucket for fv in versions if (u := StoreURI.parse(fv.model_at or ""))]
+    models = ModelIndex(lam, layer_name, s3, buckets)
     by_version = {fv.version: fv for fv in versions}
     latest = by_version["$LATEST"]
     name = function_name(function)
@@ -390,6 +521,13 @@ def rollback(
         carrier = _carrier(models, versions, target_version)
         if carrier is not None:
             return _alias_to_carrier(lam, function, alias, carrier, result, models, config, pace)
+    if not linkable and refs[0].stored is not None:
+        raise ConfigError(
+            f"model v{target_version} ({refs[0].stored.location}) was deleted from the model "
+            "store and no function version serves it; publish it again with mlayer "
+            f"publish-model layers/model-{refs[0].name or '<name>'}-v{target_version}.tar "
+            "--bucket BUCKET"
+        )
     if not linkable:
         ref = refs[0]
         raise ConfigError(
@@ -399,8 +537,12 @@ def rollback(
             f"publish-model layers/model-{ref.name or '<name>'}-v{target_version}.zip"
         )
     result.to_model = linkable[0]
-    check_budget(lam, config, relinked(layer_arns(config), result.to_model.arn))
-    result.layers = _relink_latest(lam, function, layer_arns(config), result.to_model.arn, pace)
+    target = result.to_model.arn
+    if result.to_model.stored is not None:
+        check_budget(lam, config, _without_layer(layer_arns(config), layer_name))
+    else:
+        check_budget(lam, config, relinked(layer_arns(config), target))
+    result.layers, _ = _relink_latest(lam, function, config, target, layer_name, pace)
     if alias:
         version = publish_function_version(lam, function, carries(result.to_model), pace)
         set_alias(lam, function, alias, version)
@@ -420,18 +562,25 @@ def _alias_to_carrier(
 ) -> Rollback:
     """Move the alias to ``carrier``, a function version that already carries the model
     (works even after its layer version was deleted), and relink $LATEST to match."""
-    result.to_model = models.ref(str(carrier.model_arn))
+    result.to_model = models.ref(str(carrier.model_at))
     set_alias(lam, function, alias, carrier.version)
     result.new_function_version = carrier.version
     # Keep $LATEST in step with what is live, so the next publish-version or
     # deploy-function does not roll the newer model forward again.
-    if result.to_model.deleted:
+    if result.to_model.deleted and result.to_model.stored is not None:
+        result.notes.append(
+            f"$LATEST keeps its model: {result.to_model.location} was deleted from the model "
+            "store and cannot be served anew"
+        )
+    elif result.to_model.deleted:
         result.notes.append(
             f"$LATEST keeps its model layer: layer version {result.to_model.layer_version} "
             "was deleted and cannot be linked anew"
         )
     else:
-        result.layers = _relink_latest(lam, function, layer_arns(config), result.to_model.arn, pace)
+        result.layers, _ = _relink_latest(
+            lam, function, config, result.to_model.arn, models.layer_name, pace
+        )
     return result
 
 
@@ -550,7 +699,7 @@ def _cancel_canary(
         canary_cancelled=True,
     )
     if not live.deleted:
-        result.layers = _relink_latest(lam, function, layer_arns(config), live.arn, pace)
+        result.layers, _ = _relink_latest(lam, function, config, live.arn, models.layer_name, pace)
     return result
 
 
@@ -570,14 +719,63 @@ def set_alias(
     )
 
 
-def _relink_latest(lam: Any, function: str, current: list[str], arn: str, pace: Pace) -> list[str]:
-    """Put ``arn`` in its layer's slot of $LATEST (``current``: its layers), updating the
-    function only when that changes them; returns the layers $LATEST has now.
+def _relink_latest(
+    lam: Any,
+    function: str,
+    config: dict[str, Any],
+    locator: str,
+    layer_name: str,
+    pace: Pace,
+    *,
+    size: EnvironmentSize | None = None,
+    memory_mb: int | None = None,
+    changes: list[str] | None = None,
+) -> tuple[list[str], bool]:
+    """Point $LATEST (``config``: its configuration) at the model at ``locator``, in one
+    update and only when something changes; returns its layers now and whether it changed.
 
-    Rollback and rollout keep $LATEST in step with what is live, so the next publish-model
-    or deploy-function does not roll another model forward.
+    A layer version ARN takes the model layer's slot (every other layer keeps its place) and
+    clears MODEL_URI; a MODEL_URI is set, the model layer is unlinked, and /tmp grows to
+    ``size`` (never shrinks: a user may have sized it for more). Rollback and rollout keep
+    $LATEST in step with what is live, so the next publish-model or deploy-function does not
+    roll another model forward.
     """
-    layers = relinked(current, arn)
+    current = layer_arns(config)
+    env = dict((config.get("Environment") or {}).get("Variables") or {})
+    updates: dict[str, Any] = {}
+    stored = StoreURI.parse(locator)
+    if stored is None:
+        layers = relinked(current, locator)
+        if model_store.ENV_VAR in env:
+            env.pop(model_store.ENV_VAR)
+            updates["Environment"] = {"Variables": env}
+    else:
+        layers = _without_layer(current, layer_name)
+        if env.get(model_store.ENV_VAR) != locator:
+            env[model_store.ENV_VAR] = locator
+            updates["Environment"] = {"Variables": env}
+        # A rollback knows the archive's size, not its unpacked files': about the same (tar).
+        size = size or environment_size(stored.size, stored.size, None)
+        storage = int((config.get("EphemeralStorage") or {}).get("Size") or 512)
+        if size.ephemeral_mb > storage:
+            updates["EphemeralStorage"] = {"Size": size.ephemeral_mb}
+            if changes is not None:
+                changes.append(f"/tmp {storage:,} -> {size.ephemeral_mb:,} MB")
+    if memory_mb and memory_mb != config.get("MemorySize"):
+        updates["MemorySize"] = memory_mb
+        if changes is not None:
+            changes.append(f"memory {config.get('MemorySize')} -> {memory_mb:,} MB")
     if layers != current:
-        update_configuration(lam, function, pace, Layers=layers)
-    return layers
+        updates["Layers"] = layers
+    if updates:
+        update_configuration(lam, function, pace, **updates)
+    return layers, bool(updates)
+
+
+def _without_layer(arns: list[str], layer_name: str) -> list[str]:
+    return [a for a in arns if parse_layer_arn(a).name != layer_name]
+
+
+def _model_uri(config: dict[str, Any]) -> str | None:
+    env = (config.get("Environment") or {}).get("Variables") or {}
+    return env.get(model_store.ENV_VAR)

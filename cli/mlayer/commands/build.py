@@ -343,6 +343,15 @@ def _render_deps(console: Any, result: DepsBuildResult) -> None:
     metavar="PATH",
     help="Interpreter of the deps layer's Python version for the smoke test.",
 )
+@click.option(
+    "--store",
+    type=click.Choice(("auto", "layer", "s3")),
+    default="auto",
+    show_default=True,
+    help="Where the model goes: a model layer, or an archive for the S3 model store "
+    "(layers/model-<name>-v<N>.tar, downloaded by the function at init); auto takes the "
+    "layer when the model fits Lambda's 250 MiB budget, else the store.",
+)
 @options.layers_dir
 @options.json_output
 def build_model(
@@ -361,10 +370,14 @@ def build_model(
     no_smoke_test: bool,
     function_dir: Path | None,
     python: str | None,
+    store: str,
     layers_dir: str,
     as_json: bool,
 ) -> None:
     """Build a versioned model layer (layers/model-<name>-v<N>.zip) from your model files.
+
+    A model too big for a layer (over Lambda's 250 MiB with the dependency layer) becomes
+    an archive for the S3 model store instead (layers/model-<name>-v<N>.tar; --store).
 
     PATH is a model file (.joblib, .pkl, .pickle: an estimator or a Pipeline), a directory
     in the classic layout (PreProc1_<name>.joblib, PreProc2_<name>.joblib, ...,
@@ -386,6 +399,7 @@ def build_model(
       mlayer build-model models/                         # PreProc1_m.joblib ... m.joblib
       mlayer build-model models/ --stages vec.pkl,clf.pkl --input-field review
       mlayer build-model training/out --sample records.json --version 7
+      mlayer build-model forest.joblib --store s3        # for the S3 model store
     """
     from mlayer.model_files import Overrides, parse_list
     from mlayer.model_layer import ModelBuildOptions
@@ -412,6 +426,7 @@ def build_model(
             smoke_test=not no_smoke_test,
             function_dir=function_dir,
             python=python,
+            store=store,
         ),
         progress=_progress(console, as_json),
     )
@@ -452,13 +467,20 @@ def build_model(
             f"Smoke test: {smoke['records']} records scored by the function in "
             f"{smoke['duration_ms']} ms (init {smoke['init_ms']} ms, {smoke['max_memory_mb']} MB)"
         )
-    click.echo(
-        f"Built {result.zip_path}: {manifest['name']} v{manifest['version']}, "
-        f"{_mb(manifest['unzipped_bytes'])} unzipped, {_mb(manifest['zip_bytes'])} zipped, "
-        f"sha256 {manifest['sha256'][:12]}"
-    )
+    if manifest.get("package") == "store":
+        click.echo(
+            f"Built {result.zip_path}: {manifest['name']} v{manifest['version']} for the S3 "
+            f"model store, {_mb(manifest['zip_bytes'])}, sha256 {manifest['sha256'][:12]}"
+        )
+    else:
+        click.echo(
+            f"Built {result.zip_path}: {manifest['name']} v{manifest['version']}, "
+            f"{_mb(manifest['unzipped_bytes'])} unzipped, {_mb(manifest['zip_bytes'])} zipped, "
+            f"sha256 {manifest['sha256'][:12]}"
+        )
     for i, note in enumerate(result.notes):
-        click.echo(f"Budget: {note}" if i == 0 else f"Note: {note}")
+        label = "Store" if manifest.get("package") == "store" else "Budget"
+        click.echo(f"{label}: {note}" if i == 0 else f"Note: {note}")
 
 
 def describe_input(spec: dict[str, Any]) -> str:

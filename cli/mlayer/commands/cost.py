@@ -516,7 +516,7 @@ def _render(estimate: Estimate) -> None:
             cells.append("[bold green]<- cheapest[/bold green]" if row.cheapest else "")
             rows.append(cells)
         console.print(_table(f"By memory size, batch of {first.batch_size}", headers, rows))
-    console.print(_invocation_table(best, scenario.granularity_ms))
+    console.print(_invocation_table(best, scenario.granularity_ms, scenario.storage_mb))
     console.print(_batches_table(best, scenario))
     if best.break_even:
         console.print(_break_even_table(best))
@@ -527,7 +527,7 @@ def _render(estimate: Estimate) -> None:
         console.print(f"[yellow]Note:[/yellow] {note}")
 
 
-def _invocation_table(row: MemoryCost, step_ms: int) -> Any:
+def _invocation_table(row: MemoryCost, step_ms: int, storage_mb: int = 512) -> Any:
     batch = row.first
     w = row.workload
     part = batch.per_invocation
@@ -538,6 +538,14 @@ def _invocation_table(row: MemoryCost, step_ms: int) -> Any:
                 "init",
                 usd(part.init),
                 f"{_ms(w.init_ms)} / {w.invocations_per_environment:,.4g} invocations",
+            ]
+        )
+        rows.append(
+            [
+                "one cold start",
+                usd(row.cold_start),
+                f"{_ms(w.init_ms)} at {w.memory_mb:,} MB"
+                + (f", /tmp {storage_mb:,} MB" if storage_mb > 512 else ""),
             ]
         )
     rows += [

@@ -62,6 +62,14 @@ def _destination(ctx: click.Context, param: click.Parameter, value: str | None) 
     help="Timeout (1-900 s) [default: 60 on create, else unchanged].",
 )
 @click.option(
+    "--ephemeral-storage",
+    "ephemeral_mb",
+    type=click.IntRange(512, 10_240),
+    metavar="MB",
+    help="/tmp size (512-10,240 MB; over 512 is billed) [default: 512 on create, else "
+    "unchanged, raised to what a stored model needs].",
+)
+@click.option(
     "--env",
     "environment",
     multiple=True,
@@ -85,6 +93,7 @@ def deploy_function(
     arch: str,
     memory: int | None,
     timeout: int | None,
+    ephemeral_mb: int | None,
     environment: dict[str, str],
     deps_layer: str | None,
     model_layer: str | None,
@@ -125,6 +134,8 @@ def deploy_function(
         layers_dir=Path(layers_dir),
         alias=alias,
         local_iam=settings.client("iam") if settings.is_local and not role else None,
+        ephemeral_mb=ephemeral_mb,
+        s3=settings.client("s3"),
     )
     verb = "Created" if result.created else "Updated"
     code = "new code" if result.code_changed else "code unchanged"
@@ -134,7 +145,8 @@ def deploy_function(
     )
     click.echo(
         f"  {result.runtime} {result.arch}, {result.memory_mb} MB, timeout {result.timeout_s} s, "
-        f"handler lambda_function.lambda_handler, role {result.role}"
+        f"/tmp {result.ephemeral_mb:,} MB, handler lambda_function.lambda_handler, role "
+        f"{result.role}"
     )
     if result.environment:
         env = ", ".join(f"{k}={v}" for k, v in sorted(result.environment.items()))

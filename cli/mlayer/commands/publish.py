@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mlayer import options
+from mlayer.archive import MIB
 
 
 def _layer_name(given: str | None, function: str | None, kind: str) -> str:
@@ -69,6 +70,18 @@ class _UploadProgress:
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+def _render_stored(rollout: Any) -> None:
+    stored = rollout.stored
+    verb = "Found" if stored.reused else "Stored"
+    click.echo(
+        f"{verb} {stored.uri.location} ({stored.uri.size / MIB:,.1f} MiB, sha256 "
+        f"{stored.uri.sha256[:12]}){' (already there: nothing uploaded)' if stored.reused else ''}"
+    )
+    click.echo(f"MODEL_URI={stored.uri}")
+    if rollout.size is not None:
+        click.echo(f"Environment: {rollout.size.describe()}")
 
 
 def _published_line(layer: Any) -> str:
@@ -154,6 +167,40 @@ def publish_deps(
     metavar="PCT",
     help="Route PCT% of the alias's invocations to the new version; `mlayer promote` completes it.",
 )
+@click.option(
+    "--store",
+    type=click.Choice(("auto", "layer", "s3")),
+    default="auto",
+    show_default=True,
+    help="For MODEL_DIR: a model layer, or the S3 model store (--bucket); auto takes the "
+    "store only when the model does not fit a layer.",
+)
+@click.option(
+    "--set",
+    "member",
+    metavar="NAME",
+    help="Add (or replace) model NAME in the function's model set, built from MODEL_DIR, and "
+    "publish the set as its next version (records choose their model by --set-field).",
+)
+@click.option(
+    "--set-field",
+    metavar="FIELD",
+    help="The record field naming the model that scores it (needed to start a set).",
+)
+@click.option(
+    "--set-default",
+    metavar="NAME",
+    help="The set's model for records without the field or naming no member (else they are "
+    "reported as bad).",
+)
+@click.option(
+    "--memory",
+    "memory_mb",
+    type=click.IntRange(128, 10240),
+    metavar="MB",
+    help="Set the function's memory (a stored model is checked against the peak its smoke "
+    "test measured).",
+)
 @options.runtime
 @options.arch
 @options.layers_dir
@@ -166,12 +213,17 @@ def publish_model(
     model_layer: str | None,
     alias: str | None,
     canary: float | None,
+    store: str,
+    member: str | None,
+    set_field: str | None,
+    set_default: str | None,
+    memory_mb: int | None,
     runtime: str | None,
     arch: str,
     layers_dir: str,
     bucket: str | None,
 ) -> None:
-    """Publish a model layer and roll it out to the function.
+    """Publish a model layer (or store a big model in S3) and roll it out to the function.
 
     MODEL_DIR (a training output) is built first with the build's compatibility gate and
     smoke test, as version one more than the newest built or published; a ZIP (a
@@ -189,12 +241,28 @@ def publish_model(
     With --alias: a function version is published and the alias moved to it; with
     --canary PCT the alias keeps its version and routes PCT% to the new one.
 
+    A model too big for a layer (or --store s3, or a .tar from build-model --store s3) goes
+    to the S3 model store instead: the archive is uploaded once to --bucket under its
+    sha256, the function's MODEL_URI points at it (the function downloads and verifies it
+    at init), the model layer is unlinked, /tmp is sized for it, and memory is checked
+    against the smoke test's measured peak. Rollout, canary, promote and rollback work the
+    same way.
+
     \b
     Example:
       mlayer publish-model training/out --function scorer --alias live
       mlayer publish-model layers/model-sentiment-v3.zip --alias live --canary 10
       mlayer promote --function scorer --alias live
+      mlayer publish-model forest/ --store s3 --bucket models --alias live --memory 4096
+      mlayer publish-model acme/ --set acme --set-field tenant --alias live
+
+    With --set NAME, the function serves a model set: the live set (read back from
+    --layers-dir, the layer or the store) with model NAME added or replaced by MODEL_DIR's
+    build, smoke-tested as a whole and published as the set's next version; each record is
+    scored by the model its --set-field names (or --set-default). Rollback moves the whole
+    set.
     """
+    from mlayer import model_store
     from mlayer.contracts import default_layer_name
     from mlayer.layers import build_model_for, load_build, model_builds
     from mlayer.rollout import publish_model as publish
@@ -203,7 +271,28 @@ def publish_model(
     layer_name = model_layer or default_layer_name(function, "model")
     lam = settings.client("lambda")
     layers = Path(layers_dir)
-    if source is None:
+    if member is not None:
+        from mlayer.model_set import build_set
+
+        if source is None or not Path(source).exists() or Path(source).suffix in (".zip", ".tar"):
+            raise click.UsageError(
+                "--set NAME needs MODEL_DIR (or a model file) to build NAME from"
+            )
+        change = build_set(
+            lam, settings.client("s3"), function=function, layer_name=layer_name, alias=alias,
+            member_dir=Path(source), member=member, layers_dir=layers, field_name=set_field,
+            default=set_default, store=store, bucket=bucket, runtime=runtime, arch=arch,
+            progress=lambda message: click.echo(f"  {message}"),
+        )  # fmt: skip
+        build = change.build
+        action = "replaced" if change.replaced else "added"
+        click.echo(
+            f"Set: {build.name} v{build.version} from {change.base}: {member} {action}; "
+            f"members {', '.join(change.members)}; built {build.zip_path}"
+        )
+        for note in change.notes:
+            click.echo(f"Note: {note}")
+    elif source is None:
         builds = model_builds(layers)
         if not builds:
             from mlayer.errors import NotFoundError
@@ -223,10 +312,29 @@ def publish_model(
             runtime=runtime,
             arch=arch,
             progress=lambda message: click.echo(f"  {message}"),
+            store=store,
+            stored_versions=(
+                (lambda: model_store.stored_versions(settings.client("s3"), bucket, layer_name))
+                if bucket
+                else None
+            ),
         )
-        click.echo(f"Built {build.zip_path} (model {build.name} v{build.version}).")
+        if build.package == "store":
+            click.secho(
+                f"Built {build.zip_path} (model {build.name} v{build.version}) for the S3 "
+                "model store.",
+                fg="yellow",
+                bold=True,
+            )
+        else:
+            click.echo(f"Built {build.zip_path} (model {build.name} v{build.version}).")
     else:
         build = load_build(Path(source))
+    if store == "s3" and build.package != "store":
+        raise click.UsageError(
+            f"{build.zip_path.name} is a model layer; build the model for the store with "
+            "mlayer build-model MODEL_DIR --store s3 (or pass MODEL_DIR with --store s3)"
+        )
     progress = _UploadProgress(f"Uploading {build.zip_path.name}")
     progress.total = build.zip_bytes
     try:
@@ -240,6 +348,7 @@ def publish_model(
             canary=canary,
             bucket=bucket,
             progress=progress,
+            memory_mb=memory_mb,
         )
     finally:
         progress.close()
@@ -248,19 +357,24 @@ def publish_model(
         where = f"alias {alias}" if alias else f"{rollout.function} $LATEST"
         click.echo(
             f"unchanged: {live.name} v{live.version} is live with this content ({where}, "
-            f"{rollout.layer.layer_name} version {live.layer_version}); nothing was published "
-            "or relinked."
+            f"{live.location}); nothing was published or relinked."
         )
         return
-    click.echo(_published_line(rollout.layer))
+    if rollout.stored is not None:
+        _render_stored(rollout)
+    else:
+        assert rollout.layer is not None
+        click.echo(_published_line(rollout.layer))
     old = rollout.old_model.label if rollout.old_model else "none"
     click.echo(f"Model: {old} -> {rollout.new_model.label}")
     if rollout.relinked:
         click.echo(f"Relinked {rollout.function}: layers now")
         for arn in rollout.layers:
             click.echo(f"  {arn}")
+        for changed in rollout.environment_changes:
+            click.echo(f"  {changed}")
     else:
-        click.echo(f"{rollout.function} already links {rollout.layer.arn}")
+        click.echo(f"{rollout.function} already serves {rollout.new_model.location}")
     click.echo(f"Size: {rollout.budget.describe()}")
     if rollout.alias:
         new_fv = rollout.new_function_version
@@ -305,6 +419,7 @@ def promote(
         function=function,
         alias=alias,
         layer_name=_layer_name(model_layer, function, "model"),
+        s3=settings.client("s3"),
     )
     old = result.old_model.label if result.old_model else "no model"
     new = result.new_model.label if result.new_model else "no model"
@@ -355,6 +470,7 @@ def rollback(
         layer_name=_layer_name(model_layer, function, "model"),
         alias=alias,
         to=to,
+        s3=settings.client("s3"),
     )
     old = result.from_model.label if result.from_model else "none"
     if result.canary_cancelled:
@@ -395,8 +511,10 @@ def status(
 ) -> None:
     """Show the function, its layers, the live model and where its alias routes.
 
-    The live model is the one the alias serves (with --alias), else $LATEST's. Its
-    manifest comes from a local build with the same sha256, else from the layer itself.
+    The live model is the one the alias serves (with --alias), else $LATEST's: where it
+    lives (a model layer, or an archive of the S3 model store with its key, size and
+    sha256). Its manifest comes from a local build with the same sha256, else from the
+    layer or the archive itself.
 
     \b
     Example:
@@ -414,14 +532,38 @@ def status(
         layer_name=_layer_name(model_layer, function, "model"),
         alias=alias,
         layers_dir=Path(layers_dir),
+        s3=settings.client("s3"),
     )
     if as_json:
         data = asdict(result)
         data["budget"]["total"] = result.budget.total
-        data["live_model_label"] = result.live_model.label if result.live_model else None
+        live = result.live_model
+        data["live_model_label"] = live.label if live else None
+        data["live_model_location"] = _where(live) if live else None
         _echo_json(data)
         return
     _render_status(result)
+
+
+def _where(model: Any) -> dict[str, Any]:
+    """Where a model lives, for status: a layer version or an S3 archive."""
+    stored = model.stored
+    if stored is not None:
+        return {
+            "from": "s3",
+            "at": stored.location,
+            "bytes": stored.size,
+            "sha256": stored.sha256,
+            "model_uri": str(stored),
+            "deleted": model.deleted,
+        }
+    return {
+        "from": "layer",
+        "at": model.arn,
+        "bytes": model.unzipped_bytes,
+        "sha256": model.sha256,
+        "deleted": model.deleted,
+    }
 
 
 def _render_status(s: Any) -> None:
@@ -454,8 +596,18 @@ def _render_status(s: Any) -> None:
         )
     console.print(table)
     console.print(f"Size: {s.budget.describe()}", highlight=False)
-    live = s.live_model.label if s.live_model else "no model layer linked"
+    live = s.live_model.label if s.live_model else "no model layer linked, no MODEL_URI"
     console.print(f"[bold]Live model[/] ({s.live_from}): {live}", highlight=False)
+    if s.live_model:
+        where = _where(s.live_model)
+        text = f"  from: {where['from']} {where['at']}"
+        if where.get("bytes") is not None:
+            text += f", {mb(where['bytes'])}"
+        if where.get("sha256"):
+            text += f", sha256 {where['sha256']}"
+        if s.ephemeral_mb and where["from"] == "s3":
+            text += f"; /tmp {s.ephemeral_mb:,} MB"
+        console.print(text, highlight=False)
     if s.manifest:
         m = s.manifest
         console.print(f"  manifest: {s.manifest_source}", highlight=False)
@@ -484,6 +636,7 @@ def _render_status(s: Any) -> None:
 @options.function
 @options.alias
 @options.model_layer
+@options.bucket
 @options.json_output
 @click.pass_obj
 def history(
@@ -491,11 +644,15 @@ def history(
     function: str | None,
     alias: str | None,
     model_layer: str | None,
+    bucket: str | None,
     as_json: bool,
 ) -> None:
-    """List the model layer's versions: model version, created, sha256, which is live, users.
+    """List the model's versions: where each lives (layer version or S3 archive), model
+    version, created, sha256, which is live, users.
 
-    Deleted layer versions still linked to a function version are listed too.
+    Deleted layer versions and archives still used by a function version are listed too.
+    The S3 model store is read in the buckets the function versions' MODEL_URIs name, and
+    in --bucket.
 
     \b
     Example:
@@ -515,6 +672,8 @@ def history(
         function=function,
         layer_name=_layer_name(model_layer, function, "model"),
         alias=alias,
+        s3=settings.client("s3"),
+        buckets=[bucket] if bucket else [],
     )
     if as_json:
         _echo_json(asdict(result))
@@ -526,7 +685,7 @@ def history(
         return
     table = Table(title=f"{result.layer_name}: live = {result.live_from}", title_justify="left")
     for column in (
-        "layer version",
+        "layer version / S3 archive",
         "model",
         "created",
         "sha256",
@@ -537,8 +696,9 @@ def history(
     ):
         table.add_column(column)
     for r in result.rows:
+        where = str(r.layer_version) if r.layer_version is not None else r.location
         table.add_row(
-            str(r.layer_version) + (" (deleted)" if r.deleted else ""),
+            where + (" (deleted)" if r.deleted else ""),
             f"{r.model} v{r.model_version}" if r.model_version is not None else "?",
             (r.created or "")[:19],
             (r.sha256 or "?")[:12],
@@ -560,6 +720,7 @@ def history(
     metavar="N",
     help="Always keep the newest N versions.",
 )
+@options.bucket
 @options.dry_run
 @options.json_output
 @click.pass_obj
@@ -568,13 +729,17 @@ def prune(
     function: str | None,
     model_layer: str | None,
     keep: int,
+    bucket: str | None,
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Delete old model layer versions that no function version or alias uses.
+    """Delete old model layer versions and stored archives that no function version or
+    alias uses.
 
-    The newest N versions are kept, and so is every version a function version links
-    (alias rollbacks move to those). Layer versions count against the 75 GB code storage.
+    The newest N versions are kept, and so is every version a function version links or
+    downloads (alias rollbacks move to those). Layer versions count against the 75 GB code
+    storage; archives of the S3 model store (in the buckets the function versions name, and
+    --bucket) are deleted from S3.
 
     \b
     Example:
@@ -592,6 +757,8 @@ def prune(
         layer_name=_layer_name(model_layer, function, "model"),
         keep=keep,
         dry_run=dry_run,
+        s3=settings.client("s3"),
+        buckets=[bucket] if bucket else [],
     )
     if as_json:
         _echo_json(asdict(result))
@@ -599,7 +766,8 @@ def prune(
     verb = "Would delete" if dry_run else "Deleted"
 
     def label(r: Any) -> str:
-        return f"{r.layer_version} ({r.model} v{r.model_version})"
+        where = r.layer_version if r.layer_version is not None else r.location
+        return f"{where} ({r.model} v{r.model_version})"
 
     click.echo(
         f"{verb} {len(result.deleted)} version(s) of {result.layer_name}: "

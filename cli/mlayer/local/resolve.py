@@ -63,9 +63,14 @@ class LocalFunction:
     python: str
     role: str = ""
     notes: list[str] = field(default_factory=list)
+    # A store-backed function's model manifest (MODEL_URI), read at resolve time.
+    stored_manifest: dict[str, Any] | None = None
 
     def model_metadata(self) -> dict[str, Any] | None:
-        """The model layer's manifest.json (else metadata.json) under MODEL_DIR, if any."""
+        """The model's manifest: a stored model's, else the model layer's manifest.json
+        (else metadata.json) under MODEL_DIR, if any."""
+        if self.stored_manifest is not None:
+            return self.stored_manifest
         model_dir = Path(self.environment.get("MODEL_DIR") or self.opt_dir / "model")
         for name in ("manifest.json", "metadata.json"):
             path = model_dir / name
@@ -321,8 +326,13 @@ def resolve_function(
     function_dir: Path = Path("function"),
     local_code: bool = False,
     python: str | None = None,
+    s3: Any | None = None,
 ) -> LocalFunction:
     """Everything needed to run ``function`` (at ``qualifier``) locally.
+
+    A store-backed function (MODEL_URI) downloads its model itself, from the endpoint, into
+    its own /tmp; its manifest (for sample records) comes from the archive's head through
+    ``s3``, else from a local build with the archive's sha256.
 
     Raises:
         NotFoundError: unknown function, alias, or a layer no source can provide.
@@ -404,4 +414,28 @@ def resolve_function(
         python=interpreter,
         role=str(config.get("Role") or ""),
         notes=notes,
+        stored_manifest=_stored_manifest(env, layers_dir, s3),
     )
+
+
+def _stored_manifest(
+    env: dict[str, str], layers_dir: Path, s3: Any | None
+) -> dict[str, Any] | None:
+    from mlayer import model_store
+
+    stored = model_store.StoreURI.parse(env.get(model_store.ENV_VAR, ""))
+    if stored is None:
+        return None
+    if s3 is not None:  # the archive's own manifest.json (with its examples), 1 MB away
+        inner = model_store.read_manifest(s3, stored)
+        if inner is not None:
+            return inner
+    if layers_dir.is_dir():
+        for sidecar in sorted(layers_dir.glob("model-*-v*.json")):
+            try:
+                data = json.loads(sidecar.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("sha256") == stored.sha256:
+                return data
+    return None

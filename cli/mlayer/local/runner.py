@@ -79,8 +79,8 @@ def default_event(function: LocalFunction) -> dict[str, Any]:
     meta = function.model_metadata()
     if meta is None:
         raise ConfigError(
-            f"function {function.name} has no model layer to build sample records from; "
-            "pass --event FILE"
+            f"function {function.name} has no model layer (or stored model whose manifest "
+            "can be read) to build sample records from; pass --event FILE"
         )
     return {"records": sample_records(meta, None)}
 
@@ -106,6 +106,7 @@ def invoke(
         function_dir=function_dir,
         local_code=local_code,
         python=python,
+        s3=aws.client("s3"),
     )
     payload = event if event is not None else default_event(local)
     with local.environment_for(extra_env=function_env(aws), log_path=log_path) as env:
@@ -214,6 +215,7 @@ def run_local(
         function_dir=function_dir,
         local_code=local_code,
         python=python,
+        s3=aws.client("s3"),
     )
     region = aws.session().region_name or "us-east-1"
     source: StreamSource

@@ -6,7 +6,7 @@
     python bench/model_load.py --generate-only          # build (or find) the models and stop
     python bench/model_load.py --keep-server            # leave moto_server up for another run
     python bench/model_load.py --endpoint http://127.0.0.1:PORT   # reuse it (nothing uploaded twice)
-    python bench/model_load.py --profile 420            # -X importtime and cProfile of one init
+    python bench/model_load.py --profile 420            # -X importtime and cProfile, both paths
 
 Models are fitted here on random data (10 float features, 10 classes, 20,000 rows) and kept
 in ``~/.cache/mlayer/bench-models/`` keyed by their parameters and library versions: a
@@ -23,8 +23,9 @@ statement to the first prediction of 100 rows returned:
 
 - naive: ``boto3.client("s3").download_file(bucket, key, path)`` with boto3's default
   TransferConfig, then ``joblib.load(path)``, then ``model.predict(rows)``;
-- naive, mlayer's parts: the same with the TransferConfig the model store uses, so the
-  reader can see how much of the gain is part size alone (see moto below);
+- naive@mlayer's parts: the same with the TransferConfig the model store uses for that
+  object on this endpoint (one GET: its loopback rule), so the reader can see how much of
+  the gain is part size alone (see moto below);
 - mlayer: the real function init: ``function/`` on ``sys.path``, ``MODEL_URI`` set,
   ``import lambda_function`` (it fetches, verifies, unpacks and loads at init) and then
   the handler on a direct invocation of the same 100 rows. fetch / unpack / load come
@@ -42,7 +43,11 @@ quoted in issue 12 (p50 cold starts; p99 near 30 s), for scale only.
 moto 5.x serves a ranged GET by reading the whole object and slicing it
 (``FakeKey.value`` under the key's lock, then ``_handle_range_header``), so a download in
 N parts reads the object N times, one request at a time: on loopback, part size matters
-far more than it does on S3, where a ranged GET costs its range.
+far more than it does on S3, where a ranged GET costs its range. The model store knows
+it and fetches from a loopback endpoint in one GET; boto3's default (the naive path) uses
+8 MiB parts. So "ratio" (mlayer / naive, the issue's target) is mostly moto's re-reads
+from 420 MB up, and "ratio @parts" (mlayer / naive at the same part size) is what the
+rest of mlayer's path is worth here.
 """
 
 from __future__ import annotations
@@ -346,7 +351,7 @@ FAKE_CREDENTIALS = {
 }
 
 
-def s3_client(url: str) -> Any:
+def s3_client(url: str | None) -> Any:
     import boto3
 
     session = boto3.session.Session(
@@ -410,11 +415,8 @@ MLAYER_CHILD = """\
 import time
 t0 = time.perf_counter()
 import json, sys
-function_dir, rows_path, part_bytes = sys.argv[1:4]
+function_dir, rows_path = sys.argv[1:3]
 sys.path.insert(0, function_dir)
-if part_bytes:  # the what-if: the store's part size changed before its init runs
-    import model_store
-    model_store.PART_BYTES = int(part_bytes)
 import lambda_function
 t1 = time.perf_counter()
 with open(rows_path) as handle:
@@ -428,27 +430,22 @@ print("BENCH " + json.dumps({"init": t1 - t0, "predict": t2 - t1, "total": t2 - 
 
 @dataclass(frozen=True)
 class Variant:
-    """One way to a first prediction: the naive path or mlayer's, and its part size."""
+    """One way to a first prediction: the naive path (with a TransferConfig) or mlayer's."""
 
     name: str
     path: str  # "naive" or "mlayer"
-    part_bytes: int | None = None  # None: as shipped (boto3's default, the store's own)
-    concurrency: int | None = None  # with part_bytes, for the naive path
+    transfer: dict[str, int] | None = None  # naive: TransferConfig settings; None: default
 
     def argv(self, model: BenchModel, rows_path: Path) -> list[str]:
         if self.path == "mlayer":
-            part = str(self.part_bytes or "")
-            return ["-c", MLAYER_CHILD, str(FUNCTION_DIR), str(rows_path), part]
-        config = ""
-        if self.part_bytes:
-            config = json.dumps(
-                {
-                    "multipart_threshold": self.part_bytes,
-                    "multipart_chunksize": self.part_bytes,
-                    "max_concurrency": self.concurrency or 10,
-                }
-            )
+            return ["-c", MLAYER_CHILD, str(FUNCTION_DIR), str(rows_path)]
+        config = json.dumps(self.transfer) if self.transfer else ""
         return ["-c", NAIVE_CHILD, BUCKET, model.bare_key, str(rows_path), config]
+
+
+NAIVE = Variant("naive", "naive")
+SAME_PARTS = "naive@mlayer's parts"
+MLAYER = Variant("mlayer", "mlayer")
 
 
 @dataclass
@@ -565,10 +562,7 @@ def median_trial(trials: list[Trial]) -> Trial:
     return Trial(*(statistics.median(getattr(t, name) for t in trials) for name in FIELDS))
 
 
-def render(
-    title: str, rows: list[Row], naive: Variant, mlayer: Variant, extra: Variant | None
-) -> None:
-    """One table: the naive path and mlayer's side by side, at one part-size setting."""
+def render(rows: list[Row]) -> None:
     header = [
         "model",
         "MB",
@@ -576,7 +570,8 @@ def render(
         "naive fetch",
         "load",
         "total s",
-        *([f"{extra.name} total s"] if extra else []),
+        "@mlayer's parts fetch",
+        "total s",
         "mlayer fetch",
         "(unpack)",
         "wait",
@@ -585,22 +580,24 @@ def render(
         "total s",
         "ratio",
         f"<= {TARGET_RATIO}",
+        "ratio @parts",
         "container p50 s",
     ]
     lines = []
     for row in rows:
-        plain, mine = row.medians[naive.name], row.medians[mlayer.name]
-        ratio = mine.total / plain.total
+        naive, same, mine = (row.medians[name] for name in ("naive", SAME_PARTS, "mlayer"))
+        ratio = mine.total / naive.total
         published = PUBLISHED_P50_S.get(row.model.target_mb) if row.model.family is FOREST else None
         lines.append(
             [
                 f"{row.model.family.title} {row.model.target_mb}",
                 f"{row.model.dump_bytes / 1e6:,.1f}",
                 str(row.repeats),
-                f"{plain.fetch:.2f}",
-                f"{plain.load:.2f}",
-                f"{plain.total:.2f}",
-                *([f"{row.medians[extra.name].total:.2f}"] if extra else []),
+                f"{naive.fetch:.2f}",
+                f"{naive.load:.2f}",
+                f"{naive.total:.2f}",
+                f"{same.fetch:.2f}",
+                f"{same.total:.2f}",
                 f"{mine.fetch:.2f}",
                 f"{mine.unpack:.2f}",
                 f"{mine.wait:.2f}",
@@ -609,11 +606,11 @@ def render(
                 f"{mine.total:.2f}",
                 f"{ratio:.2f}",
                 "met" if ratio <= TARGET_RATIO else "MISSED",
+                f"{mine.total / same.total:.2f}",
                 f"{published:.1f}" if published else "",
             ]
         )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    print(f"\n{title}")
     print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     for line in lines:
         print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)), flush=True)
@@ -622,25 +619,40 @@ def render(
 # -- the run -----------------------------------------------------------------------------
 
 
-def transfer_settings() -> tuple[dict[str, int], dict[str, int]]:
-    """The TransferConfig settings of boto3's default and of the function's model store."""
-    from boto3.s3.transfer import TransferConfig
+SETTINGS = ("multipart_threshold", "multipart_chunksize", "max_concurrency")
 
+
+def store_settings(size: int, url: str | None) -> dict[str, int]:
+    """The TransferConfig settings the function's model store downloads ``size`` bytes
+    with from ``url`` (None: S3 itself)."""
     sys.path.insert(0, str(FUNCTION_DIR))
     try:
         import model_store
     finally:
         sys.path.remove(str(FUNCTION_DIR))
-    names = ("multipart_threshold", "multipart_chunksize", "max_concurrency")
-    default, store = TransferConfig(), model_store._transfer_config()
-    return {n: getattr(default, n) for n in names}, {n: getattr(store, n) for n in names}
+    config = model_store._transfer_config(size, s3_client(url))
+    return {name: getattr(config, name) for name in SETTINGS}
 
 
-def describe_config(settings: dict[str, int]) -> str:
+def describe(settings: dict[str, int], size: int | None = None) -> str:
+    if size is not None and settings["multipart_threshold"] > size:
+        return "one GET"
     return (
-        f"parts of {settings['multipart_chunksize'] / MIB:g} MiB above "
-        f"{settings['multipart_threshold'] / MIB:g} MiB, {settings['max_concurrency']} threads"
+        f"parts of {settings['multipart_chunksize'] / MIB:g} MiB over "
+        f"{settings['max_concurrency']} threads (objects over "
+        f"{settings['multipart_threshold'] / MIB:g} MiB)"
     )
+
+
+def variants_for(model: BenchModel, url: str) -> list[Variant]:
+    """naive, the naive path at the store's part size for this object here, and mlayer."""
+    from boto3.s3.transfer import TransferConfig
+
+    default = TransferConfig()
+    same = store_settings(model.archive_bytes, url)
+    if same == {name: getattr(default, name) for name in SETTINGS}:
+        same = {}  # the same as naive's: run it all the same, it is a fair pair
+    return [NAIVE, Variant(SAME_PARTS, "naive", same or None), MLAYER]
 
 
 def write_rows(path: Path) -> None:
@@ -677,7 +689,6 @@ def endpoint(given: str | None, keep: bool, say: Callable[[str], None]) -> Itera
 
 def measure(
     model: BenchModel,
-    variants: list[Variant],
     repeats: int,
     url: str,
     scratch: Path,
@@ -685,6 +696,7 @@ def measure(
     say: Callable[[str], None],
 ) -> Row:
     """``repeats`` rounds of one cold start per variant, their order rotating each round."""
+    variants = variants_for(model, url)
     trials: dict[str, list[Trial]] = {variant.name: [] for variant in variants}
     for repeat in range(repeats):
         shift = repeat % len(variants)
@@ -698,43 +710,49 @@ def measure(
     return Row(model, {name: median_trial(t) for name, t in trials.items()}, repeats)
 
 
-def profile(model: BenchModel, url: str, scratch: Path, rows_path: Path, variant: Variant) -> None:
-    """One mlayer cold start under ``-X importtime``, then one under cProfile."""
+def profile(model: BenchModel, url: str, scratch: Path, rows_path: Path) -> None:
+    """A cold start of each path under ``-X importtime``, then under cProfile."""
     import pstats
 
-    _, done = run_trial(variant, model, url, scratch, rows_path, ("-X", "importtime"))
-    packages: dict[str, int] = {}
-    for line in done.stderr.splitlines():
-        fields = line.removeprefix("import time:").split("|")
-        if len(fields) == 3 and fields[1].strip().isdigit():
-            name = fields[2].strip()
-            if "." not in name:  # a package's first import holds all of its own
-                packages[name] = max(packages.get(name, 0), int(fields[1]))
-    print(
-        f"{variant.name} init of {model.name}: the slowest packages to import, cumulative "
-        "(-X importtime; they nest: scikit-learn's includes scipy's and pandas')"
-    )
-    for name, micros in sorted(packages.items(), key=lambda item: -item[1])[:12]:
-        print(f"{micros / 1e6:>8.3f} s  {name}")
-    print(json.dumps(_log_entry(done.stdout, "model loaded").get("store")))
-    script = scratch / "init.py"
-    script.write_text(MLAYER_CHILD)
-    stats = scratch / "init.prof"
-    tmpdir = Path(tempfile.mkdtemp(dir=scratch))
-    env = {**child_env(url, tmpdir), "MODEL_URI": model_uri(model)}
-    subprocess.run(
-        [
-            sys.executable,
-            *("-m", "cProfile", "-o", str(stats), str(script)),
-            *variant.argv(model, rows_path)[2:],
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    print("\ncProfile of the same init (main thread; the fetch runs in its own thread)")
-    pstats.Stats(str(stats)).sort_stats("cumulative").print_stats(25)
-    pstats.Stats(str(stats)).sort_stats("tottime").print_stats(12)
+    for variant in (NAIVE, MLAYER):
+        trial, done = run_trial(variant, model, url, scratch, rows_path, ("-X", "importtime"))
+        packages: dict[str, int] = {}
+        for line in done.stderr.splitlines():
+            fields = line.removeprefix("import time:").split("|")
+            if len(fields) == 3 and fields[1].strip().isdigit():
+                name = fields[2].strip()
+                if "." not in name:  # a package's first import holds all of its own
+                    packages[name] = max(packages.get(name, 0), int(fields[1]))
+        print(f"\n== {variant.name} cold start of {model.name}: {trial}")
+        if variant is MLAYER:
+            print(json.dumps(_log_entry(done.stdout, "model loaded").get("store")))
+        print(
+            "the slowest packages to import, cumulative (-X importtime; they nest: "
+            "scikit-learn's includes scipy's and pandas')"
+        )
+        for name, micros in sorted(packages.items(), key=lambda item: -item[1])[:10]:
+            print(f"{micros / 1e6:>8.3f} s  {name}")
+        script = scratch / f"{variant.path}.py"
+        script.write_text(variant.argv(model, rows_path)[1])
+        stats = scratch / f"{variant.path}.prof"
+        tmpdir = Path(tempfile.mkdtemp(dir=scratch))
+        env = child_env(url, tmpdir)
+        if variant is MLAYER:
+            env["MODEL_URI"] = model_uri(model)
+        subprocess.run(
+            [
+                sys.executable,
+                *("-m", "cProfile", "-o", str(stats), str(script)),
+                *variant.argv(model, rows_path)[2:],
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        print(f"cProfile of another {variant.name} cold start (main thread only)")
+        pstats.Stats(str(stats)).sort_stats("cumulative").print_stats(20)
+        pstats.Stats(str(stats)).sort_stats("tottime").print_stats(10)
 
 
 def _sizes(text: str) -> list[int]:
@@ -760,18 +778,11 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, help="rounds per size (default: 5 up to 140 MB, 3, 2 at 1 GB)"
     )
-    parser.add_argument(
-        "--parts-mib",
-        type=int,
-        default=1024,
-        help="the what-if table's part size, both paths (default 1024: one GET per object "
-        "here); 0: no what-if table",
-    )
     parser.add_argument("--endpoint", help="a running moto_server (one --keep-server left)")
     parser.add_argument("--keep-server", action="store_true", help="leave moto_server running")
     parser.add_argument("--generate-only", action="store_true", help="build the models, stop")
     parser.add_argument(
-        "--profile", type=int, metavar="MB", help="profile one mlayer init (as shipped) instead"
+        "--profile", type=int, metavar="MB", help="profile one cold start of each path instead"
     )
     args = parser.parse_args()
 
@@ -795,30 +806,6 @@ def main() -> None:
             )
         return
 
-    default, store = transfer_settings()
-    naive, mlayer = Variant("naive", "naive"), Variant("mlayer", "mlayer")
-    # The naive path at the store's part size, when that is not boto3's default already.
-    same_parts = (
-        None
-        if store == default
-        else Variant(
-            "naive@mlayer parts",
-            "naive",
-            store["multipart_chunksize"],
-            store["max_concurrency"],
-        )
-    )
-    big = args.parts_mib * MIB
-    what_if = (
-        (
-            Variant(f"naive@{args.parts_mib}MiB", "naive", big, store["max_concurrency"]),
-            Variant(f"mlayer@{args.parts_mib}MiB", "mlayer", big),
-        )
-        if args.parts_mib
-        else ()
-    )
-    variants = [naive, *([same_parts] if same_parts else []), mlayer, *what_if]
-
     with (
         tempfile.TemporaryDirectory(prefix="mlayer-bench-load-") as tmp,
         endpoint(args.endpoint, args.keep_server, say) as url,
@@ -828,13 +815,14 @@ def main() -> None:
         write_rows(rows_path)
         upload(s3_client(url), models, say)
         if args.profile:
-            profile(models[0], url, scratch, rows_path, mlayer)
+            profile(models[0], url, scratch, rows_path)
             return
         import boto3
         import joblib
         import moto
         import s3transfer
         import sklearn
+        from boto3.s3.transfer import TransferConfig
 
         print(
             f"python {sys.version.split()[0]}, scikit-learn {sklearn.__version__}, joblib "
@@ -843,14 +831,24 @@ def main() -> None:
             f"(shared), moto_server on loopback, OMP_NUM_THREADS="
             f"{os.environ.get('OMP_NUM_THREADS', '1')} in the trials"
         )
-        print(f"naive: boto3's default TransferConfig: {describe_config(default)}")
-        print(f"mlayer: the model store's TransferConfig: {describe_config(store)}")
-        if same_parts is None:
-            print("  (the same: the naive column is also the naive path at mlayer's part size)")
+        default = TransferConfig()
+        print(
+            "naive: boto3's default TransferConfig: "
+            + describe({name: getattr(default, name) for name in SETTINGS})
+        )
+        largest = max(model.archive_bytes for model in models)
+        print(
+            f"mlayer (function/model_store.py) on S3: {describe(store_settings(largest, None))};"
+            f" on this loopback endpoint: {describe(store_settings(largest, url), largest)} "
+            "at every size (its loopback rule)"
+        )
+        print(
+            f"{SAME_PARTS}: the naive path with the TransferConfig the store uses here, so "
+            "'ratio @parts' is what the rest of mlayer's path is worth"
+        )
         rows = [
             measure(
                 model,
-                variants,
                 args.repeats or _default_repeats(model.target_mb),
                 url,
                 scratch,
@@ -861,46 +859,31 @@ def main() -> None:
         ]
         print(
             f"\nmedian seconds from a fresh process's first statement to its first prediction "
-            f"of {ROWS} rows; n = rounds (each variant once a round, paired)"
+            f"of {ROWS} rows; n = rounds (each variant once a round, in rotating order)"
         )
-        render(
-            "as shipped: naive (boto3's default) vs mlayer (the model store's TransferConfig)",
-            rows,
-            naive,
-            mlayer,
-            same_parts,
-        )
-        if what_if:
-            render(
-                f"what-if, both at parts of {args.parts_mib} MiB "
-                f"({'one GET per object here' if big >= max(m.archive_bytes for m in models) else 'fewer GETs'}):"
-                " moto's re-reads mostly out of the way, not what mlayer ships",
-                rows,
-                what_if[0],
-                what_if[1],
-                None,
-            )
+        render(rows)
     print(NOTES.format(p99=PUBLISHED_P99_S))
     say(f"bench took {time.perf_counter() - started:.0f} s")
 
 
 NOTES = """
-- columns: fetch = download (naive: including import boto3; mlayer: the store's fetch_ms, with
-  unpacking and hashing overlapped in it; (unpack) = the unpacker's own share of it); wait =
-  how long mlayer's init waited for the fetch after importing numpy / scikit-learn beside it;
-  load = joblib.load (naive: including import joblib and scikit-learn; mlayer: model.load()
-  of the unpacked directory); predict = the first prediction (naive: model.predict on an
-  array; mlayer: the handler on a direct invocation: decoding, predict and predict_proba, the
-  response); total = the child's own clock, first statement to the prediction returned.
-- loopback is not Lambda's network: moto_server here has no bandwidth cap per connection and
-  no first-byte latency; TMPDIR is this machine's disk, not Lambda's /tmp; the page cache is
-  warm after the first trial (moto keeps each object in a temporary file of its own and
-  reads it back from memory).
+- fetch: the download (naive: including import boto3; mlayer: the store's fetch_ms, with
+  unpacking and hashing overlapped in it; (unpack): the unpacker's own share of it). wait:
+  how long mlayer's init waited for the fetch after importing numpy and scikit-learn beside
+  it. load: joblib.load (naive: including import joblib and scikit-learn; mlayer:
+  model.load() of the unpacked directory, memory-mapped from 32 MiB). predict: the first
+  prediction (naive: model.predict on an array; mlayer: the handler on a direct invocation:
+  decoding, predict and predict_proba, the response). total: the child's own clock.
 - moto reads the whole object for every ranged GET (FakeKey.value under the key's lock, then
   sliced in _handle_range_header): N parts read it N times, one request at a time, so on
-  loopback the fetch grows with size x parts, while on S3 a ranged GET costs its range and
-  parallel parts add bandwidth. The what-if table takes that away to show what the rest of
-  mlayer's path is worth; it is not a recommendation for S3.
+  loopback the naive path's 8 MiB parts grow with size x parts, and the store downloads in
+  one GET instead. On S3 a ranged GET costs its range and parallel parts add bandwidth: the
+  'ratio' column is mostly moto's re-reads at 420 MB and up; 'ratio @parts' is the pair to
+  read for what mlayer's path itself is worth here.
+- loopback is not Lambda's network: moto_server has no bandwidth cap per connection and no
+  first-byte latency, and moving the bytes costs CPU on the same 2 cores the init imports
+  on; TMPDIR is this machine's disk, not Lambda's /tmp; the page cache is warm after the
+  first trial (moto keeps each object in a temporary file of its own).
 - container p50: cold starts of models in Lambda container images as quoted in issue 12 (p99
   near {p99:.0f} s), measured on Lambda, not here: for scale only.
 """

@@ -17,6 +17,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -563,6 +564,41 @@ def test_too_big_for_a_layer_goes_to_the_store_or_is_refused_with_the_compressed
     ), proc.stdout
     with tarfile.open(archive) as tar:
         assert tar.getnames() == ["manifest.json", "big.joblib"]
+    # and it rolls out through S3: publish-model stores it and points MODEL_URI at it, and
+    # the function's init fetches, verifies and loads it, predicting as the model does
+    _rolls_out_through_s3(archive, model, features[:50])
+
+
+def _rolls_out_through_s3(archive: Path, model: Any, rows: np.ndarray) -> None:
+    import boto3
+    from click.testing import CliRunner
+    from fake_layers import create_function
+    from moto import mock_aws
+
+    from mlayer.cli import cli
+
+    with mock_aws():
+        lam = boto3.client("lambda", region_name="us-east-1")
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="models")
+        create_function(lam, boto3.client("iam", region_name="us-east-1"))
+        published = CliRunner().invoke(
+            cli,
+            ["publish-model", str(archive), "--function", "scorer", "--bucket", "models",
+             "--memory", "1024", "--alias", "live"],
+        )  # fmt: skip
+        assert published.exit_code == 0, published.output
+        config = lam.get_function_configuration(FunctionName="scorer", Qualifier="live")
+        uri = config["Environment"]["Variables"]["MODEL_URI"]
+        import model as function_model
+        import model_store
+
+        with tempfile.TemporaryDirectory() as tmp:
+            fetched = model_store.fetch(uri, Path(tmp), client=s3)
+            served = function_model.load(fetched.directory)
+            assert served.version == 1
+            labels = served.predict([list(map(float, row)) for row in rows]).labels
+    assert labels == model.predict(rows).tolist()
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,8 @@ import gc
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 import model_set
@@ -187,8 +188,7 @@ def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
 def _handle(event: Any, context: Any) -> dict[str, Any]:
     global _cold_start
     cold_start, _cold_start = _cold_start, False
-    environ = os.environ
-    models = model_set.find(environ)
+    models = model_set.find(os.environ)
     if models is not None:
         return _handle_set(event, context, models, cold_start)
     model = _model()
@@ -199,62 +199,21 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
     result = model.predict(batch.inputs)
     predicted = time.perf_counter()
 
-    name, version = model.name, model.version
-    predictions = [
-        {
-            "record_id": record_id,
-            "sequence_number": sequence_number,
-            "label": label,
-            "probability": probability,
-            "model": name,
-            "model_version": version,
-        }
-        for record_id, sequence_number, label, probability in zip(
-            batch.record_ids,
-            batch.sequence_numbers,
-            result.labels,
-            result.probabilities,
-            strict=True,
-        )
-    ]
-    # event index -> itemIdentifier of every record Lambda must retry
-    failed: dict[int, str] = {}
-    dead_lettered = _deliver(batch, predictions, model, environ, context, failed)
-    written = time.perf_counter()
-
-    counts = {
-        "received": batch.received,
-        "predicted": len(predictions),
-        "skipped": len(batch.skipped),
-        "dead_lettered": dead_lettered,
-        "failed": len(failed),
+    name = model.name
+    timings = {
+        "decode_ms": round((decoded - started) * 1000, 3),
+        "predict_ms": round((predicted - decoded) * 1000, 3),
     }
-    _log(
-        {
-            "message": "batch",
-            "source": batch.source,
-            "counts": counts,
-            "decode_ms": round((decoded - started) * 1000, 3),
-            "predict_ms": round((predicted - decoded) * 1000, 3),
-            "write_ms": round((written - predicted) * 1000, 3),
-            "model": name,
-            "model_version": version,
-            "cold_start": cold_start,
-            "request_id": getattr(context, "aws_request_id", None),
-        }
-    )
-    return {
-        "batchItemFailures": [{"itemIdentifier": failed[index]} for index in sorted(failed)],
-        "predictions": predictions,
-        "counts": counts,
-    }
+    return _finish(
+        batch, result.labels, result.probabilities, repeat(name, len(result.labels)),
+        model, context, predicted, cold_start, timings, {"model": name},
+    )  # fmt: skip
 
 
 def _handle_set(event: Any, context: Any, models: ModelSet, cold_start: bool) -> dict[str, Any]:
     """``_handle`` for a model set: each record scored by the member it names."""
     if models is not _announced_set:
         _announce_set(models)
-    environ = os.environ
     scored = model_set.score(event, models)
     predicted = time.perf_counter()
     for load in scored.loads:
@@ -262,27 +221,65 @@ def _handle_set(event: Any, context: Any, models: ModelSet, cold_start: bool) ->
     for member, error in scored.load_errors.items():
         _log_load_failed(models, member, error)
 
-    batch, version = scored.batch, models.version
+    timings = {
+        "decode_ms": scored.decode_ms,
+        "predict_ms": scored.predict_ms,
+        "load_ms": scored.load_ms,
+    }
+    described = {
+        "model": models.name,
+        "models": scored.per_model,
+        "defaulted": scored.defaulted,
+        "unrouted": scored.unrouted,
+        "loads": len(scored.loads),
+        "evictions": scored.evictions,
+        "cached": len(models.cached()),
+        "cache_bytes": models.cached_bytes,
+        "cache_budget_bytes": models.budget_bytes,
+    }
+    return _finish(
+        scored.batch, scored.labels, scored.probabilities, scored.members, models, context,
+        predicted, cold_start, timings, described,
+    )  # fmt: skip
+
+
+def _finish(
+    batch: Batch,
+    labels: list[Any],
+    probabilities: list[float | None],
+    scored_by: Iterable[str],
+    owner: Model | ModelSet,
+    context: Any,
+    predicted: float,
+    cold_start: bool,
+    timings: dict[str, Any],
+    described: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the predictions (``scored_by``: the model of each) and the dead letters, log
+    the batch line (``timings`` and ``described``: its timing and model fields) and build
+    the response, for a single model and a set alike."""
+    version = owner.version
     predictions = [
         {
             "record_id": record_id,
             "sequence_number": sequence_number,
             "label": label,
             "probability": probability,
-            "model": member,
+            "model": model_name,
             "model_version": version,
         }
-        for record_id, sequence_number, label, probability, member in zip(
+        for record_id, sequence_number, label, probability, model_name in zip(
             batch.record_ids,
             batch.sequence_numbers,
-            scored.labels,
-            scored.probabilities,
-            scored.members,
+            labels,
+            probabilities,
+            scored_by,
             strict=True,
         )
     ]
+    # event index -> itemIdentifier of every record Lambda must retry
     failed: dict[int, str] = {}
-    dead_lettered = _deliver(batch, predictions, models, environ, context, failed)
+    dead_lettered = _deliver(batch, predictions, owner, os.environ, context, failed)
     written = time.perf_counter()
 
     counts = {
@@ -297,20 +294,10 @@ def _handle_set(event: Any, context: Any, models: ModelSet, cold_start: bool) ->
             "message": "batch",
             "source": batch.source,
             "counts": counts,
-            "decode_ms": scored.decode_ms,
-            "predict_ms": scored.predict_ms,
-            "load_ms": scored.load_ms,
+            **timings,
             "write_ms": round((written - predicted) * 1000, 3),
-            "model": models.name,
+            **described,
             "model_version": version,
-            "models": scored.per_model,
-            "defaulted": scored.defaulted,
-            "unrouted": scored.unrouted,
-            "loads": len(scored.loads),
-            "evictions": scored.evictions,
-            "cached": len(models.cached()),
-            "cache_bytes": models.cached_bytes,
-            "cache_budget_bytes": models.budget_bytes,
             "cold_start": cold_start,
             "request_id": getattr(context, "aws_request_id", None),
         }

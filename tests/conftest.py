@@ -3,6 +3,7 @@ layers directory and the published-deps-layer function the rollback / status tes
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from build_cache import shared_build_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,8 +130,15 @@ def numeric_model_dir(request: pytest.FixtureRequest) -> Path:
 
 
 def _build_deps(factory: pytest.TempPathFactory, requirements: Path, name: str) -> Path:
-    cache = factory.getbasetemp() / "mlayer-build-cache"
+    # A lock lets the first xdist worker build while the others wait and reuse its build.
+    cache = shared_build_cache(factory)
     layers = factory.mktemp(name)
+    with open(cache / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _run_build_deps(requirements, layers, cache)
+
+
+def _run_build_deps(requirements: Path, layers: Path, cache: Path) -> Path:
     proc = subprocess.run(
         [sys.executable, "-c", "from mlayer.cli import main; main()", "build-deps", "-r",
          str(requirements), "--runtime", "python3.11", "--layers-dir", str(layers),

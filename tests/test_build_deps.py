@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from build_cache import shared_build_cache
 from click.testing import CliRunner
 
 from mlayer.build_pip import PIP_VERSION
@@ -81,9 +82,7 @@ def build(
 def build_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One build cache for the session (a fresh one: the first build is a real build);
     test_build_model.py uses the same folder, so the layer is built once."""
-    cache = tmp_path_factory.getbasetemp() / "mlayer-build-cache"
-    cache.mkdir(exist_ok=True)
-    return cache
+    return shared_build_cache(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from build_cache import shared_build_cache
 from test_build_deps import _no_python_env, _unzip, _wheel_tags
 
 from mlayer.build_pip import PIP_MINIMUM, PIP_VERSION, ensure_pip, pip_home
@@ -118,7 +119,7 @@ def deps313(
 ) -> dict[str, Any]:
     """The python3.13 x86_64 layer of the current pins, built from the pip-23.2 venv."""
     tmp = tmp_path_factory.mktemp("deps313")
-    cache = tmp_path_factory.getbasetemp() / "mlayer-build-cache"
+    cache = shared_build_cache(tmp_path_factory)
     result = _build(user_python, tmp, cache, "--arch", "x86_64", "--python", str(bare313))
     result["tmp"], result["cache"] = tmp, cache
     return result
@@ -221,7 +222,7 @@ def model313(
         venv = tmp_path_factory.mktemp("train313") / "venv"
         subprocess.run([python313, "-m", "venv", "--without-pip", str(venv)], check=True)
         python = str(venv / "bin" / "python")
-        pip = ensure_pip(tmp_path_factory.getbasetemp() / "mlayer-build-cache", python)
+        pip = ensure_pip(shared_build_cache(tmp_path_factory), python)
         install = subprocess.run(
             [*pip.command(), "install", "-q", "--disable-pip-version-check", "--no-compile",
              "--only-binary=:all:", "-r", str(CURRENT)],
@@ -306,7 +307,7 @@ def test_python313_arm64_cross_build_runs_mlayers_pip_with_the_users_python(
     # given no Python 3.13 to be found: the venv's Python 3.11 (pip 23.2) must run pip
     tmp = tmp_path_factory.mktemp("deps313-arm64")
     env = _no_python_env(tmp, "3.13")
-    cache = tmp_path_factory.getbasetemp() / "mlayer-build-cache"
+    cache = shared_build_cache(tmp_path_factory)
     # when cross building the current pins for python3.13 arm64
     result = _build(user_python, tmp, cache, "--arch", "arm64", env=env)
     # then mlayer's pip installed them (the venv's own pip would have refused numpy 2.5.5)

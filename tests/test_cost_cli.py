@@ -46,7 +46,8 @@ PUBLISHED = [
 
 
 def run(*args: str) -> Any:
-    return CliRunner().invoke(cli, list(args))
+    # A fixed width: rich wraps tables to the terminal's, and a test worker has none.
+    return CliRunner().invoke(cli, list(args), env={"COLUMNS": "200"})
 
 
 def run_json(*args: str) -> dict[str, Any]:

@@ -32,6 +32,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -562,12 +563,23 @@ def _warn_about_bytecode(
 def _remember(
     cache_entry: Path, staged: Path, manifest: DepsManifest, report: dict[str, Any]
 ) -> None:
-    """Keep the build in the cache (--no-cache skips reusing a build, not remembering it)."""
+    """Keep the build in the cache (--no-cache skips reusing a build, not remembering it).
+
+    Each file is written under a private name and renamed into place, so two builds of the
+    same inputs at once (two terminals, parallel test workers) never leave a reader a
+    half-written file; report.json comes last: its presence marks a complete entry.
+    """
     cache_entry.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(staged, cache_entry / "layer.zip")
-    manifest.write(cache_entry / "manifest.json")
-    # report.json last: its presence marks a complete entry
-    (cache_entry / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    private = f".{os.getpid()}-{threading.get_ident()}"
+    zip_tmp = cache_entry / f"layer.zip{private}"
+    shutil.copyfile(staged, zip_tmp)
+    os.replace(zip_tmp, cache_entry / "layer.zip")
+    manifest_tmp = cache_entry / f"manifest.json{private}"
+    manifest.write(manifest_tmp)
+    os.replace(manifest_tmp, cache_entry / "manifest.json")
+    report_tmp = cache_entry / f"report.json{private}"
+    report_tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(report_tmp, cache_entry / "report.json")
 
 
 def _budget_report(budget: Budget) -> dict[str, Any]:

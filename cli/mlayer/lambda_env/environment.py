@@ -384,6 +384,10 @@ class LambdaEnvironment:
         else:
             dispatched = server.dispatched_at(request_id) or queued
             duration_ms = (time.perf_counter() - dispatched) * 1000.0
+            if status == "timeout":
+                # The deadline ran from before the dispatch; Lambda reports a timed-out
+                # invocation as lasting its whole timeout, never less.
+                duration_ms = max(duration_ms, self.timeout_s * 1000.0)
             error = self._failure(status, request_id, phase="invoke", limit=self.timeout_s)
             extra_log = _error_log(error, request_id=request_id)
         peak = self._peak_mb(proc.pid)

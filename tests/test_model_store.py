@@ -208,6 +208,27 @@ def test_start_fetch_runs_in_the_background(store: Store, numeric_model_dir: Pat
     assert pending.result() is result
 
 
+def test_an_interrupt_goes_through_and_leaves_nothing(
+    store: Store, text_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a download interrupted (a signal in the fetching thread) after its first bytes
+    uri = store.publish(text_model_dir)
+    parsed = parse_uri(uri)
+    archive = store.client.get_object(Bucket=BUCKET, Key=parsed.key)["Body"].read()
+    client = boto3.client("s3", region_name="us-east-1")
+
+    def interrupted(bucket: str, key: str, fileobj: Any, **kwargs: Any) -> None:
+        fileobj.write(archive[:1536])  # manifest.json's header and part of its bytes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "download_fileobj", interrupted)
+    # when it is fetched: the interrupt itself comes out, not a ModelLoadError
+    with pytest.raises(KeyboardInterrupt):
+        fetch(uri, store.root, client=client)
+    # and the half-unpacked staging directory is gone
+    assert store.leftovers() == []
+
+
 def test_tampered_object_is_refused_and_removed(store: Store, text_model_dir: Path) -> None:
     # given the archive published, then changed in place (same size, one byte flipped)
     uri = store.publish(text_model_dir)

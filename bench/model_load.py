@@ -620,7 +620,13 @@ def render(rows: list[Row]) -> None:
 # -- the run -----------------------------------------------------------------------------
 
 
-SETTINGS = ("multipart_threshold", "multipart_chunksize", "max_concurrency")
+SETTINGS = (
+    "multipart_threshold",
+    "multipart_chunksize",
+    "max_concurrency",
+    "io_chunksize",
+    "max_io_queue",
+)
 
 
 def store_settings(size: int, url: str | None) -> dict[str, int]:
@@ -631,7 +637,7 @@ def store_settings(size: int, url: str | None) -> dict[str, int]:
         import model_store
     finally:
         sys.path.remove(str(FUNCTION_DIR))
-    config = model_store._transfer_config(size, s3_client(url))
+    config = model_store.transfer_config(size, s3_client(url))
     return {name: getattr(config, name) for name in SETTINGS}
 
 

@@ -208,6 +208,27 @@ def test_start_fetch_runs_in_the_background(store: Store, numeric_model_dir: Pat
     assert pending.result() is result
 
 
+def test_an_interrupt_goes_through_and_leaves_nothing(
+    store: Store, text_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # given a download interrupted (a signal in the fetching thread) after its first bytes
+    uri = store.publish(text_model_dir)
+    parsed = parse_uri(uri)
+    archive = store.client.get_object(Bucket=BUCKET, Key=parsed.key)["Body"].read()
+    client = boto3.client("s3", region_name="us-east-1")
+
+    def interrupted(bucket: str, key: str, fileobj: Any, **kwargs: Any) -> None:
+        fileobj.write(archive[:1536])  # manifest.json's header and part of its bytes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "download_fileobj", interrupted)
+    # when it is fetched: the interrupt itself comes out, not a ModelLoadError
+    with pytest.raises(KeyboardInterrupt):
+        fetch(uri, store.root, client=client)
+    # and the half-unpacked staging directory is gone
+    assert store.leftovers() == []
+
+
 def test_tampered_object_is_refused_and_removed(store: Store, text_model_dir: Path) -> None:
     # given the archive published, then changed in place (same size, one byte flipped)
     uri = store.publish(text_model_dir)
@@ -389,8 +410,14 @@ def _special(name: str, kind: bytes, linkname: str = "") -> Callable[[tarfile.Ta
             _special("pipe", tarfile.FIFOTYPE),
             "member 'pipe' that is a device, FIFO or other special file",
         ),
+        (_special("tenant-a", tarfile.DIRTYPE), "member 'tenant-a/' that is a directory entry"),
+        (
+            _file("models/" * 20 + "../" * 21 + "evil.txt"),  # a pax path: over 100 bytes
+            f"member {'models/' * 20 + '../' * 21 + 'evil.txt'!r} that climbs out of its "
+            "directory ('..')",
+        ),
     ],
-    ids=["dotdot", "absolute", "symlink", "hardlink", "device", "fifo"],
+    ids=["dotdot", "absolute", "symlink", "hardlink", "device", "fifo", "directory", "pax-dotdot"],
 )
 def test_unsafe_member_is_refused(
     store: Store, tmp_path: Path, add: Callable[[tarfile.TarFile], None], problem: str
@@ -409,10 +436,55 @@ def test_unsafe_member_is_refused(
     assert not (tmp_path / "evil.txt").exists()
 
 
-def test_not_a_tar_with_the_right_hash(store: Store) -> None:
-    uri = store.put("mlayer/m/junk.tar", b"not a tar archive at all" * 1000)
-    with pytest.raises(ModelLoadError, match=r"^cannot unpack s3://.*junk\.tar into .*ReadError"):
+def test_an_unsafe_member_in_a_tampered_object_is_a_hash_error(store: Store) -> None:
+    # given an archive with a symlink, and a MODEL_URI naming other bytes of the same size
+    data = _bad_tar(_special("passwd", tarfile.SYMTYPE, "/etc/passwd"))
+    key = "mlayer/m/bad.tar"
+    store.put(key, data)
+    # when it is fetched: unpacking stopped at the link, the rest was still hashed, and the
+    # hash (the object is not what was published) is the reason given
+    with pytest.raises(ModelLoadError, match=r"^the object .* has sha256 .* but MODEL_URI expects"):
+        fetch(_uri(key, "1" * 64, len(data)), store.root)
+    assert store.leftovers() == []
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (
+            lambda tar: b"not a tar archive at all" * 1000,
+            "the tar header at byte 0 has a wrong checksum: the object is not a tar archive as "
+            "mlayer writes them",
+        ),
+        (
+            lambda tar: tar[: 1024 + 512],  # the marker's first block only
+            "the archive stops at byte 1,536 without its end-of-archive marker (two zero "
+            "blocks): it was cut short",
+        ),
+        (
+            lambda tar: tar + b"\x00signature",
+            "the archive has data after its end-of-archive marker (a non-zero byte at byte "
+            "{size:,}): it is not one archive as mlayer writes them",
+        ),
+    ],
+    ids=["not-a-tar", "truncated", "trailing-garbage"],
+)
+def test_malformed_archive_with_the_right_hash(
+    store: Store, make: Callable[[bytes], bytes], reason: str
+) -> None:
+    # given bytes that are not an archive as mlayer writes it, published under their own hash
+    tar = _bad_tar(lambda archive: None)  # manifest.json (header, 2 bytes, padding), then zeros
+    assert len(tar) == 10240 and tar[1024:] == bytes(10240 - 1024)
+    data = make(tar)
+    uri = store.put("mlayer/m/junk.tar", data)
+    # when they are fetched: the init fails with what is wrong, and the fix
+    with pytest.raises(ModelLoadError) as caught:
         fetch(uri, store.root)
+    assert str(caught.value) == (
+        f"cannot unpack s3://{BUCKET}/mlayer/m/junk.tar into {store.root}: "
+        + reason.format(size=len(tar) + 1)
+        + f"; {model_store.REPUBLISH}"
+    )
     assert store.leftovers() == []
 
 

@@ -48,7 +48,7 @@ from mlayer.lambda_api import (
     wait_active,
     wait_updated,
 )
-from mlayer.layers import check_budget
+from mlayer.layers import check_budget, model_build_with
 from mlayer.model_store import StoreURI
 from mlayer.rollout import set_alias
 from mlayer.sizing import EnvironmentSize, environment_size, memory_problem
@@ -405,16 +405,12 @@ def deploy_function(
 def _stored_size(stored: StoreURI, layers_dir: Path) -> EnvironmentSize:
     """What the stored model needs: from its build in ``layers_dir`` (the unpacked size and
     the smoke test's peak memory) when there, else from the archive's size alone."""
-    if layers_dir.is_dir():
-        for sidecar in sorted(layers_dir.glob("model-*-v*.json")):
-            try:
-                data = json.loads(sidecar.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("sha256") == stored.sha256:
-                peak = (data.get("smoke_test") or {}).get("max_memory_mb")
-                unpacked = int(data.get("unzipped_bytes") or stored.size)
-                return environment_size(stored.size, unpacked, peak)
+    found = model_build_with(layers_dir, stored.sha256)
+    if found is not None:
+        data = found[1]
+        peak = (data.get("smoke_test") or {}).get("max_memory_mb")
+        unpacked = int(data.get("unzipped_bytes") or stored.size)
+        return environment_size(stored.size, unpacked, peak)
     return environment_size(stored.size, stored.size, None)
 
 

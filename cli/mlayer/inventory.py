@@ -31,7 +31,7 @@ from mlayer.lambda_api import (
     list_function_versions,
     list_layer_versions,
 )
-from mlayer.layers import check_budget_quietly
+from mlayer.layers import check_budget_quietly, model_build_with
 from mlayer.model_store import StoreURI
 
 
@@ -353,14 +353,9 @@ def live_manifest(
     endpoint that gives none leaves the manifest unknown. A stored archive starts with its
     manifest, so the first megabyte is enough.
     """
-    if layers_dir is not None and layers_dir.is_dir():
-        for sidecar in sorted(layers_dir.glob("model-*-v*.json")):
-            try:
-                data = json.loads(sidecar.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                continue
-            if data.get("sha256") == model.sha256:
-                return data, str(sidecar)
+    found = model_build_with(layers_dir, model.sha256) if layers_dir is not None else None
+    if found is not None:
+        return found[1], str(found[0])
     stored = model.stored
     if stored is not None:
         if s3 is None or model.deleted:

@@ -308,6 +308,21 @@ def load_archive(tar_path: Path) -> Build:
     )
 
 
+def model_build_with(layers_dir: Path, sha256: str | None) -> tuple[Path, dict[str, Any]] | None:
+    """The model build in ``layers_dir`` whose zip or archive has ``sha256``: its sidecar
+    manifest's path and content (None when there is none, or no sha256 to look for)."""
+    if not sha256 or not layers_dir.is_dir():
+        return None
+    for sidecar in sorted(layers_dir.glob("model-*-v*.json")):
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and data.get("sha256") == sha256:
+            return sidecar, data
+    return None
+
+
 def find_deps_build(layers_dir: Path, runtime: str | None, arch: str) -> Build:
     """The dependency layer built for ``runtime`` / ``arch`` under ``layers_dir``.
 

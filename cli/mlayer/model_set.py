@@ -31,7 +31,7 @@ from mlayer.archive import ZipResult, sha256_file, write_model_tar, write_zip
 from mlayer.contracts import model_identity
 from mlayer.errors import ConfigError
 from mlayer.inventory import ModelRef
-from mlayer.layers import Build, load_build
+from mlayer.layers import Build, load_build, model_build_with
 
 SET_FILE = "set.json"
 
@@ -98,18 +98,13 @@ def unpack_live(
 
 
 def _local_build(layers_dir: Path, sha256: str | None) -> Path | None:
-    if not sha256 or not layers_dir.is_dir():
+    found = model_build_with(layers_dir, sha256)
+    if found is None:
         return None
-    for sidecar in sorted(layers_dir.glob("model-*-v*.json")):
-        try:
-            data = json.loads(sidecar.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and data.get("sha256") == sha256:
-            for suffix in (".zip", ".tar"):
-                path = sidecar.with_suffix(suffix)
-                if path.is_file():
-                    return path
+    for suffix in (".zip", ".tar"):
+        path = found[0].with_suffix(suffix)
+        if path.is_file():
+            return path
     return None
 
 

@@ -422,6 +422,7 @@ def _stored_manifest(
     env: dict[str, str], layers_dir: Path, s3: Any | None
 ) -> dict[str, Any] | None:
     from mlayer import model_store
+    from mlayer.layers import model_build_with
 
     stored = model_store.StoreURI.parse(env.get(model_store.ENV_VAR, ""))
     if stored is None:
@@ -430,12 +431,7 @@ def _stored_manifest(
         inner = model_store.read_manifest(s3, stored)
         if inner is not None:
             return inner
-    if layers_dir.is_dir():
-        for sidecar in sorted(layers_dir.glob("model-*-v*.json")):
-            try:
-                data = json.loads(sidecar.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            if isinstance(data, dict) and data.get("sha256") == stored.sha256:
-                return data
+    found = model_build_with(layers_dir, stored.sha256)
+    if found is not None:
+        return found[1]
     return None

@@ -72,6 +72,7 @@ class StoredModel:
     record: LayerRecord | None
     created: str | None = None
     reused: bool = False  # already there: nothing was uploaded
+    stored_bytes: int | None = None  # the object's length as S3 reports it
 
 
 def check_bucket(s3: Any, bucket: str) -> None:
@@ -122,6 +123,7 @@ def _stored(uri: StoreURI, found: dict[str, Any], *, reused: bool = False) -> St
         record=parse_description(metadata.get(METADATA_KEY)),
         created=created,
         reused=reused,
+        stored_bytes=found.get("ContentLength"),
     )
 
 
@@ -149,7 +151,7 @@ def upload(
     uri = StoreURI(bucket, archive_key(layer_name, sha256), sha256, size)
     existing = head(s3, uri)
     if existing is not None:
-        stored_size = s3.head_object(Bucket=bucket, Key=uri.key).get("ContentLength")
+        stored_size = existing.stored_bytes
         if stored_size == size:
             existing.reused = True
             return existing

@@ -73,6 +73,15 @@ json_output = click.option(
     is_flag=True,
     help="Print machine-readable JSON instead of a table.",
 )
+store = click.option(
+    "--store",
+    type=click.Choice(("auto", "layer", "s3")),
+    default="auto",
+    show_default=True,
+    help="Where a model built from MODEL_DIR goes: a model layer, or an archive for the S3 "
+    "model store (layers/model-<name>-v<N>.tar, downloaded by the function at init); auto "
+    "takes the layer when the model fits Lambda's 250 MiB budget, else the store.",
+)
 dry_run = click.option(
     "--dry-run",
     is_flag=True,

@@ -343,15 +343,7 @@ def _render_deps(console: Any, result: DepsBuildResult) -> None:
     metavar="PATH",
     help="Interpreter of the deps layer's Python version for the smoke test.",
 )
-@click.option(
-    "--store",
-    type=click.Choice(("auto", "layer", "s3")),
-    default="auto",
-    show_default=True,
-    help="Where the model goes: a model layer, or an archive for the S3 model store "
-    "(layers/model-<name>-v<N>.tar, downloaded by the function at init); auto takes the "
-    "layer when the model fits Lambda's 250 MiB budget, else the store.",
-)
+@options.store
 @options.layers_dir
 @options.json_output
 def build_model(

@@ -167,14 +167,7 @@ def publish_deps(
     metavar="PCT",
     help="Route PCT% of the alias's invocations to the new version; `mlayer promote` completes it.",
 )
-@click.option(
-    "--store",
-    type=click.Choice(("auto", "layer", "s3")),
-    default="auto",
-    show_default=True,
-    help="For MODEL_DIR: a model layer, or the S3 model store (--bucket); auto takes the "
-    "store only when the model does not fit a layer.",
-)
+@options.store
 @click.option(
     "--set",
     "member",

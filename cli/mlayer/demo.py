@@ -111,6 +111,47 @@ def _train(root: Path, out: Path, seed: int) -> str:
     return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else str(out)
 
 
+# A retrain gone wrong, for the canary that must be rolled back: the model's own
+# preprocessing, then a classifier that answers one label to every record. It raises no
+# error and its probabilities look confident; only agreement with the live model shows it.
+_DEGENERATE = """
+import json, shutil, sys
+from pathlib import Path
+import joblib
+import numpy as np
+from sklearn.dummy import DummyClassifier
+
+source, out, label = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+shutil.copytree(source, out, dirs_exist_ok=True)
+meta = json.loads((out / "metadata.json").read_text())
+final = out / meta["stages"][-1]
+live = joblib.load(final)
+classes = list(live.classes_)
+names = [str(name) for name in meta.get("labels") or classes]  # labels name the classes
+constant = classes[names.index(label)]
+dummy = DummyClassifier(strategy="constant", constant=constant)
+dummy.fit(np.zeros((len(classes), 1)), classes)
+joblib.dump(dummy, final)
+meta["training"] = {"example": "degenerate", "constant_label": label}
+(out / "metadata.json").write_text(json.dumps(meta, indent=2))
+"""
+
+
+def degenerate_model(source: Path, out: Path, label: str) -> Path:
+    """A copy of the text model ``source`` whose classifier answers ``label`` to everything.
+
+    Run in a subprocess with this Python (the training environment), like ``_train``.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", _DEGENERATE, str(source), str(out), label],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise MlayerError(f"building the degenerate model failed: {result.stderr.strip()[-500:]}")
+    return out
+
+
 def make_records(
     count: int, malformed_every: int, seed: int = 7
 ) -> tuple[list[dict[str, Any]], int]:

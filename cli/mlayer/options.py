@@ -6,6 +6,8 @@ mlayer.toml (see :mod:`mlayer.config`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 RUNTIMES = ("python3.10", "python3.11", "python3.12", "python3.13", "python3.14")
@@ -87,6 +89,54 @@ dry_run = click.option(
     is_flag=True,
     help="Say what would change without changing anything.",
 )
+
+
+class Duration(click.ParamType):
+    """A length of time such as 90s, 30m, 1h, 2d (a timedelta); decimals allowed (0.5s)."""
+
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from datetime import timedelta
+
+        from mlayer.reports import parse_since
+
+        if isinstance(value, timedelta):
+            return value
+        try:
+            return parse_since(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class Percent(click.ParamType):
+    """A percentage such as 1%, 95%, 0.5%, given as a fraction (0.01, 0.95, 0.005).
+
+    A bare number is a percentage too (``95`` is 95%, as ``--canary 10`` is 10%), except
+    between 0 and 1, where it is ambiguous (``0.95``: 95% or 0.95%?) and the % is required.
+    """
+
+    name = "percent"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip()
+        bare = not text.endswith("%")
+        try:
+            number = float(text.rstrip("%").strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a percentage; write it like 1%, 95% or 0.5%", param, ctx)
+        if not 0 <= number <= 100:
+            self.fail(f"{value} is not between 0% and 100%", param, ctx)
+        if bare and 0 < number < 1:
+            self.fail(
+                f"{value} is ambiguous: write {number * 100:g}% for that share, or {number:g}% "
+                "if you mean less than one percent",
+                param,
+                ctx,
+            )
+        return number / 100
 
 
 def require(value: str | None, flag: str) -> str:

@@ -46,24 +46,6 @@ class DecimalType(click.ParamType):
         return number
 
 
-class SinceType(click.ParamType):
-    """A look-back such as 30m, 1h, 7d."""
-
-    name = "duration"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from datetime import timedelta
-
-        from mlayer.reports import parse_since
-
-        if isinstance(value, timedelta):
-            return value
-        try:
-            return parse_since(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-
-
 POSITIVE = DecimalType(open_minimum=True)
 NON_NEGATIVE = DecimalType()
 
@@ -209,7 +191,7 @@ NON_NEGATIVE = DecimalType()
 )
 @click.option(
     "--since",
-    type=SinceType(),
+    type=options.Duration(),
     default="24h",
     show_default=True,
     metavar="DURATION",

@@ -6,13 +6,17 @@ history, prune), renders."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from mlayer import options
 from mlayer.archive import MIB
+
+if TYPE_CHECKING:
+    from mlayer.canary import BakeResult, Canary, Check, Guards
 
 
 def _layer_name(given: str | None, function: str | None, kind: str) -> str:
@@ -194,6 +198,46 @@ def publish_deps(
     help="Set the function's memory (a stored model is checked against the peak its smoke "
     "test measured).",
 )
+@click.option(
+    "--bake",
+    type=options.Duration(),
+    metavar="DURATION",
+    help="With --canary: watch the canary's metrics for DURATION (10m, 1h), then promote it "
+    "or roll it back by itself.",
+)
+@click.option(
+    "--max-bad-rate",
+    type=options.Percent(),
+    metavar="PCT",
+    help="Bake guard: the canary's bad records / records at most PCT [default: 1%].",
+)
+@click.option(
+    "--min-agreement",
+    type=options.Percent(),
+    metavar="PCT",
+    help="Bake guard: the canary agrees with the live model on at least PCT of records "
+    "(its shadow), else of label shares; 0 turns it off [default: 95%].",
+)
+@click.option(
+    "--max-errors",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Bake guard: Lambda Errors of the canary's version at most N [default: 0].",
+)
+@click.option(
+    "--min-records",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Bake guard: a rate decides only once the canary has N records; fewer at the end "
+    "rolls back [default: 100].",
+)
+@click.option(
+    "--bake-interval",
+    type=options.Duration(),
+    metavar="DURATION",
+    help="Time between two looks at the metrics while baking [default: 60s; 2s on a local "
+    "endpoint].",
+)
 @options.runtime
 @options.arch
 @options.layers_dir
@@ -211,6 +255,12 @@ def publish_model(
     set_field: str | None,
     set_default: str | None,
     memory_mb: int | None,
+    bake: timedelta | None,
+    max_bad_rate: float | None,
+    min_agreement: float | None,
+    max_errors: int | None,
+    min_records: int | None,
+    bake_interval: timedelta | None,
     runtime: str | None,
     arch: str,
     layers_dir: str,
@@ -234,6 +284,14 @@ def publish_model(
     With --alias: a function version is published and the alias moved to it; with
     --canary PCT the alias keeps its version and routes PCT% to the new one.
 
+    With --bake DURATION the canary decides by itself: its metrics (since it started) are
+    read every --bake-interval; a breach of a guard (--max-bad-rate, --min-agreement,
+    --max-errors; the rates once it has --min-records records) rolls it back at once, and
+    the end of the bake with every guard holding promotes it. The figures it decided on are
+    printed. Agreement is per record when the canary's version scores the live model as its
+    shadow, else the overlap of the two models' label shares. Ctrl-C leaves the canary as it
+    is and says how to finish it.
+
     A model too big for a layer (or --store s3, or a .tar from build-model --store s3) goes
     to the S3 model store instead: the archive is uploaded once to --bucket under its
     sha256, the function's MODEL_URI points at it (the function downloads and verifies it
@@ -248,6 +306,8 @@ def publish_model(
       mlayer promote --function scorer --alias live
       mlayer publish-model forest/ --store s3 --bucket models --alias live --memory 4096
       mlayer publish-model acme/ --set acme --set-field tenant --alias live
+      mlayer publish-model training/out --alias live --canary 10 --bake 10m \\
+        --max-bad-rate 1% --min-agreement 95%
 
     With --set NAME, the function serves a model set: the live set (read back from
     --layers-dir, the layer or the store) with model NAME added or replaced by MODEL_DIR's
@@ -261,6 +321,10 @@ def publish_model(
     from mlayer.rollout import publish_model as publish
 
     function = options.require_function(function)
+    guards, given = _bake_guards(
+        bake, canary, max_bad_rate=max_bad_rate, min_agreement=min_agreement,
+        max_errors=max_errors, min_records=min_records, bake_interval=bake_interval,
+    )  # fmt: skip
     layer_name = model_layer or default_layer_name(function, "model")
     lam = settings.client("lambda")
     layers = Path(layers_dir)
@@ -345,6 +409,7 @@ def publish_model(
         )
     finally:
         progress.close()
+    started = datetime.now(UTC)  # the canary's metrics count from here
     if rollout.unchanged:
         live = rollout.new_model
         where = f"alias {alias}" if alias else f"{rollout.function} $LATEST"
@@ -352,6 +417,8 @@ def publish_model(
             f"unchanged: {live.name} v{live.version} is live with this content ({where}, "
             f"{live.location}); nothing was published or relinked."
         )
+        if bake is not None:
+            click.echo("Not baking: no canary was started.")
         return
     if rollout.stored is not None:
         _render_stored(rollout)
@@ -386,6 +453,142 @@ def publish_model(
             )
     for note in rollout.notes:
         click.echo(f"Note: {note}")
+    if bake is not None and guards is not None:
+        interval = bake_interval or timedelta(seconds=2 if settings.is_local else 60)
+        _bake(settings, rollout, layer_name, started, guards, bake, interval, given)
+
+
+def _bake_guards(
+    bake: timedelta | None, canary: float | None, **given: Any
+) -> tuple[Guards | None, dict[str, Any]]:
+    """The bake's guards (None without --bake) and the options given on the command line.
+
+    Raises:
+        click.UsageError: a guard without --bake, or --bake without --canary.
+    """
+    from mlayer.canary import Guards
+
+    named = {key: value for key, value in given.items() if value is not None}
+    if bake is None:
+        if named:
+            flags = ", ".join("--" + key.replace("_", "-") for key in named)
+            raise click.UsageError(
+                f"{flags} {'needs' if len(named) == 1 else 'need'} --bake DURATION: guards "
+                "are checked while a canary bakes (--canary PCT --bake 10m)"
+            )
+        return None, {}
+    if canary is None:
+        raise click.UsageError(
+            "--bake needs --canary PCT: it watches a canary's share of the traffic, then "
+            "promotes it or rolls it back"
+        )
+    guards = Guards(**{key: value for key, value in named.items() if key != "bake_interval"})
+    return guards, named
+
+
+def _bake(
+    settings: Any,
+    rollout: Any,
+    layer_name: str,
+    started: datetime,
+    guards: Guards,
+    duration: timedelta,
+    interval: timedelta,
+    given: dict[str, Any],
+) -> None:
+    """Bake the canary the publish started, printing each check and the decision."""
+    from mlayer.canary import bake, canary_of, human_duration
+
+    if rollout.canary_weight is None:
+        click.echo("Not baking: no canary was started.")
+        return
+    lam, s3 = settings.client("lambda"), settings.client("s3")
+    canary = canary_of(lam, rollout, layer_name=layer_name, started=started, s3=s3)
+    every = human_duration(interval.total_seconds())
+    default = "" if "bake_interval" in given else ", default"
+    click.echo(
+        f"Baking the canary for {human_duration(duration.total_seconds())} (a look every "
+        f"{every}{default}): a breach rolls it back at once; every guard holding at the "
+        "end promotes it."
+    )
+    for line in _guard_lines(guards, given, canary):
+        click.echo(f"  {line}")
+
+    def progress(check: Check) -> None:
+        figures = ", ".join(_figure(f) for f in check.figures)
+        click.echo(f"  [{human_duration(check.elapsed_s)}] {check.records:,} records: {figures}")
+
+    try:
+        result = bake(
+            lam, settings.client("cloudwatch"), canary, guards=guards,
+            duration_s=duration.total_seconds(), interval_s=interval.total_seconds(),
+            layer_name=layer_name, s3=s3, progress=progress,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        finish = f"--function {canary.function} --alias {canary.alias}"
+        click.echo(
+            f"\nInterrupted: the canary is left as it is (alias {canary.alias} on version "
+            f"{canary.primary_version}, {canary.weight:.1%} to version {canary.canary_version}). "
+            f"Finish it with `mlayer promote {finish}` or `mlayer rollback {finish}`."
+        )
+        raise click.exceptions.Exit(130) from None
+    _render_bake(result)
+
+
+def _guard_lines(guards: Guards, given: dict[str, Any], canary: Canary) -> list[str]:
+    def mark(key: str) -> str:
+        return "" if key in given else " (default)"
+
+    live = f"the live model v{canary.primary_model}"
+    if guards.min_agreement <= 0:
+        agreement = "agreement: not judged (--min-agreement 0)"
+    elif canary.shadow_model is not None:
+        agreement = (
+            f"agreement >= {guards.min_agreement * 100:g}%{mark('min_agreement')}, per record: "
+            f"version {canary.canary_version} scores {live} as its shadow"
+        )
+    else:
+        agreement = (
+            f"agreement >= {guards.min_agreement * 100:g}%{mark('min_agreement')}, by label "
+            f"shares against {live}: version {canary.canary_version} carries no shadow"
+        )
+    return [
+        f"bad-record rate <= {guards.max_bad_rate * 100:g}%{mark('max_bad_rate')}",
+        agreement,
+        f"Lambda errors <= {guards.max_errors}{mark('max_errors')}, of version "
+        f"{canary.canary_version} through alias {canary.alias}",
+        f"the rates decide once the canary has {guards.min_records:,} records{mark('min_records')}",
+    ]
+
+
+def _figure(f: Any) -> str:
+    if f.value is None:
+        return f"{f.guard} n/a"
+    if f.guard == "Lambda errors":
+        return f"{f.guard} {f.value:.0f}"
+    return f"{f.guard} {f.value * 100:.1f}%"
+
+
+def _render_bake(result: BakeResult) -> None:
+    canary = result.canary
+    if result.decision == "left":
+        raise click.ClickException(" ".join(result.notes))
+    if result.promotion is not None:
+        p = result.promotion
+        click.echo(f"Promoted: {result.reason}")
+        new = p.new_model.label if p.new_model else "no model"
+        click.echo(
+            f"Alias {p.alias}: function version {p.old_function_version} -> "
+            f"{p.new_function_version} ({new}), routing cleared."
+        )
+        return
+    r = result.rollback
+    assert r is not None
+    click.echo(
+        f"Cancelled the canary: alias {canary.alias} serves function version "
+        f"{r.new_function_version} ({r.to_model.label}) only."
+    )
+    raise click.ClickException(f"rolled back: {result.reason}")
 
 
 @click.command()
@@ -509,6 +712,10 @@ def status(
     sha256). Its manifest comes from a local build with the same sha256, else from the
     layer or the archive itself.
 
+    Last, the last hour's metrics of the live model (and of the canary, and of the shadow
+    it scores beside it): records, bad-record rate, label shares (`mlayer compare` shows
+    them all side by side). Without CloudWatch access, status says so and shows the rest.
+
     \b
     Example:
       mlayer status --function scorer --alias live
@@ -516,26 +723,48 @@ def status(
     """
     from dataclasses import asdict
 
+    from mlayer.compare import last_hour
     from mlayer.inventory import status as get_status
 
     function = options.require_function(function)
+    layer_name = _layer_name(model_layer, function, "model")
     result = get_status(
         settings.client("lambda"),
         function=function,
-        layer_name=_layer_name(model_layer, function, "model"),
+        layer_name=layer_name,
         alias=alias,
         layers_dir=Path(layers_dir),
         s3=settings.client("s3"),
     )
+    watched = last_hour(
+        settings.client("lambda"), settings.client("cloudwatch"), function=function,
+        layer_name=layer_name, alias=alias, s3=settings.client("s3"),
+    )  # fmt: skip
     if as_json:
         data = asdict(result)
         data["budget"]["total"] = result.budget.total
         live = result.live_model
         data["live_model_label"] = live.label if live else None
         data["live_model_location"] = _where(live) if live else None
+        data["metrics"] = _metrics_json(watched)
         _echo_json(data)
         return
-    _render_status(result)
+    _render_status(result, watched)
+
+
+def _metrics_json(watched: Any) -> dict[str, Any]:
+    """status --json's ``metrics``: the window, and each served model's figures by role."""
+    from dataclasses import asdict
+
+    data: dict[str, Any] = {
+        "start": watched.start,
+        "end": watched.end,
+        "unavailable": watched.unavailable,
+        "notes": watched.notes,
+    }
+    for column in watched.columns:
+        data[column.role] = asdict(column)
+    return data
 
 
 def _where(model: Any) -> dict[str, Any]:
@@ -559,7 +788,7 @@ def _where(model: Any) -> dict[str, Any]:
     }
 
 
-def _render_status(s: Any) -> None:
+def _render_status(s: Any, watched: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -623,6 +852,10 @@ def _render_status(s: Any) -> None:
             for v, w in a.weights.items()
         ]
         console.print(f"[bold]Alias[/] {a.name}: {' + '.join(routes)}", highlight=False)
+    from mlayer.commands.compare import status_lines
+
+    for line in status_lines(watched):
+        console.print(line, highlight=False, markup=False)
 
 
 @click.command()

@@ -95,7 +95,8 @@ def _render(c: Any, since: timedelta) -> None:
             where += f" at {col.weight:.1%}"
         if col.role == "shadow":
             where = f"beside version {col.function_version}"
-        table.add_column(f"{col.role}\n{col.model}\n{where}", justify="right")
+        model = col.model.split(" (")[0]  # "sentiment v2", without where it lives
+        table.add_column(f"{col.role}\n{model}\n{where}", justify="right")
 
     def row(label: str, cells: list[str]) -> None:
         table.add_row(label, *cells)
@@ -132,8 +133,8 @@ def _render(c: Any, since: timedelta) -> None:
     else:
         row("predict ms, max", [_ms(x.predict_ms_max) for x in cols])
     row(
-        "Lambda errors / invocations",
-        [f"{x.errors:,} / {x.invocations:,}" if x.invocations is not None else "-" for x in cols],
+        "Lambda errors",
+        [f"{x.errors:,} of {x.invocations:,}" if x.invocations is not None else "-" for x in cols],
     )
     if any(x.shadow_failures for x in cols):
         row("shadow failures", [_count(x.shadow_failures) for x in cols])

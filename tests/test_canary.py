@@ -283,6 +283,50 @@ def test_an_interrupted_bake_leaves_the_canary_and_says_how_to_finish(
     assert routing(live) == ("1", {"2": 0.1})
 
 
+def test_a_canary_finished_by_hand_meanwhile_is_left_alone(live: Any, layers: Path) -> None:
+    # given: someone promotes the canary by hand while it bakes
+    def put(cw: Any) -> None:
+        live.update_alias(
+            FunctionName="scorer", Name="live", FunctionVersion="2",
+            RoutingConfig={"AdditionalVersionWeights": {}},
+        )  # fmt: skip
+
+    with traffic(live, put):
+        result = bake_canary(layers, 2)
+
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == (
+        "Error: alias live no longer runs this canary (it routes to version 2): promoted or "
+        "rolled back meanwhile, so nothing was done"
+    )
+    assert routing(live) == ("2", {})
+
+
+def test_cloudwatch_failing_mid_bake_leaves_the_canary(
+    live: Any, layers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ClientError
+
+    import mlayer.metrics
+
+    def denied(*args: Any, **kwargs: Any) -> Any:
+        error = {"Error": {"Code": "AccessDenied", "Message": "not authorized"}}
+        raise ClientError(error, "GetMetricData")
+
+    monkeypatch.setattr(mlayer.metrics, "version_figures", denied)
+
+    result = bake_canary(layers, 2)
+
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines()[-1] == (
+        "Error: GetMetricData failed (AccessDenied): access denied for GetMetricData; check the "
+        "bucket policy and your credentials (--profile). AWS said: not authorized. The canary "
+        "is left as it is: finish it with `mlayer promote --function scorer --alias live` or "
+        "`mlayer rollback --function scorer --alias live`"
+    )
+    assert routing(live) == ("1", {"2": 0.1})
+
+
 # ------------------------------------------------------------------------------- options
 
 
@@ -333,3 +377,13 @@ def test_a_bake_with_no_canary_started_says_so(live: Any, layers: Path) -> None:
 
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[-1] == "Not baking: no canary was started."
+
+
+@pytest.mark.parametrize(
+    ("text", "share"),
+    [("1%", 0.01), ("95%", 0.95), ("0.5%", 0.005), ("95", 0.95), ("0", 0.0), ("100 %", 1.0)],
+)
+def test_percentages_read_as_written(text: str, share: float) -> None:
+    from mlayer.options import Percent
+
+    assert Percent().convert(text, None, None) == pytest.approx(share)

@@ -85,11 +85,14 @@ def canary_of(
         or rollout.canary_weight is None
         or rollout.new_function_version is None
         or rollout.old_function_version is None
-        or rollout.old_model is None
-        or rollout.old_model.version is None
-        or rollout.new_model.version is None
     ):
         raise ConfigError("the publish started no canary, so there is nothing to bake")
+    if rollout.old_model is None or rollout.old_model.version is None:
+        raise ConfigError(
+            f"alias {rollout.alias}'s version {rollout.old_function_version} serves no model "
+            "mlayer knows, so the canary has nothing to be judged against; finish it with "
+            f"mlayer promote or mlayer rollback --alias {rollout.alias}"
+        )
     versions = {fv.version: fv for fv in function_versions(lam, rollout.function, layer_name)}
     carried = versions.get(rollout.new_function_version)
     shadow = shadow_of(ModelIndex(lam, layer_name, s3), rollout.function, carried)

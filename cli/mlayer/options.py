@@ -119,8 +119,8 @@ class Percent(click.ParamType):
     name = "percent"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, float):
-            return value
+        # Every value is read as written, a number from mlayer.toml too: 0.95 there is as
+        # ambiguous as on the command line.
         text = str(value).strip()
         bare = not text.endswith("%")
         try:

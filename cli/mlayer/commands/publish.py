@@ -525,14 +525,28 @@ def _bake(
             layer_name=layer_name, s3=s3, progress=progress,
         )  # fmt: skip
     except KeyboardInterrupt:
-        finish = f"--function {canary.function} --alias {canary.alias}"
         click.echo(
             f"\nInterrupted: the canary is left as it is (alias {canary.alias} on version "
             f"{canary.primary_version}, {canary.weight:.1%} to version {canary.canary_version}). "
-            f"Finish it with `mlayer promote {finish}` or `mlayer rollback {finish}`."
+            f"{_finish(canary)}."
         )
         raise click.exceptions.Exit(130) from None
+    except Exception as exc:
+        from mlayer.errors import to_click_exception
+
+        converted = to_click_exception(exc)
+        if converted is None:
+            raise
+        raise click.ClickException(
+            f"{converted.message}. The canary is left as it is: {_finish(canary, lower=True)}"
+        ) from exc
     _render_bake(result)
+
+
+def _finish(canary: Canary, lower: bool = False) -> str:
+    where = f"--function {canary.function} --alias {canary.alias}"
+    finish = "finish" if lower else "Finish"
+    return f"{finish} it with `mlayer promote {where}` or `mlayer rollback {where}`"
 
 
 def _guard_lines(guards: Guards, given: dict[str, Any], canary: Canary) -> list[str]:

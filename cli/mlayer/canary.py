@@ -123,6 +123,8 @@ class GuardFigure:
 
     def describe(self) -> str:
         """``agreement 48.2% < 95%``, ``Lambda errors 0 <= 0``, ``bad-record rate n/a``."""
+        if self.guard == AGREEMENT and self.threshold <= 0:
+            return f"{self.guard} not judged (--min-agreement 0)"
         if self.value is None:
             return f"{self.guard} not measured"
         if self.guard == ERRORS:

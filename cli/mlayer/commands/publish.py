@@ -290,7 +290,8 @@ def publish_model(
     the end of the bake with every guard holding promotes it. The figures it decided on are
     printed. Agreement is per record when the canary's version scores the live model as its
     shadow, else the overlap of the two models' label shares. Ctrl-C leaves the canary as it
-    is and says how to finish it.
+    is and says how to finish it. Metrics reach CloudWatch a minute or two after the
+    invocations: on AWS, bake for several minutes.
 
     A model too big for a layer (or --store s3, or a .tar from build-model --store s3) goes
     to the S3 model store instead: the archive is uploaded once to --bucket under its

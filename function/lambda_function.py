@@ -21,6 +21,8 @@ Environment:
     DEAD_LETTER_BUCKET     S3 bucket keeping whole the bad records whose message is too large
                            for the queue (the queue gets a pointer and the reason)
     DEAD_LETTER_MAX_BYTES  the queue's MaximumMessageSize (default 262,144)
+    AWS_LAMBDA_FUNCTION_NAME  (set by Lambda) the metrics' ``function`` dimension; the
+                           model's name when unset
 
 The response is ``{"batchItemFailures": [{"itemIdentifier": ...}], "predictions": [...],
 "counts": {...}}``: with ``FunctionResponseTypes=["ReportBatchItemFailures"]`` on the event
@@ -32,6 +34,11 @@ not fit is reported, with every record behind it (see ``_deliver``).
 
 A model directory holding ``set.json`` is a model set: each record is scored by the model
 it names (``model_set.py`` has the contract); a prediction's ``model`` is then that member.
+
+Each batch logs one ``batch`` line, which is also a CloudWatch Embedded Metric Format record
+(``metrics.py``; docs/CONTRACTS.md, "Metrics"): CloudWatch Logs turns its counts, timings
+and label counts into metrics in namespace ``mlayer``, dimensions ``function`` and
+``model_version``, with no API call.
 
 Only the standard library, the dependency layer (scikit-learn, numpy, joblib, orjson) and,
 when MODEL_URI, a sink or the dead-letter queue is configured, boto3 are imported.
@@ -45,8 +52,9 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import metrics
 import model_set
 from model import Model, ModelLoadError, get_model
 from model_set import ModelSet
@@ -207,6 +215,7 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
     return _finish(
         batch, result.labels, result.probabilities, repeat(name, len(result.labels)),
         model, context, predicted, cold_start, timings, {"model": name},
+        regressor=model.regressor,
     )  # fmt: skip
 
 
@@ -237,9 +246,12 @@ def _handle_set(event: Any, context: Any, models: ModelSet, cold_start: bool) ->
         "cache_bytes": models.cached_bytes,
         "cache_budget_bytes": models.budget_bytes,
     }
+    regressor: bool | list[bool] = False
+    if scored.regressors:
+        regressor = [member in scored.regressors for member in scored.members]
     return _finish(
         scored.batch, scored.labels, scored.probabilities, scored.members, models, context,
-        predicted, cold_start, timings, described,
+        predicted, cold_start, timings, described, regressor=regressor,
     )  # fmt: skip
 
 
@@ -254,10 +266,16 @@ def _finish(
     cold_start: bool,
     timings: dict[str, Any],
     described: dict[str, Any],
+    *,
+    regressor: bool | list[bool] = False,
 ) -> dict[str, Any]:
     """Write the predictions (``scored_by``: the model of each) and the dead letters, log
     the batch line (``timings`` and ``described``: its timing and model fields) and build
-    the response, for a single model and a set alike."""
+    the response, for a single model and a set alike.
+
+    ``regressor``: whether the model answers values (or, for a set, whether each
+    prediction's member does): its float predictions are scores in the metrics, not labels.
+    """
     version = owner.version
     predictions = [
         {
@@ -279,34 +297,74 @@ def _finish(
     ]
     # event index -> itemIdentifier of every record Lambda must retry
     failed: dict[int, str] = {}
-    dead_lettered = _deliver(batch, predictions, owner, os.environ, context, failed)
+    delivered = _deliver(batch, predictions, owner, os.environ, context, failed)
     written = time.perf_counter()
 
     counts = {
         "received": batch.received,
         "predicted": len(predictions),
         "skipped": len(batch.skipped),
-        "dead_lettered": dead_lettered,
+        "dead_lettered": delivered.dead_lettered,
         "failed": len(failed),
     }
-    _log(
-        {
-            "message": "batch",
-            "source": batch.source,
-            "counts": counts,
-            **timings,
-            "write_ms": round((written - predicted) * 1000, 3),
-            **described,
-            "model_version": version,
-            "cold_start": cold_start,
-            "request_id": getattr(context, "aws_request_id", None),
-        }
+    write_ms = round((written - predicted) * 1000, 3)
+    line = {
+        "message": "batch",
+        "source": batch.source,
+        "counts": counts,
+        **timings,
+        "write_ms": write_ms,
+        **described,
+        "model_version": version,
+        "cold_start": cold_start,
+        "request_id": getattr(context, "aws_request_id", None),
+    }
+    counted, scores = _split_scores(labels, regressor)
+    line.update(
+        metrics.batch_members(
+            function=os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or owner.name,
+            model_version=str(version),
+            records=batch.received,
+            predictions=len(predictions),
+            bad_records=delivered.dead_lettered + delivered.reported_alone,
+            sink_failures=len(failed) - delivered.reported_alone,
+            timings={**timings, "write_ms": write_ms},
+            labels=counted,
+            probabilities=probabilities,
+            scores=scores,
+        )
     )
+    _log(line)
     return {
         "batchItemFailures": [{"itemIdentifier": failed[index]} for index in sorted(failed)],
         "predictions": predictions,
         "counts": counts,
     }
+
+
+def _split_scores(labels: list[Any], regressor: bool | list[bool]) -> tuple[list[Any], list[Any]]:
+    """(labels, scores): a regressor's float outputs are scores; what else it answers (a
+    non-finite output, written as a string) and every classifier's answer are labels."""
+    if isinstance(regressor, bool):
+        if not regressor:
+            return labels, []
+        scores = [label for label in labels if type(label) is float]
+        if len(scores) == len(labels):
+            return [], scores
+        return [label for label in labels if type(label) is not float], scores
+    counted: list[Any] = []
+    scores = []
+    for label, answers_values in zip(labels, regressor, strict=True):
+        (scores if answers_values and type(label) is float else counted).append(label)
+    return counted, scores
+
+
+class Delivered(NamedTuple):
+    """What ``_deliver`` did with the bad records: dead-lettered, or (without a dead-letter
+    queue) reported in batchItemFailures on their own."""
+
+    dead_lettered: int
+    reported_alone: int
 
 
 def _deliver(
@@ -316,10 +374,11 @@ def _deliver(
     environ: Mapping[str, str],
     context: Any,
     failed: dict[int, str],
-) -> int:
+) -> Delivered:
     """Write the outputs and dead letters, in event order up to the first record that must be
-    retried; fill ``failed`` (event index -> itemIdentifier). Returns how many were
-    dead-lettered.
+    retried; fill ``failed`` (event index -> itemIdentifier). Returns how many bad records
+    were dead-lettered or reported alone (every other failure is a write's, a dead letter's
+    or the deadline's).
 
     The first record that must be retried (a table or stream write that failed, a dead
     letter that could not be delivered, the invocation's deadline) is reported with every
@@ -337,7 +396,7 @@ def _deliver(
         for bad in batch.rejected:  # no dead-letter queue: Lambda retries them, then gives up
             failed[bad.index] = bad.item_identifier
             _log_bad(bad, "reported in batchItemFailures")
-        return 0
+        return Delivered(0, len(batch.rejected))
 
     import sinks
 
@@ -360,7 +419,7 @@ def _deliver(
                 "remaining_ms": deadline.remaining_ms(),
             }
         )
-    return dead_lettered
+    return Delivered(dead_lettered, 0 if queue_url else len(batch.rejected))
 
 
 def _handle_rejected(

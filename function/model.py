@@ -98,6 +98,12 @@ class Model:
             self._label_array = np.empty(len(names), dtype=object)
             self._label_array[:] = names
 
+    @property
+    def regressor(self) -> bool:
+        """The model answers values, not classes (no ``classes_``): its float predictions
+        are scores (a clusterer's or outlier detector's integers are still labels)."""
+        return self._classes is None
+
     def predict(self, inputs: Sequence[Any]) -> Predictions:
         """Predict every input in one vectorized pass through the stages.
 

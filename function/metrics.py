@@ -106,12 +106,12 @@ def batch_members(
             metrics.append({"Name": "confidence_mean", "Unit": _NONE})
     if scores:
         mean = math.fsum(scores) / len(scores)
-        spread = math.sqrt(math.fsum((score - mean) ** 2 for score in scores) / len(scores))
-        if math.isfinite(mean) and math.isfinite(spread):
-            members["score_mean"] = mean
-            members["score_stddev"] = spread
-            metrics.append({"Name": "score_mean", "Unit": _NONE})
-            metrics.append({"Name": "score_stddev", "Unit": _NONE})
+        # d * d, not d ** 2: float power raises OverflowError where a product is inf
+        spread = math.sqrt(math.fsum((s - mean) * (s - mean) for s in scores) / len(scores))
+        for name, value in (("score_mean", mean), ("score_stddev", spread)):
+            if math.isfinite(value):  # outputs near the float limit can overflow
+                members[name] = value
+                metrics.append({"Name": name, "Unit": _NONE})
     directives = [{"Namespace": NAMESPACE, "Dimensions": [LIVE_DIMENSIONS], "Metrics": metrics}]
     if shadow is not None:
         directives.append(_shadow_directive(members, shadow))
@@ -155,7 +155,10 @@ def label_counts(labels: Iterable[Any], prefix: str) -> list[tuple[str, int]]:
     Labels whose names come out equal once sanitised (``"é"`` and ``"è"`` are both ``"?"``)
     are one metric: a line cannot hold a member twice.
     """
-    counted = Counter(labels)
+    try:
+        counted = Counter(labels)
+    except TypeError:  # an unhashable label (metadata.json may name classes with lists)
+        counted = Counter(map(label_name, labels))
     if not counted:
         return []
     names: dict[str, int] = {}

@@ -370,6 +370,25 @@ def test_label_counts_keep_every_prediction(labels: list[Any]) -> None:
     assert dict(counted) == {f"label:{k}": v for k, v in capped([str(x) for x in labels]).items()}
 
 
+def test_labels_and_scores_that_are_awkward_never_raise() -> None:
+    # labels metadata.json names with lists (unhashable), scores whose spread overflows
+    members = metrics.batch_members(
+        function="f",
+        model_version="1",
+        records=4,
+        predictions=4,
+        bad_records=0,
+        sink_failures=0,
+        timings={"decode_ms": 0.0, "predict_ms": 0.0, "write_ms": 0.0},
+        labels=[["a"], ["a"], {"b": 1}],
+        probabilities=[None] * 4,
+        scores=[1e200, -1e200],
+    )
+    (live,) = emf(members)
+    assert labels_of(live) == {"['a']": 2, "{'b': 1}": 1}
+    assert (live["score_mean"], "score_stddev" in live) == (0.0, False)
+
+
 def test_shadow_directive_names_only_what_the_shadow_gave() -> None:
     # given a shadow that raised on the batch: no agreement, no labels
     figures = metrics.ShadowFigures(version="3", predict_ms=0.5, failures=1)

@@ -21,6 +21,13 @@ Environment:
     DEAD_LETTER_BUCKET     S3 bucket keeping whole the bad records whose message is too large
                            for the queue (the queue gets a pointer and the reason)
     DEAD_LETTER_MAX_BYTES  the queue's MaximumMessageSize (default 262,144)
+    SHADOW_URI             a shadow model's archive in the model store (format of MODEL_URI):
+                           scored beside the live model on every batch, written nowhere
+                           (wins over SHADOW_DIR); see shadow.py
+    SHADOW_DIR             a shadow model's directory (default /opt/shadow, the shadow layer,
+                           used only when it exists)
+    SHADOW_OUTPUT          1: each prediction written carries the shadow's answer,
+                           "shadow": {"label", "probability", "model_version"}
     AWS_LAMBDA_FUNCTION_NAME  (set by Lambda) the metrics' ``function`` dimension; the
                            model's name when unset
 
@@ -34,11 +41,12 @@ not fit is reported, with every record behind it (see ``_deliver``).
 
 A model directory holding ``set.json`` is a model set: each record is scored by the model
 it names (``model_set.py`` has the contract); a prediction's ``model`` is then that member.
+A set has no shadow (the SHADOW_* settings are ignored, logged once as ``setting ignored``).
 
 Each batch logs one ``batch`` line, which is also a CloudWatch Embedded Metric Format record
-(``metrics.py``; docs/CONTRACTS.md, "Metrics"): CloudWatch Logs turns its counts, timings
-and label counts into metrics in namespace ``mlayer``, dimensions ``function`` and
-``model_version``, with no API call.
+(``metrics.py``; docs/CONTRACTS.md, "Metrics"): CloudWatch Logs turns its counts, timings,
+label counts and the shadow's agreement into metrics in namespace ``mlayer``, dimensions
+``function`` and ``model_version`` (plus ``shadow_version``), with no API call.
 
 Only the standard library, the dependency layer (scikit-learn, numpy, joblib, orjson) and,
 when MODEL_URI, a sink or the dead-letter queue is configured, boto3 are imported.
@@ -56,7 +64,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import metrics
 import model_set
-from model import Model, ModelLoadError, get_model
+import shadow
+from model import Model, ModelLoadError, Predictions, get_model
 from model_set import ModelSet
 from records import Batch, decode_event
 from safe_json import dumps
@@ -67,6 +76,7 @@ if TYPE_CHECKING:  # sinks is imported only when a sink is configured (it is not
 _cold_start = True
 _announced: Model | None = None
 _announced_set: ModelSet | None = None
+_announced_shadow: shadow.State | None = None
 
 
 def _log(entry: dict[str, Any]) -> None:
@@ -102,6 +112,34 @@ def _model() -> Model:
     return model
 
 
+def _shadow(live: Model) -> shadow.State | None:
+    """The environment's shadow when one is loaded; its first use (the init, normally) logs
+    how it loaded, or that it was dropped."""
+    global _announced_shadow
+    state = shadow.find(os.environ, live)
+    if state is None:
+        return None
+    if state is not _announced_shadow:
+        _announced_shadow = state
+        if state.model is None:
+            _log({"message": "shadow dropped", "shadow": state.source, "error": state.error})
+        else:
+            entry: dict[str, Any] = {
+                "message": "shadow loaded",
+                "model": state.model.name,
+                "model_version": state.model.version,
+                "input": state.model.input.describe(),
+                "load_ms": state.model.load_ms,
+                "output": state.output,
+            }
+            if state.model.warnings:
+                entry["warnings"] = state.model.warnings
+            if state.model.store is not None:
+                entry["store"] = state.model.store
+            _log(entry)
+    return state if state.model is not None else None
+
+
 def _announce_set(models: ModelSet) -> None:
     """Log the set the environment serves and load its default (see ``_load_at_init``)."""
     global _announced_set
@@ -119,6 +157,9 @@ def _announce_set(models: ModelSet) -> None:
     )
     for note in models.notes:
         _log({"message": "setting ignored", "error": note})
+    ignored = shadow.ignored_for_set(os.environ)
+    if ignored:
+        _log({"message": "setting ignored", "error": ignored})
     if models.default is None:
         model_set.import_libraries()
         return
@@ -167,11 +208,14 @@ def _load_at_init() -> None:
     without loading a member. Loading every member would make init grow with the set and
     could overrun the cache budget before the first record arrives. A default that fails
     to load is logged; its records are then reported as bad, the other members' scored.
+
+    The shadow, if any, loads after the live model (a shadow that fails is dropped, logged,
+    and changes nothing for the live model).
     """
     try:
         models = model_set.find(os.environ)
         if models is None:
-            _model()
+            _shadow(_model())
         else:
             _announce_set(models)
     except ModelLoadError as exc:
@@ -200,6 +244,7 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
     if models is not None:
         return _handle_set(event, context, models, cold_start)
     model = _model()
+    state = _shadow(model)
 
     started = time.perf_counter()
     batch = decode_event(event, model.input)
@@ -216,6 +261,7 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
         batch, result.labels, result.probabilities, repeat(name, len(result.labels)),
         model, context, predicted, cold_start, timings, {"model": name},
         regressor=model.regressor,
+        shadowing=None if state is None else (state, model, result),
     )  # fmt: skip
 
 
@@ -268,6 +314,7 @@ def _finish(
     described: dict[str, Any],
     *,
     regressor: bool | list[bool] = False,
+    shadowing: tuple[shadow.State, Model, Predictions] | None = None,
 ) -> dict[str, Any]:
     """Write the predictions (``scored_by``: the model of each) and the dead letters, log
     the batch line (``timings`` and ``described``: its timing and model fields) and build
@@ -275,6 +322,9 @@ def _finish(
 
     ``regressor``: whether the model answers values (or, for a set, whether each
     prediction's member does): its float predictions are scores in the metrics, not labels.
+    ``shadowing``: the shadow, the live model and its predictions, when a shadow scores the
+    batch: after the writes, so that they do not wait for it; before them with
+    SHADOW_OUTPUT=1, whose outputs carry its answers.
     """
     version = owner.version
     predictions = [
@@ -295,10 +345,23 @@ def _finish(
             strict=True,
         )
     ]
+    run = shadowing if shadowing is not None and predictions else None
+    skipped = None if run is None else shadow.too_late(context, timings["predict_ms"])
+    if skipped is not None:
+        run = None
+    scoring: shadow.Scoring | None = None
+    shadow_s = 0.0
+    if run is not None and run[0].output:
+        begun = time.perf_counter()
+        scoring = _score_shadow(run, batch)
+        shadow.attach(scoring, predictions)
+        shadow_s = time.perf_counter() - begun
     # event index -> itemIdentifier of every record Lambda must retry
     failed: dict[int, str] = {}
     delivered = _deliver(batch, predictions, owner, os.environ, context, failed)
     written = time.perf_counter()
+    if run is not None and scoring is None:
+        scoring = _score_shadow(run, batch)
 
     counts = {
         "received": batch.received,
@@ -307,7 +370,7 @@ def _finish(
         "dead_lettered": delivered.dead_lettered,
         "failed": len(failed),
     }
-    write_ms = round((written - predicted) * 1000, 3)
+    write_ms = round((written - predicted - shadow_s) * 1000, 3)
     line = {
         "message": "batch",
         "source": batch.source,
@@ -319,6 +382,10 @@ def _finish(
         "cold_start": cold_start,
         "request_id": getattr(context, "aws_request_id", None),
     }
+    if scoring is not None:
+        line["shadow"] = scoring.describe()
+    elif skipped is not None and shadowing is not None:
+        line["shadow"] = shadow.skipped(shadowing[0], skipped)
     counted, scores = _split_scores(labels, regressor)
     line.update(
         metrics.batch_members(
@@ -332,6 +399,7 @@ def _finish(
             labels=counted,
             probabilities=probabilities,
             scores=scores,
+            shadow=None if scoring is None else scoring.figures,
         )
     )
     _log(line)
@@ -340,6 +408,16 @@ def _finish(
         "predictions": predictions,
         "counts": counts,
     }
+
+
+def _score_shadow(run: tuple[shadow.State, Model, Predictions], batch: Batch) -> shadow.Scoring:
+    """The shadow's scoring of the batch; a shadow that raised is dropped (and logged)."""
+    state, live, predicted = run
+    scoring = shadow.score(state, batch, live, predicted)
+    if scoring.error is not None:
+        _log({"message": "shadow dropped", "shadow": state.source, "error": scoring.error})
+        shadow.drop(state, scoring.error)
+    return scoring
 
 
 def _split_scores(labels: list[Any], regressor: bool | list[bool]) -> tuple[list[Any], list[Any]]:

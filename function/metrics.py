@@ -27,6 +27,8 @@ DIMENSION_CHARS = 1024  # CloudWatch's limit on a dimension value
 LIVE_DIMENSIONS = ["function", "model_version"]
 SHADOW_DIMENSIONS = ["function", "model_version", "shadow_version"]
 
+# Up to this many distinct labels, each is counted with list.count (see label_counts).
+_FEW = 8
 _COUNT = "Count"
 _MS = "Milliseconds"
 _NONE = "None"
@@ -98,9 +100,11 @@ def batch_members(
     for name in ("decode_ms", "predict_ms", "write_ms"):
         members[name] = timings[name]
     _add_counts(members, metrics, label_counts(labels, "label:"))
-    confident = [p for p in probabilities if p is not None]
-    if confident:
-        mean = sum(confident) / len(confident)
+    # count(None) and sum() run in C: a third of the time of filtering the list first.
+    unknown = probabilities.count(None)
+    if unknown < len(probabilities):
+        confident = probabilities if not unknown else [p for p in probabilities if p is not None]
+        mean = sum(confident) / len(confident)  # type: ignore[arg-type]
         if math.isfinite(mean):
             members["confidence_mean"] = mean
             metrics.append({"Name": "confidence_mean", "Unit": _NONE})
@@ -148,19 +152,27 @@ def _add_counts(
         metrics.append({"Name": name, "Unit": _COUNT})
 
 
-def label_counts(labels: Iterable[Any], prefix: str) -> list[tuple[str, int]]:
+def label_counts(labels: Sequence[Any], prefix: str) -> list[tuple[str, int]]:
     """``(prefix + label name, count)`` for the LABEL_METRICS most frequent labels (ties by
     name), then ``(prefix + "(other)", the rest)`` when there are more.
 
     Labels whose names come out equal once sanitised (``"é"`` and ``"è"`` are both ``"?"``)
     are one metric: a line cannot hold a member twice.
     """
-    try:
-        counted = Counter(labels)
-    except TypeError:  # an unhashable label (metadata.json may name classes with lists)
-        counted = Counter(map(label_name, labels))
-    if not counted:
+    if not labels:
         return []
+    try:
+        distinct = set(labels)
+    except TypeError:  # an unhashable label (metadata.json may name classes with lists)
+        labels = [label_name(label) for label in labels]
+        distinct = set(labels)
+    counted: Mapping[Any, int]
+    if len(distinct) <= _FEW:
+        # A classifier's few labels: list.count per label, in C, is about three times as
+        # fast as a Counter over 100 predictions.
+        counted = {label: labels.count(label) for label in distinct}
+    else:
+        counted = Counter(labels)
     names: dict[str, int] = {}
     for label, count in counted.items():
         name = label_name(label)

@@ -323,8 +323,7 @@ def _finish(
     ``regressor``: whether the model answers values (or, for a set, whether each
     prediction's member does): its float predictions are scores in the metrics, not labels.
     ``shadowing``: the shadow, the live model and its predictions, when a shadow scores the
-    batch: after the writes, so that they do not wait for it; before them with
-    SHADOW_OUTPUT=1, whose outputs carry its answers.
+    batch (see ``_ShadowPass``).
     """
     version = owner.version
     predictions = [
@@ -345,23 +344,12 @@ def _finish(
             strict=True,
         )
     ]
-    run = shadowing if shadowing is not None and predictions else None
-    skipped = None if run is None else shadow.too_late(context, timings["predict_ms"])
-    if skipped is not None:
-        run = None
-    scoring: shadow.Scoring | None = None
-    shadow_s = 0.0
-    if run is not None and run[0].output:
-        begun = time.perf_counter()
-        scoring = _score_shadow(run, batch)
-        shadow.attach(scoring, predictions)
-        shadow_s = time.perf_counter() - begun
+    shadowed = _ShadowPass(shadowing, batch, predictions, context, timings["predict_ms"])
     # event index -> itemIdentifier of every record Lambda must retry
     failed: dict[int, str] = {}
     delivered = _deliver(batch, predictions, owner, os.environ, context, failed)
     written = time.perf_counter()
-    if run is not None and scoring is None:
-        scoring = _score_shadow(run, batch)
+    shadowed.after_writes()
 
     counts = {
         "received": batch.received,
@@ -370,7 +358,7 @@ def _finish(
         "dead_lettered": delivered.dead_lettered,
         "failed": len(failed),
     }
-    write_ms = round((written - predicted - shadow_s) * 1000, 3)
+    write_ms = round((written - predicted - shadowed.before_writes_s) * 1000, 3)
     line = {
         "message": "batch",
         "source": batch.source,
@@ -382,10 +370,9 @@ def _finish(
         "cold_start": cold_start,
         "request_id": getattr(context, "aws_request_id", None),
     }
-    if scoring is not None:
-        line["shadow"] = scoring.describe()
-    elif skipped is not None and shadowing is not None:
-        line["shadow"] = shadow.skipped(shadowing[0], skipped)
+    member = shadowed.member()
+    if member is not None:
+        line["shadow"] = member
     counted, scores = _split_scores(labels, regressor)
     line.update(
         metrics.batch_members(
@@ -399,7 +386,7 @@ def _finish(
             labels=counted,
             probabilities=probabilities,
             scores=scores,
-            shadow=None if scoring is None else scoring.figures,
+            shadow=None if shadowed.scoring is None else shadowed.scoring.figures,
         )
     )
     _log(line)
@@ -410,14 +397,57 @@ def _finish(
     }
 
 
-def _score_shadow(run: tuple[shadow.State, Model, Predictions], batch: Batch) -> shadow.Scoring:
-    """The shadow's scoring of the batch; a shadow that raised is dropped (and logged)."""
-    state, live, predicted = run
-    scoring = shadow.score(state, batch, live, predicted)
-    if scoring.error is not None:
-        _log({"message": "shadow dropped", "shadow": state.source, "error": scoring.error})
-        shadow.drop(state, scoring.error)
-    return scoring
+class _ShadowPass:
+    """The shadow's part in one batch (``shadowing``: the shadow, the live model and its
+    predictions, or None).
+
+    It scores after the writes, so that they never wait for it, unless its answers go out
+    with them (SHADOW_OUTPUT=1): then before, and ``before_writes_s`` says how long it took.
+    It does not run when the invocation is nearly out of time (``shadow.too_late``), nor on a
+    batch without predictions. A shadow that raises is dropped, and the drop logged.
+    """
+
+    def __init__(
+        self,
+        shadowing: tuple[shadow.State, Model, Predictions] | None,
+        batch: Batch,
+        predictions: list[dict[str, Any]],
+        context: Any,
+        live_predict_ms: float,
+    ) -> None:
+        self.run = shadowing if predictions else None
+        self.batch = batch
+        self.skipped: str | None = None
+        self.scoring: shadow.Scoring | None = None
+        self.before_writes_s = 0.0
+        if self.run is None:
+            return
+        self.skipped = shadow.too_late(context, live_predict_ms)
+        if self.skipped is None and self.run[0].output:
+            begun = time.perf_counter()
+            self.scoring = self._score(self.run)
+            shadow.attach(self.scoring, predictions)
+            self.before_writes_s = time.perf_counter() - begun
+
+    def after_writes(self) -> None:
+        if self.run is not None and self.skipped is None and self.scoring is None:
+            self.scoring = self._score(self.run)
+
+    def member(self) -> dict[str, Any] | None:
+        """The batch line's ``shadow`` member (None: no shadow)."""
+        if self.scoring is not None:
+            return self.scoring.describe()
+        if self.run is not None and self.skipped is not None:
+            return shadow.skipped(self.run[0], self.skipped)
+        return None
+
+    def _score(self, run: tuple[shadow.State, Model, Predictions]) -> shadow.Scoring:
+        state, live, predicted = run
+        scoring = shadow.score(state, self.batch, live, predicted)
+        if scoring.error is not None:
+            _log({"message": "shadow dropped", "shadow": state.source, "error": scoring.error})
+            shadow.drop(state, scoring.error)
+        return scoring
 
 
 def _split_scores(labels: list[Any], regressor: bool | list[bool]) -> tuple[list[Any], list[Any]]:

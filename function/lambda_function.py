@@ -21,6 +21,15 @@ Environment:
     DEAD_LETTER_BUCKET     S3 bucket keeping whole the bad records whose message is too large
                            for the queue (the queue gets a pointer and the reason)
     DEAD_LETTER_MAX_BYTES  the queue's MaximumMessageSize (default 262,144)
+    SHADOW_URI             a shadow model's archive in the model store (format of MODEL_URI):
+                           scored beside the live model on every batch, written nowhere
+                           (wins over SHADOW_DIR); see shadow.py
+    SHADOW_DIR             a shadow model's directory (default /opt/shadow, the shadow layer,
+                           used only when it exists)
+    SHADOW_OUTPUT          1: each prediction written carries the shadow's answer,
+                           "shadow": {"label", "probability", "model_version"}
+    AWS_LAMBDA_FUNCTION_NAME  (set by Lambda) the metrics' ``function`` dimension; the
+                           model's name when unset
 
 The response is ``{"batchItemFailures": [{"itemIdentifier": ...}], "predictions": [...],
 "counts": {...}}``: with ``FunctionResponseTypes=["ReportBatchItemFailures"]`` on the event
@@ -32,6 +41,12 @@ not fit is reported, with every record behind it (see ``_deliver``).
 
 A model directory holding ``set.json`` is a model set: each record is scored by the model
 it names (``model_set.py`` has the contract); a prediction's ``model`` is then that member.
+A set has no shadow (the SHADOW_* settings are ignored, logged once as ``setting ignored``).
+
+Each batch logs one ``batch`` line, which is also a CloudWatch Embedded Metric Format record
+(``metrics.py``; docs/CONTRACTS.md, "Metrics"): CloudWatch Logs turns its counts, timings,
+label counts and the shadow's agreement into metrics in namespace ``mlayer``, dimensions
+``function`` and ``model_version`` (plus ``shadow_version``), with no API call.
 
 Only the standard library, the dependency layer (scikit-learn, numpy, joblib, orjson) and,
 when MODEL_URI, a sink or the dead-letter queue is configured, boto3 are imported.
@@ -45,10 +60,12 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import metrics
 import model_set
-from model import Model, ModelLoadError, get_model
+import shadow
+from model import Model, ModelLoadError, Predictions, get_model
 from model_set import ModelSet
 from records import Batch, decode_event
 from safe_json import dumps
@@ -59,6 +76,7 @@ if TYPE_CHECKING:  # sinks is imported only when a sink is configured (it is not
 _cold_start = True
 _announced: Model | None = None
 _announced_set: ModelSet | None = None
+_announced_shadow: shadow.State | None = None
 
 
 def _log(entry: dict[str, Any]) -> None:
@@ -94,6 +112,34 @@ def _model() -> Model:
     return model
 
 
+def _shadow(live: Model) -> shadow.State | None:
+    """The environment's shadow when one is loaded; its first use (the init, normally) logs
+    how it loaded, or that it was dropped."""
+    global _announced_shadow
+    state = shadow.find(os.environ, live)
+    if state is None:
+        return None
+    if state is not _announced_shadow:
+        _announced_shadow = state
+        if state.model is None:
+            _log({"message": "shadow dropped", "shadow": state.source, "error": state.error})
+        else:
+            entry: dict[str, Any] = {
+                "message": "shadow loaded",
+                "model": state.model.name,
+                "model_version": state.model.version,
+                "input": state.model.input.describe(),
+                "load_ms": state.model.load_ms,
+                "output": state.output,
+            }
+            if state.model.warnings:
+                entry["warnings"] = state.model.warnings
+            if state.model.store is not None:
+                entry["store"] = state.model.store
+            _log(entry)
+    return state if state.model is not None else None
+
+
 def _announce_set(models: ModelSet) -> None:
     """Log the set the environment serves and load its default (see ``_load_at_init``)."""
     global _announced_set
@@ -111,6 +157,9 @@ def _announce_set(models: ModelSet) -> None:
     )
     for note in models.notes:
         _log({"message": "setting ignored", "error": note})
+    ignored = shadow.ignored_for_set(os.environ)
+    if ignored:
+        _log({"message": "setting ignored", "error": ignored})
     if models.default is None:
         model_set.import_libraries()
         return
@@ -159,11 +208,14 @@ def _load_at_init() -> None:
     without loading a member. Loading every member would make init grow with the set and
     could overrun the cache budget before the first record arrives. A default that fails
     to load is logged; its records are then reported as bad, the other members' scored.
+
+    The shadow, if any, loads after the live model (a shadow that fails is dropped, logged,
+    and changes nothing for the live model).
     """
     try:
         models = model_set.find(os.environ)
         if models is None:
-            _model()
+            _shadow(_model())
         else:
             _announce_set(models)
     except ModelLoadError as exc:
@@ -192,6 +244,7 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
     if models is not None:
         return _handle_set(event, context, models, cold_start)
     model = _model()
+    state = _shadow(model)
 
     started = time.perf_counter()
     batch = decode_event(event, model.input)
@@ -207,6 +260,8 @@ def _handle(event: Any, context: Any) -> dict[str, Any]:
     return _finish(
         batch, result.labels, result.probabilities, repeat(name, len(result.labels)),
         model, context, predicted, cold_start, timings, {"model": name},
+        regressor=model.regressor,
+        shadowing=None if state is None else (state, model, result),
     )  # fmt: skip
 
 
@@ -237,9 +292,12 @@ def _handle_set(event: Any, context: Any, models: ModelSet, cold_start: bool) ->
         "cache_bytes": models.cached_bytes,
         "cache_budget_bytes": models.budget_bytes,
     }
+    regressor: bool | list[bool] = False
+    if scored.regressors:
+        regressor = [member in scored.regressors for member in scored.members]
     return _finish(
         scored.batch, scored.labels, scored.probabilities, scored.members, models, context,
-        predicted, cold_start, timings, described,
+        predicted, cold_start, timings, described, regressor=regressor,
     )  # fmt: skip
 
 
@@ -254,10 +312,19 @@ def _finish(
     cold_start: bool,
     timings: dict[str, Any],
     described: dict[str, Any],
+    *,
+    regressor: bool | list[bool] = False,
+    shadowing: tuple[shadow.State, Model, Predictions] | None = None,
 ) -> dict[str, Any]:
     """Write the predictions (``scored_by``: the model of each) and the dead letters, log
     the batch line (``timings`` and ``described``: its timing and model fields) and build
-    the response, for a single model and a set alike."""
+    the response, for a single model and a set alike.
+
+    ``regressor``: whether the model answers values (or, for a set, whether each
+    prediction's member does): its float predictions are scores in the metrics, not labels.
+    ``shadowing``: the shadow, the live model and its predictions, when a shadow scores the
+    batch (see ``_ShadowPass``).
+    """
     version = owner.version
     predictions = [
         {
@@ -277,36 +344,135 @@ def _finish(
             strict=True,
         )
     ]
+    shadowed = _ShadowPass(shadowing, batch, predictions, context, timings["predict_ms"])
     # event index -> itemIdentifier of every record Lambda must retry
     failed: dict[int, str] = {}
-    dead_lettered = _deliver(batch, predictions, owner, os.environ, context, failed)
+    delivered = _deliver(batch, predictions, owner, os.environ, context, failed)
     written = time.perf_counter()
+    shadowed.after_writes()
 
     counts = {
         "received": batch.received,
         "predicted": len(predictions),
         "skipped": len(batch.skipped),
-        "dead_lettered": dead_lettered,
+        "dead_lettered": delivered.dead_lettered,
         "failed": len(failed),
     }
-    _log(
-        {
-            "message": "batch",
-            "source": batch.source,
-            "counts": counts,
-            **timings,
-            "write_ms": round((written - predicted) * 1000, 3),
-            **described,
-            "model_version": version,
-            "cold_start": cold_start,
-            "request_id": getattr(context, "aws_request_id", None),
-        }
+    write_ms = round((written - predicted - shadowed.before_writes_s) * 1000, 3)
+    line = {
+        "message": "batch",
+        "source": batch.source,
+        "counts": counts,
+        **timings,
+        "write_ms": write_ms,
+        **described,
+        "model_version": version,
+        "cold_start": cold_start,
+        "request_id": getattr(context, "aws_request_id", None),
+    }
+    member = shadowed.member()
+    if member is not None:
+        line["shadow"] = member
+    counted, scores = _split_scores(labels, regressor)
+    line.update(
+        metrics.batch_members(
+            function=os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or owner.name,
+            model_version=str(version),
+            records=batch.received,
+            predictions=len(predictions),
+            bad_records=delivered.dead_lettered + delivered.reported_alone,
+            sink_failures=len(failed) - delivered.reported_alone,
+            timings={**timings, "write_ms": write_ms},
+            labels=counted,
+            probabilities=probabilities,
+            scores=scores,
+            shadow=None if shadowed.scoring is None else shadowed.scoring.figures,
+        )
     )
+    _log(line)
     return {
         "batchItemFailures": [{"itemIdentifier": failed[index]} for index in sorted(failed)],
         "predictions": predictions,
         "counts": counts,
     }
+
+
+class _ShadowPass:
+    """The shadow's part in one batch (``shadowing``: the shadow, the live model and its
+    predictions, or None).
+
+    It scores after the writes, so that they never wait for it, unless its answers go out
+    with them (SHADOW_OUTPUT=1): then before, and ``before_writes_s`` says how long it took.
+    It does not run when the invocation is nearly out of time (``shadow.too_late``), nor on a
+    batch without predictions. A shadow that raises is dropped, and the drop logged.
+    """
+
+    def __init__(
+        self,
+        shadowing: tuple[shadow.State, Model, Predictions] | None,
+        batch: Batch,
+        predictions: list[dict[str, Any]],
+        context: Any,
+        live_predict_ms: float,
+    ) -> None:
+        self.run = shadowing if predictions else None
+        self.batch = batch
+        self.skipped: str | None = None
+        self.scoring: shadow.Scoring | None = None
+        self.before_writes_s = 0.0
+        if self.run is None:
+            return
+        self.skipped = shadow.too_late(context, live_predict_ms)
+        if self.skipped is None and self.run[0].output:
+            begun = time.perf_counter()
+            self.scoring = self._score(self.run)
+            shadow.attach(self.scoring, predictions)
+            self.before_writes_s = time.perf_counter() - begun
+
+    def after_writes(self) -> None:
+        if self.run is not None and self.skipped is None and self.scoring is None:
+            self.scoring = self._score(self.run)
+
+    def member(self) -> dict[str, Any] | None:
+        """The batch line's ``shadow`` member (None: no shadow)."""
+        if self.scoring is not None:
+            return self.scoring.describe()
+        if self.run is not None and self.skipped is not None:
+            return shadow.skipped(self.run[0], self.skipped)
+        return None
+
+    def _score(self, run: tuple[shadow.State, Model, Predictions]) -> shadow.Scoring:
+        state, live, predicted = run
+        scoring = shadow.score(state, self.batch, live, predicted)
+        if scoring.error is not None:
+            _log({"message": "shadow dropped", "shadow": state.source, "error": scoring.error})
+            shadow.drop(state, scoring.error)
+        return scoring
+
+
+def _split_scores(labels: list[Any], regressor: bool | list[bool]) -> tuple[list[Any], list[Any]]:
+    """(labels, scores): a regressor's float outputs are scores; what else it answers (a
+    non-finite output, written as a string) and every classifier's answer are labels."""
+    if isinstance(regressor, bool):
+        if not regressor:
+            return labels, []
+        scores = [label for label in labels if type(label) is float]
+        if len(scores) == len(labels):
+            return [], scores
+        return [label for label in labels if type(label) is not float], scores
+    counted: list[Any] = []
+    scores = []
+    for label, answers_values in zip(labels, regressor, strict=True):
+        (scores if answers_values and type(label) is float else counted).append(label)
+    return counted, scores
+
+
+class Delivered(NamedTuple):
+    """What ``_deliver`` did with the bad records: dead-lettered, or (without a dead-letter
+    queue) reported in batchItemFailures on their own."""
+
+    dead_lettered: int
+    reported_alone: int
 
 
 def _deliver(
@@ -316,10 +482,11 @@ def _deliver(
     environ: Mapping[str, str],
     context: Any,
     failed: dict[int, str],
-) -> int:
+) -> Delivered:
     """Write the outputs and dead letters, in event order up to the first record that must be
-    retried; fill ``failed`` (event index -> itemIdentifier). Returns how many were
-    dead-lettered.
+    retried; fill ``failed`` (event index -> itemIdentifier). Returns how many bad records
+    were dead-lettered or reported alone (every other failure is a write's, a dead letter's
+    or the deadline's).
 
     The first record that must be retried (a table or stream write that failed, a dead
     letter that could not be delivered, the invocation's deadline) is reported with every
@@ -337,7 +504,7 @@ def _deliver(
         for bad in batch.rejected:  # no dead-letter queue: Lambda retries them, then gives up
             failed[bad.index] = bad.item_identifier
             _log_bad(bad, "reported in batchItemFailures")
-        return 0
+        return Delivered(0, len(batch.rejected))
 
     import sinks
 
@@ -360,7 +527,7 @@ def _deliver(
                 "remaining_ms": deadline.remaining_ms(),
             }
         )
-    return dead_lettered
+    return Delivered(dead_lettered, 0 if queue_url else len(batch.rejected))
 
 
 def _handle_rejected(

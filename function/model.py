@@ -39,10 +39,15 @@ class ModelLoadError(RuntimeError):
 
 @dataclass(frozen=True)
 class Predictions:
-    """One label and one probability (None without predict_proba) per input, in order."""
+    """One label and one probability (None without predict_proba) per input, in order.
+
+    ``table``: predict_proba's whole matrix (a row per input, a column per class in
+    ``Model.class_labels`` order), or None; a shadow compares probabilities through it.
+    """
 
     labels: list[Any]
     probabilities: list[float | None]
+    table: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -98,6 +103,17 @@ class Model:
             self._label_array = np.empty(len(names), dtype=object)
             self._label_array[:] = names
 
+    @property
+    def regressor(self) -> bool:
+        """The model answers values, not classes (no ``classes_``): its float predictions
+        are scores (a clusterer's or outlier detector's integers are still labels)."""
+        return self._classes is None
+
+    @property
+    def class_labels(self) -> list[Any] | None:
+        """The labels the model answers, in its probability columns' order (None: no classes)."""
+        return None if self._classes is None else self._label_array.tolist()
+
     def predict(self, inputs: Sequence[Any]) -> Predictions:
         """Predict every input in one vectorized pass through the stages.
 
@@ -131,7 +147,7 @@ class Model:
         labels = self._label_array[index].tolist()
         if proba is None:
             return Predictions(labels, [None] * count)
-        return Predictions(labels, proba[np.arange(count), index].tolist())
+        return Predictions(labels, proba[np.arange(count), index].tolist(), proba)
 
     def _dataframe(self, rows: Sequence[Any]) -> Any:
         """The batch as a DataFrame with the training columns, built once column by column."""
@@ -433,7 +449,7 @@ _LOADED: dict[tuple[str, str | None, str | None, bool | None], Model] = {}
 
 # MODEL_MMAP: 0 reads every file, 1 maps every uncompressed joblib file, anything else (unset)
 # maps those of MMAP_MIN_BYTES or more.
-_MMAP_SETTING = {"0": False, "1": True}
+MMAP_SETTINGS = {"0": False, "1": True}
 
 
 def get_model(environ: Mapping[str, str] = os.environ) -> Model:
@@ -452,7 +468,7 @@ def get_model(environ: Mapping[str, str] = os.environ) -> Model:
         uri or environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR,
         environ.get("INPUT_FIELD") or None,
         environ.get("MODEL_VERSION") or None,
-        _MMAP_SETTING.get((environ.get("MODEL_MMAP") or "").strip()),
+        MMAP_SETTINGS.get((environ.get("MODEL_MMAP") or "").strip()),
     )
     model = _LOADED.get(key)
     if model is None:
@@ -483,7 +499,8 @@ def fetched_directory(uri: str) -> tuple[Path, dict[str, Any]]:
     and the fetch's figures for the "model loaded" line.
 
     The fetch runs in a background thread while this one imports the libraries every
-    model needs. A model set stored in the store is a directory like any other.
+    model needs. A model set stored in the store is a directory like any other. Kept per
+    URI: an environment fetches at most two (MODEL_URI and SHADOW_URI).
 
     Raises:
         ModelLoadError: the fetch failed (tried again at the next call).
@@ -498,7 +515,6 @@ def fetched_directory(uri: str) -> tuple[Path, dict[str, Any]]:
         fetched = pending.result()
         waited_ms = round((time.perf_counter() - waiting) * 1000, 2)
         done = (fetched.directory, {**fetched.describe(), "wait_ms": waited_ms})
-        _FETCHED.clear()
         _FETCHED[uri] = done
     return done
 

@@ -444,6 +444,7 @@ class Scored:
     labels: list[Any] = field(default_factory=list)
     probabilities: list[float | None] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
+    regressors: set[str] = field(default_factory=set)  # members that answer values, not labels
     per_model: dict[str, dict[str, int]] = field(default_factory=dict)
     defaulted: int = 0
     unrouted: int = 0
@@ -513,6 +514,8 @@ def score(event: Any, models: ModelSet) -> Scored:
         )
         decoded = clock()
         predictions = model.predict(part.inputs)
+        if model.regressor:
+            result.regressors.add(member)
         del model  # an eviction for the next member must be able to free it
         predict_s += clock() - decoded
         decode_s += decoded - begun

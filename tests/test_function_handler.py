@@ -343,7 +343,8 @@ def test_manifest_version_and_model_version_env(text_model_dir: Path, tmp_path: 
     (layer / "manifest.json").write_text(json.dumps({**meta, "version": 7, "files": {}}))
     run = invoke({"records": ["ok"]}, MODEL_DIR=layer, MODEL_VERSION="42")
     assert run.response["predictions"][0]["model_version"] == 7
-    assert run.batch_log["model_version"] == 7
+    # The batch line's model_version is a metric dimension: a string (predictions keep 7).
+    assert run.batch_log["model_version"] == "7"
 
 
 def test_metadata_version_drift_is_logged_at_load(text_model_dir: Path, tmp_path: Path) -> None:

@@ -239,7 +239,7 @@ def test_mixed_kinesis_batch_routes_each_record_to_its_model(
     }
     assert run.response["batchItemFailures"] == []
     line = run.batch_log
-    assert (line["model"], line["model_version"]) == ("tenants", 4)
+    assert (line["model"], line["model_version"]) == ("tenants", "4")  # a dimension: a string
     assert line["models"] == {name: {"routed": 2, "predicted": 2} for name in MEMBERS}
     assert (line["defaulted"], line["unrouted"]) == (0, 0)
     assert (

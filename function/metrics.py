@@ -55,6 +55,7 @@ class ShadowFigures:
     predict_ms: float = 0.0
     failures: int = 0
     agreement: float | None = None
+    agreed: int | None = None  # records whose labels agree: weighs agreement by records
     abs_diff: float | None = None
     labels: list[Any] = field(default_factory=list)
 
@@ -133,6 +134,9 @@ def _shadow_directive(members: dict[str, Any], shadow: ShadowFigures) -> dict[st
         {"Name": "shadow_predict_ms", "Unit": _MS},
         {"Name": "shadow_failures", "Unit": _COUNT},
     ]
+    if shadow.agreed is not None:
+        members["shadow_agreed"] = shadow.agreed
+        metrics.append({"Name": "shadow_agreed", "Unit": _COUNT})
     for name, value in (
         ("shadow_agreement", shadow.agreement),
         ("shadow_abs_diff", shadow.abs_diff),

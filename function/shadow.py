@@ -269,6 +269,7 @@ def _compare(
             live_labels[p] == theirs for p, theirs in zip(positions, answer.labels, strict=True)
         )
         differences = _probability_differences(scoring, state, predicted, answer)
+    figures.agreed = int(agreed)
     figures.agreement = agreed / len(positions)
     if differences:
         figures.abs_diff = math.fsum(differences) / len(differences)

@@ -149,6 +149,9 @@ def test_agreement_and_abs_diff_are_the_two_models_own(
     assert line["shadow_version"] == "unversioned"
     assert shadowed["shadow_records"] == 60
     assert shadowed["shadow_agreement"] == pytest.approx(agreement)
+    assert shadowed["shadow_agreed"] == sum(
+        a == b for a, b in zip(live_labels, shadow_labels, strict=True)
+    )
     assert shadowed["shadow_abs_diff"] == pytest.approx(abs_diff)
     assert shadowed["shadow_failures"] == 0
     assert shadowed["shadow_predict_ms"] == member["predict_ms"] > 0
@@ -279,7 +282,7 @@ def test_a_shadow_that_raises_is_dropped_for_the_environment(
     assert line["shadow"]["records"] == 0
     _, shadowed = emf(line)
     assert shadowed["shadow_failures"] == 1
-    assert "shadow_agreement" not in shadowed
+    assert "shadow_agreement" not in shadowed and "shadow_agreed" not in shadowed
     assert first.response == alone.response
     # and the next batch has no shadow at all
     assert second.response == alone.response

@@ -26,7 +26,7 @@ from mlayer.config import CONFIG_NAME, build_default_map, read_config
 from mlayer.errors import MlayerError, to_click_exception
 
 # Modules under mlayer.commands; each exposes COMMANDS, a list of click commands.
-COMMAND_MODULES: tuple[str, ...] = ("demo", "build", "cost", "publish", "deploy", "local")
+COMMAND_MODULES: tuple[str, ...] = ("demo", "build", "cost", "publish", "shadow", "deploy", "local")
 
 
 class MlayerGroup(click.Group):

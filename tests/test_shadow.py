@@ -496,20 +496,60 @@ def test_promote_without_the_shadows_build_names_the_fix(
     assert layer_list(lam, "scorer") == [deps(lam), model(lam, 1), shadow(lam, 1)]
 
 
-def test_promote_of_a_stored_shadow_sets_model_uri(lam: Any, s3: Any, layers: Path) -> None:
+@pytest.mark.parametrize("build", ["at hand", "gone"])
+def test_promote_of_a_stored_shadow_sets_model_uri(
+    lam: Any, s3: Any, layers: Path, build: str
+) -> None:
     publish_model(layers, 1, "--alias", "live")
     archive = write_model_archive(layers, 2)
     assert shadow_publish(archive, "--bucket", BUCKET).exit_code == 0
     uri = env(lam)["SHADOW_URI"]
+    if build == "gone":  # then MODEL_URI is set from SHADOW_URI as it is
+        archive.unlink()
+        archive.with_suffix(".json").unlink()
 
     result = run("promote", *LIVE, "--layers-dir", str(layers))
 
     assert result.exit_code == 0, result.output
     assert "Promoted: shadow sentiment v2 (s3://models/mlayer/scorer-model/" in result.output
+    memory = "Note: the shadow's archive has no build in --layers-dir, so its memory peak"
+    assert (memory in result.output) == (build == "gone")
     version = alias_version(lam)
     assert env(lam, version) == {"MODEL_URI": uri}
     assert env(lam) == {"MODEL_URI": uri}
     assert layer_list(lam, "scorer", version) == [deps(lam)]
+
+
+def test_publishing_the_shadows_model_as_live_removes_the_shadow(
+    lam: Any, layers: Path, shadowed: Path
+) -> None:
+    result = run("publish-model", str(shadowed), *LIVE)
+
+    assert result.exit_code == 0, result.output
+    assert (
+        "Note: the shadow sentiment v2 (scorer-shadow version 1) is this model, now live: "
+        "removed it\n"
+    ) in result.output
+    assert alias_version(lam) == "3"
+    assert layer_list(lam, "scorer", "3") == [deps(lam), model(lam, 2)]
+
+
+def test_rollback_removes_the_shadow_and_ends_on_a_version_without_one(
+    lam: Any, layers: Path
+) -> None:
+    publish_model(layers, 1, "--alias", "live")
+    assert shadow_publish(write_model_build(layers, 2)).exit_code == 0  # version 2: v1 + shadow
+    publish_model(layers, 3, "--alias", "live")  # version 3: v3, the shadow kept
+
+    result = run("rollback", *LIVE)
+
+    assert result.exit_code == 0, result.output
+    assert alias_version(lam) == "1"  # v1 without the shadow, not version 2
+    assert layer_list(lam, "scorer") == [deps(lam), model(lam, 1)]
+    assert result.output.endswith(
+        "Note: removed the shadow sentiment v2 (scorer-shadow version 1) from $LATEST; publish "
+        "it again with --shadow to keep scoring it\n"
+    )
 
 
 # ---------------------------------------------------------------------------- canary

@@ -534,6 +534,8 @@ def promote(
     Example:
       mlayer publish-model training/out --function scorer --alias live --canary 10
       mlayer promote --function scorer --alias live
+      mlayer publish-model training/out2 --function scorer --alias live --shadow
+      mlayer promote --function scorer --alias live --layers-dir layers
     """
     from mlayer.inventory import shadow_label
     from mlayer.rollout import promote as do_promote

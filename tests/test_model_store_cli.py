@@ -253,7 +253,11 @@ def test_canary_and_promote_with_stored_models(aws: dict[str, Any], layers: Path
     assert promoted.exit_code == 0, promoted.output
     assert "Model: sentiment v1 (S3 archive" in promoted.output
     assert "-> sentiment v2 (S3 archive" in promoted.output
-    assert lam.get_alias(FunctionName="scorer", Name="live")["FunctionVersion"] == "2"
+    # Version 2 scored the live v1 as its shadow (SHADOW_URI): the alias ends on $LATEST
+    # published again without it.
+    assert lam.get_alias(FunctionName="scorer", Name="live")["FunctionVersion"] == "3"
+    assert model_uri(lam, "3") == model_uri(lam, "2")
+    assert "SHADOW_URI" not in (config(lam, "3").get("Environment") or {}).get("Variables", {})
 
 
 def test_status_and_history_say_where_each_model_lives(aws: dict[str, Any], layers: Path) -> None:

@@ -480,18 +480,22 @@ def test_canary_routes_a_share_then_promote_completes_it(
     promoted = run("promote", "--function", "scorer", "--alias", "live")
 
     assert promoted.exit_code == 0, promoted.output
+    # The canary version scored the live model as its shadow: the alias ends on $LATEST
+    # published again without it (tests/test_shadow.py covers the shadow itself).
     assert promoted.output == (
-        "Promoted: alias live function version 1 -> 2 (was 10.0% canary), routing cleared.\n"
+        "Promoted: alias live function version 1 -> 3 (was 10.0% canary), routing cleared.\n"
         "Model: sentiment v1 (layer version 1) -> sentiment v2 (layer version 2)\n"
+        "Note: the canary (function version 2) scored sentiment v1 (scorer-shadow version 1) "
+        "as its shadow: $LATEST was published again without it as version 3\n"
     )
     alias = lam.get_alias(FunctionName="scorer", Name="live")
-    assert alias["FunctionVersion"] == "2"
+    assert alias["FunctionVersion"] == "3"
     assert not (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights")
 
     nothing = run("promote", "--function", "scorer", "--alias", "live")
     assert nothing.exit_code == 1
     assert nothing.output == (
-        "Error: alias live routes all traffic to function version 2: no canary to promote; "
+        "Error: alias live routes all traffic to function version 3: no canary to promote; "
         "start one with mlayer publish-model --alias live --canary PCT\n"
     )
 

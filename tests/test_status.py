@@ -48,13 +48,17 @@ def test_status_json_describes_function_layers_live_model_and_routing(
     )
     deps = sidecar(layers, "deps-python3.11-x86_64.json")
     v3 = sidecar(layers, "model-sentiment-v3.json")
+    # $LATEST serves the canary: v3, with the live v2 as its shadow (tests/test_shadow.py).
+    v2_shadow = sidecar(layers, "shadow-sentiment-v2.json")
     assert [(x["name"], x["layer_version"], x["kind"], x["sha256"]) for x in data["layers"]] == [
         ("scorer-deps", 1, "deps", deps["sha256"]),
         ("scorer-model", 3, "model", v3["sha256"]),
+        ("scorer-shadow", 1, "shadow", v2_shadow["sha256"]),
     ]
     assert [x["unzipped_bytes"] for x in data["layers"]] == [
         deps["unzipped_bytes"],
         v3["unzipped_bytes"],
+        v2_shadow["unzipped_bytes"],
     ]
     # The alias still serves v2; 20% goes to the canary carrying v3.
     assert data["live_from"] == "alias live -> version 2"
@@ -72,6 +76,7 @@ def test_status_json_describes_function_layers_live_model_and_routing(
                 "2": "sentiment v2 (layer version 2)",
                 "3": "sentiment v3 (layer version 3)",
             },
+            "shadow_models": {"2": None, "3": "sentiment v2 (scorer-shadow version 1)"},
         }
     ]
     assert data["budget"]["total"] == sum(p["unzipped_bytes"] for p in data["budget"]["parts"])
@@ -95,7 +100,7 @@ def test_status_text(lam: Any, layers: Path) -> None:
     assert "  labels: negative, positive" in lines
     assert (
         "Alias live: version 1 (sentiment v1 (layer version 1)) + version 2 at 5.0% "
-        "(sentiment v2 (layer version 2))"
+        "(sentiment v2 (layer version 2); shadow sentiment v1 (scorer-shadow version 1))"
     ) in lines
     assert any(line.startswith("Size: function scorer (at least)") for line in lines)
 

@@ -123,6 +123,53 @@ def write_zip(
     )
 
 
+def rerooted_zip(
+    source: Path, zip_path: Path, old_root: str, new_root: str, *, compresslevel: int = 9
+) -> ZipResult:
+    """Copy the zip ``source`` to ``zip_path`` with its root folder ``old_root`` renamed
+    ``new_root`` (``"model/"`` -> ``"shadow/"``), deterministically.
+
+    The entries are written as :func:`write_zip` writes them (sorted, the zip epoch, 0o644 or
+    0o755, deflated), from the same bytes: a zip written by :func:`write_zip` and rerooted
+    there and back is byte for byte the zip it was, so a model layer zip and its shadow zip
+    can each be rebuilt from the other.
+
+    Raises:
+        ValueError: an entry of ``source`` is not under ``old_root``.
+    """
+    with zipfile.ZipFile(source) as src:
+        infos = sorted((i for i in src.infolist() if not i.is_dir()), key=lambda i: i.filename)
+        outside = [i.filename for i in infos if not i.filename.startswith(old_root)]
+        if outside:
+            raise ValueError(f"{source}: entry {outside[0]!r} is not under {old_root}")
+        zip_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = zip_path.with_name(zip_path.name + ".tmp")
+        unzipped = 0
+        with zipfile.ZipFile(
+            tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel
+        ) as out:
+            for info in infos:
+                entry = zipfile.ZipInfo(new_root + info.filename[len(old_root) :], ZIP_EPOCH)
+                entry.create_system = 3
+                executable = (info.external_attr >> 16) & stat.S_IXUSR
+                entry.external_attr = (
+                    stat.S_IFREG | (EXEC_MODE if executable else FILE_MODE)
+                ) << 16
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                with src.open(info) as reader, out.open(entry, "w") as writer:
+                    while chunk := reader.read(_CHUNK):
+                        writer.write(chunk)
+                        unzipped += len(chunk)
+    os.replace(tmp, zip_path)
+    return ZipResult(
+        path=zip_path,
+        sha256=sha256_file(zip_path),
+        zip_bytes=zip_path.stat().st_size,
+        unzipped_bytes=unzipped,
+        files=len(infos),
+    )
+
+
 class _HashingWriter:
     """A binary file that hashes and counts what is written to it (what tarfile needs)."""
 

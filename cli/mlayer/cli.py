@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "build",
     "cost",
     "publish",
+    "shadow",
     "compare",
     "deploy",
     "local",

@@ -23,28 +23,17 @@ from mlayer.arns import function_name
 from mlayer.contracts import default_layer_name
 from mlayer.errors import NotFoundError
 from mlayer.inventory import FunctionVersion, ModelIndex, ModelRef, function_versions, model_of
-from mlayer.lambda_api import alias_weights, find_layer, get_alias, get_configuration
+from mlayer.inventory import shadow_of as inventory_shadow_of
+from mlayer.lambda_api import alias_weights, get_alias, get_configuration
 from mlayer.model_store import StoreURI
 
-SHADOW_URI = "SHADOW_URI"
 LAST_HOUR = timedelta(hours=1)
 
 
 def shadow_of(models: ModelIndex, function: str, fv: FunctionVersion | None) -> ModelRef | None:
-    """The shadow model function version ``fv`` scores beside its own, or None.
-
-    Read from the version itself as docs/CONTRACTS.md "Shadow scoring" records it: its
-    ``SHADOW_URI`` (an archive of the model store), else a version of layer
-    ``<function>-shadow`` it links (whose Description is a model Description). The one place
-    that reads it: the shadow rollout's own lookup replaces it when it lands.
-    """
-    if fv is None:
-        return None
-    uri = fv.environment.get(SHADOW_URI)
-    if uri and StoreURI.parse(uri) is not None:
-        return models.ref(uri)
-    arn = find_layer(fv.layers, default_layer_name(function, "shadow"))
-    return models.ref(arn) if arn else None
+    """The shadow model function version ``fv`` scores beside its own (its ``SHADOW_URI``,
+    else a version of layer ``<function>-shadow``), or None."""
+    return inventory_shadow_of(models, fv, default_layer_name(function, "shadow"))
 
 
 @dataclass

@@ -19,7 +19,13 @@ from typing import Any
 from mlayer import model_store
 from mlayer.archive import Budget
 from mlayer.arns import function_name, parse_layer_arn
-from mlayer.contracts import VersionRecord, parse_description, parse_version_record
+from mlayer.contracts import (
+    VersionRecord,
+    default_layer_name,
+    parse_description,
+    parse_version_record,
+    version_description,
+)
 from mlayer.lambda_api import (
     alias_weights,
     find_layer,
@@ -157,6 +163,13 @@ class ModelIndex:
             identity=model.identity if model else None,
         )
 
+    def from_version(self, v: dict[str, Any]) -> ModelRef:
+        """The model a layer version holds (from a listing of any mlayer model or shadow
+        layer), remembered for :meth:`ref`."""
+        ref = self._from_version(v)
+        self._by_arn.setdefault(ref.arn, ref)
+        return ref
+
     @staticmethod
     def _from_version(v: dict[str, Any]) -> ModelRef:
         record = parse_description(v.get("Description"))
@@ -209,6 +222,27 @@ def model_of(models: ModelIndex, fv: FunctionVersion | None) -> ModelRef | None:
     return models.ref(fv.model_at, parse_version_record(fv.description))
 
 
+def carries(model: ModelRef) -> str:
+    """The Description of a function version carrying ``model``: what rollback reads."""
+    return version_description(str(model.name), model.version or 0, model.sha256, model.identity)
+
+
+def shadow_at(fv: FunctionVersion | None, shadow_layer: str) -> str | None:
+    """Where function version ``fv``'s shadow model is (docs/CONTRACTS.md, "Shadow
+    scoring"): its SHADOW_URI (which wins, as in the function), else the version of
+    ``shadow_layer`` it links; None when it has no shadow."""
+    if fv is None:
+        return None
+    return fv.environment.get(model_store.SHADOW_ENV_VAR) or find_layer(fv.layers, shadow_layer)
+
+
+def shadow_of(models: ModelIndex, fv: FunctionVersion | None, shadow_layer: str) -> ModelRef | None:
+    """The shadow model of function version ``fv`` (a shadow layer's Description is a model
+    layer's, so ``models`` reads it whatever layer it indexes); None without one."""
+    at = shadow_at(fv, shadow_layer)
+    return models.ref(at) if at else None
+
+
 @dataclass
 class LinkedLayer:
     """A layer linked to the function, and what mlayer recorded about it."""
@@ -232,6 +266,7 @@ class AliasInfo:
     function_version: str
     weights: dict[str, float]
     models: dict[str, str | None]
+    shadow_models: dict[str, str | None] = field(default_factory=dict)  # version -> shadow
 
 
 @dataclass
@@ -257,6 +292,9 @@ class Status:
     manifest_source: str | None
     aliases: list[AliasInfo]
     budget: Budget
+    shadow_layer: str = ""
+    shadow_model: ModelRef | None = None  # the live version's shadow (alias's, else $LATEST's)
+    latest_shadow_model: ModelRef | None = None  # $LATEST's shadow
 
 
 def status(
@@ -267,8 +305,12 @@ def status(
     alias: str | None = None,
     layers_dir: Path | None = None,
     s3: Any | None = None,
+    shadow_layer: str | None = None,
 ) -> Status:
-    """Everything worth knowing about the deployed function, as data."""
+    """Everything worth knowing about the deployed function, as data: with the shadow model
+    (of ``shadow_layer``, default ``<function>-shadow``, or SHADOW_URI) of $LATEST, of the
+    live version and of each version an alias routes to."""
+    shadow_layer = shadow_layer or default_layer_name(function, "shadow")
     config = get_configuration(lam, function)
     versions = function_versions(lam, function, layer_name)
     models = ModelIndex(lam, layer_name, s3, _buckets_of(versions))
@@ -284,7 +326,7 @@ def status(
                 arn=arn,
                 name=parsed.name,
                 layer_version=parsed.version,
-                kind=record.kind if record else None,
+                kind=("shadow" if parsed.name == shadow_layer else record.kind) if record else None,
                 sha256=record.sha256
                 if record
                 else (version or {}).get("Content", {}).get("CodeSha256"),
@@ -306,6 +348,11 @@ def status(
                 models={
                     v: (m.label if (m := model_of(models, by_version.get(v))) else None)
                     for v in routed
+                },
+                shadow_models={
+                    v: (shadow_label(m) if (m := shadow_of(models, fv, shadow_layer)) else None)
+                    for v in routed
+                    if (fv := by_version.get(v)) is not None
                 },
             )
         )
@@ -340,7 +387,17 @@ def status(
         manifest_source=source,
         aliases=aliases,
         budget=check_budget_quietly(lam, config),
+        shadow_layer=shadow_layer,
+        shadow_model=shadow_of(models, live_fv, shadow_layer),
+        latest_shadow_model=shadow_of(models, by_version["$LATEST"], shadow_layer),
     )
+
+
+def shadow_label(shadow: ModelRef) -> str:
+    """``sentiment v3 (scorer-shadow version 2)``: where, for a shadow layer's version is not a
+    model layer's."""
+    model = f"{shadow.name} v{shadow.version}" if shadow.version is not None else "unknown model"
+    return f"{model} ({shadow.location}{', deleted' if shadow.deleted else ''})"
 
 
 def live_manifest(
@@ -392,6 +449,8 @@ class HistoryRow:
     aliases: list[str]
     location: str = ""  # "layer <name>:<N>" or "s3://bucket/key"
     archive_bytes: int | None = None  # a stored archive's size
+    shadow_of: list[str] = field(default_factory=list)  # function versions scoring it as shadow
+    shadow_aliases: list[str] = field(default_factory=list)  # aliases routing to those
 
 
 @dataclass
@@ -402,6 +461,10 @@ class History:
     layer_name: str
     live_from: str
     rows: list[HistoryRow]
+    shadow_layer: str = ""
+    # The shadow layer's versions (a shadow of the store is a row of ``rows``, with its
+    # ``shadow_of``); ``live`` marks the live version's shadow.
+    shadows: list[HistoryRow] = field(default_factory=list)
 
 
 def history(
@@ -412,29 +475,39 @@ def history(
     alias: str | None = None,
     s3: Any | None = None,
     buckets: Iterable[str] = (),
+    shadow_layer: str | None = None,
 ) -> History:
     """The model layer's versions and the model store's archives (deleted ones still in use
-    included), who uses each. The store is read in ``buckets`` and in every bucket a
-    function version's MODEL_URI names (with ``s3``)."""
+    included), who uses each, and the shadow layer's versions (``shadow_layer``, default
+    ``<function>-shadow``), who scores each as a shadow. The store is read in ``buckets`` and
+    in every bucket a function version's MODEL_URI or SHADOW_URI names (with ``s3``)."""
     get_configuration(lam, function)
+    shadow_layer = shadow_layer or default_layer_name(function, "shadow")
     versions = function_versions(lam, function, layer_name)
     models = ModelIndex(lam, layer_name, s3, [*buckets, *_buckets_of(versions)])
     by_version = {fv.version: fv for fv in versions}
     users: dict[str, list[str]] = {}
+    shadow_users: dict[str, list[str]] = {}
     for fv in versions:
         ref = model_of(models, fv)
         if ref is not None:
             users.setdefault(ref.arn, []).append(fv.version)
+        at = shadow_at(fv, shadow_layer)
+        if at is not None:
+            shadow_users.setdefault(at, []).append(fv.version)
     alias_users: dict[str, list[str]] = {}
+    alias_shadow_users: dict[str, list[str]] = {}
     live_fv = by_version["$LATEST"]
     live_from = "$LATEST"
     for a in list_aliases(lam, function):
         weights = alias_weights(a)
         for v in [str(a["FunctionVersion"]), *weights]:
             routed = by_version.get(v)
+            share = f" ({weights[v]:.0%})" if v in weights else ""
             if routed and routed.model_at:
-                share = f" ({weights[v]:.0%})" if v in weights else ""
                 alias_users.setdefault(routed.model_at, []).append(f"{a['Name']}{share}")
+            if (at := shadow_at(routed, shadow_layer)) is not None:
+                alias_shadow_users.setdefault(at, []).append(f"{a['Name']}{share}")
         if a["Name"] == alias:
             live_fv = by_version.get(str(a["FunctionVersion"]), live_fv)
             live_from = f"alias {alias} -> version {a['FunctionVersion']}"
@@ -442,28 +515,47 @@ def history(
     refs = {r.arn: r for r in models.listed()}
     for arn in users:
         refs.setdefault(arn, models.ref(arn))
-    rows = [
-        HistoryRow(
-            layer_version=r.layer_version,
-            arn=r.arn,
-            created=r.created,
-            model=r.name,
-            model_version=r.version,
-            sha256=r.sha256,
-            unzipped_bytes=r.unzipped_bytes,
-            deleted=r.deleted,
-            live=r.arn == live_arn,
-            function_versions=users.get(r.arn, []),
-            aliases=alias_users.get(r.arn, []),
-            location=r.location,
-            archive_bytes=r.stored.size if r.stored else None,
-        )
-        for r in sorted(
-            refs.values(), key=lambda r: (r.version or 0, r.layer_version or 0), reverse=True
-        )
-    ]
+    for arn in shadow_users:
+        if StoreURI.parse(arn) is not None:  # the store's archives are the model layer's
+            refs.setdefault(arn, models.ref(arn))
+    shadow_refs = {
+        r.arn: r for r in map(models.from_version, list_layer_versions(lam, shadow_layer))
+    }
+    for arn in shadow_users:
+        if StoreURI.parse(arn) is None:
+            shadow_refs.setdefault(arn, models.ref(arn))
+
+    def rows_of(found: dict[str, ModelRef], live: str | None) -> list[HistoryRow]:
+        return [
+            HistoryRow(
+                layer_version=r.layer_version,
+                arn=r.arn,
+                created=r.created,
+                model=r.name,
+                model_version=r.version,
+                sha256=r.sha256,
+                unzipped_bytes=r.unzipped_bytes,
+                deleted=r.deleted,
+                live=r.arn == live,
+                function_versions=users.get(r.arn, []),
+                aliases=alias_users.get(r.arn, []),
+                location=r.location,
+                archive_bytes=r.stored.size if r.stored else None,
+                shadow_of=shadow_users.get(r.arn, []),
+                shadow_aliases=alias_shadow_users.get(r.arn, []),
+            )
+            for r in sorted(
+                found.values(), key=lambda r: (r.version or 0, r.layer_version or 0), reverse=True
+            )
+        ]
+
     return History(
-        function=function_name(function), layer_name=layer_name, live_from=live_from, rows=rows
+        function=function_name(function),
+        layer_name=layer_name,
+        live_from=live_from,
+        rows=rows_of(refs, live_arn),
+        shadow_layer=shadow_layer,
+        shadows=rows_of(shadow_refs, shadow_at(live_fv, shadow_layer)),
     )
 
 
@@ -509,7 +601,7 @@ def prune(
     for index, row in enumerate(rows):  # newest first
         if index < keep:
             result.kept_newest.append(row)
-        elif row.function_versions or row.aliases:
+        elif row.function_versions or row.aliases or row.shadow_of or row.shadow_aliases:
             result.kept_in_use.append(row)
         else:
             result.deleted.append(row)
@@ -526,5 +618,7 @@ def prune(
 
 
 def _buckets_of(versions: list[FunctionVersion]) -> list[str]:
-    """The buckets the function versions' MODEL_URIs name."""
-    return [uri.bucket for fv in versions if (uri := StoreURI.parse(fv.model_at or ""))]
+    """The buckets the function versions' MODEL_URIs and SHADOW_URIs name."""
+    uris = [fv.model_at or "" for fv in versions]
+    uris += [fv.environment.get(model_store.SHADOW_ENV_VAR) or "" for fv in versions]
+    return [uri.bucket for text in uris if (uri := StoreURI.parse(text))]

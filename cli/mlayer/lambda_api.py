@@ -211,6 +211,22 @@ def alias_weights(alias: dict[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in (routing.get("AdditionalVersionWeights") or {}).items()}
 
 
+def set_alias(
+    lam: Any, function: str, alias: str, version: str, canary: dict[str, float] | None = None
+) -> None:
+    """Point ``alias`` at function ``version``; route ``canary`` ({version: weight}) besides.
+
+    Without ``canary`` the alias's routing is reset: every rollout step that moves an alias
+    (publish, promote, rollback, deploy-function, shadow) ends any canary it had.
+    """
+    lam.update_alias(
+        FunctionName=function,
+        Name=alias,
+        FunctionVersion=version,
+        RoutingConfig={"AdditionalVersionWeights": canary or {}},
+    )
+
+
 def layer_arns(config: dict[str, Any]) -> list[str]:
     """The layer version ARNs linked to a function configuration, in order."""
     return [layer["Arn"] for layer in config.get("Layers") or []]

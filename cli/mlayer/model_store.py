@@ -19,6 +19,9 @@ from mlayer.errors import AwsError, ConfigError, NotFoundError
 from mlayer.lambda_api import error_code, is_client_error
 
 ENV_VAR = "MODEL_URI"
+# A shadow model of the store (docs/CONTRACTS.md, "Shadow scoring"): the same URI format, the
+# same archive and key, in another variable.
+SHADOW_ENV_VAR = "SHADOW_URI"
 METADATA_KEY = "mlayer"  # x-amz-meta-mlayer: the model layer Description
 _URI_RE = re.compile(
     r"^s3://(?P<bucket>[^/#]+)/(?P<key>[^#]+)#sha256=(?P<sha>[0-9a-f]{64})&size=(?P<size>\d+)$"

@@ -47,6 +47,12 @@ model_layer = click.option(
     metavar="NAME",
     help="Model layer name [default: <function>-model].",
 )
+shadow_layer = click.option(
+    "--shadow-layer",
+    envvar="MLAYER_SHADOW_LAYER",
+    metavar="NAME",
+    help="Shadow model layer name [default: <function>-shadow].",
+)
 runtime = click.option(
     "--runtime",
     envvar="MLAYER_RUNTIME",

@@ -9,14 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mlayer import model_store
+from mlayer import model_store, shadow
 from mlayer.archive import Budget, BudgetPart
 from mlayer.arns import function_name, parse_layer_arn
-from mlayer.contracts import model_description, version_description
+from mlayer.contracts import default_layer_name, model_description
 from mlayer.errors import BuildError, ConfigError, NotFoundError
-from mlayer.inventory import FunctionVersion, ModelIndex, ModelRef, function_versions, model_of
+from mlayer.inventory import (
+    FunctionVersion,
+    ModelIndex,
+    ModelRef,
+    carries,
+    function_versions,
+    model_of,
+    shadow_at,
+    shadow_label,
+    shadow_of,
+)
 from mlayer.lambda_api import (
     DEFAULT_PACE,
     Pace,
@@ -26,6 +37,7 @@ from mlayer.lambda_api import (
     layer_arns,
     publish_function_version,
     relinked,
+    set_alias,
     update_configuration,
 )
 from mlayer.layers import (
@@ -60,6 +72,9 @@ class Rollout:
     stored: StoredModel | None = None  # the archive in the S3 model store
     size: EnvironmentSize | None = None  # what a store-backed function needs
     environment_changes: list[str] = field(default_factory=list)  # memory / storage set
+    # A canary's shadow: the live model, scored beside the candidate on the canary version
+    # (None: the canary runs without one, and a note says why).
+    canary_shadow: ModelRef | None = None
 
 
 def publish_model(
@@ -75,6 +90,8 @@ def publish_model(
     progress: Callable[[int], None] | None = None,
     memory_mb: int | None = None,
     pace: Pace = DEFAULT_PACE,
+    layers_dir: Path | None = None,
+    shadow_layer: str | None = None,
 ) -> Rollout:
     """Publish a model layer (or reuse an identical version) and roll it out.
 
@@ -86,7 +103,11 @@ def publish_model(
     Relinks only the model layer of ``function`` (others keep their place), after checking
     the 5-layer limit and the 250 MB budget. With ``alias``: publishes a function version
     and moves the alias to it, or with ``canary`` (percent) routes that share of the alias's
-    invocations to it while the alias stays on the version it had.
+    invocations to it while the alias stays on the version it had. The canary version
+    carries the live model as its shadow (``Rollout.canary_shadow``) when its stored archive,
+    a version of ``shadow_layer`` (default ``<function>-shadow``) or its build (in
+    ``layers_dir`` or beside ``build``) is at hand and the budgets allow, so its batches are
+    scored by both; else it goes without and a note says so.
 
     Models are compared by content (:func:`model_identity`), not build number: when the
     live model (and $LATEST's) already has this content nothing is done
@@ -148,6 +169,29 @@ def publish_model(
     rollout.old_model = old_model
     rollout.alias = alias
     rollout.old_function_version = old_function_version
+    if canary is not None:
+        attached = shadow.attach_live(
+            lam, s3, function=function, live=old_model, candidate=build,
+            dirs=shadow.search_dirs(layers_dir, build.zip_path.parent), model_layer=layer_name,
+            shadow_layer=shadow_layer or default_layer_name(function, "shadow"), bucket=bucket,
+            pace=pace,
+        )  # fmt: skip
+        rollout.canary_shadow = attached.model
+        rollout.notes += attached.notes
+        if attached.changed and attached.layers is not None:
+            rollout.layers, rollout.relinked = attached.layers, True
+            rollout.budget = check_budget_quietly(lam, get_configuration(lam, function))
+    else:
+        dropped = shadow.drop_if_live(
+            lam, s3, function=function, identity=build.identity, model_layer=layer_name,
+            shadow_layer=shadow_layer or default_layer_name(function, "shadow"), pace=pace,
+        )  # fmt: skip
+        if dropped is not None:
+            rollout.relinked = True
+            rollout.layers = layer_arns(get_configuration(lam, function))
+            rollout.notes.append(
+                f"the shadow {shadow_label(dropped)} is this model, now live: removed it"
+            )
     if alias:
         _roll_alias(lam, function, alias, current_alias, canary, rollout, pace)
     return rollout
@@ -336,11 +380,6 @@ def _unchanged(
     )
 
 
-def carries(model: ModelRef) -> str:
-    """The Description of a function version carrying ``model``: what rollback reads."""
-    return version_description(str(model.name), model.version or 0, model.sha256, model.identity)
-
-
 def _roll_alias(
     lam: Any,
     function: str,
@@ -356,11 +395,7 @@ def _roll_alias(
         # version anyway; moto would publish a duplicate.)
         serving = get_configuration(lam, function, str(current_alias["FunctionVersion"]))
         latest = get_configuration(lam, function)
-        if (
-            serving.get("CodeSha256") == latest.get("CodeSha256")
-            and layer_arns(serving) == layer_arns(latest)
-            and _model_uri(serving) == _model_uri(latest)
-        ):
+        if shadow.serving_settings(serving) == shadow.serving_settings(latest):
             rollout.new_function_version = str(current_alias["FunctionVersion"])
             rollout.notes.append(
                 f"alias {alias} already serves function version "
@@ -400,44 +435,155 @@ class Promotion:
     alias: str
     old_function_version: str
     new_function_version: str
-    weight: float
+    weight: float  # the canary's share (0 for a shadow)
     old_model: ModelRef | None
     new_model: ModelRef | None
+    # The canary version, when the alias ended elsewhere: it carried the live model as its
+    # shadow, so $LATEST was published again without it.
+    canary_function_version: str | None = None
+    shadow: ModelRef | None = None  # the shadow made live (promote without a canary)
+    notes: list[str] = field(default_factory=list)
 
 
 def promote(
-    lam: Any, *, function: str, alias: str, layer_name: str, s3: Any | None = None
+    lam: Any,
+    *,
+    function: str,
+    alias: str,
+    layer_name: str,
+    s3: Any | None = None,
+    shadow_layer: str | None = None,
+    layers_dir: Path | None = None,
+    pace: Pace = DEFAULT_PACE,
 ) -> Promotion:
-    """Move the alias fully to its canary version and clear the routing.
+    """Complete a canary: move the alias fully to its canary version and clear the routing;
+    or, without a canary, make the shadow the live model.
+
+    A canary version that carries the live model as its shadow is not where the alias ends:
+    $LATEST (the candidate) is published again without the shadow, and the alias moves
+    there. A shadow (of the alias's version, else of $LATEST) becomes the model layer's next
+    version from its build in ``layers_dir`` (found by sha256 or content, or rebuilt from the
+    shadow zip), or MODEL_URI for a stored one; the shadow is removed, a version published
+    and the alias moved to it.
 
     Raises:
         NotFoundError: no such function or alias.
-        ConfigError: the alias has no canary.
+        ConfigError: neither a canary nor a shadow; the shadow's model is not at hand.
     """
     get_configuration(lam, function)
     current = get_alias(lam, function, alias)
     if current is None:
         raise NotFoundError(f"function {function_name(function)} has no alias {alias}")
-    weights = alias_weights(current)
-    if not weights:
-        raise ConfigError(
-            f"alias {alias} routes all traffic to function version {current['FunctionVersion']}: "
-            "no canary to promote; start one with mlayer publish-model --alias "
-            f"{alias} --canary PCT"
-        )
-    canary_version, weight = max(weights.items(), key=lambda kv: kv[1])
-    set_alias(lam, function, alias, canary_version)
+    shadow_layer = shadow_layer or default_layer_name(function, "shadow")
     models = ModelIndex(lam, layer_name, s3)
     versions = {fv.version: fv for fv in function_versions(lam, function, layer_name)}
-    return Promotion(
+    weights = alias_weights(current)
+    old_version = str(current["FunctionVersion"])
+    if not weights:
+        at = shadow_at(versions.get(old_version), shadow_layer) or shadow_at(
+            versions["$LATEST"], shadow_layer
+        )
+        if at is None:
+            raise ConfigError(
+                f"alias {alias} routes all traffic to function version {old_version}: no "
+                f"canary to promote; start one with mlayer publish-model --alias {alias} "
+                "--canary PCT"
+            )
+        return _promote_shadow(
+            lam, s3, function, alias, old_version, models.ref(at), models, versions,
+            shadow.search_dirs(layers_dir), shadow_layer, pace,
+        )  # fmt: skip
+    canary_version, weight = max(weights.items(), key=lambda kv: kv[1])
+    result = Promotion(
         function=function_name(function),
         alias=alias,
-        old_function_version=str(current["FunctionVersion"]),
+        old_function_version=old_version,
         new_function_version=canary_version,
         weight=weight,
-        old_model=model_of(models, versions.get(str(current["FunctionVersion"]))),
+        old_model=model_of(models, versions.get(old_version)),
         new_model=model_of(models, versions.get(canary_version)),
     )
+    canary_fv = versions.get(canary_version)
+    carried = shadow_of(models, canary_fv, shadow_layer)
+    if carried is None or canary_fv is None:
+        set_alias(lam, function, alias, canary_version)
+        return result
+    if versions["$LATEST"].model_at != canary_fv.model_at:
+        set_alias(lam, function, alias, canary_version)
+        result.notes.append(
+            f"function version {canary_version} carries {shadow_label(carried)} as its shadow, "
+            "and $LATEST no longer serves the canary's model, so the alias moved to it as it "
+            f"is; remove the shadow with mlayer shadow stop --alias {alias}"
+        )
+        return result
+    # The alias must not end on a version still scoring the old model beside the new one.
+    shadow.detach(lam, function, shadow_layer, pace)
+    new_version = publish_function_version(lam, function, canary_fv.description, pace)
+    set_alias(lam, function, alias, new_version)
+    result.new_function_version = new_version
+    result.canary_function_version = canary_version
+    result.notes.append(
+        f"the canary (function version {canary_version}) scored {shadow_label(carried)} as its "
+        f"shadow: $LATEST was published again without it as version {new_version}"
+    )
+    return result
+
+
+def _promote_shadow(
+    lam: Any,
+    s3: Any | None,
+    function: str,
+    alias: str,
+    old_version: str,
+    shade: ModelRef,
+    models: ModelIndex,
+    versions: dict[str, FunctionVersion],
+    dirs: list[Path],
+    shadow_layer: str,
+    pace: Pace,
+) -> Promotion:
+    """Make shadow ``shade`` live: its model published (or linked) on $LATEST without the
+    shadow, a version published, the alias moved to it."""
+    build, locator = shadow.promotable(lam, shade, dirs=dirs, model_layer=models.layer_name)
+    old_model = model_of(models, versions.get(old_version))
+    shadow.detach(lam, function, shadow_layer, pace)
+    result = Promotion(
+        function=function_name(function),
+        alias=alias,
+        old_function_version=old_version,
+        new_function_version=old_version,
+        weight=0.0,
+        old_model=old_model,
+        new_model=None,
+        shadow=shade,
+    )
+    if build is not None:
+        stored = shade.stored
+        rollout = publish_model(
+            lam, s3, function=function, build=build, layer_name=models.layer_name, alias=alias,
+            bucket=stored.bucket if stored is not None else None, pace=pace,
+        )  # fmt: skip
+        result.new_model = rollout.new_model
+        result.new_function_version = str(rollout.new_function_version)
+        result.notes += rollout.notes
+        return result
+    assert locator is not None
+    config = get_configuration(lam, function)
+    if StoreURI.parse(locator) is not None:
+        check_budget(lam, config, _without_layer(layer_arns(config), models.layer_name))
+        result.notes.append(
+            "the shadow's archive has no build in --layers-dir, so its memory peak is unknown: "
+            "check the function's memory (mlayer status)"
+        )
+    else:
+        check_budget(lam, config, relinked(layer_arns(config), locator))
+    _relink_latest(lam, function, config, locator, models.layer_name, pace)
+    result.new_model = models.ref(locator)
+    result.new_function_version = publish_function_version(
+        lam, function, carries(result.new_model), pace
+    )
+    set_alias(lam, function, alias, result.new_function_version)
+    return result
 
 
 @dataclass
@@ -464,6 +610,7 @@ def rollback(
     to: int | None = None,
     pace: Pace = DEFAULT_PACE,
     s3: Any | None = None,
+    shadow_layer: str | None = None,
 ) -> Rollback:
     """Go back to the previous model version (the newest one older than the live one), or ``to``.
 
@@ -471,6 +618,10 @@ def rollback(
     canary in progress is cancelled instead when no ``to`` is given), and relinks $LATEST to
     match when the layer version still exists. Without: relinks $LATEST to the older model
     layer version.
+
+    A shadow (of ``shadow_layer``, default ``<function>-shadow``, or SHADOW_URI) is removed
+    from $LATEST, and the alias ends on a version without one when there is such a carrier:
+    a rollback, like a cancelled canary whose shadow was the live model, leaves none behind.
 
     Raises:
         NotFoundError: nothing to roll back to, or the named version does not exist.
@@ -483,6 +634,7 @@ def rollback(
     by_version = {fv.version: fv for fv in versions}
     latest = by_version["$LATEST"]
     name = function_name(function)
+    shadow_layer = shadow_layer or default_layer_name(function, "shadow")
 
     current_alias = None
     if alias:
@@ -505,8 +657,9 @@ def rollback(
     if current_alias is not None and alias_weights(current_alias) and to is None:
         assert live_fv is not None and alias is not None
         return _cancel_canary(
-            lam, function, alias, current_alias, live, live_fv, models, by_version, config, pace
-        )
+            lam, function, alias, current_alias, live, live_fv, models, by_version, shadow_layer,
+            pace,
+        )  # fmt: skip
 
     candidates = _known_models(models, versions)
     target_version, notes = _rollback_target(live, candidates, to, name, layer_name)
@@ -518,8 +671,16 @@ def rollback(
 
     if alias and current_alias is not None:
         result.old_function_version = str(current_alias["FunctionVersion"])
-        carrier = _carrier(models, versions, target_version)
-        if carrier is not None:
+        carrier = _carrier(models, versions, target_version, shadow_layer)
+        carried = shadow_of(models, carrier, shadow_layer)
+        if carrier is not None and (carried is None or not linkable):
+            if carried is not None:
+                result.notes.append(
+                    f"function version {carrier.version}, the only one serving v{target_version}, "
+                    f"also scores the shadow {shadow_label(carried)}; mlayer shadow stop "
+                    f"--alias {alias} removes it"
+                )
+            config = _drop_shadow(lam, function, shadow_layer, models, result, pace)
             return _alias_to_carrier(lam, function, alias, carrier, result, models, config, pace)
     if not linkable and refs[0].stored is not None:
         raise ConfigError(
@@ -542,6 +703,7 @@ def rollback(
         check_budget(lam, config, _without_layer(layer_arns(config), layer_name))
     else:
         check_budget(lam, config, relinked(layer_arns(config), target))
+    config = _drop_shadow(lam, function, shadow_layer, models, result, pace)
     result.layers, _ = _relink_latest(lam, function, config, target, layer_name, pace)
     if alias:
         version = publish_function_version(lam, function, carries(result.to_model), pace)
@@ -662,15 +824,45 @@ def _rollback_target(
 
 
 def _carrier(
-    models: ModelIndex, versions: list[FunctionVersion], model_version: int
+    models: ModelIndex, versions: list[FunctionVersion], model_version: int, shadow_layer: str
 ) -> FunctionVersion | None:
-    """The newest published function version that carries model ``model_version``."""
+    """The newest published function version that carries model ``model_version``, one
+    without a shadow if there is one."""
     carriers = [
         fv for fv in versions
         if fv.version != "$LATEST" and (m := model_of(models, fv)) is not None
         and m.version == model_version
     ]  # fmt: skip
-    return max(carriers, key=lambda fv: int(fv.version)) if carriers else None
+    plain = [fv for fv in carriers if shadow_at(fv, shadow_layer) is None]
+    return max(plain or carriers, key=lambda fv: int(fv.version)) if carriers else None
+
+
+def _drop_shadow(
+    lam: Any,
+    function: str,
+    shadow_layer: str,
+    models: ModelIndex,
+    result: Rollback,
+    pace: Pace,
+) -> dict[str, Any]:
+    """Remove $LATEST's shadow (a note says which, unless it was a canary's: the live model);
+    $LATEST's configuration after."""
+    config = get_configuration(lam, function)
+    removed = shadow_of(
+        models, FunctionVersion.of("$LATEST", config, models.layer_name), shadow_layer
+    )
+    updates = shadow.detach_updates(config, shadow_layer)
+    if not updates:
+        return config
+    update_configuration(lam, function, pace, **updates)
+    config = get_configuration(lam, function)
+    result.layers = layer_arns(config)
+    if removed is not None and not result.canary_cancelled:
+        result.notes.append(
+            f"removed the shadow {shadow_label(removed)} from $LATEST; publish it again with "
+            "--shadow to keep scoring it"
+        )
+    return config
 
 
 def _cancel_canary(
@@ -682,7 +874,7 @@ def _cancel_canary(
     live_fv: FunctionVersion,
     models: ModelIndex,
     by_version: dict[str, FunctionVersion],
-    config: dict[str, Any],
+    shadow_layer: str,
     pace: Pace,
 ) -> Rollback:
     weights = alias_weights(current_alias)
@@ -698,25 +890,12 @@ def _cancel_canary(
         new_function_version=live_fv.version,
         canary_cancelled=True,
     )
+    # $LATEST serves the canary's model, with the live one as its shadow: back to the live
+    # model alone.
+    config = _drop_shadow(lam, function, shadow_layer, models, result, pace)
     if not live.deleted:
         result.layers, _ = _relink_latest(lam, function, config, live.arn, models.layer_name, pace)
     return result
-
-
-def set_alias(
-    lam: Any, function: str, alias: str, version: str, canary: dict[str, float] | None = None
-) -> None:
-    """Point ``alias`` at function ``version``; route ``canary`` ({version: weight}) besides.
-
-    Without ``canary`` the alias's routing is reset: every rollout step that moves an alias
-    (publish, promote, rollback, deploy-function) ends any canary it had.
-    """
-    lam.update_alias(
-        FunctionName=function,
-        Name=alias,
-        FunctionVersion=version,
-        RoutingConfig={"AdditionalVersionWeights": canary or {}},
-    )
 
 
 def _relink_latest(
@@ -774,8 +953,3 @@ def _relink_latest(
 
 def _without_layer(arns: list[str], layer_name: str) -> list[str]:
     return [a for a in arns if parse_layer_arn(a).name != layer_name]
-
-
-def _model_uri(config: dict[str, Any]) -> str | None:
-    env = (config.get("Environment") or {}).get("Variables") or {}
-    return env.get(model_store.ENV_VAR)

@@ -169,6 +169,13 @@ def publish_deps(
     metavar="PCT",
     help="Route PCT% of the alias's invocations to the new version; `mlayer promote` completes it.",
 )
+@click.option(
+    "--shadow",
+    is_flag=True,
+    help="Publish the model as the live model's shadow: scored on every batch beside it, "
+    "written nowhere; `mlayer promote` makes it live, `mlayer shadow stop` removes it.",
+)
+@options.shadow_layer
 @options.store
 @click.option(
     "--set",
@@ -248,6 +255,8 @@ def publish_model(
     model_layer: str | None,
     alias: str | None,
     canary: float | None,
+    shadow: bool,
+    shadow_layer: str | None,
     store: str,
     member: str | None,
     set_field: str | None,
@@ -296,13 +305,20 @@ def publish_model(
     sha256, the function's MODEL_URI points at it (the function downloads and verifies it
     at init), the model layer is unlinked, /tmp is sized for it, and memory is checked
     against the smoke test's measured peak. Rollout, canary, promote and rollback work the
-    same way.
+    same way. A canary version carries the live model as its shadow when it can, so the
+    two are compared record by record.
+
+    With --shadow the model is not served: it becomes the live model's shadow (a version of
+    the shadow layer holding its files under shadow/, or SHADOW_URI for a stored model),
+    scored on every batch beside the live model and written nowhere; the live model is
+    untouched. `mlayer promote` makes the shadow live, `mlayer shadow stop` removes it.
 
     \b
     Example:
       mlayer publish-model training/out --function scorer --alias live
       mlayer publish-model layers/model-sentiment-v3.zip --alias live --canary 10
       mlayer promote --function scorer --alias live
+      mlayer publish-model training/out2 --function scorer --alias live --shadow
       mlayer publish-model forest/ --store s3 --bucket models --alias live --memory 4096
       mlayer publish-model acme/ --set acme --set-field tenant --alias live
       mlayer publish-model training/out --alias live --canary 10 --bake 10m \\
@@ -314,7 +330,6 @@ def publish_model(
     scored by the model its --set-field names (or --set-default). Rollback moves the whole
     set.
     """
-    from mlayer import model_store
     from mlayer.contracts import default_layer_name
     from mlayer.layers import build_model_for, load_build, model_builds
     from mlayer.rollout import publish_model as publish
@@ -325,8 +340,17 @@ def publish_model(
         max_errors=max_errors, min_records=min_records, bake_interval=bake_interval,
     )  # fmt: skip
     layer_name = model_layer or default_layer_name(function, "model")
+    shadow_layer = shadow_layer or default_layer_name(function, "shadow")
     lam = settings.client("lambda")
     layers = Path(layers_dir)
+    if shadow and canary is not None:
+        raise click.UsageError(
+            "--shadow and --canary do not go together: a shadow is scored beside the live "
+            "model and serves nothing; a canary version already carries the live model as its "
+            "shadow"
+        )
+    if shadow and member is not None:
+        raise click.UsageError("--shadow and --set do not go together: model sets have no shadow")
     if member is not None:
         from mlayer.model_set import build_set
 
@@ -369,11 +393,7 @@ def publish_model(
             arch=arch,
             progress=lambda message: click.echo(f"  {message}"),
             store=store,
-            stored_versions=(
-                (lambda: model_store.stored_versions(settings.client("s3"), bucket, layer_name))
-                if bucket
-                else None
-            ),
+            stored_versions=_other_versions(settings, bucket, layer_name, shadow_layer, shadow),
         )
         if build.package == "store":
             click.secho(
@@ -391,6 +411,10 @@ def publish_model(
             f"{build.zip_path.name} is a model layer; build the model for the store with "
             "mlayer build-model MODEL_DIR --store s3 (or pass MODEL_DIR with --store s3)"
         )
+    if shadow:
+        _publish_shadow(settings, function, build, layer_name, shadow_layer, alias, bucket,
+                        layers, memory_mb)  # fmt: skip
+        return
     progress = _UploadProgress(f"Uploading {build.zip_path.name}")
     progress.total = build.zip_bytes
     try:
@@ -405,6 +429,8 @@ def publish_model(
             bucket=bucket,
             progress=progress,
             memory_mb=memory_mb,
+            layers_dir=layers,
+            shadow_layer=shadow_layer,
         )
     finally:
         progress.close()
@@ -446,6 +472,13 @@ def publish_model(
                 f"version {new_fv}; complete it with `mlayer promote --function "
                 f"{rollout.function} --alias {rollout.alias}` or undo it with `mlayer rollback`"
             )
+            if rollout.canary_shadow is not None:
+                from mlayer.inventory import shadow_label
+
+                click.echo(
+                    f"Canary shadow: version {new_fv} also scores the live model, "
+                    f"{shadow_label(rollout.canary_shadow)}, on every record it serves"
+                )
         elif rollout.old_function_version != new_fv:
             click.echo(
                 f"Alias {rollout.alias}: function version {rollout.old_function_version} -> {new_fv}"
@@ -457,21 +490,123 @@ def publish_model(
         bake_canary(settings, rollout, layer_name, started, guards, bake, interval, given)
 
 
+def _other_versions(
+    settings: Any, bucket: str | None, layer_name: str, shadow_layer: str, shadow: bool
+) -> Any:
+    """The model versions a new build's number must pass besides the model layer's: the
+    store's, and the shadow layer's for a shadow (which may become live later)."""
+    if not bucket and not shadow:
+        return None
+
+    def versions() -> list[int]:
+        from mlayer import model_store
+        from mlayer.layers import published_model_versions
+
+        found = (
+            model_store.stored_versions(settings.client("s3"), bucket, layer_name) if bucket else []
+        )
+        if shadow:
+            found += published_model_versions(settings.client("lambda"), shadow_layer)
+        return found
+
+    return versions
+
+
+def _publish_shadow(
+    settings: Any,
+    function: str,
+    build: Any,
+    layer_name: str,
+    shadow_layer: str,
+    alias: str | None,
+    bucket: str | None,
+    layers: Path,
+    memory_mb: int | None,
+) -> None:
+    """publish-model --shadow: publish, then render what it did."""
+    from mlayer.inventory import shadow_label
+    from mlayer.shadow import publish_shadow
+
+    progress = _UploadProgress(f"Uploading {build.zip_path.name}")
+    progress.total = build.zip_bytes
+    try:
+        result = publish_shadow(
+            settings.client("lambda"),
+            settings.client("s3") if bucket else None,
+            function=function,
+            build=build,
+            model_layer=layer_name,
+            shadow_layer=shadow_layer,
+            alias=alias,
+            bucket=bucket,
+            layers_dir=layers,
+            progress=progress,
+            memory_mb=memory_mb,
+        )
+    finally:
+        progress.close()
+    if result.stored is not None:
+        stored = result.stored
+        verb = "Found" if stored.reused else "Stored"
+        click.echo(
+            f"{verb} {stored.uri.location} ({stored.uri.size / MIB:,.1f} MiB, sha256 "
+            f"{stored.uri.sha256[:12]}){' (already there: nothing uploaded)' if stored.reused else ''}"
+        )
+        click.echo(f"SHADOW_URI={stored.uri}")
+    else:
+        assert result.layer is not None and result.build is not None
+        click.echo(f"Shadow zip: {result.build.zip_path} (the model's files under shadow/)")
+        click.echo(_published_line(result.layer))
+    click.echo(f"Shadow: {shadow_label(result.shadow)}, scored beside the live {result.live.label}")
+    if result.relinked:
+        click.echo(f"Relinked {result.function}: layers now")
+        for arn in result.layers:
+            click.echo(f"  {arn}")
+        for changed in result.environment_changes:
+            click.echo(f"  {changed}")
+    else:
+        click.echo(f"{result.function} $LATEST already has this shadow")
+    click.echo(f"Size: {result.budget.describe()}")
+    if result.alias and result.new_function_version != result.old_function_version:
+        click.echo(
+            f"Alias {result.alias}: function version {result.old_function_version} -> "
+            f"{result.new_function_version} (the same live model, now with the shadow)"
+        )
+    for note in result.notes:
+        click.echo(f"Note: {note}")
+
+
 @click.command()
 @options.function
 @options.alias
 @options.model_layer
+@options.shadow_layer
+@options.layers_dir
 @click.pass_obj
 def promote(
-    settings: Any, function: str | None, alias: str | None, model_layer: str | None
+    settings: Any,
+    function: str | None,
+    alias: str | None,
+    model_layer: str | None,
+    shadow_layer: str | None,
+    layers_dir: str,
 ) -> None:
-    """Complete a canary: move the alias fully to the canary version, clear the routing.
+    """Complete a canary: move the alias fully to the canary version, clear the routing; or,
+    without a canary, make the shadow the live model.
+
+    A canary version that carried the live model as its shadow is published again without
+    it, and the alias moves there. A shadow becomes the model layer's next version (its
+    build, or the model rebuilt from its shadow zip, found in --layers-dir), or MODEL_URI
+    for a stored one; the shadow is removed and the alias moved to a new version.
 
     \b
     Example:
       mlayer publish-model training/out --function scorer --alias live --canary 10
       mlayer promote --function scorer --alias live
+      mlayer publish-model training/out2 --function scorer --alias live --shadow
+      mlayer promote --function scorer --alias live --layers-dir layers
     """
+    from mlayer.inventory import shadow_label
     from mlayer.rollout import promote as do_promote
 
     function = options.require_function(function)
@@ -482,20 +617,32 @@ def promote(
         alias=alias,
         layer_name=_layer_name(model_layer, function, "model"),
         s3=settings.client("s3"),
+        shadow_layer=_layer_name(shadow_layer, function, "shadow"),
+        layers_dir=Path(layers_dir),
     )
     old = result.old_model.label if result.old_model else "no model"
     new = result.new_model.label if result.new_model else "no model"
-    click.echo(
-        f"Promoted: alias {result.alias} function version {result.old_function_version} -> "
-        f"{result.new_function_version} (was {result.weight:.1%} canary), routing cleared."
-    )
+    if result.shadow is not None:
+        click.echo(
+            f"Promoted: shadow {shadow_label(result.shadow)} is now live: alias {result.alias} "
+            f"function version {result.old_function_version} -> {result.new_function_version}, "
+            "shadow removed."
+        )
+    else:
+        click.echo(
+            f"Promoted: alias {result.alias} function version {result.old_function_version} -> "
+            f"{result.new_function_version} (was {result.weight:.1%} canary), routing cleared."
+        )
     click.echo(f"Model: {old} -> {new}")
+    for note in result.notes:
+        click.echo(f"Note: {note}")
 
 
 @click.command()
 @options.function
 @options.alias
 @options.model_layer
+@options.shadow_layer
 @click.option(
     "--to",
     "to",
@@ -509,6 +656,7 @@ def rollback(
     function: str | None,
     alias: str | None,
     model_layer: str | None,
+    shadow_layer: str | None,
     to: int | None,
 ) -> None:
     """Go back to the previous model version, or the one named with --to.
@@ -516,7 +664,8 @@ def rollback(
     With --alias, the alias moves to the function version that carried that model (a canary
     in progress is cancelled instead), and $LATEST is relinked to match. Without, the
     function is relinked to the older model layer version. A deleted layer version cannot
-    be linked again: publish its zip again instead.
+    be linked again: publish its zip again instead. A shadow is removed from $LATEST, and
+    the alias ends on a version without one.
 
     \b
     Example:
@@ -533,6 +682,7 @@ def rollback(
         alias=alias,
         to=to,
         s3=settings.client("s3"),
+        shadow_layer=_layer_name(shadow_layer, function, "shadow"),
     )
     old = result.from_model.label if result.from_model else "none"
     if result.canary_cancelled:
@@ -560,6 +710,7 @@ def rollback(
 @options.function
 @options.alias
 @options.model_layer
+@options.shadow_layer
 @options.layers_dir
 @options.json_output
 @click.pass_obj
@@ -568,6 +719,7 @@ def status(
     function: str | None,
     alias: str | None,
     model_layer: str | None,
+    shadow_layer: str | None,
     layers_dir: str,
     as_json: bool,
 ) -> None:
@@ -576,7 +728,8 @@ def status(
     The live model is the one the alias serves (with --alias), else $LATEST's: where it
     lives (a model layer, or an archive of the S3 model store with its key, size and
     sha256). Its manifest comes from a local build with the same sha256, else from the
-    layer or the archive itself.
+    layer or the archive itself. A shadow model (scored beside it, written nowhere) is
+    shown with where it comes from, for $LATEST and each version the alias routes to.
 
     Last, the last hour's metrics of the live model (and of the canary, and of the shadow
     it scores beside it): records, bad-record rate, label shares (`mlayer compare` shows
@@ -601,18 +754,24 @@ def status(
         alias=alias,
         layers_dir=Path(layers_dir),
         s3=settings.client("s3"),
+        shadow_layer=_layer_name(shadow_layer, function, "shadow"),
     )
     watched = last_hour(
         settings.client("lambda"), settings.client("cloudwatch"), function=function,
         layer_name=layer_name, alias=alias, s3=settings.client("s3"),
     )  # fmt: skip
     if as_json:
+        from mlayer.inventory import shadow_label
+
         data = asdict(result)
         data["budget"]["total"] = result.budget.total
         live = result.live_model
         data["live_model_label"] = live.label if live else None
         data["live_model_location"] = _where(live) if live else None
         data["metrics"] = _metrics_json(watched)
+        shade = result.shadow_model
+        data["shadow_model_label"] = shadow_label(shade) if shade else None
+        data["shadow_model_location"] = _where(shade) if shade else None
         _echo_json(data)
         return
     _render_status(result, watched)
@@ -709,14 +868,17 @@ def _render_status(s: Any, watched: Any) -> None:
             "  manifest: not available locally (no build with this sha256 in --layers-dir)",
             highlight=False,
         )
+    _render_shadows(console, s)
     for a in s.aliases:
-        routes = [
-            f"version {a.function_version} ({a.models.get(a.function_version) or 'no model'})"
-        ]
-        routes += [
-            f"version {v} at {w:.1%} ({a.models.get(v) or 'no model'})"
-            for v, w in a.weights.items()
-        ]
+
+        def served(version: str, a: Any = a) -> str:
+            shadow = a.shadow_models.get(version)
+            return f"{a.models.get(version) or 'no model'}" + (
+                f"; shadow {shadow}" if shadow else ""
+            )
+
+        routes = [f"version {a.function_version} ({served(a.function_version)})"]
+        routes += [f"version {v} at {w:.1%} ({served(v)})" for v, w in a.weights.items()]
         console.print(f"[bold]Alias[/] {a.name}: {' + '.join(routes)}", highlight=False)
     from mlayer.commands.compare import status_lines
 
@@ -724,10 +886,35 @@ def _render_status(s: Any, watched: Any) -> None:
         console.print(line, highlight=False, markup=False)
 
 
+def _render_shadows(console: Any, s: Any) -> None:
+    """The live version's shadow, and $LATEST's when it is another."""
+    from mlayer.archive import mb
+    from mlayer.inventory import shadow_label
+
+    shown = []
+    if s.shadow_model is not None:
+        shown.append((s.live_from, s.shadow_model))
+    latest = s.latest_shadow_model
+    if latest is not None and (s.shadow_model is None or latest.arn != s.shadow_model.arn):
+        shown.append(("$LATEST", latest))
+    for where, shadow in shown:
+        console.print(f"[bold]Shadow[/] ({where}): {shadow_label(shadow)}", highlight=False)
+        at = _where(shadow)
+        text = f"  from: {at['from']} {at['at']}"
+        if at.get("bytes") is not None:
+            text += f", {mb(at['bytes'])}"
+        if at.get("sha256"):
+            text += f", sha256 {at['sha256']}"
+        console.print(text, highlight=False)
+    if latest is None and s.shadow_model is not None and s.live_from != "$LATEST":
+        console.print("[bold]Shadow[/] ($LATEST): none", highlight=False)
+
+
 @click.command()
 @options.function
 @options.alias
 @options.model_layer
+@options.shadow_layer
 @options.bucket
 @options.json_output
 @click.pass_obj
@@ -736,6 +923,7 @@ def history(
     function: str | None,
     alias: str | None,
     model_layer: str | None,
+    shadow_layer: str | None,
     bucket: str | None,
     as_json: bool,
 ) -> None:
@@ -744,7 +932,8 @@ def history(
 
     Deleted layer versions and archives still used by a function version are listed too.
     The S3 model store is read in the buckets the function versions' MODEL_URIs name, and
-    in --bucket.
+    in --bucket. Shadows are listed with the versions that score them: the shadow layer's
+    versions in a table of their own, a stored shadow's archive in the model's.
 
     \b
     Example:
@@ -766,6 +955,7 @@ def history(
         alias=alias,
         s3=settings.client("s3"),
         buckets=[bucket] if bucket else [],
+        shadow_layer=_layer_name(shadow_layer, function, "shadow"),
     )
     if as_json:
         _echo_json(asdict(result))
@@ -775,21 +965,16 @@ def history(
             f"Layer {result.layer_name} has no versions yet; publish one with mlayer publish-model."
         )
         return
+    console = Console(soft_wrap=True)
+    shadowed = any(r.shadow_of for r in result.rows)
     table = Table(title=f"{result.layer_name}: live = {result.live_from}", title_justify="left")
-    for column in (
-        "layer version / S3 archive",
-        "model",
-        "created",
-        "sha256",
-        "unzipped",
-        "live",
-        "function versions",
-        "aliases",
-    ):
+    columns = ["layer version / S3 archive", "model", "created", "sha256", "unzipped", "live"]
+    columns += ["function versions", "aliases"] + (["shadow of"] if shadowed else [])
+    for column in columns:
         table.add_column(column)
     for r in result.rows:
         where = str(r.layer_version) if r.layer_version is not None else r.location
-        table.add_row(
+        row = [
             where + (" (deleted)" if r.deleted else ""),
             f"{r.model} v{r.model_version}" if r.model_version is not None else "?",
             (r.created or "")[:19],
@@ -798,8 +983,28 @@ def history(
             "LIVE" if r.live else "",
             ", ".join(r.function_versions),
             ", ".join(r.aliases),
+        ]
+        table.add_row(*row, *([", ".join(r.shadow_of + r.shadow_aliases)] if shadowed else []))
+    console.print(table)
+    if result.shadows:
+        shadows = Table(
+            title=f"{result.shadow_layer}: shadows, LIVE = the live version's",
+            title_justify="left",
         )
-    Console(soft_wrap=True).print(table)
+        for column in ("layer version", "model", "created", "sha256", "unzipped", "live"):
+            shadows.add_column(column)
+        shadows.add_column("shadow of (function versions, aliases)")
+        for r in result.shadows:
+            shadows.add_row(
+                str(r.layer_version) + (" (deleted)" if r.deleted else ""),
+                f"{r.model} v{r.model_version}" if r.model_version is not None else "?",
+                (r.created or "")[:19],
+                (r.sha256 or "?")[:12],
+                mb(r.unzipped_bytes) if r.unzipped_bytes is not None else "?",
+                "LIVE" if r.live else "",
+                ", ".join(r.shadow_of + r.shadow_aliases),
+            )
+        console.print(shadows)
 
 
 @click.command()
@@ -871,6 +1076,7 @@ def prune(
         users = ", ".join(
             [f"function version {v}" for v in r.function_versions]
             + [f"alias {a}" for a in r.aliases]
+            + [f"function version {v} as its shadow" for v in r.shadow_of]
         )
         click.echo(f"Kept (in use by {users}): {label(r)}")
 

@@ -153,6 +153,8 @@ def _render_bake(result: BakeResult) -> None:
             f"Alias {p.alias}: function version {p.old_function_version} -> "
             f"{p.new_function_version} ({new}), routing cleared."
         )
+        for note in p.notes:
+            click.echo(f"Note: {note}")
         return
     r = result.rollback
     assert r is not None

@@ -201,8 +201,8 @@ def test_a_healthy_candidate_is_promoted_at_the_end(live: Any, layers: Path) -> 
         # the canary's version 2 scores the live model as its shadow: promoting publishes
         # version 3, the same without the shadow
         "Alias live: function version 1 -> 3 (sentiment v2 (layer version 2)), routing cleared.",
-        "Note: the canary (function version 2) scored sentiment v1 (layer version 1) as its "
-        "shadow: $LATEST was published again without it as version 3",
+        "Note: the canary (function version 2) scored sentiment v1 (scorer-shadow version 2) as "
+        "its shadow: $LATEST was published again without it as version 3",
     ]
     assert routing(live) == ("3", {})
 

@@ -273,6 +273,7 @@ def _pipeline(
     name: str,
 ) -> Iterator[Step]:
     from mlayer.contracts import default_layer_name
+    from mlayer.demo_rollouts import RolloutContext, rollout_steps
     from mlayer.deploy import TriggerSettings, deploy_function, trigger
     from mlayer.deps_layer import DepsBuildOptions, build_deps
     from mlayer.inventory import status as function_status
@@ -558,6 +559,19 @@ def _pipeline(
         live=live,
         served=served,
     )
+
+    # -- safe rollouts: a shadow, canaries that decide -----------------------------------
+    yield from rollout_steps(
+        RolloutContext(
+            aws=aws, name=name, alias=ALIAS, stream=stream, model_layer=model_layer,
+            shadow_layer=default_layer_name(name, "shadow"), layers_dir=layers_dir,
+            function_dir=function_dir, log_path=log_path,
+            records=max(1_000, options.records // 10), malformed_every=options.malformed_every,
+            until_idle_s=options.until_idle_s, v1_dir=v1_dir, v2_zip=model_v2.zip_path,
+            work=work, step=Step, put_records=lambda rs: _put_records(kinesis, stream, rs),
+            make_records=make_records,
+        )
+    )  # fmt: skip
 
 
 def _model_lines(result: Any) -> list[str]:

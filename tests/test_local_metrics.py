@@ -11,9 +11,13 @@ end with the real function on real layers against moto_server.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -617,3 +621,156 @@ def test_metrics_are_off_against_aws_itself_unless_asked(canary: Canary, tmp_pat
         "metrics not put: against AWS itself a local run's metrics would mix with the "
         "deployed function's (pass --metrics to put them anyway)"
     ]
+
+
+# -- end to end: the real function on real layers, a canary, moto_server --------------------
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory, text_model_dir: Path) -> Path:
+    """layers/ with the deps layer for this Python and model layers v1 and v2 of the sample
+    text model (mlayer's build cache makes the deps build fast after the first). v2 names its
+    labels differently, so it is another model to a rollout (its identity differs)."""
+    from mlayer.deps_layer import DepsBuildOptions, build_deps
+    from mlayer.model_layer import ModelBuildOptions, build_model
+
+    layers = tmp_path_factory.mktemp("canary-layers")
+    build_deps(
+        DepsBuildOptions(
+            requirements=ROOT / "requirements.txt",
+            runtime=RUNTIME,
+            layers_dir=layers,
+            function_dir=ROOT / "function",
+        )
+    )
+    renamed = tmp_path_factory.mktemp("model-v2") / "model"
+    shutil.copytree(text_model_dir, renamed)
+    metadata = json.loads((renamed / "metadata.json").read_text())
+    metadata["labels"] = ["neg", "pos"]
+    (renamed / "metadata.json").write_text(json.dumps(metadata))
+    for version, model_dir in ((1, text_model_dir), (2, renamed)):
+        build_model(
+            ModelBuildOptions(
+                model_dir=model_dir,
+                version=version,
+                layers_dir=layers,
+                function_dir=ROOT / "function",
+            )
+        )
+    return layers
+
+
+def expected_split(shard_records: dict[str, int], batch_size: int) -> dict[str, list[int]]:
+    """Per version, the sizes of the batches the round robin gives it (3:1, per shard)."""
+    from mlayer.local.routing import SmoothWeightedRoundRobin
+
+    split: dict[str, list[int]] = {"1": [], "2": []}
+    for count in shard_records.values():
+        robin = SmoothWeightedRoundRobin([3, 1])
+        for start in range(0, count, batch_size):
+            split[str(robin.next() + 1)].append(min(batch_size, count - start))
+    return split
+
+
+@pytest.mark.slow
+def test_run_local_through_a_canary_alias_end_to_end(two_models: Path, tmp_path: Path) -> None:
+    from mlayer.deploy import deploy_function
+    from mlayer.layers import load_build, publish_deps
+    from mlayer.local.endpoint import local_endpoint
+    from mlayer.rollout import publish_model
+
+    with local_endpoint() as endpoint:
+        session = boto3.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+        )
+        aws = AwsSettings(region="us-east-1", endpoint_url=endpoint.url, _session=session)
+        lam, s3, dynamodb, kinesis = (
+            aws.client(n) for n in ("lambda", "s3", "dynamodb", "kinesis")
+        )
+        # Given scorer on model v1 behind alias live, with a 25% canary on model v2 (its own
+        # function version, linking model layer v2), writing predictions to a table
+        s3.create_bucket(Bucket="artifacts")
+        dynamodb.create_table(
+            TableName="predictions",
+            KeySchema=[{"AttributeName": "record_id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "record_id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        publish_deps(
+            lam, s3, build=load_build(next(two_models.glob("deps-*.zip"))),
+            layer_name="scorer-deps", bucket="artifacts",
+        )  # fmt: skip
+        deploy_function(
+            lam, function="scorer", function_dir=ROOT / "function", role=None, runtime=RUNTIME,
+            arch="x86_64", memory_mb=512, timeout_s=30,
+            environment={"OUTPUT_TABLE": "predictions"}, deps_layer="scorer-deps",
+            model_layer="scorer-model", layers_dir=two_models, local_iam=aws.client("iam"),
+        )  # fmt: skip
+        for model, canary in ((1, None), (2, 25.0)):
+            publish_model(
+                lam, s3, function="scorer", layer_name="scorer-model", alias="live",
+                build=load_build(two_models / f"model-sentiment-v{model}.zip"), canary=canary,
+            )  # fmt: skip
+        # and 300 records on a 2-shard stream
+        kinesis.create_stream(StreamName="reviews", ShardCount=2)
+        kinesis.get_waiter("stream_exists").wait(StreamName="reviews", WaiterConfig={"Delay": 0.2})
+        shard_records: dict[str, int] = {}
+        put = kinesis.put_records(
+            StreamName="reviews",
+            Records=[
+                {"Data": json.dumps({"text": f"works well {i}"}).encode(), "PartitionKey": f"k{i}"}
+                for i in range(300)
+            ],
+        )
+        for record in put["Records"]:
+            shard_records[record["ShardId"]] = shard_records.get(record["ShardId"], 0) + 1
+
+        # When run-local drains it through alias live, in batches of 20
+        proc = subprocess.run(
+            [
+                sys.executable, "-c", "from mlayer.cli import main; main()",
+                "--endpoint-url", endpoint.url, "run-local", "--function", "scorer",
+                "--alias", "live", "--stream", "reviews", "--batch-size", "20",
+                "--until-idle", "1", "--layers-dir", str(two_models),
+                "--function-dir", str(ROOT / "function"), "--log", str(tmp_path / "lambda.log"),
+                "--checkpoints", str(tmp_path / "checkpoints.json"), "--json",
+            ],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT / "cli")},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        summary = json.loads(proc.stdout)
+
+        # Then each shard's batches went 3:1 to versions 1 and 2, as the round robin says
+        split = expected_split(shard_records, 20)
+        stats = summary["stats"]
+        assert summary["routes"] == {"1": 0.75, "2": 0.25}
+        assert stats["records_done"] == 300 and stats["retries"] == 0
+        assert stats["batches_by_version"] == {v: len(sizes) for v, sizes in split.items()}
+        assert stats["cold_starts"] == 4  # one environment per shard and version
+        # and each version ran its own model layer: the predictions say which model
+        pages = dynamodb.get_paginator("scan").paginate(TableName="predictions")
+        items = [item for page in pages for item in page["Items"]]
+        by_model = Counter(str(next(iter(item["model_version"].values()))) for item in items)
+        assert by_model == {v: sum(sizes) for v, sizes in split.items()}
+        labels = {(item["model_version"]["N"], item["label"]["S"]) for item in items}
+        assert {label for version, label in labels if version == "2"} <= {"neg", "pos"}
+        assert {label for version, label in labels if version == "1"} <= {"negative", "positive"}
+        # and CloudWatch holds Lambda's metrics per executed version, all put before it ended
+        assert summary["metrics"]["failed"] == 0
+        cloudwatch = aws.client("cloudwatch")
+        through = {"FunctionName": "scorer", "Resource": "scorer:live"}
+        for version, sizes in split.items():
+            dims = {**through, "ExecutedVersion": version}
+            assert metric_sum(cloudwatch, LAMBDA_NAMESPACE, "Invocations", dims) == len(sizes)
+            assert metric_sum(cloudwatch, LAMBDA_NAMESPACE, "Errors", dims) == 0
+        total = metric_sum(cloudwatch, LAMBDA_NAMESPACE, "Invocations", {"FunctionName": "scorer"})
+        assert total == stats["invocations"]
+        # and, once the function logs its batch line as an EMF record, its metrics per model
+        # version (the function side of the contract; until then only Lambda's are there)
+        if summary["metrics"]["emf_records"]:
+            assert summary["metrics"]["emf_records"] == stats["invocations"]
+            for version, sizes in split.items():
+                dims = {"function": "scorer", "model_version": version}
+                assert metric_sum(cloudwatch, "mlayer", "records", dims) == sum(sizes)
+                assert metric_sum(cloudwatch, "mlayer", "predictions", dims) == sum(sizes)

@@ -623,6 +623,36 @@ def test_metrics_are_off_against_aws_itself_unless_asked(canary: Canary, tmp_pat
     ]
 
 
+def test_the_commands_show_the_split_and_the_metrics(canary: Canary, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from mlayer.cli import cli
+
+    common = [
+        "--function", "tiny", "--alias", "live", "--layers-dir", str(canary.layers),
+        "--function-dir", str(canary.function_dir), "--log", str(tmp_path / "lambda.log"),
+        "--metrics",
+    ]  # fmt: skip
+    result = CliRunner().invoke(
+        cli,
+        ["run-local", "--stream", "s", "--batch-size", "10", "--until-idle", "0.5",
+         "--checkpoints", str(tmp_path / "checkpoints.json"), *common],
+        env={"COLUMNS": "200"},
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.replace("│", " ").split()) for line in result.output.splitlines()]
+    assert "canary 25%: tiny (2, python3.11, 128 MB, timeout 30 s) on layers: none" in lines
+    assert "batches per version 1: 6, 2: 2" in lines
+    assert "metrics 80 data points put to CloudWatch (8 EMF records)"  # 8 + 8 x 3 x 3 in lines
+    result = CliRunner().invoke(
+        cli, ["invoke", "--event", "-", "--json", *common], input='{"records": []}'
+    )
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown["routes"] == {"1": 0.75, "2": 0.25}
+    assert shown["metrics"]["put"] == 1 + 3 * 3 and shown["metrics"]["failed"] == 0
+
+
 # -- end to end: the real function on real layers, a canary, moto_server --------------------
 
 

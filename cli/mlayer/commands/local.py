@@ -598,7 +598,7 @@ def _per_version(batches: dict[str, int]) -> str:
     def order(version: str) -> tuple[bool, int]:
         return (not version.isdigit(), int(version) if version.isdigit() else 0)
 
-    return ", ".join(f"v{v}: {batches[v]:,}" for v in sorted(batches, key=order)) or "-"
+    return ", ".join(f"{v}: {batches[v]:,}" for v in sorted(batches, key=order)) or "-"
 
 
 def _shard_line(summary: RunSummary, shard_id: str) -> str:

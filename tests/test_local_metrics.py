@@ -164,7 +164,6 @@ def test_each_dimension_set_arrays_and_high_resolution() -> None:
         ((), 2.5),
     ]
     assert {d.storage_resolution for d in data} == {1}
-    assert data[0].request()["StorageResolution"] == 1
 
 
 def _broken(change: Any) -> str:
@@ -392,25 +391,62 @@ class Recorder:
             raise self.fail
 
 
+def points(call: dict[str, Any]) -> int:
+    """The data points of one put_metric_data call (Values / Counts entries)."""
+    return int(sum(sum(entry["Counts"]) for entry in call["MetricData"]))
+
+
 def test_requests_stay_within_put_metric_datas_limits() -> None:
-    # Given 1,000 data of one namespace, and as many with 1 KB dimension values
+    # Given 2,000 series of one namespace (each record in its own second, 100 metrics), half
+    # of them with 1 KB dimension values
     recorder = Recorder()
     publisher = MetricsPublisher(recorder, function="f", qualifier=None)
     many = {f"m{i}": i for i in range(100)}
     directive = {"Namespace": "a", "Dimensions": [["d"]], "Metrics": [{"Name": n} for n in many]}
     for value in ("x", "y" * 1024):
-        line = {"d": value, **many, "_aws": {"Timestamp": NOW_MS, "CloudWatchMetrics": [directive]}}
-        for _ in range(10):
+        for second in range(10):
+            emf = {"Timestamp": NOW_MS - 1000 * second, "CloudWatchMetrics": [directive]}
+            line = {"d": value, **many, "_aws": emf}
             publisher.record(invocation(json.dumps(line)), executed_version="1")
     publisher.close()
-    # Then each request holds one namespace, at most 1,000 data and well under 1 MB
-    sizes = [(c["Namespace"], len(c["MetricData"])) for c in recorder.calls]
-    assert all(n <= MAX_DATA_PER_REQUEST for _, n in sizes)
-    assert sum(n for ns, n in sizes if ns == "a") == 2000
-    assert sum(n for ns, n in sizes if ns == LAMBDA_NAMESPACE) == 20 * 3
+    # Then each request holds one namespace, at most 1,000 entries and well under 1 MB
+    calls = [(c["Namespace"], len(c["MetricData"]), points(c)) for c in recorder.calls]
+    assert all(entries <= MAX_DATA_PER_REQUEST for _, entries, _ in calls)
+    assert sum(n for ns, _, n in calls if ns == "a") == 2000
+    assert sum(n for ns, _, n in calls if ns == LAMBDA_NAMESPACE) == 20 * 3
     for call in recorder.calls:
         assert len(json.dumps(call, default=str)) < 1_000_000
-    assert len([ns for ns, _ in sizes if ns == "a"]) >= 3  # the long values took more requests
+    assert len([ns for ns, _, _ in calls if ns == "a"]) >= 3  # the long values took more
+    assert publisher.report.put == 2000 + 60 and publisher.report.requests == len(calls)
+
+
+def test_a_series_points_in_one_second_go_as_values_and_counts() -> None:
+    # Given 4 records in the same second, each with 100 latencies (400 distinct), and the
+    # same count 4 times
+    recorder = Recorder()
+    publisher = MetricsPublisher(recorder, function="f", qualifier=None)
+    directive = {
+        "Namespace": "a",
+        "Dimensions": [[]],
+        "Metrics": [{"Name": "latency", "Unit": "Milliseconds"}, {"Name": "n", "Unit": "Count"}],
+    }
+    for record in range(4):
+        latency = [record * 100 + i + 0.5 for i in range(100)]
+        line = {
+            "latency": latency,
+            "n": 7,
+            "_aws": {"Timestamp": NOW_MS, "CloudWatchMetrics": [directive]},
+        }
+        publisher.record(invocation(json.dumps(line)), executed_version="1")
+    publisher.close()
+    (call,) = [c for c in recorder.calls if c["Namespace"] == "a"]
+    latency = [e for e in call["MetricData"] if e["MetricName"] == "latency"]
+    # Then at most 150 distinct values an entry, each counted once; the count merged
+    assert [len(e["Values"]) for e in latency] == [150, 150, 100]
+    assert {c for e in latency for c in e["Counts"]} == {1.0}
+    (n,) = [e for e in call["MetricData"] if e["MetricName"] == "n"]
+    assert (n["Values"], n["Counts"], n["Unit"]) == ([7.0], [4.0], "Count")
+    assert n["Timestamp"] == AT.replace(microsecond=0)
 
 
 def test_a_run_sees_its_metrics_before_it_ends() -> None:
@@ -441,7 +477,7 @@ def test_failures_to_put_are_counted_warned_once_and_never_raise(error: Exceptio
     report = publisher.close()
     assert len(warnings) == 1 and warnings[0].startswith("could not put metrics to CloudWatch")
     assert len(recorder.calls) == GIVE_UP_AFTER  # then it stopped trying
-    assert report.put == 0 and report.failed == (GIVE_UP_AFTER + 2) * (9 + 3)
+    assert report.put == 0 and report.failed == (GIVE_UP_AFTER + 2) * (9 + 3)  # points
     (note,) = report.notes()
     assert note.startswith(f"{report.failed:,} metric data point(s) could not be put")
     assert f"after {GIVE_UP_AFTER} failed requests in a row the run stopped trying" in note

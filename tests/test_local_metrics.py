@@ -431,19 +431,18 @@ def test_a_series_points_in_one_second_go_as_values_and_counts() -> None:
         "Metrics": [{"Name": "latency", "Unit": "Milliseconds"}, {"Name": "n", "Unit": "Count"}],
     }
     for record in range(4):
-        latency = [record * 100 + i + 0.5 for i in range(100)]
         line = {
-            "latency": latency,
+            "latency": [record * 100 + i + 0.5 for i in range(100)],
             "n": 7,
             "_aws": {"Timestamp": NOW_MS, "CloudWatchMetrics": [directive]},
         }
         publisher.record(invocation(json.dumps(line)), executed_version="1")
     publisher.close()
     (call,) = [c for c in recorder.calls if c["Namespace"] == "a"]
-    latency = [e for e in call["MetricData"] if e["MetricName"] == "latency"]
+    entries = [e for e in call["MetricData"] if e["MetricName"] == "latency"]
     # Then at most 150 distinct values an entry, each counted once; the count merged
-    assert [len(e["Values"]) for e in latency] == [150, 150, 100]
-    assert {c for e in latency for c in e["Counts"]} == {1.0}
+    assert [len(e["Values"]) for e in entries] == [150, 150, 100]
+    assert {c for e in entries for c in e["Counts"]} == {1.0}
     (n,) = [e for e in call["MetricData"] if e["MetricName"] == "n"]
     assert (n["Values"], n["Counts"], n["Unit"]) == ([7.0], [4.0], "Count")
     assert n["Timestamp"] == AT.replace(microsecond=0)

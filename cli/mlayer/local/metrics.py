@@ -43,11 +43,12 @@ from __future__ import annotations
 import json
 import math
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeGuard
+from typing import Any, NamedTuple, Protocol, TypeGuard
 
 from mlayer.arns import is_alias
 
@@ -58,9 +59,10 @@ MAX_VALUES_PER_ENTRY = 150  # PutMetricData: distinct values in one entry's Valu
 # their encoded size (see _entries), and half of it leaves room for the rest.
 MAX_REQUEST_BYTES = 512 * 1024
 GIVE_UP_AFTER = 3  # failed requests in a row after which the rest of the run's data are dropped
-# Invocations waiting that wake the publisher before its interval (a batch line and Lambda's
-# metrics are about 20 data points: a request's worth).
-WAKE_AFTER = 50
+# Invocations waiting that wake the publisher before its interval: a bound on memory only.
+# Each put is a request moto_server spends milliseconds of CPU on whatever its size (it
+# shares the machine with the run), and a second's data fit a request or two once merged.
+WAKE_AFTER = 1000
 # The EMF specification's limits.
 MAX_DIMENSIONS = 30  # keys in one dimension set
 MAX_METRICS = 100  # metric definitions in one directive
@@ -99,16 +101,16 @@ UNITS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Datum:
-    """One metric data point, as one PutMetricData ``MetricData`` entry of ``namespace``."""
+class Datum(NamedTuple):
+    """One metric data point of ``namespace`` (a tuple: a batch line makes about twenty,
+    and a dataclass costs several times as much to create)."""
 
     namespace: str
     name: str
     dimensions: tuple[tuple[str, str], ...]  # (name, value) pairs, in the directive's order
     value: float
     unit: str
-    timestamp: datetime
+    timestamp: float  # epoch seconds
     storage_resolution: int | None = None  # 1: high resolution; None: CloudWatch's 60
 
 
@@ -164,7 +166,7 @@ def _record_data(root: dict[str, Any]) -> list[Datum]:
     stamp = meta.get("Timestamp")
     if not _is_number(stamp):
         raise _Invalid("_aws.Timestamp is missing or not a number (epoch milliseconds)")
-    timestamp = datetime.fromtimestamp(stamp / 1000.0, UTC)
+    timestamp = stamp / 1000.0
     directives = meta.get("CloudWatchMetrics")
     if not isinstance(directives, list):
         raise _Invalid("_aws.CloudWatchMetrics is missing or not a list")
@@ -257,7 +259,7 @@ def lambda_data(
     function: str,
     qualifier: str | None,
     executed_version: str,
-    timestamp: datetime,
+    timestamp: float,
 ) -> list[Datum]:
     """Lambda's own metrics of one invocation (``AWS/Lambda``), as Lambda publishes them.
 
@@ -376,7 +378,7 @@ class MetricsPublisher:
         self.on_warning = on_warning
         self.report = MetricsReport()
         # Invocations recorded and not yet read: (invocation, executed version, when it ended)
-        self._pending: list[tuple[InvocationLike, str, datetime]] = []
+        self._pending: list[tuple[InvocationLike, str, float]] = []
         self._lock = threading.Lock()  # the pending invocations and the report
         self._put_lock = threading.Lock()  # one flush at a time
         self._wake = threading.Event()
@@ -403,7 +405,7 @@ class MetricsPublisher:
         init's output too, on a cold start) and Lambda's own."""
         with self._lock:
             self.report.invocations += 1
-            self._pending.append((invocation, executed_version, datetime.now(UTC)))
+            self._pending.append((invocation, executed_version, time.time()))
             full = len(self._pending) >= WAKE_AFTER
         if full:
             self._wake.set()
@@ -497,8 +499,7 @@ def _entries(data: Iterable[Datum]) -> dict[str, list[_Entry]]:
     MAX_VALUES_PER_ENTRY distinct values an entry), in the order the series first came."""
     series: dict[tuple[Any, ...], Counter[float]] = {}
     for d in data:
-        second = d.timestamp.replace(microsecond=0)
-        key = (d.namespace, d.name, d.dimensions, d.unit, d.storage_resolution, second)
+        key = (d.namespace, d.name, d.dimensions, d.unit, d.storage_resolution, int(d.timestamp))
         series.setdefault(key, Counter())[d.value] += 1
     entries: dict[str, list[_Entry]] = {}
     for (namespace, name, dimensions, unit, resolution, second), counts in series.items():
@@ -512,7 +513,7 @@ def _entries(data: Iterable[Datum]) -> dict[str, list[_Entry]]:
                 "Values": chunk,
                 "Counts": [float(counts[v]) for v in chunk],
                 "Unit": unit,
-                "Timestamp": second,
+                "Timestamp": datetime.fromtimestamp(second, UTC),
             }
             if resolution is not None:
                 request["StorageResolution"] = resolution

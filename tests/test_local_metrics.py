@@ -250,6 +250,20 @@ def test_lines_that_only_mention_aws_are_not_records() -> None:
     assert emf_data(text).records == 0 and emf_data(text).ignored == []
 
 
+def test_the_reasons_shown_are_the_most_frequent_and_short() -> None:
+    # Given 8 records whose dimension value is a different long non-string, one of them 3 times
+    publisher = MetricsPublisher(Recorder(), function="f", qualifier=None)
+    lines = [_broken(lambda line, i=i: line.update(model_version=[i] * 100)) for i in range(8)]
+    for line in [*lines, lines[0], lines[0]]:
+        publisher.record(invocation(line), "1")
+    report = publisher.close()
+    notes = report.notes()
+    assert len(notes) == 6 and notes[-1] == "3 more EMF record(s) ignored, for other reasons"
+    assert notes[0].startswith("3 EMF record(s) ignored")
+    assert notes[0].endswith("(dimension values must be strings): " + repr([0] * 100)[:57] + "...")
+    assert report.to_dict()["ignored"] == 10 and len(report.to_dict()["ignored_reasons"]) == 5
+
+
 # -- Lambda's own metrics ------------------------------------------------------------------
 
 

@@ -15,22 +15,24 @@ does either, so ``mlayer invoke`` and ``run-local`` do both on the endpoint:
   ``Duration``, with the dimension sets ``[FunctionName]``, ``[FunctionName, Resource]``
   (invoked through an alias or version) and ``[FunctionName, Resource, ExecutedVersion]``
   (through an alias), as Lambda publishes them.
-- :class:`MetricsPublisher`: buffers the data and puts them from one background thread, at
-  least every ``flush_interval_s`` (1 s) and at once when a request's worth is waiting,
-  grouped by namespace in requests within PutMetricData's limits (1,000 entries, 1 MB);
+- :class:`MetricsPublisher`: :meth:`~MetricsPublisher.record` keeps each invocation as it
+  ends (about 2 us on the lane); a background thread reads them and puts their data once a
+  second (sooner after a backlog of :data:`WAKE_AFTER` invocations), grouped by namespace in
+  requests within PutMetricData's limits (1,000 entries, 1 MB), and
   :meth:`~MetricsPublisher.close` puts the rest before the run returns. The points of one
   series (name, dimensions, unit) in the same second go as one entry's ``Values`` /
   ``Counts``, as PutMetricData takes them: the same statistics and percentiles, fewer
   entries.
 
-Why buffered: measured here against moto_server, one put_metric_data costs about 4.5 ms
-for 1 datum, 12 ms for 100 and 83 ms for 1,000, while a warm invocation of the text model
-costs a few ms; a put per invocation in the lane would slow the run by about as much again.
-Buffered, a canary bake polling CloudWatch from another process sees the metrics within
-about a second. Why merged: nearly all of those 83 ms are botocore's validation and
-serialization in this process (about 80 us an entry), competing with the lanes for the
-GIL; a run of batches of 10 makes about 19 data points an invocation, and merged a second's
-worth of them is a few dozen entries.
+Why so, measured on this machine (2 cores, moto_server on it too): one put_metric_data
+costs about 4.5 ms for 1 datum, 12 ms for 100 and 83 ms for 1,000, nearly all of it
+botocore's validation and serialization in the run's process, and moto_server spends
+milliseconds of CPU on each request whatever its size; a warm invocation of the text model
+costs a few ms. Reading a batch line and building its data costs about 130 us. Done on
+the lanes, or put every 50 invocations, it cost a run of batches of 10 about a fifth of
+its records/s (19 data points an invocation); done as above, the difference is within the
+machine's noise (bench/stream_throughput.py ``--metrics both``). A canary bake polling
+CloudWatch from another process still sees an invocation's metrics within about a second.
 
 Why a failure never fails the run: metrics are a view of the run, not its output. A failed
 put is counted, reported once through ``on_warning`` and in :class:`MetricsReport`; after
@@ -63,6 +65,7 @@ GIVE_UP_AFTER = 3  # failed requests in a row after which the rest of the run's 
 # Each put is a request moto_server spends milliseconds of CPU on whatever its size (it
 # shares the machine with the run), and a second's data fit a request or two once merged.
 WAKE_AFTER = 1000
+SHOWN_REASONS = 5  # reasons for ignored EMF records that notes name (the most frequent)
 # The EMF specification's limits.
 MAX_DIMENSIONS = 30  # keys in one dimension set
 MAX_METRICS = 100  # metric definitions in one directive
@@ -209,12 +212,12 @@ def _dimension_set(root: dict[str, Any], keys: Any, where: str) -> tuple[tuple[s
     pairs = []
     for key in keys:
         if not isinstance(key, str):
-            raise _Invalid(f"{where} holds a dimension key that is not a string: {key!r}")
+            raise _Invalid(f"{where} holds a dimension key that is not a string: {_short(key)}")
         value = root.get(key)
         if not isinstance(value, str) or not 1 <= len(value) <= 1024:
             raise _Invalid(
                 f"dimension {key!r} has no value of 1-1024 characters in the record "
-                f"(dimension values must be strings): {value!r}"
+                f"(dimension values must be strings): {_short(value)}"
             )
         pairs.append((key, value))
     return tuple(pairs)
@@ -228,10 +231,10 @@ def _definition(metric: Any, where: str) -> tuple[str, str, int | None]:
         raise _Invalid(f"{where}.Name is missing or not a string of 1-255 characters")
     unit = metric.get("Unit", "None")
     if unit not in UNITS:
-        raise _Invalid(f"{where}.Unit {unit!r} is not a CloudWatch unit")
+        raise _Invalid(f"{where}.Unit {_short(unit)} is not a CloudWatch unit")
     resolution = metric.get("StorageResolution")
     if resolution not in (None, 1, 60) or isinstance(resolution, bool):
-        raise _Invalid(f"{where}.StorageResolution must be 1 or 60, not {resolution!r}")
+        raise _Invalid(f"{where}.StorageResolution must be 1 or 60, not {_short(resolution)}")
     return name, str(unit), None if resolution in (None, 60) else 1
 
 
@@ -241,12 +244,18 @@ def _values(root: dict[str, Any], name: str) -> list[float]:
     if not items or len(items) > MAX_VALUES or not all(_is_number(v) for v in items):
         raise _Invalid(
             f"metric {name!r} has no value in the record (a number, or a list of 1-{MAX_VALUES} "
-            f"numbers): {value!r}"
+            f"numbers): {_short(value)}"
         )
     values = [float(v) for v in items]
     if not all(math.isfinite(v) for v in values):
         raise _Invalid(f"metric {name!r} is not finite (CloudWatch takes no NaN or Infinity)")
     return values
+
+
+def _short(value: Any) -> str:
+    """A value as a reason quotes it: its repr, cut (reasons are counted and shown)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_number(value: Any) -> TypeGuard[int | float]:
@@ -318,10 +327,14 @@ class MetricsReport:
 
     def notes(self) -> list[str]:
         """What a user should know: ignored records and failed puts, one line each."""
+        reasons = self.ignored.most_common()
         notes = [
             f"{count} EMF record(s) ignored (CloudWatch would extract nothing from them): {why}"
-            for why, count in sorted(self.ignored.items())
+            for why, count in reasons[:SHOWN_REASONS]
         ]
+        if len(reasons) > SHOWN_REASONS:
+            others = sum(count for _, count in reasons[SHOWN_REASONS:])
+            notes.append(f"{others} more EMF record(s) ignored, for other reasons")
         if self.failed:
             notes.append(
                 f"{self.failed:,} metric data point(s) could not be put to CloudWatch on the "
@@ -342,7 +355,8 @@ class MetricsReport:
             "requests": self.requests,
             "invocations": self.invocations,
             "emf_records": self.emf_records,
-            "ignored": dict(self.ignored),
+            "ignored": sum(self.ignored.values()),
+            "ignored_reasons": dict(self.ignored.most_common(SHOWN_REASONS)),
             "first_error": self.first_error,
         }
 
@@ -400,7 +414,7 @@ class MetricsPublisher:
             self._thread = threading.Thread(target=self._loop, name="mlayer-metrics", daemon=True)
             self._thread.start()
 
-    def record(self, invocation: InvocationLike, *, executed_version: str) -> None:
+    def record(self, invocation: InvocationLike, executed_version: str) -> None:
         """Buffer the metrics of one invocation (which just ended): its EMF records (the
         init's output too, on a cold start) and Lambda's own."""
         with self._lock:

@@ -212,7 +212,7 @@ def invoke(
 
 @dataclass
 class RunLocalResult:
-    function: LocalFunction  # the primary version (the only one without a canary)
+    function: LocalFunction  # the primary version (an alias's canaries are in routes)
     summary: RunSummary
     log_path: Path
     mapping: dict[str, Any] | None  # the function's mapping the settings came from
@@ -385,13 +385,7 @@ def run_local(
         return RoutedInvoker(
             routes,
             lambda version: version.environment_for(extra_env=extra_env, log_path=log_path),
-            on_invocation=(
-                None
-                if publisher is None
-                else lambda invocation, executed: publisher.record(
-                    invocation, executed_version=executed
-                )
-            ),
+            on_invocation=publisher.record if publisher is not None else None,
         )
 
     processor = StreamProcessor(

@@ -657,6 +657,36 @@ def test_a_broken_emf_line_is_a_note_and_the_invocation_stands(
     ]
 
 
+def test_a_canary_that_cannot_run_here_says_how_to_run_the_primary_alone(
+    canary: Canary, tmp_path: Path
+) -> None:
+    from mlayer.deploy import zip_function
+    from mlayer.errors import ConfigError
+    from mlayer.local.runner import invoke
+
+    # Given a canary version 3 whose code is not the local function's
+    lam = canary.aws.client("lambda")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "lambda_function.py").write_text("def lambda_handler(event, context):\n    pass\n")
+    lam.update_function_code(FunctionName="tiny", ZipFile=zip_function(other).data)
+    lam.publish_version(FunctionName="tiny")
+    lam.update_alias(
+        FunctionName="tiny", Name="live",
+        RoutingConfig={"AdditionalVersionWeights": {"3": 0.1}},
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as raised:
+        invoke(
+            canary.aws, function="tiny", qualifier="live", event={}, layers_dir=canary.layers,
+            function_dir=canary.function_dir, log_path=tmp_path / "lambda.log",
+        )  # fmt: skip
+    message = str(raised.value)
+    assert message.startswith("the code deployed to tiny (CodeSha256 ")
+    assert message.endswith(
+        ". (Version 3 is alias live's 10% canary; to run its primary version alone, pass --alias 1)"
+    )
+
+
 def test_metrics_are_off_against_aws_itself_unless_asked(canary: Canary, tmp_path: Path) -> None:
     from mlayer.local.runner import invoke
 

@@ -454,7 +454,8 @@ def resolve_routes(
     like any build), and keeps ``qualifier`` as the name it was invoked by.
 
     Raises:
-        As :func:`resolve_function`, for any of the versions.
+        As :func:`resolve_function`, for any of the versions; a canary's error adds how to
+        run the primary version alone.
     """
     from mlayer.arns import is_alias
     from mlayer.lambda_api import alias_weights, get_alias
@@ -481,7 +482,13 @@ def resolve_routes(
     )
     routes = [Route(primary, max(0.0, 1.0 - sum(w for _, w in extra)))]
     for version, weight in extra:
-        canary = resolve(version)
+        try:
+            canary = resolve(version)
+        except (ConfigError, NotFoundError) as exc:
+            raise type(exc)(
+                f"{exc}. (Version {version} is alias {qualifier}'s {weight * 100:g}% canary; to "
+                f"run its primary version alone, pass --alias {primary.version})"
+            ) from exc
         canary.qualifier = qualifier  # invoked through the alias (metrics' Resource)
         routes.append(Route(canary, weight))
     return routes

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -605,6 +606,42 @@ def test_run_local_routes_one_batch_in_four_to_a_25_percent_canary(
         dims = {**through, "ExecutedVersion": version}
         assert metric_sum(cloudwatch, LAMBDA_NAMESPACE, "Invocations", dims) == count
     assert metric_sum(cloudwatch, LAMBDA_NAMESPACE, "Errors", through) == 0
+
+
+def test_a_running_run_local_shows_its_metrics_before_it_stops(
+    canary: Canary, tmp_path: Path
+) -> None:
+    from mlayer.local.runner import run_local
+
+    # Given run-local consuming the stream with no end (until stopped)
+    stop = threading.Event()
+    done: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: done.append(
+            run_local(
+                canary.aws, function="tiny", stream="s", qualifier="live",
+                overrides={"batch_size": 10}, layers_dir=canary.layers,
+                function_dir=canary.function_dir, log_path=tmp_path / "lambda.log",
+                metrics=True, poll_interval_s=0.05, stop=stop,
+            )
+        )
+    )  # fmt: skip
+    runner.start()
+    try:
+        # When a reader polls CloudWatch meanwhile, as a canary bake does
+        cloudwatch = boto3.client("cloudwatch", region_name="us-east-1")
+        dims = {"FunctionName": "tiny", "Resource": "tiny:live", "ExecutedVersion": "2"}
+        deadline = time.monotonic() + 60
+        while metric_sum(cloudwatch, LAMBDA_NAMESPACE, "Invocations", dims) < 2:
+            assert runner.is_alive(), "run-local ended before its metrics were seen"
+            assert time.monotonic() < deadline, "the canary's metrics never showed up"
+            time.sleep(0.1)
+        # Then the canary's invocations are there while the run still runs
+        assert runner.is_alive() and not done
+    finally:
+        stop.set()
+        runner.join(60)
+    assert done and done[0].summary.stats.batches_by_version == {"1": 6, "2": 2}
 
 
 def test_invoke_draws_the_version_and_puts_its_metrics(canary: Canary, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
     python bench/stream_throughput.py                    # batch sizes 10, 100, 1,000; 2 shards
     python bench/stream_throughput.py --records 50000 --sink table
+    python bench/stream_throughput.py --records 5000 --metrics both   # the metrics' cost
 
 For each batch size a fresh 2-shard Kinesis stream on moto_server gets ``--records`` review
 records (JSON, text model), then the emulator drains it with the real function on real
@@ -19,6 +20,10 @@ Where a lane's time goes (each shard's lane, summed, init excluded):
 
 ``--sink table`` also writes every prediction to a DynamoDB table on moto_server (the
 function's OUTPUT_TABLE), which then dominates: it measures moto more than mlayer.
+
+``--metrics`` on (the default on an endpoint), off, or both: each invocation's metrics (the
+function's EMF records, Lambda's AWS/Lambda metrics) put to CloudWatch on moto_server by the
+runner's background publisher; ``both`` runs each batch size twice, on a fresh stream each.
 """
 
 from __future__ import annotations
@@ -129,11 +134,17 @@ def produce(kinesis: Any, stream: str, count: int) -> None:
 
 
 def run(
-    aws: Any, layers: Path, work: Path, function_dir: Path, batch_size: int, records: int
+    aws: Any,
+    layers: Path,
+    work: Path,
+    function_dir: Path,
+    batch_size: int,
+    records: int,
+    metrics: bool,
 ) -> dict[str, float]:
     from mlayer.local.runner import run_local
 
-    stream = f"bench-{batch_size}"
+    stream = f"bench-{batch_size}-{'metrics' if metrics else 'plain'}"
     produce(aws.client("kinesis"), stream, records)
     result = run_local(
         aws,
@@ -143,8 +154,9 @@ def run(
         until_idle_s=1.0,
         layers_dir=layers,
         function_dir=function_dir,
-        log_path=work / f"lambda-{batch_size}.log",
+        log_path=work / f"{stream}.log",
         poll_interval_s=0.05,
+        metrics=metrics,
     )
     summary = result.summary
     stats = summary.stats
@@ -161,6 +173,8 @@ def run(
         "emulator": 1.0 - busy_s / lane_s,
         "overhead_ms": (busy_s - stats.function_s) / stats.invocations * 1000.0,
         "init_ms": max(stats.init_durations_ms) if stats.init_durations_ms else 0.0,
+        "metrics": float(result.metrics.put) if result.metrics else 0.0,
+        "metrics_failed": float(result.metrics.failed) if result.metrics else 0.0,
     }
 
 
@@ -169,7 +183,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--batch-sizes", default="10,100,1000")
     parser.add_argument("--sink", choices=("none", "table"), default="none")
+    parser.add_argument("--metrics", choices=("on", "off", "both"), default="on")
     args = parser.parse_args()
+    modes = {"on": [True], "off": [False], "both": [False, True]}[args.metrics]
 
     import boto3
 
@@ -192,22 +208,32 @@ def main() -> None:
             deploy(aws, layers, args.sink, function_dir)
             rows = []
             for size in (int(s) for s in args.batch_sizes.split(",")):
-                rows.append((size, run(aws, layers, work, function_dir, size, args.records)))
+                for metrics in modes:
+                    rows.append(
+                        (
+                            size,
+                            metrics,
+                            run(aws, layers, work, function_dir, size, args.records, metrics),
+                        )
+                    )
     print(
         f"run-local, 2 shards, {args.records:,} records, text model, sink: {args.sink}, "
         f"1024 MB, {RUNTIME}; cold starts excluded"
     )
     header = (
-        f"{'batch':>6} {'records/s':>10} {'batches':>8} {'p50 ms':>8} {'function':>9} "
-        f"{'runtime API':>12} {'emulator':>9} {'API ms/inv':>11} {'init ms':>8}"
+        f"{'batch':>6} {'metrics':>8} {'records/s':>10} {'batches':>8} {'p50 ms':>8} "
+        f"{'function':>9} {'runtime API':>12} {'emulator':>9} {'API ms/inv':>11} {'init ms':>8}"
     )
     print(header)
     print("-" * len(header))
-    for size, r in rows:
+    for size, metrics, r in rows:
+        put = f"{r['metrics']:,.0f}" if metrics else "off"
+        if r["metrics_failed"]:
+            put += "!"  # some were not put: see the run's notes
         print(
-            f"{size:>6,} {r['records_s']:>10,.0f} {r['invocations']:>8,.0f} {r['p50_ms']:>8.1f} "
-            f"{r['function']:>9.0%} {r['runtime_api']:>12.0%} {r['emulator']:>9.0%} "
-            f"{r['overhead_ms']:>11.2f} {r['init_ms']:>8.0f}"
+            f"{size:>6,} {put:>8} {r['records_s']:>10,.0f} {r['invocations']:>8,.0f} "
+            f"{r['p50_ms']:>8.1f} {r['function']:>9.0%} {r['runtime_api']:>12.0%} "
+            f"{r['emulator']:>9.0%} {r['overhead_ms']:>11.2f} {r['init_ms']:>8.0f}"
         )
 
 

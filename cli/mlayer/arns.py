@@ -117,6 +117,11 @@ def function_name(function: str) -> str:
     return parse_function(function).name
 
 
+def is_alias(qualifier: str | None) -> bool:
+    """True for an alias name: a qualifier that is neither a version number nor ``$LATEST``."""
+    return bool(qualifier) and not str(qualifier).isdigit() and qualifier != "$LATEST"
+
+
 def log_group(function: str) -> str:
     """The function's CloudWatch Logs group, ``/aws/lambda/<name>``: one per function,
     whatever alias or version wrote to it."""

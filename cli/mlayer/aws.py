@@ -158,6 +158,9 @@ class AwsSettings:
             }
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
+                # botocore gzips PutMetricData bodies over 10 KiB, and moto_server (5.2.1)
+                # answers those with a 500 (BadGzipFile): an endpoint gets them plain.
+                kwargs["config"] = kwargs["config"].merge(Config(disable_request_compression=True))
             self._clients[service] = self.session().client(service, **kwargs)
         return self._clients[service]
 

@@ -24,7 +24,9 @@ from mlayer.arns import parse_layer_arn
 
 if TYPE_CHECKING:
     from mlayer.local.esm import MappingSettings, RunAborted, RunStats, RunSummary
+    from mlayer.local.metrics import MetricsReport
     from mlayer.local.resolve import LocalFunction
+    from mlayer.local.routing import Route
     from mlayer.local.runner import RunLocalResult
 
 DEFAULT_LOG = ".mlayer/local/lambda.log"
@@ -57,6 +59,14 @@ log_option = click.option(
     help="Where START / END / REPORT lines are appended (mlayer cost --from-report reads it).",
 )
 
+metrics_option = click.option(
+    "--metrics/--no-metrics",
+    default=None,
+    help="Put each invocation's metrics to CloudWatch on the endpoint, as AWS would: the "
+    "function's EMF records and Lambda's AWS/Lambda Invocations, Errors, Duration "
+    "[default: on with --endpoint-url, off against AWS].",
+)
+
 
 def _layer_label(arn: str) -> str:
     layer = parse_layer_arn(arn)
@@ -74,6 +84,22 @@ def _describe(local: LocalFunction) -> str:
     )
 
 
+def _routes_lines(routes: list[Route]) -> list[str]:
+    """One line per canary version (the primary is described apart)."""
+    return [
+        f"  canary {route.weight * 100:g}%: {_describe(route.function)}" for route in routes[1:]
+    ]
+
+
+def _metrics_line(report: MetricsReport | None) -> str:
+    if report is None:
+        return "off"
+    line = f"{report.put:,} data points put to CloudWatch ({report.emf_records:,} EMF records)"
+    if report.failed:
+        line += f", {report.failed:,} failed"
+    return line
+
+
 @click.command("invoke")
 @options.function
 @options.alias
@@ -88,6 +114,7 @@ def _describe(local: LocalFunction) -> str:
 @local_code
 @python_option
 @log_option
+@metrics_option
 @options.json_output
 @click.pass_obj
 def invoke_command(
@@ -100,13 +127,16 @@ def invoke_command(
     local_code: bool,
     python: str | None,
     log_path: Path,
+    metrics: bool | None,
     as_json: bool,
 ) -> None:
     """Invoke the deployed function once, locally, on its linked layers.
 
     Runs the function's code and layer versions (from the endpoint, or local builds with
     the same sha256) in a fresh Lambda-like execution environment, and prints the response
-    and the REPORT line. Exits 1 when the function fails.
+    and the REPORT line. Through an alias with a canary, the version is drawn with the
+    alias's weights, as Lambda does. The invocation's metrics go to CloudWatch on the
+    endpoint. Exits 1 when the function fails.
 
     \b
     Example:
@@ -137,21 +167,26 @@ def invoke_command(
         local_code=local_code,
         python=python,
         log_path=log_path,
+        metrics=metrics,
     )
     invocation = result.invocation
     from mlayer.reports import format_report
 
+    notes = [*result.function.notes, *result.notes]
     if as_json:
         click.echo(
             json.dumps(
                 {
                     "function": result.function.name,
                     "version": result.function.version,
+                    "routes": {r.version: r.weight for r in result.routes},
                     "request_id": invocation.request_id,
                     "response": invocation.response,
                     "error": invocation.error,
                     "report": format_report(invocation.report),
                     "logs": invocation.logs,
+                    "metrics": result.metrics.to_dict() if result.metrics else None,
+                    "notes": notes,
                 },
                 indent=2,
                 default=str,
@@ -162,13 +197,14 @@ def invoke_command(
 
         console = Console(soft_wrap=True)
         console.print(f"[bold]Invoked[/] {_describe(result.function)}")
-        for note in result.function.notes:
+        for note in notes:
             console.print(f"[yellow]note:[/] {note}")
         console.print("[bold]Log:[/]")
         click.echo(invocation.logs.rstrip("\n"))
         console.print("[bold]Error:[/]" if invocation.error else "[bold]Response:[/]")
         payload = invocation.error if invocation.error else invocation.response
         click.echo(json.dumps(payload, indent=2, default=str))
+        console.print(f"Metrics: {_metrics_line(result.metrics)}", style="dim")
         console.print(f"REPORT log appended to {log_path}", style="dim")
     if invocation.error is not None:
         raise click.ClickException(
@@ -263,6 +299,7 @@ def _position(value: str | None) -> str | None:
 @local_code
 @python_option
 @log_option
+@metrics_option
 @options.json_output
 @click.pass_obj
 def run_local_command(
@@ -289,6 +326,7 @@ def run_local_command(
     local_code: bool,
     python: str | None,
     log_path: Path,
+    metrics: bool | None,
     as_json: bool,
 ) -> None:
     """Consume a stream with the function locally, as its event source mapping would.
@@ -299,6 +337,12 @@ def run_local_command(
     come from the function's mapping from this stream when there is one (else mlayer
     trigger's defaults); flags override them. Runs until --until-idle, --max-records, or
     Ctrl-C, then prints a summary.
+
+    Through an alias with a canary, each shard's batches go to the canary version by smooth
+    weighted round robin (a 25% canary gets exactly one batch in every 4), the rest to the
+    primary version; the summary counts batches per version. Each invocation's metrics
+    (the function's EMF records, Lambda's AWS/Lambda metrics) go to CloudWatch on the
+    endpoint within about a second, so a canary bake can read them while this runs.
 
     Each shard's checkpoint (the last record resolved, with every record before it) is
     written to --checkpoints after each batch, and the next run resumes after it: a run
@@ -353,6 +397,8 @@ def run_local_command(
                 stop=stop,
                 checkpoints=checkpoints_path,
                 reset_checkpoints=reset_checkpoints,
+                metrics=metrics,
+                on_warning=progress.warn,
             )
     except RunAborted as aborted:
         progress.close()
@@ -366,6 +412,8 @@ def run_local_command(
             {
                 "function": result.function.name,
                 "version": result.function.version,
+                "routes": {r.version: r.weight for r in result.routes},
+                "metrics": result.metrics.to_dict() if result.metrics else None,
                 "log": str(result.log_path),
                 "checkpoints": str(checkpoints_path),
                 "reset_checkpoints": result.reset_checkpoints,
@@ -427,12 +475,15 @@ class _Progress:
         self._progress: Any = None
         self._task: Any = None
 
-    def ready(self, local: LocalFunction, settings: MappingSettings, shards: int) -> None:
+    def ready(self, routes: list[Route], settings: MappingSettings, shards: int) -> None:
         if self.quiet:
             return
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+        local = routes[0].function
         self.console.print(f"[bold]Running[/] {_describe(local)}")
+        for line in _routes_lines(routes):
+            self.console.print(line)
         self.console.print(
             f"  {shards} shard(s) x parallelization {settings.parallelization_factor}; batch "
             f"{settings.batch_size}, window {settings.batching_window_s:g} s, from "
@@ -466,6 +517,10 @@ class _Progress:
             ),
         )
 
+    def warn(self, message: str) -> None:
+        """A problem the run goes on with (called from any thread)."""
+        self.console.print(f"[yellow]warning:[/] {message}")
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
@@ -490,6 +545,11 @@ def render_summary(console: Any, result: RunLocalResult) -> None:
         ("dead-lettered by the function", f"{stats.dead_lettered:,}"),
         ("discarded to on-failure destination", f"{stats.discarded:,}"),
         ("batches (invocations)", f"{stats.invocations:,}"),
+        *(
+            [("batches per version", _per_version(stats.batches_by_version))]
+            if len(result.routes) > 1 or len(stats.batches_by_version) > 1
+            else []
+        ),
         ("retries", f"{stats.retries:,}"),
         ("bisections", f"{stats.bisections:,}"),
         (
@@ -506,6 +566,7 @@ def render_summary(console: Any, result: RunLocalResult) -> None:
         ),
         ("elapsed", f"{summary.elapsed_s:.1f} s ({summary.active_s:.1f} s until the last record)"),
         ("throughput", f"{summary.throughput:,.0f} records/s"),
+        ("metrics", _metrics_line(result.metrics)),
         ("stopped", summary.stopped),
     ]
     for shard_id in sorted(set(summary.resumed_from) | set(summary.shard_checkpoints)):
@@ -531,6 +592,13 @@ def render_summary(console: Any, result: RunLocalResult) -> None:
             style="dim",
         )
     console.print(f"REPORT lines appended to {result.log_path}", style="dim")
+
+
+def _per_version(batches: dict[str, int]) -> str:
+    def order(version: str) -> tuple[bool, int]:
+        return (not version.isdigit(), int(version) if version.isdigit() else 0)
+
+    return ", ".join(f"{v}: {batches[v]:,}" for v in sorted(batches, key=order)) or "-"
 
 
 def _shard_line(summary: RunSummary, shard_id: str) -> str:

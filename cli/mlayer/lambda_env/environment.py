@@ -114,6 +114,9 @@ class Invocation:
     stdout: str = ""
     stderr: str = ""
     init: InitResult | None = None  # set on a cold start
+    # The function version that ran (Lambda's ExecutedVersion: an alias's primary version or
+    # its canary; the START line's ``Version:``).
+    executed_version: str = "$LATEST"
 
     @property
     def ok(self) -> bool:
@@ -361,7 +364,15 @@ class LambdaEnvironment:
             init_error = dict(self.init.error or {})
             report = self._report(request_id, 0.0, init)
             logs = self._log_invocation(request_id, _error_log(init_error), report)
-            return Invocation(request_id, None, init_error, report, logs, init=init)
+            return Invocation(
+                request_id,
+                None,
+                init_error,
+                report,
+                logs,
+                init=init,
+                executed_version=self.function_version,
+            )
 
         server, proc = self._server, self._proc
         out_at, err_at = self._stdout.offset(), self._stderr.offset()
@@ -397,7 +408,17 @@ class LambdaEnvironment:
         stderr = self._stderr.read_from(err_at)
         report = self._report(request_id, duration_ms, init, peak_mb=peak)
         logs = self._log_invocation(request_id, stdout + stderr + extra_log, report)
-        return Invocation(request_id, response, error, report, logs, stdout, stderr, init)
+        return Invocation(
+            request_id,
+            response,
+            error,
+            report,
+            logs,
+            stdout,
+            stderr,
+            init,
+            executed_version=self.function_version,
+        )
 
     def close(self) -> None:
         """Stop the runtime process and the Runtime API, and delete the private files."""

@@ -21,7 +21,8 @@ the way Lambda's event source mapping does:
   retries (-1, Lambda's default) block the shard, as in Lambda.
 
 Each concurrent batch slot has its own execution environment, as Lambda scales one
-environment per shard (times the parallelization factor).
+environment per shard (times the parallelization factor); behind an alias that routes part
+of its traffic to a canary version, one per version (see :mod:`mlayer.local.routing`).
 
 Why the run never needs the mapping to live on the endpoint: moto applies event source
 mappings itself when Docker is absent, in ways that break a local run. A DynamoDB stream with
@@ -483,6 +484,8 @@ class RunStats:
     retries: int = 0  # invocations that re-sent records delivered before
     bisections: int = 0
     function_errors: Counter[str] = field(default_factory=Counter)
+    # Invocations per function version that ran them (an alias's canary routing splits them).
+    batches_by_version: Counter[str] = field(default_factory=Counter)
     cold_starts: int = 0
     durations_ms: list[float] = field(default_factory=list)
     init_durations_ms: list[float] = field(default_factory=list)
@@ -495,6 +498,7 @@ class RunStats:
     def copy(self) -> RunStats:
         clone = replace(self)
         clone.function_errors = Counter(self.function_errors)
+        clone.batches_by_version = Counter(self.batches_by_version)
         clone.durations_ms = list(self.durations_ms)
         clone.init_durations_ms = list(self.init_durations_ms)
         return clone
@@ -540,6 +544,7 @@ class RunSummary:
         stats.pop("durations_ms")
         stats.pop("init_durations_ms")
         stats["function_errors"] = dict(self.stats.function_errors)
+        stats["batches_by_version"] = dict(sorted(self.stats.batches_by_version.items()))
         settings = asdict(self.settings)
         if self.settings.starting_timestamp is not None:
             settings["starting_timestamp"] = self.settings.starting_timestamp.isoformat()
@@ -630,7 +635,8 @@ class StreamProcessor:
         invoker_factory: makes one execution environment per lane, on the lane's first batch.
         destination: where discarded batches' invocation records go (None: records are
             dropped, as Lambda does without a destination).
-        function_arn, function_version: for the on-failure messages.
+        function_arn, function_version: for the on-failure messages (``function_version``
+            stands for the executed version of invokers whose results do not carry one).
         poll_interval_s: pause between polls of a shard that returned nothing (Lambda polls
             each shard about once a second; a smaller value keeps local runs snappy).
         retry_delay_s: base of the backoff before re-invoking a failed batch.
@@ -1045,6 +1051,7 @@ class StreamProcessor:
         with self._lock:
             stats = self.stats
             stats.invocations += 1
+            stats.batches_by_version[_executed_version(result, self.function_version)] += 1
             stats.retries += int(retry)
             stats.busy_s += wall
             if report is not None:
@@ -1147,7 +1154,10 @@ class StreamProcessor:
         destination that keeps records (S3) the batch's event as ``payload``, an escaped JSON
         string, as Lambda documents it."""
         info_key = "KinesisBatchInfo" if self.source.kind == "kinesis" else "DDBStreamBatchInfo"
-        response: dict[str, Any] = {"statusCode": 200, "executedVersion": self.function_version}
+        response: dict[str, Any] = {
+            "statusCode": 200,
+            "executedVersion": _executed_version(result, self.function_version),
+        }
         if result is not None and result.error is not None:
             response["functionError"] = "Unhandled"
         message: dict[str, Any] = {
@@ -1234,6 +1244,11 @@ def _event_json(chunk: list[StreamRecord]) -> bytes:
         for r in chunk
     ]
     return b'{"Records":[' + b",".join(parts) + b"]}"
+
+
+def _executed_version(result: InvocationLike | None, default: str) -> str:
+    """The version that ran an invocation; invokers that do not say ran ``default``."""
+    return str(getattr(result, "executed_version", None) or default)
 
 
 def _lane_of(partition_key: str, lanes: int) -> int:

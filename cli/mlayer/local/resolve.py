@@ -25,12 +25,15 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlayer.errors import ConfigError, NotFoundError
 from mlayer.lambda_env.environment import LambdaEnvironment, prepare_opt
 from mlayer.lambda_env.runtime_dir import cache_root, inspect_interpreter
 from mlayer.manifests import recorded_sha256
+
+if TYPE_CHECKING:
+    from mlayer.local.routing import Route
 
 
 @dataclass(frozen=True)
@@ -330,6 +333,8 @@ def resolve_function(
 ) -> LocalFunction:
     """Everything needed to run ``function`` (at ``qualifier``) locally.
 
+    An alias resolves to its primary version; :func:`resolve_routes` adds its canaries.
+
     A store-backed function (MODEL_URI) downloads its model itself, from the endpoint, into
     its own /tmp; its manifest (for sample records) comes from the archive's head through
     ``s3``, else from a local build with the archive's sha256.
@@ -340,20 +345,12 @@ def resolve_function(
             runtime; an architecture this machine cannot run.
     """
     from mlayer.deploy import zip_function
-    from mlayer.lambda_api import get_alias, get_configuration
+    from mlayer.lambda_api import get_configuration
 
     config = get_configuration(lam, function, qualifier)
     name = str(config["FunctionName"])
     notes: list[str] = []
     version = str(config.get("Version") or "$LATEST")
-    if qualifier and not qualifier.isdigit() and qualifier != "$LATEST":
-        alias = get_alias(lam, name, qualifier)
-        routing = ((alias or {}).get("RoutingConfig") or {}).get("AdditionalVersionWeights")
-        if routing:
-            notes.append(
-                f"alias {qualifier} also routes {routing} (a canary); the local run uses its "
-                f"primary version {version}"
-            )
     runtime = str(config.get("Runtime") or "")
     if not runtime.startswith("python3."):
         raise ConfigError(f"function {name} has runtime {runtime or 'none'}; mlayer runs python3.x")
@@ -435,3 +432,63 @@ def _stored_manifest(
     if found is not None:
         return found[1]
     return None
+
+
+def resolve_routes(
+    lam: Any,
+    *,
+    function: str,
+    qualifier: str | None = None,
+    layers_dir: Path = Path("layers"),
+    function_dir: Path = Path("function"),
+    local_code: bool = False,
+    python: str | None = None,
+    s3: Any | None = None,
+) -> list[Route]:
+    """The versions an invocation of ``function`` at ``qualifier`` may run, with their
+    weights: the primary version first, then an alias's additional versions
+    (``RoutingConfig.AdditionalVersionWeights``, a canary) by version number.
+
+    Each version is resolved on its own (its code, layers, memory, timeout and environment:
+    a canary version may link other layers, e.g. a shadow layer, found in ``layers_dir``
+    like any build), and keeps ``qualifier`` as the name it was invoked by.
+
+    Raises:
+        As :func:`resolve_function`, for any of the versions; a canary's error adds how to
+        run the primary version alone.
+    """
+    from mlayer.arns import is_alias
+    from mlayer.lambda_api import alias_weights, get_alias
+    from mlayer.local.routing import Route
+
+    def resolve(version_qualifier: str | None) -> LocalFunction:
+        return resolve_function(
+            lam,
+            function=function,
+            qualifier=version_qualifier,
+            layers_dir=layers_dir,
+            function_dir=function_dir,
+            local_code=local_code,
+            python=python,
+            s3=s3,
+        )
+
+    primary = resolve(qualifier)
+    alias = get_alias(lam, primary.name, str(qualifier)) if is_alias(qualifier) else None
+    weights = alias_weights(alias) if alias is not None else {}
+    # Lambda's additional versions are published version numbers, never $LATEST.
+    extra = sorted(
+        ((v, w) for v, w in weights.items() if v != primary.version), key=lambda vw: int(vw[0])
+    )
+    routes = [Route(primary, max(0.0, 1.0 - sum(w for _, w in extra)))]
+    for version, weight in extra:
+        try:
+            canary = resolve(version)
+        except (ConfigError, NotFoundError) as exc:
+            raise type(exc)(
+                f"{exc}. (Version {version} is alias {qualifier}'s {weight * 100:g}% canary; to "
+                f"run its primary version alone, pass --alias {primary.version})"
+            ) from exc
+        canary.qualifier = qualifier  # invoked through the alias (metrics' Resource)
+        routes.append(Route(canary, weight))
+    return routes

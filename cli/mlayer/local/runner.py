@@ -4,12 +4,17 @@ Both run the deployed function (code and linked layers resolved by
 :mod:`mlayer.local.resolve`) in local execution environments
 (:mod:`mlayer.lambda_env.environment`); its sinks (output table, stream, dead-letter queue)
 write to the same endpoint, with the caller's credentials standing in for the execution
-role's.
+role's. Through an alias that routes part of its traffic to a canary version, each
+invocation runs the version the routing picks (:mod:`mlayer.local.routing`). Each
+invocation's metrics (the function's EMF records, Lambda's ``AWS/Lambda`` metrics) are put
+to CloudWatch on the endpoint, as CloudWatch Logs and Lambda do in AWS
+(:mod:`mlayer.local.metrics`).
 """
 
 from __future__ import annotations
 
 import os
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,7 +37,9 @@ from mlayer.local.esm import (
     StreamSource,
     local_mapping_uuid,
 )
-from mlayer.local.resolve import LocalFunction, resolve_function
+from mlayer.local.metrics import MetricsPublisher, MetricsReport
+from mlayer.local.resolve import LocalFunction, resolve_routes
+from mlayer.local.routing import Route, RoutedInvoker, cadence, draw
 
 DEFAULT_LOG = Path(".mlayer") / "local" / "lambda.log"
 
@@ -60,12 +67,74 @@ def function_env(aws: AwsSettings) -> dict[str, str]:
     return env
 
 
+def metrics_publisher(
+    aws: AwsSettings,
+    *,
+    function: str,
+    qualifier: str | None,
+    metrics: bool | None,
+    on_warning: Callable[[str], None] | None = None,
+) -> tuple[MetricsPublisher | None, list[str]]:
+    """The publisher of a local run's metrics, or None when they are off; and notes.
+
+    ``metrics`` None: on when an endpoint plays AWS (``--endpoint-url``), off against AWS
+    itself, where a local run's metrics would mix with the deployed function's in its
+    dashboards, alarms and canary bakes (and ``AWS/`` namespaces are CloudWatch's own).
+    """
+    if metrics is None:
+        metrics = bool(aws.endpoint_url)
+        if not metrics:
+            return None, [
+                "metrics not put: against AWS itself a local run's metrics would mix with the "
+                "deployed function's (pass --metrics to put them anyway)"
+            ]
+    if not metrics:
+        return None, []
+    publisher = MetricsPublisher(
+        aws.client("cloudwatch"), function=function, qualifier=qualifier, on_warning=on_warning
+    )
+    return publisher, []
+
+
+def routing_note(
+    routes: list[Route], qualifier: str | None, *, round_robin_over: str | None
+) -> str | None:
+    """What the alias's routing does in this run, or None when it routes to one version.
+
+    ``round_robin_over``: what the round robin spreads (run-local: "each shard's batches");
+    None: one invocation, its version drawn at random (invoke).
+    """
+    if len(routes) < 2:
+        return None
+    primary = routes[0].version
+    canaries = ", ".join(f"{r.weight * 100:g}% to version {r.version}" for r in routes[1:])
+    if round_robin_over is None:
+        how = "this invocation's version was drawn at random with the weights, as Lambda does"
+    else:
+        cadences = ", ".join(
+            f"version {route.version} exactly {share.numerator} in every {share.denominator}"
+            for index, route in enumerate(routes[1:], start=1)
+            if (share := cadence(routes, index))
+        )
+        how = (
+            f"{round_robin_over} go by smooth weighted round robin (deterministic): "
+            f"{cadences}, the rest to version {primary}"
+        )
+    return (
+        f"alias {qualifier} routes {canaries} (a canary), the rest to its primary version "
+        f"{primary}; {how}"
+    )
+
+
 @dataclass
 class InvokeResult:
-    function: LocalFunction
+    function: LocalFunction  # the version that ran (an alias's canary, or its primary)
     event: Any
     invocation: Invocation
     log_path: Path
+    routes: list[Route] = field(default_factory=list)  # the versions the alias may run
+    metrics: MetricsReport | None = None  # None: metrics were off
+    notes: list[str] = field(default_factory=list)
 
 
 def default_event(function: LocalFunction) -> dict[str, Any]:
@@ -96,9 +165,17 @@ def invoke(
     local_code: bool = False,
     python: str | None = None,
     log_path: Path = DEFAULT_LOG,
+    metrics: bool | None = None,
+    rng: random.Random | None = None,
 ) -> InvokeResult:
-    """Invoke the deployed function once in a local execution environment (a cold start)."""
-    local = resolve_function(
+    """Invoke the deployed function once in a local execution environment (a cold start).
+
+    Through an alias with a canary, the version is drawn at random with the alias's weights
+    (``rng``), as Lambda does per invocation. The invocation's metrics are put to CloudWatch
+    before this returns (``metrics``: see :func:`metrics_publisher`); failing to put them
+    is a note, never an error.
+    """
+    routes = resolve_routes(
         aws.client("lambda"),
         function=function,
         qualifier=qualifier,
@@ -108,21 +185,42 @@ def invoke(
         python=python,
         s3=aws.client("s3"),
     )
+    route = routes[draw(routes, rng or random.Random()) if len(routes) > 1 else 0]
+    local = route.function
     payload = event if event is not None else default_event(local)
+    publisher, notes = metrics_publisher(
+        aws, function=local.name, qualifier=qualifier, metrics=metrics
+    )
     with local.environment_for(extra_env=function_env(aws), log_path=log_path) as env:
         invocation = env.invoke(payload)
-    return InvokeResult(local, payload, invocation, log_path)
+    report = None
+    if publisher is not None:
+        publisher.record(invocation, executed_version=local.version)
+        report = publisher.close()
+        notes += report.notes()
+    note = routing_note(routes, qualifier, round_robin_over=None)
+    return InvokeResult(
+        local,
+        payload,
+        invocation,
+        log_path,
+        routes=routes,
+        metrics=report,
+        notes=[*([note] if note else []), *notes],
+    )
 
 
 @dataclass
 class RunLocalResult:
-    function: LocalFunction
+    function: LocalFunction  # the primary version (an alias's canaries are in routes)
     summary: RunSummary
     log_path: Path
     mapping: dict[str, Any] | None  # the function's mapping the settings came from
     notes: list[str] = field(default_factory=list)
     checkpoints_path: Path | None = None  # None: checkpoints were kept in memory only
     reset_checkpoints: dict[str, str] = field(default_factory=dict)  # forgotten by this run
+    routes: list[Route] = field(default_factory=list)  # the versions the alias routes to
+    metrics: MetricsReport | None = None  # None: metrics were off
 
 
 def find_mapping(
@@ -171,11 +269,13 @@ def run_local(
     python: str | None = None,
     log_path: Path = DEFAULT_LOG,
     on_progress: Callable[[RunStats], None] | None = None,
-    on_ready: Callable[[LocalFunction, MappingSettings, int], None] | None = None,
+    on_ready: Callable[[list[Route], MappingSettings, int], None] | None = None,
     stop: threading.Event | None = None,
     poll_interval_s: float | None = None,
     checkpoints: Path | None = None,
     reset_checkpoints: bool = False,
+    metrics: bool | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> RunLocalResult:
     """Consume ``stream`` with the function as its event source mapping would, locally.
 
@@ -187,6 +287,18 @@ def run_local(
     resumes after the checkpoint this function (and qualifier) left on this stream, in
     preference to the starting position, and every resolved batch moves it;
     ``reset_checkpoints`` forgets them first. Without, checkpoints live for this run only.
+
+    Through an alias with a canary (``RoutingConfig.AdditionalVersionWeights``), each
+    invocation runs the version a smooth weighted round robin picks, per concurrent batch
+    slot: a 25% canary gets exactly one batch in every 4 of each shard (see
+    :mod:`mlayer.local.routing`); ``summary.stats.batches_by_version`` counts them.
+    ``on_ready`` gets the routes (the primary version first), the settings and the number
+    of shards.
+
+    Each invocation's metrics go to CloudWatch on the endpoint (``metrics``: see
+    :func:`metrics_publisher`), at most about a second after it ends and all of them before
+    this returns; a failure to put them is reported once to ``on_warning``, counted in
+    ``metrics``, and never stops the run.
 
     Raises:
         NotFoundError / ConfigError: unknown function or stream, bad settings, layers that
@@ -207,7 +319,7 @@ def run_local(
     else:
         settings = mlayer_defaults()
     settings = settings.override(**(overrides or {})).validate()
-    local = resolve_function(
+    routes = resolve_routes(
         lam,
         function=function,
         qualifier=qualifier,
@@ -217,6 +329,7 @@ def run_local(
         python=python,
         s3=aws.client("s3"),
     )
+    local = routes[0].function
     region = aws.session().region_name or "us-east-1"
     source: StreamSource
     if kind == "kinesis":
@@ -258,8 +371,22 @@ def run_local(
                     "such shard any more (closed and expired after a reshard)"
                 )
 
-    def factory() -> Any:
-        return local.environment_for(extra_env=extra_env, log_path=log_path)
+    publisher, metrics_notes = metrics_publisher(
+        aws, function=local.name, qualifier=qualifier, metrics=metrics, on_warning=on_warning
+    )
+    spread = "each shard's batches" + (
+        " (each concurrent batch slot's)" if settings.parallelization_factor > 1 else ""
+    )
+    note = routing_note(routes, qualifier, round_robin_over=spread)
+    if note:
+        local.notes.append(note)
+
+    def factory() -> RoutedInvoker:
+        return RoutedInvoker(
+            routes,
+            lambda version: version.environment_for(extra_env=extra_env, log_path=log_path),
+            on_invocation=publisher.record if publisher is not None else None,
+        )
 
     processor = StreamProcessor(
         source,
@@ -275,11 +402,18 @@ def run_local(
         on_checkpoint=store.save if store is not None else None,
     )
     if on_ready is not None:
-        on_ready(local, settings, len(shards))
-    summary = processor.run(
-        until_idle_s=until_idle_s, max_records=max_records, on_progress=on_progress, stop=stop
-    )
-    notes = [*local.notes, *notes]
+        on_ready(routes, settings, len(shards))
+    report = None
+    if publisher is not None:
+        publisher.start()
+    try:
+        summary = processor.run(
+            until_idle_s=until_idle_s, max_records=max_records, on_progress=on_progress, stop=stop
+        )
+    finally:
+        if publisher is not None:  # every invocation's metrics are put before returning
+            report = publisher.close()
+    notes = [*local.notes, *notes, *metrics_notes, *(report.notes() if report else [])]
     if mapping is not None and kind == "dynamodb" and aws.is_local:
         notes.append(
             "moto empties a DynamoDB stream that has an event source mapping on every write: "
@@ -287,7 +421,15 @@ def run_local(
             "as flags)"
         )
     return RunLocalResult(
-        local, summary, log_path, mapping, notes, checkpoints, reset_checkpoints=forgotten
+        local,
+        summary,
+        log_path,
+        mapping,
+        notes,
+        checkpoints,
+        reset_checkpoints=forgotten,
+        routes=routes,
+        metrics=report,
     )
 
 

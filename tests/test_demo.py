@@ -63,6 +63,9 @@ def test_demo_runs_every_step_and_stops_the_endpoint(tmp_path: Path) -> None:
         "Pricing the measured REPORT lines",
         "Training model v2 and rolling it out",
         "Rolling back alias live",
+        "Publishing model v2 as the shadow of the live v1",
+        "A degenerate candidate v3",
+        "Model v2 as a 30% canary",
         "Stopping moto_server",
     ]
     positions = [out.find(title) for title in titles]
@@ -80,6 +83,28 @@ def test_demo_runs_every_step_and_stops_the_endpoint(tmp_path: Path) -> None:
     assert "a local invoke of alias live is answered by model sentiment v2" in out
     assert "live: alias live -> version 1: sentiment v1" in out
     assert "a local invoke of alias live is answered by model sentiment v1" in out
+    # and the shadow was scored beside v1 on every record, compared from the metrics
+    shadow = out[positions[13] : positions[14]]
+    scored = re.search(r"records scored\s+([\d,]+)\s+([\d,]+)", shadow)
+    assert scored, shadow
+    live_records, shadow_records = (int(n.replace(",", "")) for n in scored.groups())
+    # 1,000 records, two malformed (one in 500); the live model's window, rounded down to
+    # the minute as CloudWatch does, may also hold the rollback step's invoke
+    assert live_records >= 1_000 and shadow_records == 998
+    assert re.search(r"agreement with live\s+\d+\.\d%", shadow), shadow
+    assert "shadow stop: alias live -> version" in shadow
+    # and the degenerate canary was rolled back by its agreement with the live model,
+    # measured record by record (its version scores v1 as its shadow)
+    bad = out[positions[14] : positions[15]]
+    assert re.search(
+        r"rolled back: agreement \d+\.\d% < 95% over \d+ records \(shadow: the live model v1 "
+        r"scored the same records\)",
+        bad,
+    ), bad
+    # and the healthy one was promoted with every guard holding
+    good = out[positions[15] : positions[16]]
+    assert re.search(r"promoted: every guard held over \d+ records: bad-record rate", good), good
+    assert re.search(r"alias live -> version \d+ alone", good), good
     # and nothing is left running
     pid = int(re.search(r"Stopping moto_server \(pid (\d+)\)", out).group(1))  # type: ignore[union-attr]
     assert not _running(pid)

@@ -563,12 +563,13 @@ def _pipeline(
     # -- safe rollouts: a shadow, canaries that decide -----------------------------------
     yield from rollout_steps(
         RolloutContext(
-            aws=aws, name=name, alias=ALIAS, stream=stream, model_layer=model_layer,
+            aws=aws, name=name, alias=ALIAS, stream=f"{name}-rollouts", model_layer=model_layer,
             shadow_layer=default_layer_name(name, "shadow"), layers_dir=layers_dir,
             function_dir=function_dir, log_path=log_path,
-            records=max(1_000, options.records // 10), malformed_every=options.malformed_every,
+            records=max(1_000, options.records // 10), malformed_every=500,
             until_idle_s=options.until_idle_s, v1_dir=v1_dir, v2_zip=model_v2.zip_path,
-            work=work, step=Step, put_records=lambda rs: _put_records(kinesis, stream, rs),
+            work=work, checkpoints=work / "rollouts-checkpoints.json", step=Step,
+            put_records=lambda to, rs: _put_records(kinesis, to, rs),
             make_records=make_records,
         )
     )  # fmt: skip

@@ -21,7 +21,7 @@ from mlayer.errors import MlayerError
 # The canaries' share of the alias's batches: big enough that a demo-sized stream gives the
 # canary a few hundred records to be judged on within the bake.
 CANARY_PERCENT = 30.0
-BAKE_S = 20.0
+BAKE_S = 25.0
 BAKE_INTERVAL_S = 2.0
 
 
@@ -32,7 +32,7 @@ class RolloutContext:
     aws: Any
     name: str  # the function
     alias: str
-    stream: str
+    stream: str  # the rollout steps' own stream (created by rollout_steps)
     model_layer: str
     shadow_layer: str
     layers_dir: Path
@@ -44,13 +44,26 @@ class RolloutContext:
     v1_dir: Path  # the live model's directory (model v1)
     v2_zip: Path  # model v2's build
     work: Path
+    checkpoints: Path  # run-local's, for the rollout steps' stream
     step: Callable[[str, str], Any]  # makes a demo Step
-    put_records: Callable[[list[dict[str, Any]]], int]
+    put_records: Callable[[str, list[dict[str, Any]]], int]  # (stream, records)
     make_records: Callable[[int, int, int], tuple[list[dict[str, Any]], int]]
 
 
 def rollout_steps(ctx: RolloutContext) -> Iterator[Any]:
-    """The shadow step, then a degenerate canary rolled back and a healthy one promoted."""
+    """The shadow step, then a degenerate canary rolled back and a healthy one promoted.
+
+    Their records go through a stream of their own, without a mapping (``ctx.stream`` is
+    created here): moto runs a stream's mappings itself on every put, and cannot without
+    Docker. run-local then takes mlayer's trigger defaults, and resumes each step where
+    the previous one stopped (checkpoints in the workdir).
+    """
+    kinesis = ctx.aws.client("kinesis")
+    kinesis.create_stream(StreamName=ctx.stream, ShardCount=2)
+    kinesis.get_waiter("stream_exists").wait(
+        StreamName=ctx.stream, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+    )
+    ctx.checkpoints.unlink(missing_ok=True)
     yield from _shadow(ctx)
     yield from _bad_canary(ctx)
     yield from _good_canary(ctx)
@@ -201,14 +214,15 @@ def _stream(ctx: RolloutContext, seed: int, stop: threading.Event | None = None)
     from mlayer.local.runner import run_local
 
     records, _ = ctx.make_records(ctx.records, ctx.malformed_every, seed)
-    ctx.put_records(records)
+    ctx.put_records(ctx.stream, records)
     result = run_local(
         ctx.aws, function=ctx.name, stream=ctx.stream, qualifier=ctx.alias,
         until_idle_s=ctx.until_idle_s, layers_dir=ctx.layers_dir,
         function_dir=ctx.function_dir, log_path=ctx.log_path, stop=stop,
+        checkpoints=ctx.checkpoints,
     )  # fmt: skip
-    if result.summary.stopped == "interrupted":
-        raise KeyboardInterrupt
+    if result.summary.stopped == "interrupted" and (stop is None or not stop.is_set()):
+        raise KeyboardInterrupt  # Ctrl-C, not the bake's end
     return result.summary
 
 

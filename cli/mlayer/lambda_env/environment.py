@@ -466,6 +466,11 @@ class LambdaEnvironment:
             # so a layer without bytecode pays for compiling at every cold start here too.
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        # Here /opt is ``opt``: a linked shadow layer unpacks to ``opt``/shadow. Set only when
+        # it is there, as the function looks for /opt/shadow only when it exists (an explicit
+        # SHADOW_DIR that is missing is reported as a shadow that failed to load).
+        if os.path.isdir(f"{opt}/shadow"):
+            env["SHADOW_DIR"] = f"{opt}/shadow"
         # Lambda hands the function its execution role's credentials; locally, the caller's.
         env.update({k: os.environ[k] for k in _CREDENTIALS if k in os.environ})
         env.update(self.env)

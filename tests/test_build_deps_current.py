@@ -300,6 +300,38 @@ def test_a_model_trained_with_current_pins_is_served_by_python313(
     assert [p["probability"] for p in response["predictions"]] == expected["probabilities"]
     assert len(set(expected["labels"])) == 2  # both classes occur: the comparison means something
 
+    # and with the same model as its own shadow (a shadow layer: shadow/), the batch line
+    # carries both directives and a perfect agreement, on Python 3.13 with today's libraries
+    from mlayer.layers import load_build
+    from mlayer.shadow_layer import build_shadow
+
+    shadow = build_shadow(load_build(Path(built["zip"])), tmp_path)
+    opt_shadowed = tmp_path / "opt-shadowed"
+    prepare_opt([Path(deps313["zip"]), Path(built["zip"]), shadow.zip_path], opt_shadowed)
+    with LambdaEnvironment(
+        task_dir=ROOT / "function", opt_dir=opt_shadowed, python=str(bare313),
+        function_name="scorer",
+    ) as env:  # fmt: skip
+        shadowed = env.invoke({"records": records})
+        assert shadowed.ok, shadowed.logs
+    assert shadowed.response["predictions"] == response["predictions"]
+    (line,) = [
+        json.loads(text) for text in shadowed.stdout.splitlines() if '"message":"batch"' in text
+    ]
+    directives = line["_aws"]["CloudWatchMetrics"]
+    assert [d["Dimensions"] for d in directives] == [
+        [["function", "model_version"]],
+        [["function", "model_version", "shadow_version"]],
+    ]
+    assert (line["function"], line["records"], line["shadow_records"]) == ("scorer", 200, 200)
+    assert (line["shadow_agreed"], line["shadow_agreement"], line["shadow_abs_diff"]) == (
+        200,
+        1.0,
+        0.0,
+    )
+    labels = {label: expected["labels"].count(label) for label in set(expected["labels"])}
+    assert {k[len("label:") :]: v for k, v in line.items() if k.startswith("label:")} == labels
+
 
 def test_python313_arm64_cross_build_runs_mlayers_pip_with_the_users_python(
     user_python: Path, tmp_path_factory: pytest.TempPathFactory

@@ -44,6 +44,14 @@ _LIVE_FIXED = (
     ("write_ms", _MS),
 )
 _LIVE_FIXED_METRICS = [{"Name": name, "Unit": unit} for name, unit in _LIVE_FIXED]
+_CONFIDENCE_METRIC = {"Name": "confidence_mean", "Unit": _NONE}
+# A warm environment sees the same few labels and versions batch after batch: their metric
+# names, dimension values and metric entries are made once (entries are never mutated; the
+# line's JSON only reads them). Bounded, for models with endless distinct outputs.
+_NAMES_KEPT = 4096
+_NAMES: dict[tuple[type, Any], str] = {}
+_DIMENSIONS: dict[tuple[type, Any], str] = {}
+_COUNT_METRICS: dict[str, dict[str, str]] = {}
 
 
 @dataclass
@@ -108,7 +116,7 @@ def batch_members(
         mean = sum(confident) / len(confident)  # type: ignore[arg-type]
         if math.isfinite(mean):
             members["confidence_mean"] = mean
-            metrics.append({"Name": "confidence_mean", "Unit": _NONE})
+            metrics.append(_CONFIDENCE_METRIC)
     if scores:
         mean = math.fsum(scores) / len(scores)
         # d * d, not d ** 2: float power raises OverflowError where a product is inf
@@ -153,7 +161,12 @@ def _add_counts(
 ) -> None:
     for name, count in counts:
         members[name] = count
-        metrics.append({"Name": name, "Unit": _COUNT})
+        metric = _COUNT_METRICS.get(name)
+        if metric is None:
+            metric = {"Name": name, "Unit": _COUNT}
+            if len(_COUNT_METRICS) < _NAMES_KEPT:
+                _COUNT_METRICS[name] = metric
+        metrics.append(metric)
 
 
 def label_counts(labels: Sequence[Any], prefix: str) -> list[tuple[str, int]]:
@@ -203,6 +216,20 @@ def _rank(item: tuple[str, int]) -> tuple[int, str]:
 def label_name(label: Any) -> str:
     """``str(label)`` with every character outside printable ASCII replaced by ``?``, cut to
     NAME_CHARS characters: CloudWatch metric names are ASCII."""
+    # Keyed by type too: 1, 1.0 and True are equal keys but different names.
+    key = (label.__class__, label)
+    try:
+        return _NAMES[key]
+    except KeyError:
+        name = _label_name(label)
+        if len(_NAMES) < _NAMES_KEPT:
+            _NAMES[key] = name
+        return name
+    except TypeError:  # unhashable
+        return _label_name(label)
+
+
+def _label_name(label: Any) -> str:
     text = label if isinstance(label, str) else str(label)
     if not (text.isascii() and text.isprintable()):
         text = "".join(char if " " <= char <= "~" else "?" for char in text)
@@ -212,6 +239,19 @@ def label_name(label: Any) -> str:
 def dimension(value: Any) -> str:
     """A dimension value as CloudWatch takes it: a string of printable ASCII (others ``?``), at
     most DIMENSION_CHARS long, not blank (``"-"`` stands for a blank one)."""
+    key = (value.__class__, value)
+    try:
+        return _DIMENSIONS[key]
+    except KeyError:
+        text = _dimension(value)
+        if len(_DIMENSIONS) < _NAMES_KEPT:
+            _DIMENSIONS[key] = text
+        return text
+    except TypeError:  # unhashable
+        return _dimension(value)
+
+
+def _dimension(value: Any) -> str:
     text = value if isinstance(value, str) else str(value)
     if not (text.isascii() and text.isprintable()):
         text = "".join(char if " " <= char <= "~" else "?" for char in text)

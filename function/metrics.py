@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,14 +44,25 @@ _LIVE_FIXED = (
     ("write_ms", _MS),
 )
 _LIVE_FIXED_METRICS = [{"Name": name, "Unit": unit} for name, unit in _LIVE_FIXED]
-_CONFIDENCE_METRIC = {"Name": "confidence_mean", "Unit": _NONE}
+_UNITS = {
+    "confidence_mean": _NONE,
+    "score_mean": _NONE,
+    "score_stddev": _NONE,
+    "shadow_records": _COUNT,
+    "shadow_predict_ms": _MS,
+    "shadow_failures": _COUNT,
+    "shadow_agreed": _COUNT,
+    "shadow_agreement": _NONE,
+    "shadow_abs_diff": _NONE,
+}
 # A warm environment sees the same few labels and versions batch after batch: their metric
 # names, dimension values and metric entries are made once (entries are never mutated; the
 # line's JSON only reads them). Bounded, for models with endless distinct outputs.
 _NAMES_KEPT = 4096
 _NAMES: dict[tuple[type, Any], str] = {}
 _DIMENSIONS: dict[tuple[type, Any], str] = {}
-_COUNT_METRICS: dict[str, dict[str, str]] = {}
+# (metric names besides the fixed ones, the shadow directive's) -> CloudWatchMetrics
+_DIRECTIVES: dict[tuple[tuple[str, ...], tuple[str, ...] | None], list[dict[str, Any]]] = {}
 
 
 @dataclass
@@ -105,10 +116,14 @@ def batch_members(
         "bad_records": bad_records,
         "sink_failures": sink_failures,
     }
-    metrics = list(_LIVE_FIXED_METRICS)
     for name in ("decode_ms", "predict_ms", "write_ms"):
         members[name] = timings[name]
-    _add_counts(members, metrics, label_counts(labels, "label:"))
+    # Metrics besides the fixed ones, by name: a warm environment meets the same few sets of
+    # names batch after batch, so the directives naming them are built once (``_directives``).
+    names: list[str] = []
+    for name, count in label_counts(labels, "label:"):
+        members[name] = count
+        names.append(name)
     # count(None) and sum() run in C: a third of the time of filtering the list first.
     unknown = probabilities.count(None)
     if unknown < len(probabilities):
@@ -116,7 +131,7 @@ def batch_members(
         mean = sum(confident) / len(confident)  # type: ignore[arg-type]
         if math.isfinite(mean):
             members["confidence_mean"] = mean
-            metrics.append(_CONFIDENCE_METRIC)
+            names.append("confidence_mean")
     if scores:
         mean = math.fsum(scores) / len(scores)
         # d * d, not d ** 2: float power raises OverflowError where a product is inf
@@ -124,49 +139,65 @@ def batch_members(
         for name, value in (("score_mean", mean), ("score_stddev", spread)):
             if math.isfinite(value):  # outputs near the float limit can overflow
                 members[name] = value
-                metrics.append({"Name": name, "Unit": _NONE})
-    directives = [{"Namespace": NAMESPACE, "Dimensions": [LIVE_DIMENSIONS], "Metrics": metrics}]
-    if shadow is not None:
-        directives.append(_shadow_directive(members, shadow))
+                names.append(name)
+    key = (tuple(names), None if shadow is None else _shadow_members(members, shadow))
+    directives = _DIRECTIVES.get(key)
+    if directives is None:
+        directives = _directives(*key)
+        if len(_DIRECTIVES) < _NAMES_KEPT:
+            _DIRECTIVES[key] = directives
     members["_aws"] = {"Timestamp": int(time.time() * 1000), "CloudWatchMetrics": directives}
     return members
 
 
-def _shadow_directive(members: dict[str, Any], shadow: ShadowFigures) -> dict[str, Any]:
+def _shadow_members(members: dict[str, Any], shadow: ShadowFigures) -> tuple[str, ...]:
+    """Add the shadow directive's members; return its metrics' names, in order."""
     members["shadow_version"] = dimension(shadow.version)
     members["shadow_records"] = shadow.records
     members["shadow_predict_ms"] = shadow.predict_ms
     members["shadow_failures"] = shadow.failures
-    metrics = [
-        {"Name": "shadow_records", "Unit": _COUNT},
-        {"Name": "shadow_predict_ms", "Unit": _MS},
-        {"Name": "shadow_failures", "Unit": _COUNT},
-    ]
+    names = ["shadow_records", "shadow_predict_ms", "shadow_failures"]
     if shadow.agreed is not None:
         members["shadow_agreed"] = shadow.agreed
-        metrics.append({"Name": "shadow_agreed", "Unit": _COUNT})
+        names.append("shadow_agreed")
     for name, value in (
         ("shadow_agreement", shadow.agreement),
         ("shadow_abs_diff", shadow.abs_diff),
     ):
         if value is not None and math.isfinite(value):
             members[name] = value
-            metrics.append({"Name": name, "Unit": _NONE})
-    _add_counts(members, metrics, label_counts(shadow.labels, "shadow_label:"))
-    return {"Namespace": NAMESPACE, "Dimensions": [SHADOW_DIMENSIONS], "Metrics": metrics}
-
-
-def _add_counts(
-    members: dict[str, Any], metrics: list[dict[str, str]], counts: Iterable[tuple[str, int]]
-) -> None:
-    for name, count in counts:
+            names.append(name)
+    for name, count in label_counts(shadow.labels, "shadow_label:"):
         members[name] = count
-        metric = _COUNT_METRICS.get(name)
-        if metric is None:
-            metric = {"Name": name, "Unit": _COUNT}
-            if len(_COUNT_METRICS) < _NAMES_KEPT:
-                _COUNT_METRICS[name] = metric
-        metrics.append(metric)
+        names.append(name)
+    return tuple(names)
+
+
+def _directives(live: tuple[str, ...], shadow: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    """The ``CloudWatchMetrics`` of a line whose metrics besides the fixed ones are ``live``
+    (and, with a shadow, whose shadow directive names ``shadow``)."""
+    directives: list[dict[str, Any]] = [
+        {
+            "Namespace": NAMESPACE,
+            "Dimensions": [LIVE_DIMENSIONS],
+            "Metrics": [*_LIVE_FIXED_METRICS, *({"Name": n, "Unit": _unit(n)} for n in live)],
+        }
+    ]
+    if shadow is not None:
+        directives.append(
+            {
+                "Namespace": NAMESPACE,
+                "Dimensions": [SHADOW_DIMENSIONS],
+                "Metrics": [{"Name": n, "Unit": _unit(n)} for n in shadow],
+            }
+        )
+    return directives
+
+
+def _unit(name: str) -> str:
+    if name.startswith(("label:", "shadow_label:")):
+        return _COUNT
+    return _UNITS[name]
 
 
 def label_counts(labels: Sequence[Any], prefix: str) -> list[tuple[str, int]]:
@@ -194,6 +225,10 @@ def label_counts(labels: Sequence[Any], prefix: str) -> list[tuple[str, int]]:
     for label, count in counted.items():
         name = label_name(label)
         names[name] = names.get(name, 0) + count
+    if len(names) <= LABEL_METRICS:
+        # All kept: in name order, so that batches with the same labels name the same
+        # metrics in the same order (one cached directive, see batch_members).
+        return [(prefix + name, count) for name, count in sorted(names.items())]
     ranked = sorted(names.items(), key=_rank)
     kept = [(prefix + name, count) for name, count in ranked[:LABEL_METRICS]]
     if len(ranked) > LABEL_METRICS:

@@ -23,12 +23,12 @@ the log line). Rounds alternate the two; times are this process's CPU time by de
 rounds' paired ratios beside it.
 
 The metrics' cost: each round also times the handler with the batch line's CloudWatch EMF
-members left out (``metrics.batch_members`` swapped for one that adds nothing, in this
+members left out (``metrics.add_members`` swapped for one that adds nothing, in this
 process only: the product has no switch for it), the two handlers alternating in chunks of
 a tenth of a round so that both meet the same load. "ratio w/o EMF" is that handler over
 bare predict, "EMF cost" the median over rounds of (handler / handler without EMF - 1),
 "best rounds" the same from the best rounds, and "EMF build us" the time
-``metrics.batch_members`` itself takes for the batch's predictions. The issue's bar is 3% at
+``metrics.add_members`` (through ``batch_members``) takes for the batch's predictions. The issue's bar is 3% at
 100 records.
 
 Not measured here: Lambda's runtime encodes the returned response as JSON after the
@@ -265,7 +265,7 @@ def timed(call: Callable[[], Any], number: int, clock: Callable[[], float]) -> f
 @contextlib.contextmanager
 def without_emf() -> Iterator[None]:
     """The handler as it was before its batch line became an EMF record: the members
-    ``metrics.batch_members`` adds are left out (for measuring their cost only)."""
+    ``metrics.add_members`` adds are left out (for measuring their cost only)."""
     import lambda_function
 
     real = lambda_function.metrics
@@ -278,8 +278,8 @@ def without_emf() -> Iterator[None]:
 
 class _NoMetrics:
     @staticmethod
-    def batch_members(**_: Any) -> dict[str, Any]:
-        return {}
+    def add_members(line: dict[str, Any], **_: Any) -> None:
+        return None
 
 
 @contextlib.contextmanager

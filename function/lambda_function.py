@@ -374,20 +374,18 @@ def _finish(
     if member is not None:
         line["shadow"] = member
     counted, scores = _split_scores(labels, regressor)
-    line.update(
-        metrics.batch_members(
-            function=os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or owner.name,
-            model_version=str(version),
-            records=batch.received,
-            predictions=len(predictions),
-            bad_records=delivered.dead_lettered + delivered.reported_alone,
-            sink_failures=len(failed) - delivered.reported_alone,
-            timings={**timings, "write_ms": write_ms},
-            labels=counted,
-            probabilities=probabilities,
-            scores=scores,
-            shadow=None if shadowed.scoring is None else shadowed.scoring.figures,
-        )
+    metrics.add_members(
+        line,
+        function=os.environ.get("AWS_LAMBDA_FUNCTION_NAME") or owner.name,
+        model_version=str(version),
+        records=batch.received,
+        predictions=len(predictions),
+        bad_records=delivered.dead_lettered + delivered.reported_alone,
+        sink_failures=len(failed) - delivered.reported_alone,
+        labels=counted,
+        probabilities=probabilities,
+        scores=scores,
+        shadow=None if shadowed.scoring is None else shadowed.scoring.figures,
     )
     _log(line)
     return {

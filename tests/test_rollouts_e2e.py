@@ -337,3 +337,42 @@ def test_canaries_decide_a_degenerate_one_rolled_back_a_healthy_one_promoted(
     assert linked == [f"{FUNCTION}-deps", f"{FUNCTION}-model"]
     alias = lam.get_alias(FunctionName=FUNCTION, Name="live")
     assert (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights", {}) == {}
+
+
+def test_ctrl_c_during_a_bake_leaves_the_canary_and_says_how_to_finish(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    import signal
+
+    # given v1 live, and v2 baking as a canary for five minutes
+    publish(deployed, 1, cwd=tmp_path)
+    baking = subprocess.Popen(
+        command(
+            deployed, "publish-model", str(deployed.layers / "model-sentiment-v2.zip"),
+            "--function", FUNCTION, "--alias", "live", "--layers-dir", str(deployed.layers),
+            "--canary", "10", "--bake", "5m", "--bake-interval", "1s",
+        ),
+        cwd=tmp_path, env={**os.environ, "COLUMNS": "200"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert baking.stdout is not None
+    seen = []
+    for line in baking.stdout:
+        seen.append(line)
+        if line.startswith("Baking the canary"):
+            break
+    assert seen and seen[-1].startswith("Baking the canary"), "".join(seen)
+
+    # when the user presses Ctrl-C
+    baking.send_signal(signal.SIGINT)
+    out, err = baking.communicate(timeout=60)
+
+    # then the canary is left as it is, and the output says how to finish it
+    assert baking.returncode == 130, out + err
+    text = "".join(seen) + out + err
+    assert "Interrupted: the canary is left as it is" in text, text
+    assert f"mlayer promote --function {FUNCTION} --alias live" in text
+    assert f"mlayer rollback --function {FUNCTION} --alias live" in text
+    alias = deployed.clients["lambda"].get_alias(FunctionName=FUNCTION, Name="live")
+    weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+    assert list(weights.values()) == [0.1]

@@ -327,8 +327,9 @@ def test_cloudwatch_failing_mid_bake_leaves_the_canary(
 
     assert result.exit_code == 1, result.output
     assert result.output.splitlines()[-1] == (
-        "Error: GetMetricData failed (AccessDenied): access denied for GetMetricData; check the "
-        "bucket policy and your credentials (--profile). AWS said: not authorized. The canary "
+        "Error: GetMetricData failed (AccessDenied): the credentials in use lack permission "
+        "for GetMetricData; grant it (cloudwatch:GetMetricData) or pass --profile with a role "
+        "that has it. AWS said: not authorized. The canary "
         "is left as it is: finish it with `mlayer promote --function scorer --alias live` or "
         "`mlayer rollback --function scorer --alias live`"
     )

@@ -200,9 +200,9 @@ def test_status_without_cloudwatch_access_still_works(
 
     assert text.exit_code == 0, text.output
     assert text.output.splitlines()[-1] == (
-        "Last hour: metrics not available: ListMetrics failed (AccessDenied): access denied "
-        "for ListMetrics; check the bucket policy and your credentials (--profile). AWS said: "
-        "not authorized"
+        "Last hour: metrics not available: ListMetrics failed (AccessDenied): the credentials "
+        "in use lack permission for ListMetrics; grant it (cloudwatch:ListMetrics) or pass "
+        "--profile with a role that has it. AWS said: not authorized"
     )
     assert data["metrics"]["unavailable"].startswith("ListMetrics failed (AccessDenied)")
     assert data["live_model_label"] == "sentiment v1 (layer version 1)"

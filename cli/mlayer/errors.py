@@ -47,17 +47,60 @@ class DockerError(MlayerError):
     """Docker is missing or its build failed."""
 
 
+# The IAM service prefix of the operations mlayer calls outside Lambda, for the hint of an
+# access-denied error (Lambda's are the default).
+_SERVICE_OF = {
+    **dict.fromkeys(
+        ("GetMetricData", "ListMetrics", "PutMetricData", "GetMetricStatistics"), "cloudwatch"
+    ),
+    **dict.fromkeys(
+        (
+            "GetObject",
+            "PutObject",
+            "HeadObject",
+            "HeadBucket",
+            "ListObjectsV2",
+            "DeleteObject",
+            "CreateMultipartUpload",
+            "UploadPart",
+            "CompleteMultipartUpload",
+            "CreateBucket",
+        ),
+        "s3",
+    ),
+    **dict.fromkeys(
+        (
+            "PutRecord",
+            "PutRecords",
+            "GetRecords",
+            "GetShardIterator",
+            "DescribeStream",
+            "DescribeStreamSummary",
+            "ListShards",
+        ),
+        "kinesis",
+    ),
+    **dict.fromkeys(("SendMessage", "SendMessageBatch", "GetQueueAttributes"), "sqs"),
+    **dict.fromkeys(("PutItem", "BatchWriteItem", "DescribeTable"), "dynamodb"),
+}
+
+
 def _client_error_message(exc: Any) -> str:
     """Say what an AWS ClientError means for a user, with the fix where there is one."""
     error = exc.response.get("Error", {})
     code = error.get("Code", "")
     message = error.get("Message", "") or str(exc)
     operation = getattr(exc, "operation_name", "an AWS call")
+    service = _SERVICE_OF.get(operation, "lambda")
+    denied = (
+        f"access denied for {operation}; check the bucket policy and your credentials (--profile)"
+        if service == "s3"
+        else f"the credentials in use lack permission for {operation}; grant it "
+        f"({service}:{operation}) or pass --profile with a role that has it"
+    )
     hints = {
-        "AccessDeniedException": "the credentials in use lack permission for "
-        f"{operation}; grant it (lambda:{operation}) or pass --profile with a role that has it",
-        "AccessDenied": f"access denied for {operation}; check the bucket policy and your "
-        "credentials (--profile)",
+        "AccessDeniedException": denied,
+        "AccessDenied": denied,
         "UnrecognizedClientException": "the credentials were rejected; check --profile or "
         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
         "InvalidClientTokenId": "the credentials were rejected; check --profile or "

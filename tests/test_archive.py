@@ -16,6 +16,7 @@ from mlayer.archive import (
     Budget,
     BudgetPart,
     dir_size,
+    largest_direct_zip,
     mb,
     needs_s3,
     sha256_file,
@@ -184,10 +185,18 @@ def test_budget_shares_and_verdict() -> None:
 
 
 def test_direct_upload_limit() -> None:
-    assert DIRECT_UPLOAD_LIMIT == 52_428_800  # 69,905,067 base64 bytes in the API request
-    assert not needs_s3(DIRECT_UPLOAD_LIMIT)
-    assert needs_s3(DIRECT_UPLOAD_LIMIT + 1)
+    # "50 MiB" as AWS states it is a request limit: the zip's base64 plus the JSON around it
+    assert DIRECT_UPLOAD_LIMIT == 52_428_800
+    assert needs_s3(DIRECT_UPLOAD_LIMIT)  # its base64 alone is 69,905,068 bytes
+    largest = largest_direct_zip()
+    assert DIRECT_UPLOAD_LIMIT - 1_000 < largest < DIRECT_UPLOAD_LIMIT
+    assert not needs_s3(largest) and needs_s3(largest + 1)
+    # and a narrower request takes a little more: the publish decides with its own fields
+    params = {"LayerName": "scorer-deps", "Description": "mlayer deps"}
+    assert not needs_s3(largest + 3, params)
+    assert needs_s3(largest_direct_zip(params) + 1, params)
     assert upload_note(1000) is None
+    assert upload_note(largest) is None and upload_note(largest + 1) is not None
     note = upload_note(60 * 1_048_576, "dependency layer")
     assert note is not None and "--bucket" in note and "60.0 MiB" in note
     assert mb(262_144_000) == "250.0 MiB"

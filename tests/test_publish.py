@@ -31,6 +31,7 @@ from fake_layers import (
 )
 from moto import mock_aws
 
+from mlayer.archive import direct_request_bytes
 from mlayer.arns import parse_layer_arn
 from mlayer.aws import AwsSettings
 from mlayer.cli import cli
@@ -46,7 +47,6 @@ from mlayer.contracts import (
 )
 from mlayer.errors import BudgetError
 from mlayer.lambda_api import Pace, relinked, update_configuration
-from mlayer.layers import direct_request_bytes
 
 ACCOUNT = "123456789012"
 

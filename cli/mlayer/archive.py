@@ -20,6 +20,7 @@ downloads.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -28,14 +29,29 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 # Lambda's limits. The quotas page (docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html)
 # says "250 MB" and "50 MB"; the API counts 2^20-byte megabytes ("Unzipped size must be
 # smaller than 262144000 bytes", "Function code combined with layers exceeds the maximum
 # allowed size of 262144000 bytes"): 250 MiB and 50 MiB.
 UNZIPPED_LIMIT = 262_144_000  # function + all its layers, unzipped: 250 MiB
-DIRECT_UPLOAD_LIMIT = 52_428_800  # 50 MiB zipped; larger zips are published from S3
+DIRECT_UPLOAD_LIMIT = 52_428_800  # "50 MiB zipped", as AWS states it (see REQUEST_LIMIT)
+# What the direct-upload limit is in fact: Lambda rejects a request body over this many
+# bytes, and a direct upload sends the zip base64-encoded inside the JSON body, so the
+# largest zip that fits is a little under 50 MiB (52,428,800 bytes, whose base64 alone is
+# 69,905,068 bytes). needs_s3 is the one place that decides; builds, publishes and deploys
+# all ask it.
+REQUEST_LIMIT = 69_905_067
+# The widest JSON mlayer sends around a layer zip (a layer name of 140 characters, a full
+# 256-character Description, every runtime and both architectures): a build cannot know
+# the publish's exact request, so its note assumes this one.
+_WIDEST_PUBLISH = {
+    "LayerName": "x" * 140,
+    "Description": "x" * 256,
+    "CompatibleRuntimes": ["python3.10", "python3.11", "python3.12", "python3.13"],
+    "CompatibleArchitectures": ["x86_64", "arm64"],
+}
 
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 FILE_MODE = 0o644
@@ -370,9 +386,24 @@ class Budget:
         return f"{parts}; total {mb(self.total)} of {mb(self.limit)}: {verdict}"
 
 
-def needs_s3(zip_bytes: int) -> bool:
-    """True when a zip is over the direct-upload limit and must be published from S3."""
-    return zip_bytes > DIRECT_UPLOAD_LIMIT
+def direct_request_bytes(zip_bytes: int, params: dict[str, Any]) -> int:
+    """The size of a request carrying a zip of ``zip_bytes`` inline (base64 in the JSON body)
+    beside ``params``."""
+    envelope = json.dumps({**params, "Content": {"ZipFile": ""}}, separators=(",", ":"))
+    return len(envelope.encode()) + 4 * -(-zip_bytes // 3)
+
+
+def needs_s3(zip_bytes: int, params: dict[str, Any] | None = None) -> bool:
+    """True when a zip cannot be uploaded directly (its request over REQUEST_LIMIT) and must
+    go through S3; ``params``: the request's other fields (default: the widest mlayer sends).
+    """
+    return direct_request_bytes(zip_bytes, params or _WIDEST_PUBLISH) > REQUEST_LIMIT
+
+
+def largest_direct_zip(params: dict[str, Any] | None = None) -> int:
+    """The largest zip a direct upload takes beside ``params`` (default: the widest)."""
+    envelope = direct_request_bytes(0, params or _WIDEST_PUBLISH)
+    return (REQUEST_LIMIT - envelope) // 4 * 3
 
 
 def upload_note(zip_bytes: int, what: str = "layer") -> str | None:
@@ -380,6 +411,8 @@ def upload_note(zip_bytes: int, what: str = "layer") -> str | None:
     if not needs_s3(zip_bytes):
         return None
     return (
-        f"the {what} zip is {mb(zip_bytes)}, over the {mb(DIRECT_UPLOAD_LIMIT)} direct-upload "
-        "limit: publishing uploads it to S3 first (pass --bucket to the publish command)"
+        f"the {what} zip is {mb(zip_bytes)} ({zip_bytes:,} bytes), over what a direct upload "
+        f"takes ({largest_direct_zip():,} bytes: Lambda's 50 MiB counts the request, the zip "
+        "base64-encoded): publishing uploads it to S3 first (pass --bucket to the publish "
+        "command)"
     )

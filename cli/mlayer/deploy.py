@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlayer import model_store
-from mlayer.archive import DIRECT_UPLOAD_LIMIT, Budget, iter_files, mb, write_zip
+from mlayer.archive import Budget, iter_files, mb, needs_s3, write_zip
 from mlayer.arns import (
     function_name,
     on_failure_kind,
@@ -130,9 +130,10 @@ def zip_function(function_dir: Path) -> FunctionZip:
     with tempfile.TemporaryDirectory(prefix="mlayer-function-") as tmp:
         result = write_zip(pairs, Path(tmp) / "function.zip")
         data = result.path.read_bytes()
-    if len(data) > DIRECT_UPLOAD_LIMIT:
+    if needs_s3(len(data), {"FunctionName": "x" * 140}):
         raise ConfigError(
-            f"{function_dir} zips to {mb(len(data))}, over the 50 MiB direct-upload limit; "
+            f"{function_dir} zips to {mb(len(data))}, over what Lambda's 50 MiB direct upload "
+            "takes (the zip base64-encoded in the request); "
             "move dependencies into the dependency layer (requirements.txt, mlayer build-deps)"
         )
     return FunctionZip(

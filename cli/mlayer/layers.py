@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlayer.archive import Budget, BudgetPart, mb, sha256_file, unsafe_entry
+from mlayer.archive import (
+    REQUEST_LIMIT,
+    Budget,
+    BudgetPart,
+    direct_request_bytes,
+    mb,
+    needs_s3,
+    sha256_file,
+    unsafe_entry,
+)
 from mlayer.arns import parse_layer_arn
 from mlayer.contracts import (
     deps_description,
@@ -35,10 +44,6 @@ from mlayer.lambda_api import (
 from mlayer.model_store import check_bucket
 
 MAX_LAYERS = 5
-# Lambda rejects a request body over this many bytes. A direct upload sends the zip
-# base64-encoded inside the JSON body, so the largest zip that fits is a little under
-# Lambda's "50 MB" (52,428,800 bytes, whose base64 alone is 69,905,068 bytes).
-REQUEST_LIMIT = 69_905_067
 
 
 @dataclass(frozen=True)
@@ -515,8 +520,8 @@ def publish_layer(
     if arches:
         kwargs["CompatibleArchitectures"] = arches
     s3_uri = None
-    request_bytes = direct_request_bytes(build.zip_bytes, kwargs)
-    if request_bytes > REQUEST_LIMIT:
+    if needs_s3(build.zip_bytes, kwargs):
+        request_bytes = direct_request_bytes(build.zip_bytes, kwargs)
         if not bucket:
             raise ConfigError(
                 f"{build.zip_path} is {mb(build.zip_bytes)} zipped: uploaded directly, its "
@@ -560,12 +565,6 @@ def _published(
         created=layer_version.get("CreatedDate"),
         same_content=same_content,
     )
-
-
-def direct_request_bytes(zip_bytes: int, params: dict[str, Any]) -> int:
-    """The size of a PublishLayerVersion request carrying a zip of ``zip_bytes`` inline."""
-    envelope = json.dumps({**params, "Content": {"ZipFile": ""}}, separators=(",", ":"))
-    return len(envelope.encode()) + 4 * -(-zip_bytes // 3)
 
 
 def upload_to_s3(

@@ -54,12 +54,39 @@ def bake_canary(
     interval: timedelta,
     given: dict[str, Any],
 ) -> None:
-    """Bake the canary the publish started, printing each check and the decision."""
-    from mlayer.canary import bake, canary_of, human_duration
+    """Bake the canary the publish started, printing each check and the decision.
 
+    Ctrl-C at any point once the canary routes (reading it, printing the guards, baking)
+    leaves it as it is and says how to finish it (exit 130).
+    """
     if rollout.canary_weight is None:
         click.echo("Not baking: no canary was started.")
         return
+    try:
+        _bake(settings, rollout, layer_name, started, guards, duration, interval, given)
+    except KeyboardInterrupt:
+        where = f"--function {rollout.function} --alias {rollout.alias}"
+        click.echo(
+            f"\nInterrupted: the canary is left as it is (alias {rollout.alias} on version "
+            f"{rollout.old_function_version}, {rollout.canary_weight:.1%} to version "
+            f"{rollout.new_function_version}). Finish it with `mlayer promote {where}` or "
+            f"`mlayer rollback {where}`."
+        )
+        raise click.exceptions.Exit(130) from None
+
+
+def _bake(
+    settings: Any,
+    rollout: Any,
+    layer_name: str,
+    started: datetime,
+    guards: Guards,
+    duration: timedelta,
+    interval: timedelta,
+    given: dict[str, Any],
+) -> None:
+    from mlayer.canary import bake, canary_of, human_duration
+
     lam, s3 = settings.client("lambda"), settings.client("s3")
     canary = canary_of(lam, rollout, layer_name=layer_name, started=started, s3=s3)
     every = human_duration(interval.total_seconds())
@@ -82,14 +109,7 @@ def bake_canary(
             duration_s=duration.total_seconds(), interval_s=interval.total_seconds(),
             layer_name=layer_name, s3=s3, progress=progress,
         )  # fmt: skip
-    except KeyboardInterrupt:
-        click.echo(
-            f"\nInterrupted: the canary is left as it is (alias {canary.alias} on version "
-            f"{canary.primary_version}, {canary.weight:.1%} to version {canary.canary_version}). "
-            f"{_finish(canary)}."
-        )
-        raise click.exceptions.Exit(130) from None
-    except Exception as exc:
+    except Exception as exc:  # not KeyboardInterrupt: bake_canary says how to finish
         from mlayer.errors import to_click_exception
 
         converted = to_click_exception(exc)

@@ -29,7 +29,7 @@ import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 # Lambda's limits. The quotas page (docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html)
 # says "250 MB" and "50 MB"; the API counts 2^20-byte megabytes ("Unzipped size must be
@@ -120,22 +120,40 @@ def write_zip(
         tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel
     ) as archive:
         for path, name in pairs:
-            info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
-            info.create_system = 3  # Unix, so that external_attr's mode is honoured
-            mode = EXEC_MODE if os.stat(path).st_mode & stat.S_IXUSR else FILE_MODE
-            info.external_attr = (stat.S_IFREG | mode) << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with open(path, "rb") as src, archive.open(info, "w") as dst:
-                while chunk := src.read(_CHUNK):
-                    dst.write(chunk)
-                    unzipped += len(chunk)
+            entry = _entry(name, bool(os.stat(path).st_mode & stat.S_IXUSR))
+            with open(path, "rb") as src:
+                unzipped += _copy(src, archive, entry)
+    return _replace(tmp, zip_path, unzipped, len(pairs))
+
+
+def _entry(name: str, executable: bool) -> zipfile.ZipInfo:
+    """A deterministic zip entry: the zip epoch, 0o644 or 0o755, deflated."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_EPOCH)
+    info.create_system = 3  # Unix, so that external_attr's mode is honoured
+    info.external_attr = (stat.S_IFREG | (EXEC_MODE if executable else FILE_MODE)) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
+def _copy(reader: IO[bytes], archive: zipfile.ZipFile, entry: zipfile.ZipInfo) -> int:
+    """Write ``reader``'s bytes as ``entry``; returns how many."""
+    written = 0
+    with archive.open(entry, "w") as writer:
+        while chunk := reader.read(_CHUNK):
+            writer.write(chunk)
+            written += len(chunk)
+    return written
+
+
+def _replace(tmp: Path, zip_path: Path, unzipped: int, files: int) -> ZipResult:
+    """Move the finished ``tmp`` zip to ``zip_path`` and measure it."""
     os.replace(tmp, zip_path)
     return ZipResult(
         path=zip_path,
         sha256=sha256_file(zip_path),
         zip_bytes=zip_path.stat().st_size,
         unzipped_bytes=unzipped,
-        files=len(pairs),
+        files=files,
     )
 
 
@@ -165,25 +183,13 @@ def rerooted_zip(
             tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel
         ) as out:
             for info in infos:
-                entry = zipfile.ZipInfo(new_root + info.filename[len(old_root) :], ZIP_EPOCH)
-                entry.create_system = 3
-                executable = (info.external_attr >> 16) & stat.S_IXUSR
-                entry.external_attr = (
-                    stat.S_IFREG | (EXEC_MODE if executable else FILE_MODE)
-                ) << 16
-                entry.compress_type = zipfile.ZIP_DEFLATED
-                with src.open(info) as reader, out.open(entry, "w") as writer:
-                    while chunk := reader.read(_CHUNK):
-                        writer.write(chunk)
-                        unzipped += len(chunk)
-    os.replace(tmp, zip_path)
-    return ZipResult(
-        path=zip_path,
-        sha256=sha256_file(zip_path),
-        zip_bytes=zip_path.stat().st_size,
-        unzipped_bytes=unzipped,
-        files=len(infos),
-    )
+                entry = _entry(
+                    new_root + info.filename[len(old_root) :],
+                    bool((info.external_attr >> 16) & stat.S_IXUSR),
+                )
+                with src.open(info) as reader:
+                    unzipped += _copy(reader, out, entry)
+    return _replace(tmp, zip_path, unzipped, len(infos))
 
 
 class _HashingWriter:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,44 +276,42 @@ def _rank(item: tuple[str, int]) -> tuple[int, str]:
 def label_name(label: Any) -> str:
     """``str(label)`` with every character outside printable ASCII replaced by ``?``, cut to
     NAME_CHARS characters: CloudWatch metric names are ASCII."""
-    # Keyed by type too: 1, 1.0 and True are equal keys but different names.
-    key = (label.__class__, label)
-    try:
-        return _NAMES[key]
-    except KeyError:
-        name = _label_name(label)
-        if len(_NAMES) < _NAMES_KEPT:
-            _NAMES[key] = name
-        return name
-    except TypeError:  # unhashable
-        return _label_name(label)
+    return _cached(_NAMES, label, _label_name)
 
 
 def _label_name(label: Any) -> str:
-    text = label if isinstance(label, str) else str(label)
+    return _printable(label)[:NAME_CHARS]
+
+
+def _printable(value: Any) -> str:
+    """``str(value)`` with every character outside printable ASCII replaced by ``?``."""
+    text = value if isinstance(value, str) else str(value)
     if not (text.isascii() and text.isprintable()):
         text = "".join(char if " " <= char <= "~" else "?" for char in text)
-    return text[:NAME_CHARS]
+    return text
 
 
 def dimension(value: Any) -> str:
     """A dimension value as CloudWatch takes it: a string of printable ASCII (others ``?``), at
     most DIMENSION_CHARS long, not blank (``"-"`` stands for a blank one)."""
+    return _cached(_DIMENSIONS, value, _dimension)
+
+
+def _cached(cache: dict[tuple[type, Any], str], value: Any, make: Callable[[Any], str]) -> str:
+    """``make(value)``, kept in ``cache`` (up to _NAMES_KEPT values). Keyed by type too: 1,
+    1.0 and True are equal keys but different names."""
     key = (value.__class__, value)
     try:
-        return _DIMENSIONS[key]
+        return cache[key]
     except KeyError:
-        text = _dimension(value)
-        if len(_DIMENSIONS) < _NAMES_KEPT:
-            _DIMENSIONS[key] = text
+        text = make(value)
+        if len(cache) < _NAMES_KEPT:
+            cache[key] = text
         return text
     except TypeError:  # unhashable
-        return _dimension(value)
+        return make(value)
 
 
 def _dimension(value: Any) -> str:
-    text = value if isinstance(value, str) else str(value)
-    if not (text.isascii() and text.isprintable()):
-        text = "".join(char if " " <= char <= "~" else "?" for char in text)
-    text = text[:DIMENSION_CHARS]
+    text = _printable(value)[:DIMENSION_CHARS]
     return text if text.strip() else "-"

@@ -62,66 +62,54 @@ def bake_canary(
     if rollout.canary_weight is None:
         click.echo("Not baking: no canary was started.")
         return
+    from mlayer.canary import bake, canary_of, human_duration
+
     try:
-        _bake(settings, rollout, layer_name, started, guards, duration, interval, given)
+        lam, s3 = settings.client("lambda"), settings.client("s3")
+        canary = canary_of(lam, rollout, layer_name=layer_name, started=started, s3=s3)
+        every = human_duration(interval.total_seconds())
+        default = "" if "bake_interval" in given else ", default"
+        click.echo(
+            f"Baking the canary for {human_duration(duration.total_seconds())} (a look every "
+            f"{every}{default}): a breach rolls it back at once; every guard holding at the "
+            "end promotes it."
+        )
+        for line in _guard_lines(guards, given, canary):
+            click.echo(f"  {line}")
+
+        def progress(check: Check) -> None:
+            figures = ", ".join(_figure(f) for f in check.figures)
+            click.echo(
+                f"  [{human_duration(check.elapsed_s)}] {check.records:,} records: {figures}"
+            )
+
+        try:
+            result = bake(
+                lam, settings.client("cloudwatch"), canary, guards=guards,
+                duration_s=duration.total_seconds(), interval_s=interval.total_seconds(),
+                layer_name=layer_name, s3=s3, progress=progress,
+            )  # fmt: skip
+        except Exception as exc:  # a KeyboardInterrupt is not one: handled below
+            from mlayer.errors import to_click_exception
+
+            converted = to_click_exception(exc)
+            if converted is None:
+                raise
+            raise click.ClickException(
+                f"{converted.message}. The canary is left as it is: {_finish(canary, lower=True)}"
+            ) from exc
+        _render_bake(result)
     except KeyboardInterrupt:
-        where = f"--function {rollout.function} --alias {rollout.alias}"
         click.echo(
             f"\nInterrupted: the canary is left as it is (alias {rollout.alias} on version "
             f"{rollout.old_function_version}, {rollout.canary_weight:.1%} to version "
-            f"{rollout.new_function_version}). Finish it with `mlayer promote {where}` or "
-            f"`mlayer rollback {where}`."
+            f"{rollout.new_function_version}). {_finish(rollout)}."
         )
         raise click.exceptions.Exit(130) from None
 
 
-def _bake(
-    settings: Any,
-    rollout: Any,
-    layer_name: str,
-    started: datetime,
-    guards: Guards,
-    duration: timedelta,
-    interval: timedelta,
-    given: dict[str, Any],
-) -> None:
-    from mlayer.canary import bake, canary_of, human_duration
-
-    lam, s3 = settings.client("lambda"), settings.client("s3")
-    canary = canary_of(lam, rollout, layer_name=layer_name, started=started, s3=s3)
-    every = human_duration(interval.total_seconds())
-    default = "" if "bake_interval" in given else ", default"
-    click.echo(
-        f"Baking the canary for {human_duration(duration.total_seconds())} (a look every "
-        f"{every}{default}): a breach rolls it back at once; every guard holding at the "
-        "end promotes it."
-    )
-    for line in _guard_lines(guards, given, canary):
-        click.echo(f"  {line}")
-
-    def progress(check: Check) -> None:
-        figures = ", ".join(_figure(f) for f in check.figures)
-        click.echo(f"  [{human_duration(check.elapsed_s)}] {check.records:,} records: {figures}")
-
-    try:
-        result = bake(
-            lam, settings.client("cloudwatch"), canary, guards=guards,
-            duration_s=duration.total_seconds(), interval_s=interval.total_seconds(),
-            layer_name=layer_name, s3=s3, progress=progress,
-        )  # fmt: skip
-    except Exception as exc:  # not KeyboardInterrupt: bake_canary says how to finish
-        from mlayer.errors import to_click_exception
-
-        converted = to_click_exception(exc)
-        if converted is None:
-            raise
-        raise click.ClickException(
-            f"{converted.message}. The canary is left as it is: {_finish(canary, lower=True)}"
-        ) from exc
-    _render_bake(result)
-
-
-def _finish(canary: Canary, lower: bool = False) -> str:
+def _finish(canary: Canary | Any, lower: bool = False) -> str:
+    """How to finish a canary left as it is (``canary``: a Canary or the Rollout)."""
     where = f"--function {canary.function} --alias {canary.alias}"
     finish = "finish" if lower else "Finish"
     return f"{finish} it with `mlayer promote {where}` or `mlayer rollback {where}`"

@@ -34,11 +34,11 @@ def _echo_json(data: Any) -> None:
 class _UploadProgress:
     """A rich progress bar that appears only once an S3 upload sends its first bytes."""
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, build: Any) -> None:
         import threading
 
-        self.label = label
-        self.total = 0
+        self.label = f"Uploading {build.zip_path.name}"
+        self.total = build.zip_bytes
         self._progress: Any = None
         self._task: Any = None
         # s3transfer calls back from its worker threads.
@@ -69,19 +69,26 @@ class _UploadProgress:
             self._progress.start()
             self._task = self._progress.add_task(self.label, total=self.total or None)
 
-    def close(self) -> None:
+    def __enter__(self) -> _UploadProgress:
+        return self
+
+    def __exit__(self, *_: object) -> None:
         if self._progress is not None:
             self._progress.stop()
 
 
-def _render_stored(rollout: Any) -> None:
-    stored = rollout.stored
+def _stored_line(stored: Any) -> str:
+    """Where an archive of the model store is, and whether it was uploaded now."""
     verb = "Found" if stored.reused else "Stored"
-    click.echo(
+    return (
         f"{verb} {stored.uri.location} ({stored.uri.size / MIB:,.1f} MiB, sha256 "
         f"{stored.uri.sha256[:12]}){' (already there: nothing uploaded)' if stored.reused else ''}"
     )
-    click.echo(f"MODEL_URI={stored.uri}")
+
+
+def _render_stored(rollout: Any) -> None:
+    click.echo(_stored_line(rollout.stored))
+    click.echo(f"MODEL_URI={rollout.stored.uri}")
     if rollout.size is not None:
         click.echo(f"Environment: {rollout.size.describe()}")
 
@@ -141,9 +148,7 @@ def publish_deps(
 
     layer_name = _layer_name(deps_layer, function, "deps")
     build = find_deps_build(Path(layers_dir), runtime, arch)
-    progress = _UploadProgress(f"Uploading {build.zip_path.name}")
-    progress.total = build.zip_bytes
-    try:
+    with _UploadProgress(build) as progress:
         layer = publish(
             settings.client("lambda"),
             settings.client("s3") if bucket else None,
@@ -152,8 +157,6 @@ def publish_deps(
             bucket=bucket,
             progress=progress,
         )
-    finally:
-        progress.close()
     click.echo(_published_line(layer))
     click.echo(f"  compatible with {build.runtime} {build.arch}")
 
@@ -415,9 +418,7 @@ def publish_model(
         _publish_shadow(settings, function, build, layer_name, shadow_layer, alias, bucket,
                         layers, memory_mb)  # fmt: skip
         return
-    progress = _UploadProgress(f"Uploading {build.zip_path.name}")
-    progress.total = build.zip_bytes
-    try:
+    with _UploadProgress(build) as progress:
         rollout = publish(
             lam,
             settings.client("s3") if bucket else None,
@@ -432,8 +433,6 @@ def publish_model(
             layers_dir=layers,
             shadow_layer=shadow_layer,
         )
-    finally:
-        progress.close()
     started = datetime.now(UTC)  # the canary's metrics count from here
     if rollout.unchanged:
         live = rollout.new_model
@@ -527,9 +526,7 @@ def _publish_shadow(
     from mlayer.inventory import shadow_label
     from mlayer.shadow import publish_shadow
 
-    progress = _UploadProgress(f"Uploading {build.zip_path.name}")
-    progress.total = build.zip_bytes
-    try:
+    with _UploadProgress(build) as progress:
         result = publish_shadow(
             settings.client("lambda"),
             settings.client("s3") if bucket else None,
@@ -543,16 +540,9 @@ def _publish_shadow(
             progress=progress,
             memory_mb=memory_mb,
         )
-    finally:
-        progress.close()
     if result.stored is not None:
-        stored = result.stored
-        verb = "Found" if stored.reused else "Stored"
-        click.echo(
-            f"{verb} {stored.uri.location} ({stored.uri.size / MIB:,.1f} MiB, sha256 "
-            f"{stored.uri.sha256[:12]}){' (already there: nothing uploaded)' if stored.reused else ''}"
-        )
-        click.echo(f"SHADOW_URI={stored.uri}")
+        click.echo(_stored_line(result.stored))
+        click.echo(f"SHADOW_URI={result.stored.uri}")
     else:
         assert result.layer is not None and result.build is not None
         click.echo(f"Shadow zip: {result.build.zip_path} (the model's files under shadow/)")

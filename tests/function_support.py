@@ -213,3 +213,17 @@ def invoke(event: Any, context: Any = None, **env: str | os.PathLike[str] | None
     json.dumps(response)
     logs = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
     return Run(response, logs)
+
+
+def log_entries(log: Path, message: str) -> list[dict[str, Any]]:
+    """The function's JSON log lines with this ``message`` in a log file (REPORT lines and
+    other text skipped)."""
+    entries = []
+    for line in log.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("message") == message:
+            entries.append(entry)
+    return entries

@@ -21,6 +21,7 @@ from typing import Any
 import boto3
 import joblib
 import pytest
+from function_support import log_entries as logged
 
 from mlayer.aws import AwsSettings
 from mlayer.demo import degenerate_model
@@ -148,18 +149,6 @@ def publish(deployed: Deployed, version: int, *extra: str, cwd: Path) -> str:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
-
-
-def logged(log: Path, message: str) -> list[dict[str, Any]]:
-    entries = []
-    for line in log.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("message") == message:
-            entries.append(entry)
-    return entries
 
 
 def direct(model_dir: Path, texts: list[str]) -> tuple[list[str], Any]:

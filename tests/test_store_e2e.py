@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+from function_support import log_entries as logged
 
 from mlayer.aws import AwsSettings
 from mlayer.local.endpoint import LocalEndpoint, local_endpoint
@@ -119,18 +120,6 @@ def invoke(deployed: Deployed, tmp_path: Path, log: Path) -> subprocess.Complete
         "--layers-dir", str(deployed.layers), "--function-dir", str(ROOT / "function"),
         "--log", str(log), cwd=tmp_path,
     )  # fmt: skip
-
-
-def logged(log: Path, message: str) -> list[dict[str, Any]]:
-    entries = []
-    for line in log.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and entry.get("message") == message:
-            entries.append(entry)
-    return entries
 
 
 def model_uri(deployed: Deployed, qualifier: str | None = None) -> StoreURI:

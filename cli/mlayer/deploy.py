@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlayer import model_store
+from mlayer import model_store, snapstart
 from mlayer.archive import Budget, iter_files, mb, needs_s3, write_zip
 from mlayer.arns import (
     function_name,
@@ -42,7 +42,6 @@ from mlayer.lambda_api import (
     get_layer_version,
     layer_arns,
     list_layer_versions,
-    publish_function_version,
     relinked,
     update_configuration,
     wait_active,
@@ -480,7 +479,7 @@ def _point_alias(
         description = version_description(
             record.name, record.version, record.sha256, record.identity
         )
-    new_version = publish_function_version(lam, function, description, pace)
+    new_version = snapstart.publish_version(lam, function, description, pace, deployment.notes)
     current = get_alias(lam, function, alias)
     if current is None:
         lam.create_alias(FunctionName=function, Name=alias, FunctionVersion=new_version)

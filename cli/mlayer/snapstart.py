@@ -196,7 +196,9 @@ def problems(
         )
     if provisioned:
         qualifiers = [str(c.get("FunctionArn", "")).rsplit(":", 1)[-1] for c in provisioned]
-        total = sum(int(c.get("RequestedProvisionedConcurrentExecutions") or 0) for c in provisioned)
+        total = sum(
+            int(c.get("RequestedProvisionedConcurrentExecutions") or 0) for c in provisioned
+        )
         removes = "; ".join(
             f"aws lambda delete-provisioned-concurrency-config --function-name {name} "
             f"--qualifier {q}"
@@ -239,9 +241,7 @@ def check(
 # --------------------------------------------------------------------------- publishing
 
 
-def publish_version(
-    lam: Any, function: str, description: str, pace: Pace, notes: list[str]
-) -> str:
+def publish_version(lam: Any, function: str, description: str, pace: Pace, notes: list[str]) -> str:
     """Publish $LATEST as a version and wait until it is Active (callers move aliases only
     after that); returns the version.
 

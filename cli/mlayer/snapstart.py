@@ -114,11 +114,8 @@ def applies(lam: Any, function: str, qualifier: str | None) -> bool:
         return False
     name = function_name(function)
     latest = get_configuration(lam, name)
-    found = tags(lam, latest)
-    if not applied(latest, found) and _apply_on(latest) != OFF:
-        return False
     version = get_configuration(lam, name, qualifier)
-    return version_applied(latest, version, found)
+    return version_applied(latest, version, tags(lam, latest))
 
 
 # --------------------------------------------------------------------------- refusals

@@ -25,8 +25,10 @@ from moto import mock_aws
 from mlayer import snapstart
 from mlayer.aws import AwsSettings
 from mlayer.cli import cli
+from mlayer.errors import ConfigError
 
 REGION = "us-east-1"
+OFF = "turn SnapStart off (mlayer deploy-function --no-snapstart)"
 MUTATING = (
     "CreateFunction",
     "UpdateFunctionCode",
@@ -230,21 +232,21 @@ REFUSALS = {
         ["--ephemeral-storage", "1024"],
         _nothing,
         "SnapStart does not support ephemeral storage over 512 MB, and scorer's /tmp would be "
-        "1,024 MB: pass --ephemeral-storage 512, or leave SnapStart off",
+        "1,024 MB: pass --ephemeral-storage 512, or " + OFF,
     ),
     "EFS": (
         [],
         _efs,
         "SnapStart does not support Amazon EFS, and scorer mounts /mnt/models "
         "(FileSystemConfigs): remove it (aws lambda update-function-configuration "
-        "--function-name scorer --file-system-configs '[]'), or leave SnapStart off",
+        "--function-name scorer --file-system-configs '[]'), or " + OFF,
     ),
     "provisioned concurrency": (
         [],
         _provisioned,
         "SnapStart does not support provisioned concurrency, and scorer has it on live (5 "
         "environments): remove it (aws lambda delete-provisioned-concurrency-config "
-        "--function-name scorer --qualifier live), or leave SnapStart off",
+        "--function-name scorer --qualifier live), or " + OFF,
     ),
 }
 
@@ -293,7 +295,7 @@ def test_a_function_with_snapstart_on_refuses_a_change_snapstart_does_not_suppor
         "Error: SnapStart cannot be on for scorer: "
         f"{REFUSALS['runtime before python3.12'][2]}; SnapStart does not support ephemeral "
         "storage over 512 MB, and scorer's /tmp would be 2,048 MB: pass --ephemeral-storage "
-        "512, or leave SnapStart off\n"
+        "512, or " + OFF + "\n"
     )
     assert not set(calls.names()) & set(MUTATING)
     # --no-snapstart lifts the limits
@@ -451,3 +453,31 @@ def test_applies_only_to_versions_and_aliases(
     assert answers == {None: False, "$LATEST": False, "1": True, "live": True}
     assert deploy(function_dir, layers, "--no-snapstart").exit_code == 0
     assert not snapstart.applies(lam, "scorer", "live")
+
+
+def test_a_stored_model_that_needs_more_tmp_is_refused_on_a_snapstart_function(
+    deps: dict[str, Any], calls: Calls, function_dir: Path, layers: Path
+) -> None:
+    """Rolling out (or back to) a model of the S3 model store raises /tmp to what its archive
+    needs: over 512 MB, a SnapStart function refuses it before anything changes. (Through
+    the rollout's relink of $LATEST: an archive that big is not made in a test.)"""
+    from mlayer.lambda_api import DEFAULT_PACE
+    from mlayer.rollout import _relink_latest
+
+    lam = deps["lambda"]
+    assert deploy(function_dir, layers, "--role", role_arn(deps["iam"]), "--runtime",
+                  "python3.13", "--snapstart").exit_code == 0  # fmt: skip
+    config = lam.get_function_configuration(FunctionName="scorer")
+    locator = f"s3://models/scorer-model/{'a' * 64}.tar#sha256={'a' * 64}&size=300000000"
+    calls.sent.clear()
+
+    with pytest.raises(ConfigError) as refused:
+        _relink_latest(lam, "scorer", config, locator, "scorer-model", DEFAULT_PACE)
+
+    assert str(refused.value) == (
+        "SnapStart is on for scorer: SnapStart does not support ephemeral storage over 512 MB, "
+        "and scorer's /tmp would be 640 MB (the model from the S3 model store, "
+        f"s3://models/scorer-model/{'a' * 64}.tar, needs 640 MB): publish the model as a "
+        "model layer instead of the S3 model store, or " + OFF
+    )
+    assert "UpdateFunctionConfiguration" not in calls.names()

@@ -942,6 +942,11 @@ def _relink_latest(
         size = size or environment_size(stored.size, stored.size, None)
         storage = int((config.get("EphemeralStorage") or {}).get("Size") or 512)
         if size.ephemeral_mb > storage:
+            snapstart.check_storage(
+                lam, config, size.ephemeral_mb,
+                f"the model from the S3 model store, {stored.location}, needs "
+                f"{size.ephemeral_mb:,} MB",
+            )  # fmt: skip
             updates["EphemeralStorage"] = {"Size": size.ephemeral_mb}
             if changes is not None:
                 changes.append(f"/tmp {storage:,} -> {size.ephemeral_mb:,} MB")

@@ -151,6 +151,10 @@ def _attach(
         needed = environment_size(archives, unpacked, None).ephemeral_mb
         storage = int((config.get("EphemeralStorage") or {}).get("Size") or 512)
         if needed > storage:
+            snapstart.check_storage(
+                lam, config, needed,
+                f"the live and shadow models from the S3 model store need {needed:,} MB",
+            )  # fmt: skip
             updates["EphemeralStorage"] = {"Size": needed}
             if changes is not None:
                 changes.append(f"/tmp {storage:,} -> {needed:,} MB (the live and shadow models)")

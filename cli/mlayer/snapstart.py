@@ -38,6 +38,7 @@ FIRST_PYTHON = (3, 12)
 # SnapStart's largest ephemeral storage (/tmp), MB.
 MAX_EPHEMERAL_MB = 512
 _PYTHON = re.compile(r"^python(\d+)\.(\d+)$")
+_OFF = "turn SnapStart off (mlayer deploy-function --no-snapstart)"
 
 
 def setting(on: bool) -> dict[str, str]:
@@ -157,14 +158,14 @@ def problems(
     """Why SnapStart cannot be on for this function, each with its fix ([] when it can).
 
     ``runtime`` and ``ephemeral_mb``: what the function will have (requested, else its
-    current); ``ephemeral_reason``: why /tmp is that large (a stored model), for the
+    current; a runtime of None is not checked); ``ephemeral_reason``: why /tmp is that large (a stored model), for the
     message; ``configuration``: the function's current one (its FileSystemConfigs);
     ``provisioned``: its provisioned concurrency configs.
     """
     name = function_name(function)
     found = []
     version = python_version(runtime)
-    if version is None or version < FIRST_PYTHON:
+    if runtime is not None and (version is None or version < FIRST_PYTHON):
         found.append(
             f"SnapStart runs on python3.12 and later, and {name} would run on {runtime}: "
             "deploy with --runtime python3.13 (or python3.12) and a dependency layer built "
@@ -174,10 +175,9 @@ def problems(
     if ephemeral_mb > MAX_EPHEMERAL_MB:
         why = f" ({ephemeral_reason})" if ephemeral_reason else ""
         fix = (
-            "publish the model as a model layer instead of the S3 model store, or leave "
-            "SnapStart off"
+            f"publish the model as a model layer instead of the S3 model store, or {_OFF}"
             if ephemeral_reason
-            else f"pass --ephemeral-storage {MAX_EPHEMERAL_MB}, or leave SnapStart off"
+            else f"pass --ephemeral-storage {MAX_EPHEMERAL_MB}, or {_OFF}"
         )
         found.append(
             f"SnapStart does not support ephemeral storage over {MAX_EPHEMERAL_MB} MB, and "
@@ -189,7 +189,7 @@ def problems(
         found.append(
             f"SnapStart does not support Amazon EFS, and {name} mounts {paths} "
             "(FileSystemConfigs): remove it (aws lambda update-function-configuration "
-            f"--function-name {name} --file-system-configs '[]'), or leave SnapStart off"
+            f"--function-name {name} --file-system-configs '[]'), or {_OFF}"
         )
     if provisioned:
         qualifiers = [str(c.get("FunctionArn", "")).rsplit(":", 1)[-1] for c in provisioned]
@@ -204,7 +204,7 @@ def problems(
         found.append(
             "SnapStart does not support provisioned concurrency, and "
             f"{name} has it on {', '.join(qualifiers)} ({total:,} environments): remove it "
-            f"({removes}), or leave SnapStart off"
+            f"({removes}), or {_OFF}"
         )
     return found
 
@@ -233,6 +233,23 @@ def check(
         raise ConfigError(
             f"SnapStart cannot be on for {function_name(function)}: " + "; ".join(found)
         )
+
+
+def check_storage(
+    lam: Any, configuration: Mapping[str, Any], ephemeral_mb: int, reason: str
+) -> None:
+    """Refuse to give a function with SnapStart on more than 512 MB of /tmp (a rollout of a
+    model from the S3 model store raises it to what the archive needs), before any change.
+
+    Raises:
+        ConfigError: SnapStart is on and ``ephemeral_mb`` is over 512.
+    """
+    if ephemeral_mb <= MAX_EPHEMERAL_MB or not applied(configuration, tags(lam, configuration)):
+        return
+    name = function_name(unqualified_arn(configuration))
+    found = problems(function=name, runtime=None, ephemeral_mb=ephemeral_mb,
+                     ephemeral_reason=reason)  # fmt: skip
+    raise ConfigError(f"SnapStart is on for {name}: " + "; ".join(found))
 
 
 # --------------------------------------------------------------------------- publishing

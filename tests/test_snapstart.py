@@ -375,8 +375,8 @@ def test_status_shows_snapstart_and_the_snapshot_the_alias_resumes_from(
 
     assert text.exit_code == 0, text.output
     assert (
-        "  SnapStart: on for published versions (from the mlayer:snapstart tag (the endpoint "
-        "keeps no SnapStart setting)); alias live resumes from the snapshot of version 2\n"
+        "  SnapStart: on for published versions (known from the mlayer:snapstart tag: the "
+        "endpoint keeps no SnapStart setting); alias live resumes from the snapshot of version 2\n"
     ) in text.output
     assert "Alias live: version 2 (sentiment v2 (layer version 2), resumes from its snapshot)" in (
         text.output

@@ -889,9 +889,9 @@ def _snapstart_text(s: Any) -> str:
     known = (
         "the function's SnapStart setting"
         if s.snapstart_from == "configuration"
-        else "the mlayer:snapstart tag (the endpoint keeps no SnapStart setting)"
+        else "the mlayer:snapstart tag: the endpoint keeps no SnapStart setting"
     )
-    text = f"on for published versions (from {known})"
+    text = f"on for published versions (known from {known})"
     if s.snapshot_version is not None:
         text += f"; {s.live_from.split(' ->')[0]} resumes from the snapshot of version {s.snapshot_version}"
     return text

@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 from click.testing import CliRunner, Result
-from fake_layers import role_arn, write_deps_build, write_model_build
+from fake_layers import create_function, role_arn, write_deps_build, write_model_build
 from moto import mock_aws
 
 from mlayer import snapstart
@@ -446,13 +446,20 @@ def test_applies_only_to_versions_and_aliases(
     assert deploy(function_dir, layers, "--role", role_arn(deps["iam"]), "--runtime",
                   "python3.13", "--snapstart", "--alias", "live").exit_code == 0  # fmt: skip
 
+    lam.create_alias(FunctionName="scorer", Name="edge", FunctionVersion="$LATEST")
+
     answers: dict[str | None, bool] = {
-        q: snapstart.applies(lam, "scorer", q) for q in (None, "$LATEST", "1", "live")
+        q: snapstart.applies(lam, "scorer", q) for q in (None, "$LATEST", "1", "live", "edge")
     }
 
-    assert answers == {None: False, "$LATEST": False, "1": True, "live": True}
+    assert answers == {None: False, "$LATEST": False, "1": True, "live": True, "edge": False}
     assert deploy(function_dir, layers, "--no-snapstart").exit_code == 0
     assert not snapstart.applies(lam, "scorer", "live")
+    # a function tagged on but running python3.11 (made outside mlayer): SnapStart cannot apply
+    old = create_function(lam, deps["iam"], "old")
+    lam.tag_resource(Resource=old["FunctionArn"], Tags={"mlayer:snapstart": "PublishedVersions"})
+    lam.publish_version(FunctionName="old")
+    assert not snapstart.applies(lam, "old", "1")
 
 
 def test_a_stored_model_that_needs_more_tmp_is_refused_on_a_snapstart_function(

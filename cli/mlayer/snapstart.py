@@ -106,7 +106,8 @@ def is_on(lam: Any, function: str) -> bool:
 
 def applies(lam: Any, function: str, qualifier: str | None) -> bool:
     """Whether an invocation of ``function`` through ``qualifier`` resumes from a snapshot:
-    SnapStart is applied and the qualifier is a version or an alias, not ``$LATEST``.
+    SnapStart is applied, the qualifier is a published version or an alias of one (not
+    ``$LATEST``, nor an alias of it) and the version runs python3.12 or later.
 
     Raises:
         NotFoundError: no such function, version or alias.
@@ -114,8 +115,13 @@ def applies(lam: Any, function: str, qualifier: str | None) -> bool:
     if not qualifier or qualifier == "$LATEST":
         return False
     name = function_name(function)
-    latest = get_configuration(lam, name)
     version = get_configuration(lam, name, qualifier)
+    if str(version.get("Version") or "$LATEST") == "$LATEST":
+        return False
+    python = python_version(version.get("Runtime"))
+    if python is None or python < FIRST_PYTHON:
+        return False
+    latest = get_configuration(lam, name)
     return version_applied(latest, version, tags(lam, latest))
 
 

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import metrics
 import model_set
 import shadow
+import snapstart
 from model import Model, ModelLoadError, Predictions, get_model
 from model_set import ModelSet
 from records import Batch, decode_event
@@ -220,6 +221,29 @@ def _load_at_init() -> None:
             _announce_set(models)
     except ModelLoadError as exc:
         _log({"message": "model load failed", "error": str(exc)})
+
+
+def _served() -> Model | ModelSet:
+    """The environment's model (with its shadow) or set, loaded and announced once, as the
+    handler finds them: SnapStart's before-snapshot hook loads them through this.
+
+    Raises:
+        ModelLoadError: the model (or set.json) cannot be loaded.
+    """
+    models = model_set.find(os.environ)
+    if models is None:
+        model = _model()
+        _shadow(model)
+        return model
+    if models is not _announced_set:
+        _announce_set(models)
+    return models
+
+
+def _restored() -> None:
+    """SnapStart resumed this environment from a snapshot: its next invocation is its first."""
+    global _cold_start
+    _cold_start = True
 
 
 def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
@@ -707,3 +731,4 @@ def _write_outputs(
 
 
 _load_at_init()
+snapstart.register(_served, _restored, _log)

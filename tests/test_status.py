@@ -77,6 +77,7 @@ def test_status_json_describes_function_layers_live_model_and_routing(
                 "3": "sentiment v3 (layer version 3)",
             },
             "shadow_models": {"2": None, "3": "sentiment v2 (scorer-shadow version 1)"},
+            "snapshots": {"2": False, "3": False},  # SnapStart off
         }
     ]
     assert data["budget"]["total"] == sum(p["unzipped_bytes"] for p in data["budget"]["parts"])

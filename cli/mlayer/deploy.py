@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlayer import model_store
+from mlayer import model_store, snapstart
 from mlayer.archive import Budget, iter_files, mb, needs_s3, write_zip
 from mlayer.arns import (
     function_name,
@@ -42,7 +42,6 @@ from mlayer.lambda_api import (
     get_layer_version,
     layer_arns,
     list_layer_versions,
-    publish_function_version,
     relinked,
     update_configuration,
     wait_active,
@@ -93,6 +92,7 @@ class Deployment:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     ephemeral_mb: int = 512
+    snapstart: bool = False  # SnapStart on (as set now, or as it was)
 
 
 @dataclass(frozen=True)
@@ -224,6 +224,7 @@ def deploy_function(
     pace: Pace = DEFAULT_PACE,
     ephemeral_mb: int | None = None,
     s3: Any | None = None,
+    snapstart_on: bool | None = None,
 ) -> Deployment:
     """Create or update ``function`` from ``function_dir`` with its layers linked.
 
@@ -241,9 +242,14 @@ def deploy_function(
     raised to what the archive needs when not given. ``s3`` reads the archive's record for
     the version's Description.
 
+    ``snapstart_on`` turns SnapStart on (True) or off (False) for published versions, and
+    tags the function ``mlayer:snapstart`` with the setting; None keeps it as it is. While it
+    is on, what SnapStart does not allow is refused before anything changes.
+
     Raises:
         ConfigError: no role to create with, or no runtime to choose; /tmp too small for the
-            stored model.
+            stored model; SnapStart on with what it does not allow (a runtime before
+            python3.12, /tmp over 512 MB, EFS, provisioned concurrency).
         BudgetError: over 5 layers or 250 MB unzipped.
     """
     name = function_name(function)
@@ -296,6 +302,7 @@ def deploy_function(
     storage = ephemeral_mb or int(((existing or {}).get("EphemeralStorage") or {}).get("Size", 512))
     memory = memory_mb or int((existing or {}).get("MemorySize") or DEFAULT_MEMORY_MB)
     warnings: list[str] = []
+    needed = 0
     if stored is not None:
         size = _stored_size(stored, layers_dir)
         needed = size.ephemeral_mb
@@ -316,6 +323,19 @@ def deploy_function(
 
     warnings += dead_letter_warnings(env)
 
+    tags = snapstart.tags(lam, existing) if existing else {}
+    snap = snapstart_on if snapstart_on is not None else snapstart.applied(existing or {}, tags)
+    if snap:
+        snapstart.check(
+            lam, function=name, runtime=runtime, ephemeral_mb=storage,
+            ephemeral_reason=(
+                f"the model from the S3 model store, {stored.location}, needs {needed:,} MB"
+                if stored is not None and needed > snapstart.MAX_EPHEMERAL_MB
+                else None
+            ),
+            configuration=existing,
+        )  # fmt: skip
+
     description = function_description(code.sha256, code.unzipped_bytes)
     planned = dict(existing or {})
     planned.update({"FunctionName": name, "Description": description})
@@ -332,6 +352,10 @@ def deploy_function(
                 "AWSLambdaKinesisExecutionRole or AWSLambdaDynamoDBExecutionRole)"
             )
         timeout = timeout_s or DEFAULT_TIMEOUT_S
+        extra: dict[str, Any] = {}
+        if snapstart_on is not None:
+            extra["SnapStart"] = snapstart.setting(snapstart_on)
+            extra["Tags"] = {snapstart.TAG: extra["SnapStart"]["ApplyOn"]}
         result = lam.create_function(
             FunctionName=name,
             Runtime=runtime,
@@ -346,6 +370,7 @@ def deploy_function(
             Layers=layers,
             PackageType="Zip",
             EphemeralStorage={"Size": storage},
+            **extra,
         )
         wait_active(lam, name, pace)
         code_changed = True
@@ -377,7 +402,12 @@ def deploy_function(
             Environment={"Variables": env},
             Layers=layers,
             EphemeralStorage={"Size": storage},
+            **({} if snapstart_on is None else {"SnapStart": snapstart.setting(snapstart_on)}),
         )
+        if snapstart_on is not None and tags.get(snapstart.TAG) != (
+            snapstart.ON if snapstart_on else snapstart.OFF
+        ):
+            snapstart.tag(lam, result, snapstart_on)
     deployment = Deployment(
         function=name,
         arn=str(result.get("FunctionArn", "")).split(":$LATEST")[0],
@@ -398,6 +428,7 @@ def deploy_function(
         warnings=warnings,
     )
     deployment.ephemeral_mb = storage
+    deployment.snapstart = snap
     if alias:
         _point_alias(lam, name, alias, model_layer, layers, deployment, pace, stored, s3)
     return deployment
@@ -480,7 +511,7 @@ def _point_alias(
         description = version_description(
             record.name, record.version, record.sha256, record.identity
         )
-    new_version = publish_function_version(lam, function, description, pace)
+    new_version = snapstart.publish_version(lam, function, description, pace, deployment.notes)
     current = get_alias(lam, function, alias)
     if current is None:
         lam.create_alias(FunctionName=function, Name=alias, FunctionVersion=new_version)

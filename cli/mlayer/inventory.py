@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlayer import model_store
+from mlayer import model_store, snapstart
 from mlayer.archive import Budget
 from mlayer.arns import function_name, parse_layer_arn
 from mlayer.contracts import (
@@ -267,6 +267,8 @@ class AliasInfo:
     weights: dict[str, float]
     models: dict[str, str | None]
     shadow_models: dict[str, str | None] = field(default_factory=dict)  # version -> shadow
+    # version -> whether environments of that version resume from its SnapStart snapshot
+    snapshots: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -295,6 +297,13 @@ class Status:
     shadow_layer: str = ""
     shadow_model: ModelRef | None = None  # the live version's shadow (alias's, else $LATEST's)
     latest_shadow_model: ModelRef | None = None  # $LATEST's shadow
+    # SnapStart on for published versions, and where that is read: "configuration" (the
+    # function's SnapStart setting) or "tag" (mlayer:snapstart, where the endpoint does not
+    # keep the setting); None when off.
+    snapstart: bool = False
+    snapstart_from: str | None = None
+    # The version whose snapshot the live alias resumes from (with --alias; None: none).
+    snapshot_version: str | None = None
 
 
 def status(
@@ -312,7 +321,8 @@ def status(
     live version and of each version an alias routes to."""
     shadow_layer = shadow_layer or default_layer_name(function, "shadow")
     config = get_configuration(lam, function)
-    versions = function_versions(lam, function, layer_name)
+    raw = {str(v["Version"]): v for v in list_function_versions(lam, function)}
+    versions = [FunctionVersion.of(version, v, layer_name) for version, v in raw.items()]
     models = ModelIndex(lam, layer_name, s3, _buckets_of(versions))
     by_version = {fv.version: fv for fv in versions}
     linked = []
@@ -336,6 +346,17 @@ def status(
                 description=(version or {}).get("Description"),
             )
         )
+    tags = snapstart.tags(lam, config)
+    snap_on = snapstart.applied(config, tags)
+
+    def resumes(version: str) -> bool:
+        found = raw.get(version)
+        return (
+            version != "$LATEST"
+            and found is not None
+            and snapstart.version_applied(config, found, tags)
+        )
+
     aliases = []
     for a in list_aliases(lam, function):
         weights = alias_weights(a)
@@ -354,15 +375,19 @@ def status(
                     for v in routed
                     if (fv := by_version.get(v)) is not None
                 },
+                snapshots={v: resumes(v) for v in routed},
             )
         )
     live_from = "$LATEST"
     live_fv = by_version["$LATEST"]
+    snapshot_version = None
     if alias:
         current = get_alias(lam, function, alias)
         if current is not None:
             live_from = f"alias {alias} -> version {current['FunctionVersion']}"
             live_fv = by_version.get(str(current["FunctionVersion"]), live_fv)
+            if resumes(str(current["FunctionVersion"])):
+                snapshot_version = str(current["FunctionVersion"])
     live = model_of(models, live_fv)
     manifest, source = (None, None)
     if live is not None and live.sha256:
@@ -390,6 +415,11 @@ def status(
         shadow_layer=shadow_layer,
         shadow_model=shadow_of(models, live_fv, shadow_layer),
         latest_shadow_model=shadow_of(models, by_version["$LATEST"], shadow_layer),
+        snapstart=snap_on,
+        snapstart_from=(
+            None if not snap_on else "configuration" if snapstart.applied(config, {}) else "tag"
+        ),
+        snapshot_version=snapshot_version,
     )
 
 

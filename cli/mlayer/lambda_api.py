@@ -252,8 +252,20 @@ def relinked(arns: list[str], new_arn: str) -> list[str]:
     return out
 
 
-def publish_function_version(lam: Any, function: str, description: str, pace: Pace) -> str:
-    """Publish $LATEST as a version (Lambda reuses the last one if nothing changed)."""
+@dataclass(frozen=True)
+class PublishedVersion:
+    """A function version just published, and how long it took to become Active (with
+    SnapStart: Lambda's init of the version and its snapshot)."""
+
+    version: str
+    ready_s: float
+
+
+def publish_function_version(
+    lam: Any, function: str, description: str, pace: Pace
+) -> PublishedVersion:
+    """Publish $LATEST as a version (Lambda reuses the last one if nothing changed) and wait
+    until the version is Active: only then may an alias point at it."""
     wait_updated(lam, function, pace)
     result = call_with_backoff(
         lambda: lam.publish_version(FunctionName=function, Description=description),
@@ -262,5 +274,6 @@ def publish_function_version(lam: Any, function: str, description: str, pace: Pa
         pace,
     )
     version = str(result["Version"])
+    started = time.perf_counter()
     wait_active(lam, function, pace, qualifier=version)
-    return version
+    return PublishedVersion(version, time.perf_counter() - started)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlayer import model_store, shadow
+from mlayer import model_store, shadow, snapstart
 from mlayer.archive import Budget, BudgetPart
 from mlayer.arns import function_name, parse_layer_arn
 from mlayer.contracts import default_layer_name, model_description
@@ -35,7 +35,6 @@ from mlayer.lambda_api import (
     get_alias,
     get_configuration,
     layer_arns,
-    publish_function_version,
     relinked,
     set_alias,
     update_configuration,
@@ -407,7 +406,9 @@ def _roll_alias(
                     "`mlayer promote` or `mlayer rollback` ends it"
                 )
             return
-    new_version = publish_function_version(lam, function, carries(rollout.new_model), pace)
+    new_version = snapstart.publish_version(
+        lam, function, carries(rollout.new_model), pace, rollout.notes
+    )
     rollout.new_function_version = new_version
     if current_alias is None:
         lam.create_alias(FunctionName=function, Name=alias, FunctionVersion=new_version)
@@ -518,7 +519,9 @@ def promote(
         return result
     # The alias must not end on a version still scoring the old model beside the new one.
     shadow.detach(lam, function, shadow_layer, pace)
-    new_version = publish_function_version(lam, function, canary_fv.description, pace)
+    new_version = snapstart.publish_version(
+        lam, function, canary_fv.description, pace, result.notes
+    )
     set_alias(lam, function, alias, new_version)
     result.new_function_version = new_version
     result.canary_function_version = canary_version
@@ -579,8 +582,8 @@ def _promote_shadow(
         check_budget(lam, config, relinked(layer_arns(config), locator))
     _relink_latest(lam, function, config, locator, models.layer_name, pace)
     result.new_model = models.ref(locator)
-    result.new_function_version = publish_function_version(
-        lam, function, carries(result.new_model), pace
+    result.new_function_version = snapstart.publish_version(
+        lam, function, carries(result.new_model), pace, result.notes
     )
     set_alias(lam, function, alias, result.new_function_version)
     return result
@@ -706,7 +709,9 @@ def rollback(
     config = _drop_shadow(lam, function, shadow_layer, models, result, pace)
     result.layers, _ = _relink_latest(lam, function, config, target, layer_name, pace)
     if alias:
-        version = publish_function_version(lam, function, carries(result.to_model), pace)
+        version = snapstart.publish_version(
+            lam, function, carries(result.to_model), pace, result.notes
+        )
         set_alias(lam, function, alias, version)
         result.new_function_version = version
     return result
@@ -937,6 +942,11 @@ def _relink_latest(
         size = size or environment_size(stored.size, stored.size, None)
         storage = int((config.get("EphemeralStorage") or {}).get("Size") or 512)
         if size.ephemeral_mb > storage:
+            snapstart.check_storage(
+                lam, config, size.ephemeral_mb,
+                f"the model from the S3 model store, {stored.location}, needs "
+                f"{size.ephemeral_mb:,} MB",
+            )  # fmt: skip
             updates["EphemeralStorage"] = {"Size": size.ephemeral_mb}
             if changes is not None:
                 changes.append(f"/tmp {storage:,} -> {size.ephemeral_mb:,} MB")

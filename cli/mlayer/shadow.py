@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlayer import model_store
+from mlayer import model_store, snapstart
 from mlayer.archive import Budget, BudgetPart, mb
 from mlayer.arns import function_name, parse_layer_arn
 from mlayer.contracts import model_description
@@ -40,7 +40,6 @@ from mlayer.lambda_api import (
     get_alias,
     get_configuration,
     layer_arns,
-    publish_function_version,
     relinked,
     set_alias,
     update_configuration,
@@ -152,6 +151,10 @@ def _attach(
         needed = environment_size(archives, unpacked, None).ephemeral_mb
         storage = int((config.get("EphemeralStorage") or {}).get("Size") or 512)
         if needed > storage:
+            snapstart.check_storage(
+                lam, config, needed,
+                f"the live and shadow models from the S3 model store need {needed:,} MB",
+            )  # fmt: skip
             updates["EphemeralStorage"] = {"Size": needed}
             if changes is not None:
                 changes.append(f"/tmp {storage:,} -> {needed:,} MB (the live and shadow models)")
@@ -489,7 +492,7 @@ def _move_alias(
         result.new_function_version = old
         result.notes.append(f"alias {alias} already serves function version {old}, which has this")
         return
-    new = publish_function_version(lam, function, carries(live), pace)
+    new = snapstart.publish_version(lam, function, carries(live), pace, result.notes)
     if new != old:
         set_alias(lam, function, alias, new)
     result.new_function_version = new

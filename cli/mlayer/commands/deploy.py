@@ -79,6 +79,14 @@ def _destination(ctx: click.Context, param: click.Parameter, value: str | None) 
     "DEAD_LETTER_BUCKET, DEAD_LETTER_MAX_BYTES, INPUT_FIELD, ...); merged into the existing ones, "
     "KEY= removes one.",
 )
+@click.option(
+    "--snapstart/--no-snapstart",
+    "snapstart",
+    default=None,
+    help="SnapStart for published versions (python3.12+): each version is initialised and "
+    "snapshotted when published, and new environments resume from the snapshot. Refused "
+    "with /tmp over 512 MB, EFS or provisioned concurrency [default: unchanged; off on create].",
+)
 @options.deps_layer
 @options.model_layer
 @options.alias
@@ -95,6 +103,7 @@ def deploy_function(
     timeout: int | None,
     ephemeral_mb: int | None,
     environment: dict[str, str],
+    snapstart: bool | None,
     deps_layer: str | None,
     model_layer: str | None,
     alias: str | None,
@@ -109,11 +118,17 @@ def deploy_function(
     (on a local endpoint such as moto_server, mlayer makes a stand-in role when omitted).
     With --alias, publishes a version and points the alias at it.
 
+    With --snapstart, Lambda initialises every version mlayer publishes (publish-model
+    --alias, promote, rollback, ...) and snapshots it; the alias moves once the snapshot is
+    ready, and environments started through the alias or a version resume from it
+    ($LATEST never does). The function is tagged mlayer:snapstart with the setting.
+
     \b
     Example:
       mlayer deploy-function --function scorer --role arn:aws:iam::123456789012:role/scorer \\
         --env OUTPUT_TABLE=predictions --env DEAD_LETTER_QUEUE_URL=https://sqs...
       mlayer deploy-function --function scorer --memory 1024 --alias live
+      mlayer deploy-function --function scorer --runtime python3.13 --snapstart --alias live
     """
     from mlayer.contracts import default_layer_name
     from mlayer.deploy import deploy_function as deploy
@@ -136,6 +151,7 @@ def deploy_function(
         local_iam=settings.client("iam") if settings.is_local and not role else None,
         ephemeral_mb=ephemeral_mb,
         s3=settings.client("s3"),
+        snapstart_on=snapstart,
     )
     verb = "Created" if result.created else "Updated"
     code = "new code" if result.code_changed else "code unchanged"
@@ -155,6 +171,11 @@ def deploy_function(
     for arn in result.layers:
         click.echo(f"    {arn}")
     click.echo(f"  size: {result.budget.describe()}")
+    click.echo(
+        "  SnapStart: on (published versions resume from their snapshot; $LATEST does not)"
+        if result.snapstart
+        else "  SnapStart: off"
+    )
     if result.alias:
         click.echo(f"  alias {result.alias} -> version {result.function_version}")
     for note in result.notes:

@@ -818,6 +818,7 @@ def _render_status(s: Any, watched: Any) -> None:
     if s.environment:
         env = ", ".join(f"{k}={v}" for k, v in sorted(s.environment.items()))
         console.print(f"  environment: {env}", highlight=False)
+    console.print(f"  SnapStart: {_snapstart_text(s)}", highlight=False)
     table = Table(title="Layers linked to $LATEST, in order", title_justify="left")
     for column in ("#", "layer", "version", "kind", "sha256", "unzipped", "zipped"):
         table.add_column(column)
@@ -867,13 +868,33 @@ def _render_status(s: Any, watched: Any) -> None:
                 f"; shadow {shadow}" if shadow else ""
             )
 
-        routes = [f"version {a.function_version} ({served(a.function_version)})"]
-        routes += [f"version {v} at {w:.1%} ({served(v)})" for v, w in a.weights.items()]
+        def snap(version: str, a: Any = a) -> str:
+            return ", resumes from its snapshot" if a.snapshots.get(version) else ""
+
+        routes = [
+            f"version {a.function_version} ({served(a.function_version)}{snap(a.function_version)})"
+        ]
+        routes += [f"version {v} at {w:.1%} ({served(v)}{snap(v)})" for v, w in a.weights.items()]
         console.print(f"[bold]Alias[/] {a.name}: {' + '.join(routes)}", highlight=False)
     from mlayer.commands.compare import status_lines
 
     for line in status_lines(watched):
         console.print(line, highlight=False, markup=False)
+
+
+def _snapstart_text(s: Any) -> str:
+    """status's SnapStart line: on or off, how that is known, and the live snapshot."""
+    if not s.snapstart:
+        return "off"
+    known = (
+        "the function's SnapStart setting"
+        if s.snapstart_from == "configuration"
+        else "the mlayer:snapstart tag: the endpoint keeps no SnapStart setting"
+    )
+    text = f"on for published versions (known from {known})"
+    if s.snapshot_version is not None:
+        text += f"; {s.live_from.split(' ->')[0]} resumes from the snapshot of version {s.snapshot_version}"
+    return text
 
 
 def _render_shadows(console: Any, s: Any) -> None:

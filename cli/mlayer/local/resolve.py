@@ -391,6 +391,7 @@ def resolve_function(
             f"layers' extension modules cannot load here. Deploy an {_machine_arch()} variant "
             f"for local runs (mlayer build-deps --arch {_machine_arch()})"
         )
+    use_snapstart = _snapstart(lam, name, version, runtime, snapstart, notes)
     interpreter = find_python(runtime, python)
 
     local = zip_function(function_dir)
@@ -442,7 +443,7 @@ def resolve_function(
         role=str(config.get("Role") or ""),
         notes=notes,
         stored_manifest=_stored_manifest(env, layers_dir, s3),
-        snapstart=_snapstart(lam, name, version, runtime, snapstart, notes),
+        snapstart=use_snapstart,
     )
 
 

@@ -78,7 +78,9 @@ def python313() -> str:
 
 
 @pytest.fixture(scope="module")
-def layers313(tmp_path_factory: pytest.TempPathFactory, text_model_dir: Path, python313: str) -> Path:
+def layers313(
+    tmp_path_factory: pytest.TempPathFactory, text_model_dir: Path, python313: str
+) -> Path:
     """layers/ with the python3.13 deps layer of requirements.txt and the text model v1."""
     from mlayer.deps_layer import DepsBuildOptions, build_deps
     from mlayer.model_layer import ModelBuildOptions, build_model
@@ -187,7 +189,9 @@ def _hooks(deployed: Deployed) -> list[tuple[str, int]]:
     ]
 
 
-def _invoke(deployed: Deployed, tmp_path: Path, event: dict[str, Any], *flags: str) -> dict[str, Any]:
+def _invoke(
+    deployed: Deployed, tmp_path: Path, event: dict[str, Any], *flags: str
+) -> dict[str, Any]:
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(event))
     proc = mlayer(
@@ -202,13 +206,13 @@ def _invoke(deployed: Deployed, tmp_path: Path, event: dict[str, Any], *flags: s
 TEXTS = [f"{word} product, {n} stars" for n in range(12) for word in ("great", "awful", "okay")]
 
 
-def test_run_local_restores_every_shard_from_one_snapshot(deployed: Deployed, tmp_path: Path) -> None:
+def test_run_local_restores_every_shard_from_one_snapshot(
+    deployed: Deployed, tmp_path: Path
+) -> None:
     # Given the on-demand predictions of the texts (SnapStart forced off)
     baseline = _invoke(deployed, tmp_path, {"records": TEXTS}, "--no-snapstart")
     assert baseline["snapstart"] is False
-    expected = Counter(
-        (p["label"], p["probability"]) for p in baseline["response"]["predictions"]
-    )
+    expected = Counter((p["label"], p["probability"]) for p in baseline["response"]["predictions"])
     deployed.hook_log.unlink(missing_ok=True)
     # and a stream of three shards holding the same texts
     kinesis = deployed.clients["kinesis"]
@@ -262,7 +266,9 @@ def test_run_local_restores_every_shard_from_one_snapshot(deployed: Deployed, tm
     lines = text.splitlines()
     for r in restored:
         restore_at = lines.index(f"RESTORE_REPORT Restore Duration: {r.restore_duration_ms:.2f} ms")
-        report_at = next(i for i, line in enumerate(lines) if f"RequestId: {r.request_id}\t" in line)
+        report_at = next(
+            i for i, line in enumerate(lines) if f"RequestId: {r.request_id}\t" in line
+        )
         assert restore_at < report_at
     # and the hooks ran as Lambda runs them: before-snapshot once, in reverse order of
     # registration, in the template; after-restore once per restored environment, in order
@@ -282,7 +288,9 @@ def test_run_local_restores_every_shard_from_one_snapshot(deployed: Deployed, tm
     stream_items = [i for i in items if i["record_id"]["S"].startswith("shardId-")]
     got = Counter((i["label"]["S"], float(i["probability"]["N"])) for i in stream_items)
     assert sum(got.values()) == len(TEXTS)
-    assert got == Counter({(label, float(Decimal(str(p)))): n for (label, p), n in expected.items()})
+    assert got == Counter(
+        {(label, float(Decimal(str(p)))): n for (label, p), n in expected.items()}
+    )
 
 
 def test_invoke_restores_and_cost_prices_the_restore(deployed: Deployed, tmp_path: Path) -> None:
@@ -333,9 +341,9 @@ def test_invoke_restores_and_cost_prices_the_restore(deployed: Deployed, tmp_pat
             billed = r.billed_duration_ms + math.ceil(r.init_duration_ms)
             expected.append(gb * Decimal(billed) / 1000 * tier + request)
     assert measured["total"] == pytest.approx(float(sum(expected)), rel=1e-12)
-    assert sorted([measured["cost_per_invocation"]["min"], measured["cost_per_invocation"]["max"]]) == [
-        pytest.approx(float(v), rel=1e-12) for v in sorted(expected)
-    ]
+    assert sorted(
+        [measured["cost_per_invocation"]["min"], measured["cost_per_invocation"]["max"]]
+    ) == [pytest.approx(float(v), rel=1e-12) for v in sorted(expected)]
     # and a price file without the restore price is refused with the key to add
     del region["snapstart"]
     price_file.write_text(json.dumps(prices))
@@ -396,7 +404,8 @@ def test_snapstart_is_refused_before_python312(deployed: Deployed, tmp_path: Pat
     from mlayer.deploy import zip_function
 
     role = deployed.clients["iam"].create_role(
-        RoleName="old-runtime-role", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []})
+        RoleName="old-runtime-role",
+        AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": []}),
     )["Role"]["Arn"]
     deployed.clients["lambda"].create_function(
         FunctionName="old-runtime", Runtime="python3.11", Role=role,

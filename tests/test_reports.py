@@ -104,19 +104,24 @@ def test_init_and_restore_report_lines_are_not_invocations() -> None:
 def test_snapstart_lines_are_lambdas() -> None:
     from mlayer.reports import format_init_report, format_restore_report
 
-    report = Report("r-2", 11.46, 45, 512, 87, restore_duration_ms=44.48, billed_restore_duration_ms=33)
+    report = Report(
+        "r-2", 11.46, 45, 512, 87, restore_duration_ms=44.48, billed_restore_duration_ms=33
+    )
     assert format_report(report) == (
         "REPORT RequestId: r-2\tDuration: 11.46 ms\tBilled Duration: 45 ms\tMemory Size: 512 MB"
         "\tMax Memory Used: 87 MB\tRestore Duration: 44.48 ms\tBilled Restore Duration: 33 ms"
     )
     assert parse_report(format_report(report)) == report
     assert format_init_report(1947.931) == "INIT_REPORT Init Duration: 1947.93 ms"
-    assert format_init_report(150.79, phase="init", status="error", error_type="Runtime.Unknown") == (
+    assert format_init_report(
+        150.79, phase="init", status="error", error_type="Runtime.Unknown"
+    ) == (
         "INIT_REPORT Init Duration: 150.79 ms\tPhase: init\tStatus: error\tError Type: Runtime.Unknown"
     )
     assert format_restore_report(398.97) == SNAPSTART_LOG[3]
-    assert format_restore_report(1236.04, status="error", error_type="Runtime.ExitError") == (
-        SNAPSTART_LOG[-1]
+    assert (
+        format_restore_report(1236.04, status="error", error_type="Runtime.ExitError")
+        == (SNAPSTART_LOG[-1])
     )
     assert format_restore_report(1236.04, status="timeout") == (
         "RESTORE_REPORT Restore Duration: 1236.04 ms\tStatus: timeout"

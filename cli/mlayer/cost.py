@@ -841,7 +841,11 @@ def measure(
             durations.append(duration)
             warm_billed.append(warm)
             use = usage(
-                memory_mb, scenario.storage_mb, warm, restore_part, ONE if scenario.requests else ZERO
+                memory_mb,
+                scenario.storage_mb,
+                warm,
+                restore_part,
+                ONE if scenario.requests else ZERO,
             )
             costs.append(Breakdown.of(use, prices).total + charge)
             continue

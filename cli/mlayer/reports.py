@@ -105,7 +105,9 @@ def format_init_report(
     """Lambda's ``INIT_REPORT`` line: ``INIT_REPORT Init Duration: 150.79 ms``, and on a
     failure ``\tPhase: init\tStatus: error\tError Type: Runtime.ExitError`` after it."""
     phase_part = f"\tPhase: {phase}" if phase else ""
-    return f"INIT_REPORT Init Duration: {duration_ms:.2f} ms{phase_part}{_status(status, error_type)}"
+    return (
+        f"INIT_REPORT Init Duration: {duration_ms:.2f} ms{phase_part}{_status(status, error_type)}"
+    )
 
 
 def format_restore_report(

@@ -317,9 +317,7 @@ def cost(
             measured = reports.fetch_reports(settings.client("logs"), from_logs, since)
             source = f"CloudWatch Logs {reports.log_group_for(from_logs)}"
         restore_gb = (
-            prices.snapstart_restore_gb(
-                region, path=Path(prices_path) if prices_path else None
-            )
+            prices.snapstart_restore_gb(region, path=Path(prices_path) if prices_path else None)
             if any(r.restored for r in measured)
             else None
         )
@@ -645,7 +643,11 @@ def _measured_table(row: MemoryCost) -> Any:
     title = (
         f"Measured at {m.memory_mb:,} MB: {m.invocations:,} invocations, {m.cold_starts:,} "
         f"cold"
-        + (f", {m.restores:,} restored ({usd(m.restore_charge)} restore charge)" if m.restores else "")
+        + (
+            f", {m.restores:,} restored ({usd(m.restore_charge)} restore charge)"
+            if m.restores
+            else ""
+        )
         + f", {usd(m.total)} in all"
     )
     return _table(title, ["", "p50", "p99", "mean", "min", "max"], rows, left=1)

@@ -49,7 +49,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 from mlayer.errors import MlayerError
 from mlayer.lambda_env.runtime_api import Outcome, RuntimeApiServer
@@ -245,7 +245,7 @@ class LambdaEnvironment:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def __enter__(self) -> LambdaEnvironment:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -588,8 +588,12 @@ class LambdaEnvironment:
             memory_size_mb=self.memory_mb,
             # Lambda's figure never exceeds the memory size: it is killed at the limit.
             max_memory_used_mb=min(self.memory_mb, math.ceil(peak or 0.0)),
-            init_duration_ms=round(init.duration_ms, 2) if init is not None and not restored else None,
-            restore_duration_ms=round(init.duration_ms, 2) if init is not None and restored else None,
+            init_duration_ms=round(init.duration_ms, 2)
+            if init is not None and not restored
+            else None,
+            restore_duration_ms=round(init.duration_ms, 2)
+            if init is not None and restored
+            else None,
             billed_restore_duration_ms=billed_restore,
         )
 

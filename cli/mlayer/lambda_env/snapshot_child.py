@@ -82,13 +82,14 @@ def _serve_forks(control_fd: int, clients: list[Any], native_copy: str) -> None:
     children: dict[int, int] = {}  # pidfd -> pid: readable once the child exits
     pending = b""
     while True:
-        readable, _, _ = select.select([control, *children], [], [])
+        readable, _, _ = select.select([control.fileno(), *children], [], [])
         for ready in readable:
-            if ready is not control:
+            if ready != control.fileno():
                 pid = children.pop(ready)
                 os.close(ready)
                 _, status = os.waitpid(pid, 0)
-                _send(control, {"event": "exited", "pid": pid, "code": os.waitstatus_to_exitcode(status)})  # fmt: skip
+                code = os.waitstatus_to_exitcode(status)
+                _send(control, {"event": "exited", "pid": pid, "code": code})
                 continue
             data = control.recv(65536)
             if not data:  # mlayer closed the template
@@ -122,7 +123,7 @@ def main(config: dict[str, Any]) -> None:
 
     clients: list[Any] = []
 
-    class _Client(ric_main.LambdaRuntimeClient):  # type: ignore[misc,name-defined]
+    class _Client(ric_main.LambdaRuntimeClient):
         """awslambdaric's client, kept so that each fork can point it at its own API."""
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -98,7 +98,9 @@ class LocalFunction:
         ``template`` (see :meth:`snapshot_template`), one restored from its snapshot."""
         if template is not None:
             return template.environment()
-        return LambdaEnvironment(**self._environment_args(extra_env, log_path, memory_mb, timeout_s))
+        return LambdaEnvironment(
+            **self._environment_args(extra_env, log_path, memory_mb, timeout_s)
+        )
 
     def snapshot_template(
         self, *, extra_env: dict[str, str] | None = None, log_path: Path | None = None

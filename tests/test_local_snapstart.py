@@ -57,6 +57,14 @@ register_before_snapshot(_record, "before-1")
 register_before_snapshot(_record, "before-2")
 register_after_restore(_record, "after-1")
 register_after_restore(_record, "after-2")
+
+
+@register_after_restore
+def _fail_when_asked():
+    if os.path.exists(os.environ["HOOK_LOG"] + ".fail"):
+        raise RuntimeError("after-restore hook failed on purpose")
+
+
 _held = []
 
 
@@ -387,6 +395,14 @@ def test_a_timeout_or_oom_in_a_restored_environment_restores_a_fresh_one(
         big = env.invoke({**event, "allocate_mb": 400})
         after_oom = env.invoke(event)
         warm = env.invoke(event)
+        # and when an after-restore hook fails, the restore fails with it (no invocation)
+        fail_flag = Path(str(deployed.hook_log) + ".fail")
+        fail_flag.write_text("")
+        try:
+            with template.environment() as failing:
+                failed = failing.invoke(event)
+        finally:
+            fail_flag.unlink()
     assert first.ok and first.report.restored
     assert slow.error_type == "Sandbox.Timedout"
     assert after_timeout.ok and after_timeout.report.restored
@@ -394,9 +410,14 @@ def test_a_timeout_or_oom_in_a_restored_environment_restores_a_fresh_one(
     assert after_oom.ok and after_oom.report.restored
     assert warm.ok and not warm.report.cold_start
     assert after_oom.response["predictions"] == first.response["predictions"]
-    # and the snapshot was taken once: one init, three restores
+    assert failed.error_type == "Runtime.AfterRestoreError"
+    assert failed.error is not None
+    assert "after-restore hook failed on purpose" in failed.error["errorMessage"]
+    assert failed.report.restored and failed.response is None
+    # and the snapshot was taken once: one init, four restores (the last one failed)
     text = log.read_text()
-    assert text.count("INIT_REPORT") == 1 and text.count("RESTORE_REPORT") == 3
+    assert text.count("INIT_REPORT") == 1 and text.count("RESTORE_REPORT") == 4
+    assert "\tStatus: error\tError Type: Runtime.AfterRestoreError" in text
 
 
 def test_snapstart_is_refused_before_python312(deployed: Deployed, tmp_path: Path) -> None:

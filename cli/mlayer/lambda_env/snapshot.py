@@ -370,8 +370,12 @@ class RestoredEnvironment(LambdaEnvironment):
         )
         error: dict[str, Any] | None = None
         if state.restore_error is not None:
-            error = state.restore_error.error or {"errorType": "Runtime.Unknown"}
-            error.setdefault("errorType", state.restore_error.error_type or "Runtime.Unknown")
+            # awslambdaric posts the hook's exception with the error type in a header
+            # (Runtime.AfterRestoreError), then exits 65.
+            error = dict(state.restore_error.error or {})
+            error["errorType"] = (
+                state.restore_error.error_type or error.get("errorType") or "Runtime.Unknown"
+            )
             ended = state.restore_error.received_at
         elif status == "done" and state.first_next_at is not None:
             ended = state.first_next_at

@@ -259,13 +259,15 @@ def snapstart_restore_gb(region: str, *, path: Path | None = None) -> Decimal:
     """USD per GB of memory restored from a SnapStart snapshot in ``region``.
 
     Read from the price file's ``regions.<region>.snapstart.restore_gb`` (a number, or an
-    object whose ``price`` is one, with its ``source`` and ``as_of`` beside it).
+    object whose ``price`` is one); ``snapstart.same_as`` names a region whose prices apply.
 
     Raises:
         ConfigError: the price file has no such price, with the ways out.
     """
     data, name = _read_price_data(path)
     entry = (data["regions"].get(region) or {}).get("snapstart") or {}
+    if "same_as" in entry:  # a region whose prices are another's
+        entry = (data["regions"].get(str(entry["same_as"])) or {}).get("snapstart") or {}
     value = entry.get("restore_gb")
     if isinstance(value, dict):
         value = value.get("price")

@@ -26,7 +26,7 @@ def applied(configuration: dict[str, Any], tags: dict[str, str]) -> bool:
     return tags.get(TAG) == PUBLISHED_VERSIONS
 
 
-def runtime_supports(runtime: str) -> bool:
+def _runtime_supports(runtime: str) -> bool:
     """SnapStart runs on python3.12 and later."""
     version = runtime.removeprefix("python")
     try:
@@ -49,7 +49,7 @@ def applies(lambda_client: Any, function_name: str, qualifier: str | None) -> bo
     configuration = get_configuration(lambda_client, function_name, qualifier)
     if str(configuration.get("Version") or "$LATEST") == "$LATEST":
         return False
-    if not runtime_supports(str(configuration.get("Runtime") or "")):
+    if not _runtime_supports(str(configuration.get("Runtime") or "")):
         return False
     arn = str(configuration.get("FunctionArn") or "")
     # Tags live on the unqualified function.

@@ -406,6 +406,11 @@ class Measured:
     init_ms: Stats | None
     cost: Stats
     total: Decimal
+    # SnapStart: environments restored from a snapshot, their Billed Restore Duration (in
+    # their Billed Duration, priced as duration) and the per-GB restore charge on top.
+    restores: int = 0
+    billed_restore_ms: Stats | None = None
+    restore_charge: Decimal = ZERO
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -415,6 +420,11 @@ class Measured:
             "duration_ms": self.duration_ms.to_dict(),
             "billed_duration_ms": self.billed_ms.to_dict(),
             "init_duration_ms": None if self.init_ms is None else self.init_ms.to_dict(),
+            "restores": self.restores,
+            "billed_restore_duration_ms": None
+            if self.billed_restore_ms is None
+            else self.billed_restore_ms.to_dict(),
+            "restore_charge": float(self.restore_charge),
             "cost_per_invocation": self.cost.to_dict(),
             "total": float(self.total),
         }
@@ -784,23 +794,61 @@ def _init_in_billed(duration: Decimal, init: Decimal, lambda_billed: Decimal) ->
 
 
 def measure(
-    reports: Sequence[Report], prices: Prices, scenario: Scenario, memory_mb: int
+    reports: Sequence[Report],
+    prices: Prices,
+    scenario: Scenario,
+    memory_mb: int,
+    restore_gb_price: Decimal | None = None,
 ) -> tuple[Measured, Workload]:
     """Price the REPORTs of one memory size as billed, and the workload they imply.
 
     The workload's duration is the mean billed warm duration, its init the mean billed
-    init duration, its invocations per environment invocations / cold starts.
+    init (or restore) duration, its invocations per environment invocations / new
+    environments. A SnapStart restore (``Restore Duration`` on the REPORT) is billed its
+    ``Billed Restore Duration`` at the duration price (Lambda's ``Billed Duration`` already
+    includes it: taken out of the warm part, not counted twice) plus ``restore_gb_price``
+    per GB of memory.
+
+    Raises:
+        ConfigError: restores to price and no ``restore_gb_price``.
     """
     durations: list[Decimal] = []
     warm_billed: list[Decimal] = []
     inits: list[Decimal] = []
+    restores: list[Decimal] = []
     costs: list[Decimal] = []
     init_in_billed = 0
+    restore_charge = ZERO
     step = scenario.granularity_ms
     for report in reports:
         duration = _decimal_of(report.duration_ms)
         init = None if report.init_duration_ms is None else _decimal_of(report.init_duration_ms)
         lambda_billed = Decimal(report.billed_duration_ms)
+        if report.restore_duration_ms is not None:
+            if restore_gb_price is None:
+                raise ConfigError(
+                    "the REPORT lines have SnapStart restores (Restore Duration) and no "
+                    "restore price was given: pass --prices FILE with "
+                    "regions.<region>.snapstart.restore_gb"
+                )
+            restore_part = Decimal(report.billed_restore_duration_ms or 0)
+            warm = Decimal(billed_ms(duration, step))
+            if step == 1 and lambda_billed >= warm + restore_part:
+                warm = lambda_billed - restore_part
+            charge = Decimal(memory_mb) / MB_PER_GB * restore_gb_price
+            restore_charge += charge
+            restores.append(restore_part)
+            durations.append(duration)
+            warm_billed.append(warm)
+            use = usage(
+                memory_mb,
+                scenario.storage_mb,
+                warm,
+                restore_part,
+                ONE if scenario.requests else ZERO,
+            )
+            costs.append(Breakdown.of(use, prices).total + charge)
+            continue
         if init is not None and _init_in_billed(duration, init, lambda_billed):
             init_in_billed += 1
             warm = Decimal(billed_ms(duration, step))
@@ -829,12 +877,18 @@ def measure(
         init_ms=Stats.of(inits) if inits else None,
         cost=Stats.of(costs),
         total=sum(costs, ZERO),
+        restores=len(restores),
+        billed_restore_ms=Stats.of(restores) if restores else None,
+        restore_charge=restore_charge,
     )
+    new_environments = inits + restores
     workload = Workload(
         memory_mb=memory_mb,
         duration_ms=measured.billed_ms.mean,
-        init_ms=measured.init_ms.mean if measured.init_ms else ZERO,
-        invocations_per_environment=Decimal(len(reports)) / cold if cold else ONE,
+        init_ms=sum(new_environments, ZERO) / len(new_environments) if new_environments else ZERO,
+        invocations_per_environment=Decimal(len(reports)) / len(new_environments)
+        if new_environments
+        else ONE,
         measured=True,
     )
     return measured, workload
@@ -849,6 +903,7 @@ def estimate_from_reports(
     init_ms: Decimal | None = None,
     invocations_per_environment: Decimal | None = None,
     source: str = "REPORT lines",
+    restore_gb_price: Decimal | None = None,
 ) -> Estimate:
     """Price measured invocations, one row per ``Memory Size``, and model volumes from them.
 
@@ -875,7 +930,14 @@ def estimate_from_reports(
     measured: list[Measured] = []
     workloads: list[Workload] = []
     for size in sizes:
-        m, workload = measure(by_memory[size], prices, scenario, size)
+        m, workload = measure(by_memory[size], prices, scenario, size, restore_gb_price)
+        if m.restores:
+            notes.append(
+                f"{size} MB: {m.restores} SnapStart restore(s), each billed its Billed Restore "
+                f"Duration as duration plus {m.restore_charge / m.restores:.10f} USD (per GB "
+                "restored) in the measured figures; the modelled volumes price a restore as "
+                "its billed restore duration only"
+            )
         if init_ms is not None:
             init_value = (
                 Decimal(billed_ms(init_ms, scenario.granularity_ms)) if init_ms > 0 else ZERO

@@ -253,3 +253,29 @@ def price_regions(path: Path | None = None) -> list[str]:
     """The regions the price file has prices for."""
     data, _ = _read_price_data(path)
     return sorted(data["regions"])
+
+
+def snapstart_restore_gb(region: str, *, path: Path | None = None) -> Decimal:
+    """USD per GB of memory restored from a SnapStart snapshot in ``region``.
+
+    Read from the price file's ``regions.<region>.snapstart.restore_gb`` (a number, or an
+    object whose ``price`` is one); ``snapstart.same_as`` names a region whose prices apply.
+
+    Raises:
+        ConfigError: the price file has no such price, with the ways out.
+    """
+    data, name = _read_price_data(path)
+    entry = (data["regions"].get(region) or {}).get("snapstart") or {}
+    if "same_as" in entry:  # a region whose prices are another's
+        entry = (data["regions"].get(str(entry["same_as"])) or {}).get("snapstart") or {}
+    value = entry.get("restore_gb")
+    if isinstance(value, dict):
+        value = value.get("price")
+    if value is None:
+        raise ConfigError(
+            f"no SnapStart restore price in {name} (regions.{region}.snapstart.restore_gb, USD "
+            "per GB of memory restored): the REPORT lines have Restore Duration, and each "
+            "restore is charged per GB on top of its billed duration. Pass --prices FILE with "
+            "that key, or a --region that has it"
+        )
+    return _decimal(value, f"regions.{region}.snapstart.restore_gb", name)

@@ -7,6 +7,14 @@ gzipped, or the JSON ``aws logs filter-log-events`` prints) or from CloudWatch L
 ``REPORT RequestId: <id>``, ``Init Duration`` only on a cold start, X-Ray fields ignored;
 JSON-format logs carry the same figures in a ``platform.report`` event.
 
+SnapStart (checked against AWS's "Monitoring for Lambda SnapStart" and real logs, 2026-11):
+the REPORT of a restored environment's first invocation carries ``Restore Duration`` and
+``Billed Restore Duration`` instead of ``Init Duration``, and its ``Billed Duration`` already
+includes the billed restore (``Duration`` rounded up plus ``Billed Restore Duration``: 2338.66
+ms with 182 ms billed restore is billed 2521 ms). The init, run once per snapshot, has its own
+``INIT_REPORT`` line; a restore has ``RESTORE_START`` / ``RESTORE_REPORT`` lines before the
+first ``START`` (:func:`format_init_report`, :func:`format_restore_report`).
+
 :func:`billed_ms` is the one rounding of a duration to what Lambda bills: the cost model
 uses it as well.
 """
@@ -39,10 +47,18 @@ class Report:
     memory_size_mb: int
     max_memory_used_mb: int
     init_duration_ms: float | None = None
+    # SnapStart: the first invocation of an environment restored from a snapshot.
+    restore_duration_ms: float | None = None
+    billed_restore_duration_ms: int | None = None
 
     @property
     def cold_start(self) -> bool:
-        return self.init_duration_ms is not None
+        """A new environment: an init ran, or a snapshot was restored."""
+        return self.init_duration_ms is not None or self.restored
+
+    @property
+    def restored(self) -> bool:
+        return self.restore_duration_ms is not None
 
 
 def billed_ms(duration_ms: Decimal | float, granularity_ms: int = 1) -> int:
@@ -70,7 +86,36 @@ def format_report(report: Report) -> str:
     ]
     if report.init_duration_ms is not None:
         parts.append(f"Init Duration: {report.init_duration_ms:.2f} ms")
+    if report.restore_duration_ms is not None:
+        parts.append(f"Restore Duration: {report.restore_duration_ms:.2f} ms")
+        parts.append(f"Billed Restore Duration: {report.billed_restore_duration_ms or 0} ms")
     return "\t".join(parts)
+
+
+def _status(status: str | None, error_type: str | None) -> str:
+    if status is None:
+        return ""
+    return f"\tStatus: {status}" + (f"\tError Type: {error_type}" if error_type else "")
+
+
+def format_init_report(
+    duration_ms: float, *, phase: str | None = None, status: str | None = None,
+    error_type: str | None = None,
+) -> str:  # fmt: skip
+    """Lambda's ``INIT_REPORT`` line: ``INIT_REPORT Init Duration: 150.79 ms``, and on a
+    failure ``\tPhase: init\tStatus: error\tError Type: Runtime.ExitError`` after it."""
+    phase_part = f"\tPhase: {phase}" if phase else ""
+    return (
+        f"INIT_REPORT Init Duration: {duration_ms:.2f} ms{phase_part}{_status(status, error_type)}"
+    )
+
+
+def format_restore_report(
+    duration_ms: float, *, status: str | None = None, error_type: str | None = None
+) -> str:
+    """Lambda's ``RESTORE_REPORT`` line: ``RESTORE_REPORT Restore Duration: 398.97 ms``, and on
+    a failure ``\tStatus: timeout`` or ``\tStatus: error\tError Type: Runtime.ExitError``."""
+    return f"RESTORE_REPORT Restore Duration: {duration_ms:.2f} ms{_status(status, error_type)}"
 
 
 def parse_report(line: str) -> Report | None:
@@ -93,6 +138,12 @@ def parse_report(line: str) -> Report | None:
             max_memory_used_mb=int(_number(fields.get("Max Memory Used", "0"))),
             init_duration_ms=_number(fields["Init Duration"])
             if "Init Duration" in fields
+            else None,
+            restore_duration_ms=_number(fields["Restore Duration"])
+            if "Restore Duration" in fields
+            else None,
+            billed_restore_duration_ms=int(_number(fields["Billed Restore Duration"]))
+            if "Billed Restore Duration" in fields
             else None,
         )
     except (KeyError, ValueError):
@@ -129,6 +180,8 @@ def report_from_message(message: str) -> Report | None:
         record = event["record"]
         metrics = record["metrics"]
         init = metrics.get("initDurationMs")
+        restore = metrics.get("restoreDurationMs")
+        billed_restore = metrics.get("billedRestoreDurationMs")
         return Report(
             request_id=str(record.get("requestId", "")),
             duration_ms=float(metrics["durationMs"]),
@@ -136,6 +189,8 @@ def report_from_message(message: str) -> Report | None:
             memory_size_mb=int(metrics["memorySizeMB"]),
             max_memory_used_mb=int(metrics.get("maxMemoryUsedMB", 0)),
             init_duration_ms=None if init is None else float(init),
+            restore_duration_ms=None if restore is None else float(restore),
+            billed_restore_duration_ms=None if billed_restore is None else int(billed_restore),
         )
     except (ValueError, KeyError, TypeError):
         return None

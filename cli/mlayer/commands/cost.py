@@ -316,6 +316,11 @@ def cost(
             assert from_logs is not None
             measured = reports.fetch_reports(settings.client("logs"), from_logs, since)
             source = f"CloudWatch Logs {reports.log_group_for(from_logs)}"
+        restore_gb = (
+            prices.snapstart_restore_gb(region, path=Path(prices_path) if prices_path else None)
+            if any(r.restored for r in measured)
+            else None
+        )
         estimate = model.estimate_from_reports(
             price_table,
             scenario,
@@ -324,6 +329,7 @@ def cost(
             init_ms=init_ms[0] if init_ms else None,
             invocations_per_environment=n_env,
             source=source,
+            restore_gb_price=restore_gb,
         )
     else:
         estimate = model.estimate(
@@ -625,6 +631,7 @@ def _measured_table(row: MemoryCost) -> Any:
         ("duration ms", m.duration_ms, ms),
         ("billed ms", m.billed_ms, ms),
         ("init ms", m.init_ms, ms),
+        *([("billed restore ms", m.billed_restore_ms, ms)] if m.restores else []),
         ("cost per invocation", m.cost, usd),
     ):
         if stats is None:
@@ -635,7 +642,13 @@ def _measured_table(row: MemoryCost) -> Any:
             )
     title = (
         f"Measured at {m.memory_mb:,} MB: {m.invocations:,} invocations, {m.cold_starts:,} "
-        f"cold, {usd(m.total)} in all"
+        f"cold"
+        + (
+            f", {m.restores:,} restored ({usd(m.restore_charge)} restore charge)"
+            if m.restores
+            else ""
+        )
+        + f", {usd(m.total)} in all"
     )
     return _table(title, ["", "p50", "p99", "mean", "min", "max"], rows, left=1)
 

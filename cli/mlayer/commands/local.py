@@ -67,6 +67,14 @@ metrics_option = click.option(
     "[default: on with --endpoint-url, off against AWS].",
 )
 
+snapstart_option = click.option(
+    "--snapstart/--no-snapstart",
+    default=None,
+    help="Restore new environments from one snapshot, as Lambda SnapStart does (python3.12+), "
+    "or not [default: as deployed: on for a version or alias of a function with SnapStart "
+    "applied]. The log gets INIT_REPORT once and Restore Duration on each restore's REPORT.",
+)
+
 
 def _layer_label(arn: str) -> str:
     layer = parse_layer_arn(arn)
@@ -78,9 +86,10 @@ def _describe(local: LocalFunction) -> str:
         f"{_layer_label(layer.arn)} ({'endpoint' if layer.source == 'endpoint' else 'local build'})"
         for layer in local.layers
     )
+    snapstart = ", SnapStart" if local.snapstart else ""
     return (
         f"{local.name} ({local.version}, {local.runtime}, {local.memory_mb} MB, "
-        f"timeout {local.timeout_s:g} s) on layers: {layers or 'none'}"
+        f"timeout {local.timeout_s:g} s{snapstart}) on layers: {layers or 'none'}"
     )
 
 
@@ -115,6 +124,7 @@ def _metrics_line(report: MetricsReport | None) -> str:
 @python_option
 @log_option
 @metrics_option
+@snapstart_option
 @options.json_output
 @click.pass_obj
 def invoke_command(
@@ -128,6 +138,7 @@ def invoke_command(
     python: str | None,
     log_path: Path,
     metrics: bool | None,
+    snapstart: bool | None,
     as_json: bool,
 ) -> None:
     """Invoke the deployed function once, locally, on its linked layers.
@@ -142,6 +153,7 @@ def invoke_command(
     Example:
       mlayer --endpoint-url http://127.0.0.1:5000 invoke --function scorer
       mlayer invoke --function scorer --alias live --event tests/events/kinesis.json
+      mlayer invoke --function scorer --snapstart
     """
     from mlayer.local.runner import invoke
 
@@ -168,6 +180,7 @@ def invoke_command(
         python=python,
         log_path=log_path,
         metrics=metrics,
+        snapstart=snapstart,
     )
     invocation = result.invocation
     from mlayer.reports import format_report
@@ -179,6 +192,7 @@ def invoke_command(
                 {
                     "function": result.function.name,
                     "version": result.function.version,
+                    "snapstart": result.function.snapstart,
                     "routes": {r.version: r.weight for r in result.routes},
                     "request_id": invocation.request_id,
                     "response": invocation.response,
@@ -300,6 +314,7 @@ def _position(value: str | None) -> str | None:
 @python_option
 @log_option
 @metrics_option
+@snapstart_option
 @options.json_output
 @click.pass_obj
 def run_local_command(
@@ -327,6 +342,7 @@ def run_local_command(
     python: str | None,
     log_path: Path,
     metrics: bool | None,
+    snapstart: bool | None,
     as_json: bool,
 ) -> None:
     """Consume a stream with the function locally, as its event source mapping would.
@@ -399,6 +415,7 @@ def run_local_command(
                 reset_checkpoints=reset_checkpoints,
                 metrics=metrics,
                 on_warning=progress.warn,
+                snapstart=snapstart,
             )
     except RunAborted as aborted:
         progress.close()
@@ -412,6 +429,7 @@ def run_local_command(
             {
                 "function": result.function.name,
                 "version": result.function.version,
+                "snapstart": result.function.snapstart,
                 "routes": {r.version: r.weight for r in result.routes},
                 "metrics": result.metrics.to_dict() if result.metrics else None,
                 "log": str(result.log_path),
@@ -560,6 +578,11 @@ def render_summary(console: Any, result: RunLocalResult) -> None:
             "cold starts",
             f"{stats.cold_starts} (init {init[len(init) // 2]:.0f} ms median)" if init else "0",
         ),
+        *(
+            [("SnapStart restores", _restores_line(stats.restore_durations_ms))]
+            if stats.restores
+            else []
+        ),
         (
             "duration p50 / p99",
             f"{p50:.1f} / {p99:.1f} ms" if p50 is not None and p99 is not None else "-",
@@ -592,6 +615,11 @@ def render_summary(console: Any, result: RunLocalResult) -> None:
             style="dim",
         )
     console.print(f"REPORT lines appended to {result.log_path}", style="dim")
+
+
+def _restores_line(durations: list[float]) -> str:
+    ordered = sorted(durations)
+    return f"{len(ordered)} (restore {ordered[len(ordered) // 2]:.0f} ms median)"
 
 
 def _per_version(batches: dict[str, int]) -> str:

@@ -49,7 +49,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 from mlayer.errors import MlayerError
 from mlayer.lambda_env.runtime_api import Outcome, RuntimeApiServer
@@ -96,6 +96,10 @@ class InitResult:
     stdout: str
     stderr: str
     error: dict[str, Any] | None = None  # Lambda's shape: errorType, errorMessage, stackTrace
+    # SnapStart: the environment was restored from a snapshot (duration_ms is the Restore
+    # Duration) and this much of it is billed (the runtime load and after-restore hooks).
+    restored: bool = False
+    billed_restore_ms: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -178,6 +182,9 @@ class LambdaEnvironment:
         log_path: where START / END / REPORT lines and the function's output are appended.
     """
 
+    # Lambda's AWS_LAMBDA_INITIALIZATION_TYPE ("snap-start" in a SnapStart template).
+    initialization_type = "on-demand"
+
     def __init__(
         self,
         *,
@@ -238,7 +245,7 @@ class LambdaEnvironment:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def __enter__(self) -> LambdaEnvironment:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -487,12 +494,15 @@ class LambdaEnvironment:
                 "AWS_LAMBDA_LOG_STREAM_NAME": time.strftime("%Y/%m/%d/")
                 + f"[{self.function_version}]{uuid.uuid4().hex}",
                 "AWS_LAMBDA_RUNTIME_API": api_address,
-                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+                "AWS_LAMBDA_INITIALIZATION_TYPE": self.initialization_type,
                 "LAMBDA_TASK_ROOT": task,
                 "LAMBDA_RUNTIME_DIR": str(self._runtime_dir or ""),
             }
         )
         assert set(_RESERVED) <= set(env)
+        if self.initialization_type == "snap-start":
+            # Not set in SnapStart functions (one snapshot, many log streams).
+            del env["AWS_LAMBDA_LOG_GROUP_NAME"], env["AWS_LAMBDA_LOG_STREAM_NAME"]
         return env
 
     def _watch(self, done: Any, deadline: float) -> str:
@@ -567,14 +577,24 @@ class LambdaEnvironment:
         peak_mb: float | None = None,
     ) -> Report:
         peak = peak_mb if peak_mb is not None else self._last_peak_mb
+        restored = init is not None and init.restored
+        billed_restore = (init.billed_restore_ms or 0) if init is not None and restored else None
         return Report(
             request_id=request_id,
             duration_ms=round(duration_ms, 2),
-            billed_duration_ms=billed_ms(duration_ms),
+            # Lambda bills a restored environment's first invocation for its duration plus
+            # the billed restore, on the one Billed Duration figure.
+            billed_duration_ms=billed_ms(duration_ms) + (billed_restore or 0),
             memory_size_mb=self.memory_mb,
             # Lambda's figure never exceeds the memory size: it is killed at the limit.
             max_memory_used_mb=min(self.memory_mb, math.ceil(peak or 0.0)),
-            init_duration_ms=round(init.duration_ms, 2) if init is not None else None,
+            init_duration_ms=round(init.duration_ms, 2)
+            if init is not None and not restored
+            else None,
+            restore_duration_ms=round(init.duration_ms, 2)
+            if init is not None and restored
+            else None,
+            billed_restore_duration_ms=billed_restore,
         )
 
     def _log_invocation(self, request_id: str, output: str, report: Report) -> str:

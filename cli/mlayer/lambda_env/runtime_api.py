@@ -3,7 +3,9 @@
 Lambda's own Python runtime is ``awslambdaric``: it imports the handler, then loops on
 ``GET /2018-06-01/runtime/invocation/next`` and posts each result to
 ``/invocation/<id>/response`` or ``/invocation/<id>/error`` (an import failure goes to
-``/init/error``). Serving that API on 127.0.0.1 lets the real client run the function, so
+``/init/error``). An environment restored from a SnapStart snapshot first asks
+``/restore/next`` (answered at once: the restore is under way) and reports a failing
+after-restore hook to ``/restore/error``. Serving that API on 127.0.0.1 lets the real client run the function, so
 the context object, the error shapes and the log format are Lambda's own and not a copy.
 
 One server drives one execution environment (Lambda runs one invocation per environment at
@@ -52,6 +54,8 @@ class _State:
     in_flight: _Pending | None = None
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     init_error: Outcome | None = None
+    restore_error: Outcome | None = None
+    restore_next_at: float | None = None
     first_next_at: float | None = None
     closed: bool = False
     # Bumped for each new runtime process: a `next` call still parked by a process that
@@ -85,6 +89,12 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def do_GET(self) -> None:
+        if self.path == f"{_PREFIX}/restore/next":
+            with self.server.state.lock:
+                self.server.state.restore_next_at = time.perf_counter()
+                self.server.state.lock.notify_all()
+            self._reply(HTTPStatus.OK)
+            return
         if self.path != f"{_PREFIX}/invocation/next":
             self._reply(HTTPStatus.NOT_FOUND, b'{"errorMessage":"unknown path"}')
             return
@@ -121,14 +131,18 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.server.state
         parts = self.path[len(_PREFIX) :].strip("/").split("/")
         now = time.perf_counter()
-        if parts == ["init", "error"]:
+        if parts in (["init", "error"], ["restore", "error"]):
+            outcome = Outcome(
+                request_id="",
+                error=_json_or_text(body),
+                error_type=self.headers.get("Lambda-Runtime-Function-Error-Type"),
+                received_at=now,
+            )
             with state.lock:
-                state.init_error = Outcome(
-                    request_id="",
-                    error=_json_or_text(body),
-                    error_type=self.headers.get("Lambda-Runtime-Function-Error-Type"),
-                    received_at=now,
-                )
+                if parts[0] == "init":
+                    state.init_error = outcome
+                else:
+                    state.restore_error = outcome
                 state.lock.notify_all()
             self._reply(HTTPStatus.ACCEPTED, b'{"status":"OK"}')
             return
@@ -213,6 +227,8 @@ class RuntimeApiServer:
             state.in_flight = None
             state.outcomes.clear()
             state.init_error = None
+            state.restore_error = None
+            state.restore_next_at = None
             state.first_next_at = None
             state.generation += 1
             state.lock.notify_all()

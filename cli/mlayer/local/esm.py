@@ -487,8 +487,10 @@ class RunStats:
     # Invocations per function version that ran them (an alias's canary routing splits them).
     batches_by_version: Counter[str] = field(default_factory=Counter)
     cold_starts: int = 0
+    restores: int = 0  # SnapStart: environments restored from a snapshot (no init of their own)
     durations_ms: list[float] = field(default_factory=list)
     init_durations_ms: list[float] = field(default_factory=list)
+    restore_durations_ms: list[float] = field(default_factory=list)
     busy_s: float = 0.0  # wall time spent inside invoke() calls, all lanes
     function_s: float = 0.0  # the functions' own Duration, all lanes
     in_flight: int = 0
@@ -501,6 +503,7 @@ class RunStats:
         clone.batches_by_version = Counter(self.batches_by_version)
         clone.durations_ms = list(self.durations_ms)
         clone.init_durations_ms = list(self.init_durations_ms)
+        clone.restore_durations_ms = list(self.restore_durations_ms)
         return clone
 
 
@@ -543,6 +546,7 @@ class RunSummary:
         stats = asdict(self.stats)
         stats.pop("durations_ms")
         stats.pop("init_durations_ms")
+        stats.pop("restore_durations_ms")
         stats["function_errors"] = dict(self.stats.function_errors)
         stats["batches_by_version"] = dict(sorted(self.stats.batches_by_version.items()))
         settings = asdict(self.settings)
@@ -562,6 +566,7 @@ class RunSummary:
                 "count": len(self.stats.durations_ms),
             },
             "init_duration_ms": self.stats.init_durations_ms,
+            "restore_duration_ms": self.stats.restore_durations_ms,
             "stopped": self.stopped,
             "shard_checkpoints": self.shard_checkpoints,
             "resumed_from": self.resumed_from,
@@ -1060,6 +1065,9 @@ class StreamProcessor:
                 if report.init_duration_ms is not None:
                     stats.cold_starts += 1
                     stats.init_durations_ms.append(float(report.init_duration_ms))
+                if report.restore_duration_ms is not None:
+                    stats.restores += 1
+                    stats.restore_durations_ms.append(float(report.restore_duration_ms))
             if result.error is not None:
                 stats.function_errors[str(result.error.get("errorType") or "Unhandled")] += 1
             elif isinstance(result.response, dict):

@@ -33,6 +33,7 @@ from mlayer.lambda_env.runtime_dir import cache_root, inspect_interpreter
 from mlayer.manifests import recorded_sha256
 
 if TYPE_CHECKING:
+    from mlayer.lambda_env.snapshot import SnapshotTemplate
     from mlayer.local.routing import Route
 
 
@@ -68,6 +69,8 @@ class LocalFunction:
     notes: list[str] = field(default_factory=list)
     # A store-backed function's model manifest (MODEL_URI), read at resolve time.
     stored_manifest: dict[str, Any] | None = None
+    # New environments are restored from one snapshot (SnapStart applied, or --snapstart).
+    snapstart: bool = False
 
     def model_metadata(self) -> dict[str, Any] | None:
         """The model's manifest: a stored model's, else the model layer's manifest.json
@@ -89,11 +92,35 @@ class LocalFunction:
         log_path: Path | None = None,
         memory_mb: int | None = None,
         timeout_s: float | None = None,
+        template: SnapshotTemplate | None = None,
     ) -> LambdaEnvironment:
-        """A new (not yet started) execution environment of this function."""
+        """A new (not yet started) execution environment of this function; with
+        ``template`` (see :meth:`snapshot_template`), one restored from its snapshot."""
+        if template is not None:
+            return template.environment()
+        return LambdaEnvironment(
+            **self._environment_args(extra_env, log_path, memory_mb, timeout_s)
+        )
+
+    def snapshot_template(
+        self, *, extra_env: dict[str, str] | None = None, log_path: Path | None = None
+    ) -> SnapshotTemplate:
+        """The SnapStart template of this function (not yet initialised): the environments
+        of a run restore from one template (:mod:`mlayer.lambda_env.snapshot`)."""
+        from mlayer.lambda_env.snapshot import SnapshotTemplate
+
+        return SnapshotTemplate(**self._environment_args(extra_env, log_path, None, None))
+
+    def _environment_args(
+        self,
+        extra_env: dict[str, str] | None,
+        log_path: Path | None,
+        memory_mb: int | None,
+        timeout_s: float | None,
+    ) -> dict[str, Any]:
         env = dict(self.environment)
         env.update(extra_env or {})
-        return LambdaEnvironment(
+        return dict(
             task_dir=self.task_dir,
             opt_dir=self.opt_dir,
             python=self.python,
@@ -330,8 +357,13 @@ def resolve_function(
     local_code: bool = False,
     python: str | None = None,
     s3: Any | None = None,
+    snapstart: bool | None = None,
 ) -> LocalFunction:
     """Everything needed to run ``function`` (at ``qualifier``) locally.
+
+    ``snapstart`` None: new environments are restored from a snapshot when SnapStart
+    applies to the version (:func:`mlayer.snapstart.applies`), as in Lambda; True / False
+    force it on (python3.12+ only, as Lambda) or off for this run.
 
     An alias resolves to its primary version; :func:`resolve_routes` adds its canaries.
 
@@ -361,6 +393,7 @@ def resolve_function(
             f"layers' extension modules cannot load here. Deploy an {_machine_arch()} variant "
             f"for local runs (mlayer build-deps --arch {_machine_arch()})"
         )
+    use_snapstart = _snapstart(lam, name, version, runtime, snapstart, notes)
     interpreter = find_python(runtime, python)
 
     local = zip_function(function_dir)
@@ -412,7 +445,36 @@ def resolve_function(
         role=str(config.get("Role") or ""),
         notes=notes,
         stored_manifest=_stored_manifest(env, layers_dir, s3),
+        snapstart=use_snapstart,
     )
+
+
+def _python_version(runtime: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in runtime.removeprefix("python").split(".")[:2])
+    except ValueError:
+        return (0, 0)
+
+
+def _snapstart(
+    lam: Any, name: str, version: str, runtime: str, forced: bool | None, notes: list[str]
+) -> bool:
+    from mlayer import snapstart as snapstart_setting
+
+    if forced is None:
+        return snapstart_setting.applies(lam, name, version)
+    if forced and _python_version(runtime) < (3, 12):
+        raise ConfigError(
+            f"--snapstart: function {name} runs {runtime}, and SnapStart runs on python3.12 "
+            "and later only; drop --snapstart, or deploy the function on python3.12+ "
+            "(mlayer build-deps --runtime python3.13, deploy-function --runtime python3.13)"
+        )
+    if forced and version == "$LATEST":
+        notes.append(
+            "SnapStart forced on $LATEST (--snapstart): Lambda restores published versions "
+            "and aliases only, so in AWS $LATEST starts on demand"
+        )
+    return forced
 
 
 def _stored_manifest(
@@ -444,6 +506,7 @@ def resolve_routes(
     local_code: bool = False,
     python: str | None = None,
     s3: Any | None = None,
+    snapstart: bool | None = None,
 ) -> list[Route]:
     """The versions an invocation of ``function`` at ``qualifier`` may run, with their
     weights: the primary version first, then an alias's additional versions
@@ -471,6 +534,7 @@ def resolve_routes(
             local_code=local_code,
             python=python,
             s3=s3,
+            snapstart=snapstart,
         )
 
     primary = resolve(qualifier)

@@ -13,6 +13,7 @@ to CloudWatch on the endpoint, as CloudWatch Logs and Lambda do in AWS
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -167,12 +168,14 @@ def invoke(
     log_path: Path = DEFAULT_LOG,
     metrics: bool | None = None,
     rng: random.Random | None = None,
+    snapstart: bool | None = None,
 ) -> InvokeResult:
     """Invoke the deployed function once in a local execution environment (a cold start).
 
     Through an alias with a canary, the version is drawn at random with the alias's weights
-    (``rng``), as Lambda does per invocation. The invocation's metrics are put to CloudWatch
-    before this returns (``metrics``: see :func:`metrics_publisher`); failing to put them
+    (``rng``), as Lambda does per invocation. With SnapStart (applied to the version, or
+    ``snapstart`` True) the environment is restored from a snapshot taken for this call.
+    The invocation's metrics are put to CloudWatch before this returns (``metrics``: see :func:`metrics_publisher`); failing to put them
     is a note, never an error.
     """
     routes = resolve_routes(
@@ -184,6 +187,7 @@ def invoke(
         local_code=local_code,
         python=python,
         s3=aws.client("s3"),
+        snapstart=snapstart,
     )
     route = routes[draw(routes, rng or random.Random()) if len(routes) > 1 else 0]
     local = route.function
@@ -191,7 +195,16 @@ def invoke(
     publisher, notes = metrics_publisher(
         aws, function=local.name, qualifier=qualifier, metrics=metrics
     )
-    with local.environment_for(extra_env=function_env(aws), log_path=log_path) as env:
+    extra_env = function_env(aws)
+    with contextlib.ExitStack() as stack:
+        template = (
+            stack.enter_context(local.snapshot_template(extra_env=extra_env, log_path=log_path))
+            if local.snapstart
+            else None
+        )
+        env = stack.enter_context(
+            local.environment_for(extra_env=extra_env, log_path=log_path, template=template)
+        )
         invocation = env.invoke(payload)
     report = None
     if publisher is not None:
@@ -276,6 +289,7 @@ def run_local(
     reset_checkpoints: bool = False,
     metrics: bool | None = None,
     on_warning: Callable[[str], None] | None = None,
+    snapstart: bool | None = None,
 ) -> RunLocalResult:
     """Consume ``stream`` with the function as its event source mapping would, locally.
 
@@ -328,6 +342,7 @@ def run_local(
         local_code=local_code,
         python=python,
         s3=aws.client("s3"),
+        snapstart=snapstart,
     )
     local = routes[0].function
     region = aws.session().region_name or "us-east-1"
@@ -381,10 +396,19 @@ def run_local(
     if note:
         local.notes.append(note)
 
+    # SnapStart: one snapshot per version, every lane's environments restored from it.
+    templates = {
+        route.version: route.function.snapshot_template(extra_env=extra_env, log_path=log_path)
+        for route in routes
+        if route.function.snapstart
+    }
+
     def factory() -> RoutedInvoker:
         return RoutedInvoker(
             routes,
-            lambda version: version.environment_for(extra_env=extra_env, log_path=log_path),
+            lambda version: version.environment_for(
+                extra_env=extra_env, log_path=log_path, template=templates.get(version.version)
+            ),
             on_invocation=publisher.record if publisher is not None else None,
         )
 
@@ -411,6 +435,8 @@ def run_local(
             until_idle_s=until_idle_s, max_records=max_records, on_progress=on_progress, stop=stop
         )
     finally:
+        for template in templates.values():
+            template.close()
         if publisher is not None:  # every invocation's metrics are put before returning
             report = publisher.close()
     notes = [*local.notes, *notes, *metrics_notes, *(report.notes() if report else [])]

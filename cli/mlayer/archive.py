@@ -149,6 +149,53 @@ ZOPFLI_BLOCK_SPLITS = 15  # zopfli's own default: more splits, smaller, slower
 ZIP_ENCODERS = ("deflate", "zopfli")
 
 
+# What --zip-encoder auto needs to pick zopfli: level 9 over the direct-upload limit, or under
+# it by less than NEAR_LIMIT (a pin bump away), and over by no more than zopfli saves
+# (ZOPFLI_SAVES, measured on the python3.13 current-pins layer: bench/layer_size.py
+# --encoders); further over, S3 is needed either way and the build keeps level 9.
+NEAR_LIMIT = 0.01
+ZOPFLI_SAVES = 0.035
+ZIP_ENCODER_CHOICES = ("auto", *ZIP_ENCODERS)
+
+
+def choose_zip_encoder(
+    deflate_bytes: int, requested: str, *, available: bool, limit: int | None = None
+) -> tuple[str, str | None]:
+    """The encoder a layer zip should use, and why (None: nothing to say).
+
+    ``deflate_bytes``: the zip at deflate level 9; ``requested``: ``auto``, ``deflate`` or
+    ``zopfli``; ``available``: whether zopfli is installed; ``limit``: the largest zip a
+    direct upload takes (default :func:`largest_direct_zip`).
+    """
+    if requested == "deflate":
+        return "deflate", None
+    install = "pip install 'mlayer[zopfli]'"
+    if requested == "zopfli":
+        if available:
+            return "zopfli", "--zip-encoder zopfli"
+        return "deflate", f"--zip-encoder zopfli, but zopfli is not installed ({install}): deflate"
+    limit = largest_direct_zip() if limit is None else limit
+    if deflate_bytes <= limit * (1 - NEAR_LIMIT):
+        return "deflate", None
+    over = (deflate_bytes - limit) / limit
+    where = (
+        f"deflate level 9 gives {deflate_bytes:,} bytes, "
+        + (f"{over:.1%} over" if over > 0 else f"within {NEAR_LIMIT:.0%} of")
+        + f" what a direct upload takes ({limit:,})"
+    )
+    if over > ZOPFLI_SAVES:
+        return "deflate", (
+            f"{where}, more than zopfli saves (about {ZOPFLI_SAVES:.1%}): the layer goes "
+            "through S3 either way, so it stays deflate level 9"
+        )
+    if not available:
+        return "deflate", (
+            f"{where}; zopfli (about {ZOPFLI_SAVES:.1%} smaller) is not installed: {install} "
+            "and rebuild"
+        )
+    return "zopfli", f"{where}: zopfli, for the files of {ZOPFLI_MIN_BYTES // 1024} KiB and more"
+
+
 def zopfli_available() -> bool:
     """Whether the optional ``zopfli`` module can be imported."""
     import importlib.util
@@ -190,6 +237,19 @@ _DOS_TIME = ZIP_EPOCH[3] << 11 | ZIP_EPOCH[4] << 5 | ZIP_EPOCH[5] // 2
 _UTF8_NAME = 0x800
 
 
+def _zopfli_entry(
+    path: Path, min_bytes: int, iterations: int, block_splits: int
+) -> tuple[int, int, bytes]:
+    """(crc32, size, smallest deflate stream) of one file."""
+    data = path.read_bytes()
+    payload = deflate9(data)
+    if len(data) >= min_bytes:
+        candidate = zopfli_deflate(data, iterations, block_splits)
+        if len(candidate) < len(payload):
+            payload = candidate
+    return zlib.crc32(data), len(data), payload
+
+
 def write_zip_zopfli(
     pairs: list[tuple[Path, str]],
     zip_path: Path,
@@ -197,46 +257,49 @@ def write_zip_zopfli(
     min_bytes: int = ZOPFLI_MIN_BYTES,
     iterations: int = ZOPFLI_ITERATIONS,
     block_splits: int = ZOPFLI_BLOCK_SPLITS,
+    jobs: int | None = None,
 ) -> int:
     """Write ``pairs`` (sorted, unique arcnames) as a zip whose entries hold precompressed
     deflate streams: zopfli's for files of ``min_bytes`` or more, zlib level 9 for the rest,
     whichever is smaller for each file. Returns the unzipped bytes.
 
     The headers are :func:`write_zip`'s (the zip epoch, 0o644 / 0o755, Unix, deflated,
-    version 2.0), written here because :mod:`zipfile` compresses what it writes and cannot
-    take a stream compressed elsewhere. No zip64: a layer is far below 4 GiB and 65,535
-    entries (checked).
+    version 2.0; with no file over ``min_bytes`` the zip is byte for byte :func:`write_zip`'s),
+    written here because :mod:`zipfile` compresses what it writes and cannot take a stream
+    compressed elsewhere. No zip64: a layer is far below 4 GiB and 65,535 entries (checked).
+    Files are compressed in ``jobs`` threads (default: one per CPU; zopfli releases the
+    GIL) and written in order, so the zip is the same whatever ``jobs`` is.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     if len(pairs) >= 0xFFFF:
         raise ValueError(f"{len(pairs)} entries: too many for a zip without zip64")
     central: list[bytes] = []
     unzipped = 0
-    with open(zip_path, "wb") as out:
-        for path, name in pairs:
-            data = path.read_bytes()
-            unzipped += len(data)
-            payload = deflate9(data)
-            if len(data) >= min_bytes:
-                candidate = zopfli_deflate(data, iterations, block_splits)
-                if len(candidate) < len(payload):
-                    payload = candidate
+    with (
+        open(zip_path, "wb") as out,
+        ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool,
+    ):
+        entries = pool.map(
+            lambda pair: _zopfli_entry(pair[0], min_bytes, iterations, block_splits), pairs
+        )
+        for (path, name), (crc, size, payload) in zip(pairs, entries, strict=True):
+            unzipped += size
             info = _entry(name, bool(os.stat(path).st_mode & stat.S_IXUSR))
             try:
                 encoded, flags = name.encode("ascii"), 0
             except UnicodeEncodeError:
                 encoded, flags = name.encode("utf-8"), _UTF8_NAME
             offset = out.tell()
-            crc = zlib.crc32(data)
-            if max(offset, len(data), len(payload)) >= 0xFFFFFFFF:
+            if max(offset, size, len(payload)) >= 0xFFFFFFFF:
                 raise ValueError(f"{name}: too large for a zip without zip64")
-            # version 2.0 to extract, deflated, no data descriptor; sizes known up front
+            # version 2.0 to extract, deflated, no data descriptor: sizes known up front
             local = (b"PK\x03\x04", 20, 0, flags, zipfile.ZIP_DEFLATED, _DOS_TIME, _DOS_DATE,
-                     crc, len(payload), len(data), len(encoded), 0)  # fmt: skip
+                     crc, len(payload), size, len(encoded), 0)  # fmt: skip
             out.write(_LOCAL_HEADER.pack(*local) + encoded + payload)
             made_by = (b"PK\x01\x02", 20, info.create_system, 20, 0, flags,
-                       zipfile.ZIP_DEFLATED, _DOS_TIME, _DOS_DATE, crc, len(payload),
-                       len(data), len(encoded), 0, 0, 0, 0, info.external_attr,
-                       offset)  # fmt: skip
+                       zipfile.ZIP_DEFLATED, _DOS_TIME, _DOS_DATE, crc, len(payload), size,
+                       len(encoded), 0, 0, 0, 0, info.external_attr, offset)  # fmt: skip
             central.append(_CENTRAL_HEADER.pack(*made_by) + encoded)
         start = out.tell()
         for record in central:

@@ -290,13 +290,13 @@ def cost(
     if from_report and from_logs:
         raise click.UsageError("give --from-report or --from-logs, not both")
     if not snapstart:
-        for flag, given in (
+        for snap_flag, snap_given in (
             ("--cold-starts-per-hour", cold_starts_per_hour is not None),
             ("--restore-ms", restore_ms is not None),
             ("--snapshot-versions", snapshot_versions != 1),
         ):
-            if given:
-                raise click.UsageError(f"{flag} prices SnapStart: add --snapstart")
+            if snap_given:
+                raise click.UsageError(f"{snap_flag} prices SnapStart: add --snapstart")
     measuring = bool(from_report or from_logs)
     if measuring:
         for flag, given in (

@@ -254,13 +254,13 @@ def write_zip_zopfli(
     pairs: list[tuple[Path, str]],
     zip_path: Path,
     *,
-    min_bytes: int = ZOPFLI_MIN_BYTES,
+    min_bytes: int | None = None,
     iterations: int = ZOPFLI_ITERATIONS,
     block_splits: int = ZOPFLI_BLOCK_SPLITS,
     jobs: int | None = None,
 ) -> int:
     """Write ``pairs`` (sorted, unique arcnames) as a zip whose entries hold precompressed
-    deflate streams: zopfli's for files of ``min_bytes`` or more, zlib level 9 for the rest,
+    deflate streams: zopfli's for files of ``min_bytes`` (default :data:`ZOPFLI_MIN_BYTES`) or more, zlib level 9 for the rest,
     whichever is smaller for each file. Returns the unzipped bytes.
 
     The headers are :func:`write_zip`'s (the zip epoch, 0o644 / 0o755, Unix, deflated,
@@ -274,6 +274,7 @@ def write_zip_zopfli(
 
     if len(pairs) >= 0xFFFF:
         raise ValueError(f"{len(pairs)} entries: too many for a zip without zip64")
+    smallest = ZOPFLI_MIN_BYTES if min_bytes is None else min_bytes
     central: list[bytes] = []
     unzipped = 0
     with (
@@ -281,7 +282,7 @@ def write_zip_zopfli(
         ThreadPoolExecutor(jobs or os.cpu_count() or 1) as pool,
     ):
         entries = pool.map(
-            lambda pair: _zopfli_entry(pair[0], min_bytes, iterations, block_splits), pairs
+            lambda pair: _zopfli_entry(pair[0], smallest, iterations, block_splits), pairs
         )
         for (path, name), (crc, size, payload) in zip(pairs, entries, strict=True):
             unzipped += size

@@ -13,6 +13,7 @@ import pytest
 from mlayer.archive import (
     DIRECT_UPLOAD_LIMIT,
     UNZIPPED_LIMIT,
+    ZOPFLI_MIN_BYTES,
     Budget,
     BudgetPart,
     choose_zip_encoder,
@@ -282,31 +283,40 @@ LIMIT = 1_000_000
 
 
 @pytest.mark.parametrize(
-    ("deflate_bytes", "requested", "available", "encoder", "why"),
+    ("deflate_bytes", "requested", "available", "encoder", "min_bytes", "why"),
     [
-        (980_000, "auto", True, "deflate", None),  # 2% under: direct upload, plain deflate
-        (995_000, "auto", True, "zopfli", "within 1% of what a direct upload takes"),
-        (1_020_000, "auto", True, "zopfli", "2.0% over what a direct upload takes"),
-        (1_060_000, "auto", True, "deflate", "more than zopfli saves"),
-        (1_020_000, "auto", False, "deflate", "pip install 'mlayer[zopfli]'"),
-        (1_020_000, "deflate", True, "deflate", None),
-        (500_000, "zopfli", True, "zopfli", "--zip-encoder zopfli"),
-        (500_000, "zopfli", False, "deflate", "zopfli is not installed"),
+        # 2% under: a direct upload takes it, plain deflate
+        (980_000, "auto", True, "deflate", 0, None),
+        (995_000, "auto", True, "zopfli", ZOPFLI_MIN_BYTES, "within 1% of what a direct upload"),
+        (1_020_000, "auto", True, "zopfli", ZOPFLI_MIN_BYTES, "2.0% over what a direct upload"),
+        # over by more than zopfli on the large files saves, less than on every file
+        (1_030_000, "auto", True, "deflate", 0, "--zip-encoder zopfli (every file"),
+        (1_060_000, "auto", True, "deflate", 0, "no lossless encoder brings it under"),
+        (1_020_000, "auto", False, "deflate", 0, "pip install 'mlayer[zopfli]'"),
+        (1_020_000, "deflate", True, "deflate", 0, None),
+        (500_000, "zopfli", True, "zopfli", 0, "--zip-encoder zopfli (every file)"),
+        (500_000, "zopfli", False, "deflate", 0, "zopfli is not installed"),
     ],
-    ids=["under", "near", "over", "far-over", "no-zopfli", "deflate", "zopfli", "zopfli-missing"],
-)
+    ids=["under", "near", "over", "over-more", "far-over", "no-zopfli", "deflate", "zopfli",
+         "zopfli-missing"],
+)  # fmt: skip
 def test_choose_zip_encoder(
-    deflate_bytes: int, requested: str, available: bool, encoder: str, why: str | None
+    deflate_bytes: int,
+    requested: str,
+    available: bool,
+    encoder: str,
+    min_bytes: int,
+    why: str | None,
 ) -> None:
-    chosen, reason = choose_zip_encoder(deflate_bytes, requested, available=available, limit=LIMIT)
-    assert chosen == encoder
+    chosen = choose_zip_encoder(deflate_bytes, requested, available=available, limit=LIMIT)
+    assert (chosen.encoder, chosen.zopfli_min_bytes) == (encoder, min_bytes)
     if why is None:
-        assert reason is None
+        assert chosen.why is None
     else:
-        assert reason is not None and why in reason
+        assert chosen.why is not None and why in chosen.why, chosen.why
 
 
 def test_choose_zip_encoder_defaults_to_the_direct_limit() -> None:
     limit = largest_direct_zip()
-    assert choose_zip_encoder(limit + 1, "auto", available=True)[0] == "zopfli"
-    assert choose_zip_encoder(limit // 2, "auto", available=True)[0] == "deflate"
+    assert choose_zip_encoder(limit + 1, "auto", available=True).encoder == "zopfli"
+    assert choose_zip_encoder(limit // 2, "auto", available=True).encoder == "deflate"

@@ -69,7 +69,7 @@ def test_auto_zips_with_zopfli_only_near_the_limit(
     monkeypatch.setattr(archive, "largest_direct_zip", lambda params=None: deflate_bytes)
     near = _build(tmp_path, "near", "auto")
     zipped = near["report"]["zip"]
-    assert zipped["encoder"] == "zopfli"
+    assert (zipped["encoder"], zipped["zopfli_min_bytes"]) == ("zopfli", 64 * 1024)
     assert zipped["deflate_bytes"] == deflate_bytes
     assert zipped["zopfli_bytes"] == near["manifest"]["zip_bytes"] < deflate_bytes
     assert Path(near["zip"]).stat().st_size == zipped["zopfli_bytes"]

@@ -92,6 +92,7 @@ def write_zip(
     prefix: str = "",
     compresslevel: int = 9,
     encoder: str = "deflate",
+    zopfli_min_bytes: int | None = None,
 ) -> ZipResult:
     """Write a deterministic zip.
 
@@ -102,8 +103,9 @@ def write_zip(
         prefix: a folder inside the zip for a directory source, e.g. ``"python"``.
         compresslevel: deflate level (Lambda accepts deflate and stored entries only).
         encoder: ``"deflate"`` (zlib at ``compresslevel``) or ``"zopfli"`` (smaller
-            deflate streams for the large files, see :func:`write_zip_zopfli`; needs the
-            optional ``zopfli`` module).
+            deflate streams, see :func:`write_zip_zopfli`; needs the optional ``zopfli``
+            module) for the files of ``zopfli_min_bytes`` and more (default
+            :data:`ZOPFLI_MIN_BYTES`).
 
     Returns:
         the zip's path, sha256, zipped and unzipped sizes and file count.
@@ -124,7 +126,8 @@ def write_zip(
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = zip_path.with_name(zip_path.name + ".tmp")
     if encoder == "zopfli":
-        return _replace(tmp, zip_path, write_zip_zopfli(pairs, tmp), len(pairs))
+        unzipped = write_zip_zopfli(pairs, tmp, min_bytes=zopfli_min_bytes)
+        return _replace(tmp, zip_path, unzipped, len(pairs))
     unzipped = 0
     with zipfile.ZipFile(
         tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=compresslevel
@@ -140,60 +143,84 @@ def write_zip(
 
 # zopfli (PyPI ``zopfli``, the ``mlayer[zopfli]`` extra) writes standard deflate streams,
 # a few percent smaller than zlib's level 9, at a hundred times the time: any unzip reads
-# them, Lambda's included. Used on files of ZOPFLI_MIN_BYTES and more only: the shared
-# libraries are most of a layer's bytes, and on small files its time buys little
-# (bench/layer_size.py --encoders measures both).
+# them, Lambda's included. Measured on the python3.13 x86_64 layer of the current pins
+# (bench/layer_size.py --encoders, 2026-11-30; level 9: 54,217,864 bytes, 3.4% over what a
+# direct upload takes): on the files of 256 KiB and more (the shared libraries, most of
+# the bytes) it saves 2.4% in about a quarter of the time of every file; on every file
+# 3.6%, the only way under (by 0.33%). So ``--zip-encoder auto`` uses it on the large files
+# when that is enough (level 9 over by at most ZOPFLI_SAVES_LARGE, or under by less than
+# NEAR_LIMIT: a pin bump away), ``--zip-encoder zopfli`` on every file.
 ZOPFLI_MIN_BYTES = 256 * 1024
-ZOPFLI_ITERATIONS = 1
-ZOPFLI_BLOCK_SPLITS = 15  # zopfli's own default: more splits, smaller, slower
-ZIP_ENCODERS = ("deflate", "zopfli")
-
-
-# What --zip-encoder auto needs to pick zopfli: level 9 over the direct-upload limit, or under
-# it by less than NEAR_LIMIT (a pin bump away), and over by no more than zopfli saves
-# (ZOPFLI_SAVES, measured on the python3.13 current-pins layer: bench/layer_size.py
-# --encoders); further over, S3 is needed either way and the build keeps level 9.
+ZOPFLI_SAVES_LARGE = 0.024
+ZOPFLI_SAVES_ALL = 0.036
 NEAR_LIMIT = 0.01
-ZOPFLI_SAVES = 0.035
+ZOPFLI_ITERATIONS = 1
+ZOPFLI_BLOCK_SPLITS = 15  # zopfli's own default: 50 saves 0.25% more at twice the time
+ZIP_ENCODERS = ("deflate", "zopfli")
 ZIP_ENCODER_CHOICES = ("auto", *ZIP_ENCODERS)
+
+
+@dataclass(frozen=True)
+class ZipEncoding:
+    """How to zip a layer: the encoder, zopfli's smallest file, and why (None: nothing to say)."""
+
+    encoder: str  # "deflate" | "zopfli"
+    zopfli_min_bytes: int = 0
+    why: str | None = None
 
 
 def choose_zip_encoder(
     deflate_bytes: int, requested: str, *, available: bool, limit: int | None = None
-) -> tuple[str, str | None]:
-    """The encoder a layer zip should use, and why (None: nothing to say).
+) -> ZipEncoding:
+    """How a layer zip should be written, given its size at deflate level 9.
 
-    ``deflate_bytes``: the zip at deflate level 9; ``requested``: ``auto``, ``deflate`` or
-    ``zopfli``; ``available``: whether zopfli is installed; ``limit``: the largest zip a
-    direct upload takes (default :func:`largest_direct_zip`).
+    ``requested``: ``auto``, ``deflate`` or ``zopfli`` (every file); ``available``: whether
+    zopfli is installed; ``limit``: the largest zip a direct upload takes (default
+    :func:`largest_direct_zip`). ``auto`` takes zopfli on the files of
+    :data:`ZOPFLI_MIN_BYTES` and more only when level 9 is over the limit by at most what
+    that saves, or under it by less than :data:`NEAR_LIMIT`.
     """
-    if requested == "deflate":
-        return "deflate", None
     install = "pip install 'mlayer[zopfli]'"
+    if requested == "deflate":
+        return ZipEncoding("deflate")
     if requested == "zopfli":
         if available:
-            return "zopfli", "--zip-encoder zopfli"
-        return "deflate", f"--zip-encoder zopfli, but zopfli is not installed ({install}): deflate"
+            return ZipEncoding("zopfli", 0, "--zip-encoder zopfli (every file)")
+        return ZipEncoding(
+            "deflate", why=f"--zip-encoder zopfli, but zopfli is not installed ({install})"
+        )
     limit = largest_direct_zip() if limit is None else limit
     if deflate_bytes <= limit * (1 - NEAR_LIMIT):
-        return "deflate", None
+        return ZipEncoding("deflate")
     over = (deflate_bytes - limit) / limit
     where = (
         f"deflate level 9 gives {deflate_bytes:,} bytes, "
         + (f"{over:.1%} over" if over > 0 else f"within {NEAR_LIMIT:.0%} of")
         + f" what a direct upload takes ({limit:,})"
     )
-    if over > ZOPFLI_SAVES:
-        return "deflate", (
-            f"{where}, more than zopfli saves (about {ZOPFLI_SAVES:.1%}): the layer goes "
-            "through S3 either way, so it stays deflate level 9"
+    if over > ZOPFLI_SAVES_LARGE:
+        reach = (
+            f"--zip-encoder zopfli (every file, about {ZOPFLI_SAVES_ALL:.1%} smaller, many "
+            "minutes) may bring it under"
+            if over <= ZOPFLI_SAVES_ALL
+            else "no lossless encoder brings it under"
+        )
+        return ZipEncoding(
+            "deflate",
+            why=f"{where}, more than zopfli on the large files saves (about "
+            f"{ZOPFLI_SAVES_LARGE:.1%}): publishing goes through S3; {reach}",
         )
     if not available:
-        return "deflate", (
-            f"{where}; zopfli (about {ZOPFLI_SAVES:.1%} smaller) is not installed: {install} "
-            "and rebuild"
+        return ZipEncoding(
+            "deflate",
+            why=f"{where}; zopfli (about {ZOPFLI_SAVES_LARGE:.1%} smaller) would bring it under: "
+            f"{install} and rebuild",
         )
-    return "zopfli", f"{where}: zopfli, for the files of {ZOPFLI_MIN_BYTES // 1024} KiB and more"
+    return ZipEncoding(
+        "zopfli",
+        ZOPFLI_MIN_BYTES,
+        f"{where}: zopfli on the files of {ZOPFLI_MIN_BYTES // 1024} KiB and more",
+    )
 
 
 def zopfli_available() -> bool:

@@ -580,21 +580,29 @@ def _write_layer_zip(
             f"unknown zip encoder {requested!r}; choose {', '.join(ZIP_ENCODER_CHOICES)}"
         )
     result = write_zip(layer, staged, prefix="python")
-    encoder, why = choose_zip_encoder(result.zip_bytes, requested, available=zopfli_available())
+    chosen = choose_zip_encoder(result.zip_bytes, requested, available=zopfli_available())
     report: dict[str, Any] = {
         "requested": requested,
         "encoder": "deflate",
-        "why": why,
+        "why": chosen.why,
         "deflate_bytes": result.zip_bytes,
+        "zopfli_min_bytes": None,
         "zopfli_bytes": None,
         "zopfli_seconds": None,
     }
-    if encoder == "zopfli":
+    if chosen.encoder == "zopfli":
         say("writing the zip with zopfli (smaller, slower; the build is cached)")
         started = time.monotonic()
-        smaller = write_zip(layer, staged, prefix="python", encoder="zopfli")
+        smaller = write_zip(
+            layer,
+            staged,
+            prefix="python",
+            encoder="zopfli",
+            zopfli_min_bytes=chosen.zopfli_min_bytes,
+        )
         report.update(
             encoder="zopfli",
+            zopfli_min_bytes=chosen.zopfli_min_bytes,
             zopfli_bytes=smaller.zip_bytes,
             zopfli_seconds=round(time.monotonic() - started, 1),
         )

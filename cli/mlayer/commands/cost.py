@@ -583,8 +583,10 @@ def _render(estimate: Estimate, comparisons: list[SnapStartCost]) -> None:
             console.print(_measured_table(row))
     for comparison in comparisons:
         console.print(_snapstart_table(comparison))
-        for note in _snapstart_notes(comparison):
-            console.print(f"[yellow]Note:[/yellow] {note}")
+    # the same note for every memory size once
+    snap_notes = dict.fromkeys(note for c in comparisons for note in _snapstart_notes(c))
+    for note in snap_notes:
+        console.print(f"[yellow]Note:[/yellow] {note}")
     for note in estimate.notes:
         console.print(f"[yellow]Note:[/yellow] {note}")
 

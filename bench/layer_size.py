@@ -28,8 +28,23 @@ the function's own imports (numpy, joblib, scikit-learn) without and with pandas
 (scikit-learn imports pandas when it is installed: ``sklearn/utils/fixes.py``, checked); median
 of ``--runs`` (default 5 here).
 
+``--encoders`` prints another table instead: the python3.13 x86_64 layer with the current pins
+(tests/pins/current-py313.txt), built as build-deps builds it, zipped by each lossless encoder
+against the largest zip a direct upload takes (``archive.largest_direct_zip()``): zlib
+deflate at level 6 (what ``write_zip`` wrote before it set each entry's level), level 9 (what
+it writes now), level 9 or stored (whichever is smaller per file), and zopfli at 1 iteration
+with 15 block splits (zopfli's default) or 50, on the files of at least 256 KiB, 64 KiB or on
+every file (the rest at level 9). Each file is compressed once per encoder, in ``--jobs``
+processes; sizes are the entries' streams plus the zip's headers (exact: checked by writing
+the zip build-deps writes and comparing); time is the sum over files of each file's encoding
+time (CPU seconds of one core: divide by the cores a build has). Then it checks the zopfli zip:
+Python's zipfile and ``unzip -t`` read it, every file byte-identical, and the function, run on
+the unzipped layer (Python 3.13), predicts. Duplicate files (same bytes) are counted too: a zip
+cannot share them (Lambda refuses symlinks), so they are only reported.
+
 Usage: python bench/layer_size.py [--runs 10] [--no-cross] [--quiet-load 0.7 --max-wait 1200]
        python bench/layer_size.py --pandas [--runs 5]
+       python bench/layer_size.py --encoders [--jobs 2]
 (--quiet-load: before the cold starts, wait until the 1-minute load average is below it, at
 most --max-wait seconds, so the builds' own load has settled.)
 """
@@ -51,6 +66,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "cli"))
 
+from mlayer import archive  # noqa: E402
 from mlayer.archive import dir_size, write_zip  # noqa: E402
 from mlayer.build_pip import ensure_pip  # noqa: E402
 from mlayer.deps_layer import DepsBuildOptions, build_deps, default_cache_dir  # noqa: E402
@@ -233,6 +249,150 @@ def print_table(lines: Sequence[tuple[str, ...]]) -> None:
             print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
 
+# (label, zopfli min bytes or None for deflate only, block splits)
+ZOPFLI_ROWS = (
+    ("zopfli, files >= 256 KiB", 256 * 1024, 15),
+    ("zopfli, files >= 64 KiB", 64 * 1024, 15),
+    ("zopfli, every file", 0, 15),
+    ("zopfli 50 splits, files >= 256 KiB", 256 * 1024, 50),
+)
+
+
+def _encode_file(job: tuple[str, bool]) -> dict[str, Any]:
+    """One file's stream sizes and encoding seconds: deflate 6 and 9, stored, zopfli."""
+    import zlib
+
+    path, big = job
+    data = Path(path).read_bytes()
+    out: dict[str, Any] = {"size": len(data)}
+    for level in (6, 9):
+        started = time.perf_counter()
+        compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        out[f"d{level}"] = len(compressor.compress(data) + compressor.flush())
+        out[f"d{level}_s"] = time.perf_counter() - started
+    for splits in (15, 50) if big else (15,):
+        if splits == 50 and len(data) < 256 * 1024:
+            continue
+        started = time.perf_counter()
+        out[f"z{splits}"] = len(archive.zopfli_deflate(data, 1, splits))
+        out[f"z{splits}_s"] = time.perf_counter() - started
+    return out
+
+
+def encoders_table(jobs: int) -> None:
+    """The current-pins python3.13 layer under each lossless encoder (see the docstring)."""
+    import hashlib
+    import shutil
+    from concurrent.futures import ProcessPoolExecutor
+
+    if not archive.zopfli_available():
+        raise SystemExit("zopfli is not installed: pip install 'mlayer[zopfli]'")
+    python = locate_interpreter("3.13").path
+    if python is None:
+        raise SystemExit("no python3.13 interpreter here: the layer's bytecode needs one")
+    limit = archive.largest_direct_zip()
+    with tempfile.TemporaryDirectory(prefix="mlayer-bench-encoders-") as tmp:
+        work = Path(tmp)
+        print("building the python3.13 layer (current pins) ...", file=sys.stderr)
+        result = build_deps(
+            DepsBuildOptions(requirements=CURRENT, runtime="python3.13", arch="x86_64",
+                             python=python, layers_dir=work / "layers", zip_encoder="deflate")
+        )  # fmt: skip
+        layer = unzip(result.zip_path, work / "unzipped")
+        files = list(archive.iter_files(layer))
+        names = [archive._join("python", p.relative_to(layer).as_posix()) for p in files]
+        # every entry: a local header and a central record with its name, then the end record
+        overhead = sum(30 + 46 + 2 * len(n.encode()) for n in names) + 22
+        print(f"encoding {len(files)} files in {jobs} processes ...", file=sys.stderr)
+        with ProcessPoolExecutor(jobs) as pool:
+            stats = list(pool.map(_encode_file, [(str(p), True) for p in files], chunksize=4))
+        digests: dict[str, list[int]] = {}
+        for path, st in zip(files, stats, strict=True):
+            digests.setdefault(hashlib.sha256(path.read_bytes()).hexdigest(), []).append(st["size"])
+        duplicate_bytes = sum(sizes[0] * (len(sizes) - 1) for sizes in digests.values())
+
+        def row(label: str, sizes: list[int], seconds: float) -> tuple[str, ...]:
+            total = sum(sizes) + overhead
+            margin = limit - total
+            return (label, f"{total:,}", f"{total / 1e6:.2f}",
+                    f"{'under' if margin >= 0 else 'over'} by {abs(margin):,} "
+                    f"({100 * abs(margin) / limit:.2f}%)", f"{seconds:,.0f}")  # fmt: skip
+
+        lines: list[tuple[str, ...]] = [("encoder", "zipped bytes", "MB", f"vs the direct limit ({limit:,})",
+                  "encode s (1 core)")]  # fmt: skip
+        for level in (6, 9):
+            label = f"deflate level {level}" + (" (write_zip before)" if level == 6 else "")
+            lines.append(row(label, [s[f"d{level}"] for s in stats],
+                             sum(s[f"d{level}_s"] for s in stats)))  # fmt: skip
+        lines.append(row("deflate 9 or stored, per file",
+                         [min(s["d9"], s["size"]) for s in stats],
+                         sum(s["d9_s"] for s in stats)))  # fmt: skip
+        for label, min_bytes, splits in ZOPFLI_ROWS:
+            sizes, seconds = [], 0.0
+            for s in stats:
+                if s["size"] >= min_bytes and f"z{splits}" in s:
+                    sizes.append(min(s["d9"], s[f"z{splits}"]))
+                    seconds += s["d9_s"] + s[f"z{splits}_s"]
+                else:
+                    sizes.append(s["d9"])
+                    seconds += s["d9_s"]
+            lines.append(row(label, sizes, seconds))
+        # The zip build-deps writes with --zip-encoder zopfli, checked against the sums above.
+        pairs = sorted(zip(files, names, strict=True), key=lambda pair: pair[1])
+        started = time.perf_counter()
+        written = write_zip(pairs, work / "zopfli.zip", encoder="zopfli")
+        wall = time.perf_counter() - started
+        expected = overhead + sum(
+            min(s["d9"], s["z15"]) if s["size"] >= archive.ZOPFLI_MIN_BYTES else s["d9"]
+            for s in stats
+        )
+        if written.zip_bytes != expected:
+            raise SystemExit(f"zopfli zip is {written.zip_bytes:,} bytes, sums say {expected:,}")
+        check = _check_zip(written.path, layer, work, python)
+        print(f"Layer: python3.13 x86_64, {CURRENT.name} ({len(files):,} files, "
+              f"{sum(s['size'] for s in stats):,} bytes unzipped); MB = 10^6 bytes; "
+              f"duplicate files: {duplicate_bytes:,} bytes; "
+              f"write_zip(encoder='zopfli') took {wall:.0f} s wall here "
+              f"(1-min load {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs); {check}")  # fmt: skip
+        print_table(lines)
+        shutil.rmtree(work / "unzipped", ignore_errors=True)
+
+
+def _check_zip(zip_path: Path, layer: Path, work: Path, python: str) -> str:
+    """zipfile and ``unzip -t`` read the zip, every file is the layer's, the function predicts."""
+    import shutil
+    import zipfile
+
+    with zipfile.ZipFile(zip_path) as zipped:
+        if zipped.testzip() is not None:
+            raise SystemExit("zipfile: a CRC does not match")
+        for info in zipped.infolist():
+            if zipped.read(info) != (layer / info.filename.removeprefix("python/")).read_bytes():
+                raise SystemExit(f"{info.filename} differs from the layer's file")
+    said = ["zipfile reads every entry byte-identical"]
+    if shutil.which("unzip"):
+        proc = subprocess.run(["unzip", "-tq", str(zip_path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"unzip -t failed: {proc.stdout}{proc.stderr}")
+        said.append("unzip -t: no errors")
+    unzipped = unzip(zip_path, work / "check")
+    model_dir = work / "model"
+    subprocess.run(
+        [python, str(ROOT / "training" / "train.py"), "--out", str(model_dir)],
+        check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(unzipped)},
+    )  # fmt: skip
+    proc = subprocess.run(
+        [python, "-I", "-S", "-B", "-c", COLD_START, repr(time.time()), str(ROOT / "function"),
+         str(unzipped), str(unzipped)],
+        capture_output=True, text=True, cwd=ROOT / "function",
+        env={"PATH": os.environ.get("PATH", ""), "MODEL_DIR": str(model_dir), "HOME": "/tmp"},
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise SystemExit(f"the function failed on the zopfli layer:\n{proc.stderr[-2000:]}")
+    said.append("the function on the unzipped layer predicted 100 records (python3.13)")
+    return "; ".join(said)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -242,7 +402,14 @@ def main() -> None:
     parser.add_argument("--quiet-load", type=float, help="wait for a 1-min load below this")
     parser.add_argument("--max-wait", type=float, default=1200, help="seconds, at most")
     parser.add_argument("--pandas", action="store_true", help="what pandas adds (another table)")
+    parser.add_argument(
+        "--encoders", action="store_true", help="the python3.13 layer under each zip encoder"
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="--encoders: processes")
     args = parser.parse_args()
+    if args.encoders:
+        encoders_table(args.jobs)
+        return
     if args.pandas:
         pandas_table(args.runs or 5)
         return

@@ -13,16 +13,20 @@ import pytest
 from mlayer.archive import (
     DIRECT_UPLOAD_LIMIT,
     UNZIPPED_LIMIT,
+    ZOPFLI_MIN_BYTES,
     Budget,
     BudgetPart,
+    choose_zip_encoder,
     dir_size,
     largest_direct_zip,
     mb,
     needs_s3,
     sha256_file,
+    unsafe_entry,
     upload_note,
     write_model_tar,
     write_zip,
+    write_zip_zopfli,
     zip_unzipped_size,
 )
 
@@ -200,3 +204,119 @@ def test_direct_upload_limit() -> None:
     note = upload_note(60 * 1_048_576, "dependency layer")
     assert note is not None and "--bucket" in note and "60.0 MiB" in note
     assert mb(262_144_000) == "250.0 MiB"
+
+
+# --------------------------------------------------------------------------- zopfli
+
+
+def _binary_sample(root: Path) -> None:
+    """A real shared library (numpy's, from this interpreter) and the function's sources."""
+    import numpy
+
+    library = max(Path(numpy.__file__).parent.rglob("*.so"), key=lambda path: path.stat().st_size)
+    (root / "lib").mkdir(parents=True)
+    # 300 KB of it: over the zopfli threshold, a second or two of zopfli
+    (root / "lib" / "part.so").write_bytes(library.read_bytes()[:300_000])
+    os.chmod(root / "lib" / "part.so", 0o755)
+    for source in (Path(__file__).parent.parent / "function").glob("*.py"):
+        (root / source.name).write_bytes(source.read_bytes())
+
+
+def test_zopfli_zip_round_trips_and_is_smaller(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    src = tmp_path / "src"
+    _binary_sample(src)
+    deflate = write_zip(src, tmp_path / "deflate.zip", prefix="python")
+    zopfli = write_zip(src, tmp_path / "zopfli.zip", prefix="python", encoder="zopfli")
+    assert zopfli.zip_bytes < deflate.zip_bytes
+    assert (zopfli.files, zopfli.unzipped_bytes) == (deflate.files, deflate.unzipped_bytes)
+    with zipfile.ZipFile(zopfli.path) as z, zipfile.ZipFile(deflate.path) as d:
+        assert z.testzip() is None
+        assert [i.filename for i in z.infolist()] == [i.filename for i in d.infolist()]
+        for info in z.infolist():
+            assert info.compress_type == zipfile.ZIP_DEFLATED
+            assert info.external_attr == d.getinfo(info.filename).external_attr
+            assert info.date_time == (1980, 1, 1, 0, 0, 0)
+            assert z.read(info) == (src / info.filename.removeprefix("python/")).read_bytes()
+        big = z.getinfo("python/lib/part.so")
+        assert big.compress_size < d.getinfo("python/lib/part.so").compress_size
+    assert unsafe_entry(zipfile.ZipFile(zopfli.path).infolist()) is None
+    assert shutil.which("unzip"), "unzip is part of this machine's checks"
+    proc = subprocess.run(["unzip", "-t", str(zopfli.path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "No errors detected" in proc.stdout, proc.stdout
+    # deterministic, whatever the threads
+    again = write_zip(src, tmp_path / "again.zip", prefix="python", encoder="zopfli")
+    assert again.sha256 == zopfli.sha256
+
+
+def test_zopfli_writer_headers_are_write_zips(tmp_path: Path) -> None:
+    # With no file over the threshold every entry is level 9: the same bytes as write_zip,
+    # so the hand-written headers are exactly zipfile's.
+    src = tmp_path / "src"
+    _tree(src)
+    pairs = sorted(((p, "python/" + p.relative_to(src).as_posix()) for p in src.rglob("*")
+                    if p.is_file()), key=lambda pair: pair[1])  # fmt: skip
+    write_zip_zopfli(pairs, tmp_path / "mine.zip", min_bytes=1 << 40)
+    reference = write_zip(src, tmp_path / "zipfile.zip", prefix="python")
+    assert sha256_file(tmp_path / "mine.zip") == reference.sha256
+
+
+def test_write_zip_deflates_at_level_9(tmp_path: Path) -> None:
+    import zlib
+
+    src = tmp_path / "src"
+    src.mkdir()
+    data = b"".join(b"%d: %s\n" % (i, b"abcdefghij" * (i % 7)) for i in range(20_000))
+    (src / "data.txt").write_bytes(data)
+    result = write_zip(src, tmp_path / "out.zip")
+    level9 = zlib.compressobj(9, zlib.DEFLATED, -15)
+    level6 = zlib.compressobj(6, zlib.DEFLATED, -15)
+    size9 = len(level9.compress(data) + level9.flush())
+    assert size9 < len(level6.compress(data) + level6.flush())
+    with zipfile.ZipFile(result.path) as z:
+        assert z.getinfo("data.txt").compress_size == size9
+
+
+LIMIT = 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("deflate_bytes", "requested", "available", "encoder", "min_bytes", "why"),
+    [
+        # 2% under: a direct upload takes it, plain deflate
+        (980_000, "auto", True, "deflate", 0, None),
+        (995_000, "auto", True, "zopfli", ZOPFLI_MIN_BYTES, "within 1% of what a direct upload"),
+        (1_020_000, "auto", True, "zopfli", ZOPFLI_MIN_BYTES, "2.0% over what a direct upload"),
+        # over by more than zopfli on the large files saves, less than on every file
+        (1_030_000, "auto", True, "deflate", 0, "--zip-encoder zopfli (every file"),
+        (1_060_000, "auto", True, "deflate", 0, "no lossless encoder brings it under"),
+        (1_020_000, "auto", False, "deflate", 0, "pip install 'mlayer[zopfli]'"),
+        (1_020_000, "deflate", True, "deflate", 0, None),
+        (500_000, "zopfli", True, "zopfli", 0, "--zip-encoder zopfli (every file)"),
+        (500_000, "zopfli", False, "deflate", 0, "zopfli is not installed"),
+    ],
+    ids=["under", "near", "over", "over-more", "far-over", "no-zopfli", "deflate", "zopfli",
+         "zopfli-missing"],
+)  # fmt: skip
+def test_choose_zip_encoder(
+    deflate_bytes: int,
+    requested: str,
+    available: bool,
+    encoder: str,
+    min_bytes: int,
+    why: str | None,
+) -> None:
+    chosen = choose_zip_encoder(deflate_bytes, requested, available=available, limit=LIMIT)
+    assert (chosen.encoder, chosen.zopfli_min_bytes) == (encoder, min_bytes)
+    if why is None:
+        assert chosen.why is None
+    else:
+        assert chosen.why is not None and why in chosen.why, chosen.why
+
+
+def test_choose_zip_encoder_defaults_to_the_direct_limit() -> None:
+    limit = largest_direct_zip()
+    assert choose_zip_encoder(limit + 1, "auto", available=True).encoder == "zopfli"
+    assert choose_zip_encoder(limit // 2, "auto", available=True).encoder == "deflate"

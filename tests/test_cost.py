@@ -682,3 +682,170 @@ def test_usage_is_additive() -> None:
     one_call = usage(1024, 1536, D(100), D(10), D(1))
     assert one_call + one_call == one_call.scale(D(2))
     assert one_call.gb_s == D("0.11")
+
+
+# --------------------------------------------------------------------------- SnapStart
+
+PRICE_FILE = Path(__file__).resolve().parent.parent / "cli" / "mlayer" / "prices.json"
+
+
+def _raw_snapstart(region: str = "us-east-1") -> dict[str, D]:
+    """prices.json's SnapStart entry read directly (not through mlayer.prices)."""
+    raw = json.loads(PRICE_FILE.read_text(), parse_float=D, parse_int=D)["regions"][region]
+    entry = raw["snapstart"]
+    return {key: entry[key] for key in ("cache_gb_s", "restore_gb", "cache_minimum_hours")}
+
+
+def _snap(
+    memory_mb: int = 1024,
+    init_ms: str = "1500",
+    *,
+    region: str = "us-east-1",
+    hours: str = "720",
+    **inputs: Any,
+) -> Any:
+    """SnapStart against billed init for one workload (100 ms warm) at ``hours`` a month."""
+    from mlayer.prices import snapstart
+    from mlayer.snapstart_cost import SnapStartInputs, compare
+
+    prices = load_prices(region, "x86_64")
+    row, result = one(
+        prices, Workload(memory_mb, D(100), init_ms=D(init_ms)), hours_per_month=D(hours)
+    )
+    return compare(row, result.scenario, prices, snapstart(region), SnapStartInputs(**inputs))
+
+
+@pytest.mark.parametrize("versions", [1, 2], ids=["one-version", "canary-two-versions"])
+@pytest.mark.parametrize("memory_mb", [512, 1769], ids=["512MB", "1769MB"])
+def test_snapstart_figures_equal_the_formula(versions: int, memory_mb: int) -> None:
+    raw = _raw_snapstart()
+    got = _snap(
+        memory_mb,
+        "1500",
+        cold_starts_per_hour=D(20),
+        snapshot_versions=versions,
+        restore_ms=D("149.2"),
+    )
+    gb = D(memory_mb) / 1024
+    init_each = gb * D("1.5") * X86
+    restore_each = gb * raw["restore_gb"] + gb * D("0.15") * X86  # 149.2 ms billed as 150
+    cache = gb * 720 * 3600 * raw["cache_gb_s"] * versions
+    cold = D(20) * 720
+    assert got.init_each == init_each
+    assert got.restore_each == restore_each
+    assert got.cache_month == cache
+    assert got.cold_starts_per_month == cold
+    assert got.without_month == cold * init_each
+    assert got.with_month == cache + cold * restore_each
+    assert got.difference == cache + cold * restore_each - cold * init_each
+    assert got.restore_ms_from == "--restore-ms"
+
+
+def test_snapstart_break_even_is_where_the_totals_meet() -> None:
+    # A 12 s init (a large model) at 2 GB: a restore costs less than the init it replaces.
+    base = _snap(2048, "12000", restore_ms=D(150))
+    raw = _raw_snapstart()
+    gb = D(2)
+    saving = gb * 12 * X86 - (gb * raw["restore_gb"] + gb * D("0.15") * X86)
+    assert base.break_even_per_month == gb * 720 * 3600 * raw["cache_gb_s"] / saving
+    per_hour = base.break_even_per_hour
+    assert per_hour is not None and per_hour == base.break_even_per_month / 720
+    at = _snap(2048, "12000", restore_ms=D(150), cold_starts_per_hour=per_hour)
+    assert at.with_month is not None and at.without_month is not None
+    assert abs(at.with_month - at.without_month) < D("1e-20")
+    below = _snap(2048, "12000", restore_ms=D(150), cold_starts_per_hour=per_hour * D("0.9"))
+    above = _snap(2048, "12000", restore_ms=D(150), cold_starts_per_hour=per_hour * D("1.1"))
+    assert (below.cheaper, above.cheaper) == ("init", "snapstart")
+
+
+def test_snapstart_never_when_a_restore_costs_more_than_the_init() -> None:
+    # mlayer's own init (1.5 s, issue 14) at 1 GB: the restore's per-GB charge alone is
+    # restore_gb / duration price = 8.4 s of duration, more than the init it replaces.
+    got = _snap(1024, "1500", cold_starts_per_hour=D(10_000))
+    raw = _raw_snapstart()
+    assert raw["restore_gb"] / X86 > D("1.5")
+    assert got.break_even_per_month is None and got.break_even_per_hour is None
+    assert got.cheaper == "init"
+    assert got.to_dict()["break_even"]["never"] is True
+    assert got.restore_ms_from == "default" and got.restore_ms == 200
+
+
+def test_snapstart_cache_minimum_three_hours() -> None:
+    got = _snap(1024, "12000", hours="1")
+    raw = _raw_snapstart()
+    assert raw["cache_minimum_hours"] == 3
+    assert got.cache_hours == 3
+    assert got.cache_month == 1 * 3 * 3600 * raw["cache_gb_s"]
+
+
+def test_snapstart_eu_west_1_uses_us_east_1_and_says_why() -> None:
+    from mlayer.prices import snapstart
+
+    eu = snapstart("eu-west-1")
+    us_prices = _raw_snapstart()
+    assert (eu.cache_gb_s, eu.restore_gb) == (us_prices["cache_gb_s"], us_prices["restore_gb"])
+    assert eu.same_as == "us-east-1"
+    assert eu.why is not None and "no source found" in eu.why
+    assert snapstart("us-east-1").same_as is None
+
+
+def test_snapstart_prices_missing_is_an_error(tmp_path: Path) -> None:
+    from mlayer.prices import snapstart
+
+    data = json.loads(PRICE_FILE.read_text())
+    del data["regions"]["us-east-1"]["snapstart"]
+    path = tmp_path / "prices.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="no snapstart prices"):
+        snapstart("us-east-1", path=path)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "refused"),
+    [("python3.10", True), ("python3.11", True), ("python3.12", False), ("python3.13", False)],
+)
+def test_snapstart_runtime(runtime: str, refused: bool) -> None:
+    from mlayer.snapstart_cost import check_runtime
+
+    if refused:
+        with pytest.raises(ConfigError, match=f"SnapStart needs python3.12 or later and {runtime}"):
+            check_runtime(runtime)
+    else:
+        check_runtime(runtime)
+
+
+def test_snapstart_refuses_storage_over_512_mb_and_no_init() -> None:
+    from mlayer.prices import snapstart
+    from mlayer.snapstart_cost import SnapStartInputs, compare
+
+    prices = load_prices("us-east-1", "x86_64")
+    scenario = Scenario(storage_mb=1024)
+    row, _ = one(prices, Workload(1024, D(100), init_ms=D(1500)), storage_mb=1024)
+    with pytest.raises(ConfigError, match="ephemeral storage over 512 MB"):
+        compare(row, scenario, prices, snapstart("us-east-1"), SnapStartInputs())
+    row, _ = one(prices, Workload(1024, D(100)))
+    with pytest.raises(ConfigError, match="no init to compare with: give --init-ms"):
+        compare(row, Scenario(), prices, snapstart("us-east-1"), SnapStartInputs())
+
+
+def test_snapstart_restore_ms_from_reports() -> None:
+    from dataclasses import dataclass
+
+    from mlayer.snapstart_cost import measured_restore_ms
+
+    @dataclass(frozen=True)
+    class RestoreReport(Report):
+        # the fields snaplocal adds to Report (docs/CONTRACTS.md, "SnapStart")
+        restore_duration_ms: float | None = None
+        billed_restore_duration_ms: int | None = None
+
+    reports = [
+        RestoreReport("a", 10.0, 10, 1024, 100, None, 400.0, 120),
+        RestoreReport("b", 10.0, 10, 1024, 100, None, 500.0, 181),
+        RestoreReport("c", 10.0, 10, 1024, 100),
+        RestoreReport("d", 10.0, 10, 512, 100, None, 900.0, 700),
+        Report("e", 10.0, 10, 1024, 100),
+    ]
+    assert measured_restore_ms(reports, 1024) == D("150.5")
+    assert measured_restore_ms(reports, 512) == 700
+    assert measured_restore_ms(reports, 2048) is None

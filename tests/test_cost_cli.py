@@ -685,3 +685,130 @@ def test_one_cold_start_is_priced_with_its_memory_and_ephemeral_storage() -> Non
     expected = 9 * 3 * 0.0000166667 + 9 * 1.75 * 0.0000000309
     assert data["cold_start"] == pytest.approx(expected, rel=1e-9)
     assert "one cold start" in text and "9,000 ms at 3,072 MB, /tmp 2,304 MB" in text
+
+
+# --------------------------------------------------------------------------- --snapstart
+
+PRICE_FILE = ROOT / "cli" / "mlayer" / "prices.json"
+
+
+def _snap_prices(region: str = "us-east-1") -> tuple[float, float]:
+    """(cache per GB-s, restore per GB) as prices.json states them, read directly."""
+    entry = json.loads(PRICE_FILE.read_text())["regions"][region]["snapstart"]
+    return entry["cache_gb_s"], entry["restore_gb"]
+
+
+SNAP = ["cost", "--memory", "2048", "--duration-ms", "120", "--snapstart"]
+
+
+def test_snapstart_json_equals_the_formula() -> None:
+    data = run_json(
+        *SNAP, "--init-ms", "12000", "--restore-ms", "150", "--cold-starts-per-hour", "200",
+        "--snapshot-versions", "2", "--runtime", "python3.13",
+    )  # fmt: skip
+    cache_gb_s, restore_gb = _snap_prices()
+    x86 = 0.0000166667
+    init_each = 2 * 12 * x86
+    restore_each = 2 * restore_gb + 2 * 0.150 * x86
+    cache = 2 * 720 * 3600 * cache_gb_s * 2
+    cold = 200 * 720
+    snap = data["snapstart"]
+    assert snap["per_cold_start"]["init"] == pytest.approx(init_each, rel=1e-12)
+    assert snap["per_cold_start"]["restore"] == pytest.approx(restore_each, rel=1e-12)
+    assert snap["cache_per_month"] == pytest.approx(cache, rel=1e-12)
+    assert snap["cold_starts_per_month"] == cold
+    monthly = snap["monthly"]
+    assert monthly["without_snapstart"] == pytest.approx(cold * init_each, rel=1e-12)
+    assert monthly["with_snapstart"] == pytest.approx(cache + cold * restore_each, rel=1e-12)
+    assert monthly["difference"] == pytest.approx(
+        cache + cold * restore_each - cold * init_each, rel=1e-9
+    )
+    assert monthly["cheaper"] == "snapstart"
+    break_even = cache / (init_each - restore_each)
+    assert snap["break_even"]["cold_starts_per_month"] == pytest.approx(break_even, rel=1e-12)
+    assert snap["break_even"]["cold_starts_per_hour"] == pytest.approx(break_even / 720)
+    assert data["memory_sizes"][0]["snapstart"] == snap
+
+
+def test_snapstart_break_even_rate_gives_equal_totals() -> None:
+    base = run_json(*SNAP, "--init-ms", "12000", "--restore-ms", "150")["snapstart"]
+    assert base["monthly"] is None
+    per_hour = base["break_even"]["cold_starts_per_hour"]
+    at = run_json(
+        *SNAP, "--init-ms", "12000", "--restore-ms", "150", "--cold-starts-per-hour", repr(per_hour)
+    )["snapstart"]["monthly"]
+    assert at["with_snapstart"] == pytest.approx(at["without_snapstart"], rel=1e-9)
+
+
+def test_snapstart_text_never() -> None:
+    result = run(*SNAP, "--init-ms", "1500", "--cold-starts-per-hour", "20")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "SnapStart vs billed init: 2,048 MB" in out
+    assert re.search(r"break-even\s+never\s+a restore costs at least the init it replaces", out)
+    assert re.search(r"cold starts\s+20 an hour \(14,400 a month\)", out)
+    cache_gb_s, restore_gb = _snap_prices()
+    x86 = 0.0000166667
+    without = 14_400 * 2 * 1.5 * x86
+    with_ = 2 * 720 * 3600 * cache_gb_s + 14_400 * (2 * restore_gb + 2 * 0.2 * x86)
+    assert re.search(rf"without SnapStart, a month\s+\${without:,.2f}", out)
+    assert re.search(rf"with SnapStart, a month\s+\${with_:,.2f}", out)
+    assert "SnapStart costs more" in out
+    assert "its latency is what you pay for" in out
+    assert "restore billed at 200 ms by default" in out
+
+
+def test_snapstart_rate_derived_from_the_month() -> None:
+    data = run_json(
+        *SNAP, "--init-ms", "12000", "--records", "50000", "--batch-size", "100",
+        "--ingests-per-month", "300", "--invocations-per-environment", "50",
+    )  # fmt: skip
+    snap = data["snapstart"]
+    assert snap["cold_starts_per_month"] == 300 * 500 / 50
+    assert "--ingests-per-month" in snap["cold_starts_from"]
+
+
+def test_snapstart_from_report_uses_the_measured_init(report_file: Path) -> None:
+    data = run_json(
+        "cost", "--from-report", str(report_file), "--memory", "512", "--snapstart",
+        "--cold-starts-per-hour", "1",
+    )  # fmt: skip
+    snap = data["snapstart"]
+    assert snap["init_ms"] == 900  # the 512 MB cold start's Init Duration, billed
+    assert snap["restore_ms_from"] == "default"
+
+
+def test_snapstart_eu_west_1_says_which_prices() -> None:
+    result = CliRunner().invoke(
+        cli, ["--region", "eu-west-1", *SNAP, "--init-ms", "1500"], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "SnapStart prices for eu-west-1: no source found" in result.output
+    assert "us-east-1's are used" in result.output
+
+
+@pytest.mark.parametrize("runtime", ["python3.10", "python3.11"])
+def test_snapstart_refused_before_python_3_12(runtime: str) -> None:
+    result = run(*SNAP, "--init-ms", "1500", "--runtime", runtime)
+    assert result.exit_code == 1
+    assert f"Error: SnapStart needs python3.12 or later and {runtime} is older" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--storage-mb", "1024"], "SnapStart does not support ephemeral storage over 512 MB"),
+        ([], "there is no init to compare with: give --init-ms"),
+    ],
+    ids=["storage", "no-init"],
+)
+def test_snapstart_refusals(args: list[str], message: str) -> None:
+    result = run(*SNAP, *args)
+    assert result.exit_code == 1
+    assert message in result.output
+
+
+def test_snapstart_options_need_the_flag() -> None:
+    result = run("cost", "--memory", "1024", "--duration-ms", "100", "--restore-ms", "100")
+    assert result.exit_code == 2
+    assert "--restore-ms prices SnapStart: add --snapstart" in result.output

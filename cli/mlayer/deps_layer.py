@@ -44,13 +44,18 @@ from packaging.utils import canonicalize_name
 
 from mlayer import __version__
 from mlayer.archive import (
+    ZIP_ENCODER_CHOICES,
     Budget,
     BudgetPart,
+    ZipResult,
+    choose_zip_encoder,
     dir_size,
     iter_files,
     mb,
+    needs_s3,
     upload_note,
     write_zip,
+    zopfli_available,
 )
 from mlayer.build_pip import PIP_VERSION, ensure_pip
 from mlayer.docker import DEFAULT_IMAGE, DockerBuild, ensure_docker
@@ -94,6 +99,7 @@ class DepsBuildOptions:
     cache_dir: Path | None = None
     use_cache: bool = True
     function_dir: Path | None = None
+    zip_encoder: str = "auto"
 
 
 @dataclass
@@ -272,6 +278,9 @@ def _cache_key(
         # the docker method uses the image's pip, which the image name stands for
         "pip": PIP_VERSION if options.method == "pip" else None,
         "code": _source_fingerprint(),
+        "zip_encoder": options.zip_encoder,
+        # auto and zopfli zip differently once zopfli is installed
+        "zopfli": zopfli_available() if options.zip_encoder != "deflate" else None,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
@@ -339,7 +348,7 @@ def build_deps(options: DepsBuildOptions, progress: Progress | None = None) -> D
         cached=False,
         seconds=time.monotonic() - started,
         warnings=plan.warnings,
-        notes=_notes(manifest, budget),
+        notes=_notes(manifest, budget, report),
     )
 
 
@@ -406,7 +415,7 @@ def _reuse(plan: _Plan, cache_entry: Path, started: float) -> DepsBuildResult:
         cached=True,
         seconds=time.monotonic() - started,
         warnings=plan.warnings + report.get("warnings", []),
-        notes=_notes(manifest, budget),
+        notes=_notes(manifest, budget, report),
     )
 
 
@@ -434,7 +443,7 @@ def _build(
 
     say("writing the zip")
     staged = work / "layer.zip"
-    result = write_zip(layer, staged, prefix="python")
+    result, zip_report = _write_layer_zip(layer, staged, options.zip_encoder, say)
     manifest = DepsManifest(
         runtime=target.runtime,
         arch=target.arch,
@@ -471,6 +480,7 @@ def _build(
         "bytecode": bytecode_report,
         "verify": {k: v for k, v in verify_report.items() if k != "loaded"},
         "package_sizes": sizes,
+        "zip": zip_report,
         "warnings": [w for w in plan.warnings if not w.startswith("Lambda deprecated")],
     }
     _remember(cache_entry, staged, manifest, report)
@@ -560,6 +570,65 @@ def _warn_about_bytecode(
         )
 
 
+def _write_layer_zip(
+    layer: Path, staged: Path, requested: str, say: Progress
+) -> tuple[ZipResult, dict[str, Any]]:
+    """Zip the layer at deflate level 9, then with zopfli when :func:`choose_zip_encoder`
+    says so (``--zip-encoder``); the report says which, why, and both sizes."""
+    if requested not in ZIP_ENCODER_CHOICES:
+        raise ConfigError(
+            f"unknown zip encoder {requested!r}; choose {', '.join(ZIP_ENCODER_CHOICES)}"
+        )
+    result = write_zip(layer, staged, prefix="python")
+    chosen = choose_zip_encoder(result.zip_bytes, requested, available=zopfli_available())
+    report: dict[str, Any] = {
+        "requested": requested,
+        "encoder": "deflate",
+        "why": chosen.why,
+        "deflate_bytes": result.zip_bytes,
+        "zopfli_min_bytes": None,
+        "zopfli_bytes": None,
+        "zopfli_seconds": None,
+    }
+    if chosen.encoder == "zopfli":
+        say("writing the zip with zopfli (smaller, slower; the build is cached)")
+        started = time.monotonic()
+        smaller = write_zip(
+            layer,
+            staged,
+            prefix="python",
+            encoder="zopfli",
+            zopfli_min_bytes=chosen.zopfli_min_bytes,
+        )
+        report.update(
+            encoder="zopfli",
+            zopfli_min_bytes=chosen.zopfli_min_bytes,
+            zopfli_bytes=smaller.zip_bytes,
+            zopfli_seconds=round(time.monotonic() - started, 1),
+        )
+        result = smaller
+    return result, report
+
+
+def _zip_note(report: dict[str, Any]) -> str | None:
+    """What the zip's encoder was and why, for the build's notes (None: plain deflate)."""
+    zipped = report.get("zip") or {}
+    why = zipped.get("why")
+    if not why:
+        return None
+    if zipped.get("encoder") != "zopfli":
+        return f"zip: {why}"
+    size = zipped["zopfli_bytes"]
+    verdict = (
+        "still over what a direct upload takes" if needs_s3(size) else "a direct upload takes it"
+    )
+    return (
+        f"zip: {why}: {size:,} bytes instead of {zipped['deflate_bytes']:,} "
+        f"({zipped['zopfli_seconds']:.0f} s; standard deflate, any unzip reads it): {verdict} "
+        "(--zip-encoder deflate to skip)"
+    )
+
+
 def _remember(
     cache_entry: Path, staged: Path, manifest: DepsManifest, report: dict[str, Any]
 ) -> None:
@@ -591,8 +660,11 @@ def _budget_report(budget: Budget) -> dict[str, Any]:
     }
 
 
-def _notes(manifest: DepsManifest, budget: Budget) -> list[str]:
+def _notes(manifest: DepsManifest, budget: Budget, report: dict[str, Any]) -> list[str]:
     notes = [budget.describe()]
+    zipped = _zip_note(report)
+    if zipped:
+        notes.append(zipped)
     upload = upload_note(manifest.zip_bytes, "dependency layer")
     if upload:
         notes.append(upload)

@@ -255,27 +255,89 @@ def price_regions(path: Path | None = None) -> list[str]:
     return sorted(data["regions"])
 
 
-def snapstart_restore_gb(region: str, *, path: Path | None = None) -> Decimal:
-    """USD per GB of memory restored from a SnapStart snapshot in ``region``.
+@dataclass(frozen=True)
+class SnapStartPrices:
+    """SnapStart's own prices in one region: the snapshot cache and each restore.
 
-    Read from the price file's ``regions.<region>.snapstart.restore_gb`` (a number, or an
-    object whose ``price`` is one); ``snapstart.same_as`` names a region whose prices apply.
+    ``cache_gb_s``: USD per GB-s of the function's memory, per published version with
+    SnapStart, while its snapshot is cached (at least ``cache_minimum_hours`` a version).
+    ``restore_gb``: USD per GB of memory restored, per restore. A restore's Billed Restore
+    Duration is billed at the duration price (:class:`Prices`), not here. ``same_as``: the
+    region whose figures these are when the price file has none stated for ``region``, and
+    ``why`` says so (shown to the user).
+    """
+
+    region: str
+    cache_gb_s: Decimal
+    restore_gb: Decimal
+    cache_minimum_hours: Decimal
+    as_of: str
+    source: str
+    same_as: str | None = None
+    why: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "cache_gb_s": float(self.cache_gb_s),
+            "restore_gb": float(self.restore_gb),
+            "cache_minimum_hours": float(self.cache_minimum_hours),
+            "as_of": self.as_of,
+            "source": self.source,
+            "same_as": self.same_as,
+            "why": self.why,
+        }
+
+
+def snapstart(region: str, *, path: Path | None = None) -> SnapStartPrices:
+    """SnapStart's prices for ``region`` from the price file (``regions.<region>.snapstart``).
+
+    An entry ``{"same_as": "<region>", "why": ...}`` uses another region's figures and says
+    why; a region the file does not have uses :data:`DEFAULT_PRICING_REGION`'s, saying so.
 
     Raises:
-        ConfigError: the price file has no such price, with the ways out.
+        ConfigError: the price file is unreadable or its SnapStart entry is missing or
+            malformed.
     """
     data, name = _read_price_data(path)
-    entry = (data["regions"].get(region) or {}).get("snapstart") or {}
-    if "same_as" in entry:  # a region whose prices are another's
-        entry = (data["regions"].get(str(entry["same_as"])) or {}).get("snapstart") or {}
-    value = entry.get("restore_gb")
-    if isinstance(value, dict):
-        value = value.get("price")
-    if value is None:
-        raise ConfigError(
-            f"no SnapStart restore price in {name} (regions.{region}.snapstart.restore_gb, USD "
-            "per GB of memory restored): the REPORT lines have Restore Duration, and each "
-            "restore is charged per GB on top of its billed duration. Pass --prices FILE with "
-            "that key, or a --region that has it"
+    regions: dict[str, Any] = data["regions"]
+    same_as: str | None = None
+    why: str | None = None
+    looked_up = region
+    if region not in regions:
+        looked_up = same_as = DEFAULT_PRICING_REGION
+        why = (
+            f"{name} has no prices for {region}; SnapStart's are {DEFAULT_PRICING_REGION}'s "
+            "(pass --prices FILE with this region's to change that)"
         )
-    return _decimal(value, f"regions.{region}.snapstart.restore_gb", name)
+    for _ in range(len(regions)):
+        entry = regions.get(looked_up, {}).get("snapstart")
+        if not isinstance(entry, dict):
+            raise ConfigError(
+                f"{name} regions.{looked_up} has no snapstart prices (cache_gb_s, restore_gb); "
+                f"add them or pass --prices FILE with them"
+            )
+        if "same_as" not in entry:
+            break
+        looked_up = same_as = str(entry["same_as"])
+        why = str(entry.get("why") or f"{region} uses {looked_up}'s SnapStart prices")
+    else:
+        raise ConfigError(f"{name}: the snapstart same_as entries of {region} form a loop")
+    where = f"{name} regions.{looked_up}.snapstart"
+    sources = "; ".join(
+        str(entry[key])
+        for key in ("cache_source", "cache_minimum_source", "restore_source")
+        if entry.get(key)
+    )
+    return SnapStartPrices(
+        region=region,
+        cache_gb_s=_decimal(entry.get("cache_gb_s"), "cache_gb_s", where),
+        restore_gb=_decimal(entry.get("restore_gb"), "restore_gb", where),
+        cache_minimum_hours=_decimal(
+            entry.get("cache_minimum_hours", ZERO), "cache_minimum_hours", where
+        ),
+        as_of=str(entry.get("as_of", data.get("as_of", "unknown"))),
+        source=sources or where,
+        same_as=same_as,
+        why=why,
+    )

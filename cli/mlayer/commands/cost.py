@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from decimal import Decimal
 
     from mlayer.cost import Estimate, MemoryCost
+    from mlayer.snapstart_cost import SnapStartCost
 
 
 class DecimalType(click.ParamType):
@@ -197,6 +198,35 @@ NON_NEGATIVE = DecimalType()
     metavar="DURATION",
     help="How far back --from-logs reads: 30m, 1h, 7d, ...",
 )
+@click.option(
+    "--snapstart",
+    is_flag=True,
+    help="Compare SnapStart (snapshot cache per published version, a restore per cold start) "
+    "with the billed init it replaces, and give the cold-start rate where each wins.",
+)
+@options.runtime
+@click.option(
+    "--cold-starts-per-hour",
+    type=NON_NEGATIVE,
+    metavar="N",
+    help="With --snapstart: cold starts (new execution environments) an hour [default: the "
+    "month's invocations / --invocations-per-environment].",
+)
+@click.option(
+    "--snapshot-versions",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="With --snapstart: published versions whose snapshots are cached (2 during a canary).",
+)
+@click.option(
+    "--restore-ms",
+    type=NON_NEGATIVE,
+    metavar="MS",
+    help="With --snapstart: Billed Restore Duration of one restore [default: the reports' "
+    "mean, else 200].",
+)
 @options.json_output
 @click.pass_context
 def cost(
@@ -224,6 +254,11 @@ def cost(
     from_report: str | None,
     from_logs: str | None,
     since: Any,
+    snapstart: bool,
+    runtime: str | None,
+    cold_starts_per_hour: Decimal | None,
+    snapshot_versions: int,
+    restore_ms: Decimal | None,
     as_json: bool,
 ) -> None:
     """Estimate what Lambda costs per invocation, record, ingest and month.
@@ -243,6 +278,8 @@ def cost(
         --init-ms 900 --invocations-per-environment 1000 --batch-size 100 --arch arm64
       mlayer cost --from-report run.log --batch-size 100 --records 50000 --json
       mlayer --region eu-west-1 cost --from-logs scorer --since 7d --batch-size 100
+      mlayer cost --memory 1024 --duration-ms 120 --init-ms 1500 --snapstart \\
+        --runtime python3.13 --cold-starts-per-hour 20
     """
     from decimal import Decimal
     from pathlib import Path
@@ -252,6 +289,14 @@ def cost(
 
     if from_report and from_logs:
         raise click.UsageError("give --from-report or --from-logs, not both")
+    if not snapstart:
+        for snap_flag, snap_given in (
+            ("--cold-starts-per-hour", cold_starts_per_hour is not None),
+            ("--restore-ms", restore_ms is not None),
+            ("--snapshot-versions", snapshot_versions != 1),
+        ):
+            if snap_given:
+                raise click.UsageError(f"{snap_flag} prices SnapStart: add --snapstart")
     measuring = bool(from_report or from_logs)
     if measuring:
         for flag, given in (
@@ -308,6 +353,11 @@ def cost(
         hours_per_month=hours_per_month,
     )
     n_env = Decimal(invocations_per_environment) if invocations_per_environment else None
+    if snapstart:
+        from mlayer import snapstart_cost
+
+        snapstart_cost.check_runtime(runtime)
+    measured: list[Any] = []
     if measuring:
         if from_report:
             measured = reports.read_reports(Path(from_report))
@@ -317,7 +367,7 @@ def cost(
             measured = reports.fetch_reports(settings.client("logs"), from_logs, since)
             source = f"CloudWatch Logs {reports.log_group_for(from_logs)}"
         restore_gb = (
-            prices.snapstart_restore_gb(region, path=Path(prices_path) if prices_path else None)
+            prices.snapstart(region, path=Path(prices_path) if prices_path else None).restore_gb
             if any(r.restored for r in measured)
             else None
         )
@@ -337,10 +387,36 @@ def cost(
             scenario,
             _workloads(memory, duration_ms, duration_per_record_ms, init_ms, n_env),
         )
+    comparisons: list[Any] = []
+    if snapstart:
+        snap_prices = prices.snapstart(region, path=Path(prices_path) if prices_path else None)
+        comparisons = [
+            snapstart_cost.compare(
+                row,
+                scenario,
+                price_table,
+                snap_prices,
+                snapstart_cost.SnapStartInputs(
+                    cold_starts_per_hour=cold_starts_per_hour,
+                    snapshot_versions=snapshot_versions,
+                    restore_ms=restore_ms,
+                    measured_restore_ms=snapstart_cost.measured_restore_ms(
+                        measured, row.workload.memory_mb
+                    ),
+                ),
+            )
+            for row in estimate.rows
+        ]
     if as_json:
-        click.echo(json.dumps(estimate.to_dict(), indent=2))
+        data = estimate.to_dict()
+        if comparisons:
+            by_memory = {c.memory_mb: c for c in comparisons}
+            data["snapstart"] = by_memory[estimate.best.workload.memory_mb].to_dict()
+            for row in data["memory_sizes"]:
+                row["snapstart"] = by_memory[row["memory_mb"]].to_dict()
+        click.echo(json.dumps(data, indent=2))
     else:
-        _render(estimate)
+        _render(estimate, comparisons)
 
 
 def _per_memory(values: tuple[Decimal, ...], count: int, flag: str) -> list[Decimal | None]:
@@ -451,7 +527,7 @@ def _table(title: str, headers: list[str], rows: list[list[str]], left: int = 0)
     return table
 
 
-def _render(estimate: Estimate) -> None:
+def _render(estimate: Estimate, comparisons: list[SnapStartCost]) -> None:
     import os
 
     from rich.console import Console
@@ -511,6 +587,12 @@ def _render(estimate: Estimate) -> None:
     for row in estimate.rows:
         if row.measured is not None:
             console.print(_measured_table(row))
+    for comparison in comparisons:
+        console.print(_snapstart_table(comparison))
+    # the same note for every memory size once
+    snap_notes = dict.fromkeys(note for c in comparisons for note in _snapstart_notes(c))
+    for note in snap_notes:
+        console.print(f"[yellow]Note:[/yellow] {note}")
     for note in estimate.notes:
         console.print(f"[yellow]Note:[/yellow] {note}")
 
@@ -651,6 +733,106 @@ def _measured_table(row: MemoryCost) -> Any:
         + f", {usd(m.total)} in all"
     )
     return _table(title, ["", "p50", "p99", "mean", "min", "max"], rows, left=1)
+
+
+def _number(value: Decimal) -> str:
+    """A count or rate: whole with separators from 100 up, else 4 significant digits."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{float(value):.4g}"
+
+
+def _rate(per_month: Decimal, hours: Decimal) -> str:
+    return f"{_number(per_month / hours)} an hour ({_number(per_month)} a month)"
+
+
+def _snapstart_table(c: SnapStartCost) -> Any:
+    gb = f"{c.memory_mb:,} MB"
+    restore_what = {
+        "--restore-ms": "--restore-ms",
+        "reports": "the reports' mean Billed Restore Duration",
+        "default": "default, see note",
+    }[c.restore_ms_from]
+    rows = [
+        [
+            "init, per cold start (without)",
+            usd(c.init_each),
+            f"{_ms(c.init_ms)} billed at {gb}",
+        ],
+        [
+            "restore, per cold start (with)",
+            usd(c.restore_each),
+            f"{gb} x {_price(c.prices.restore_gb)}/GB + {_ms(c.restore_ms)} billed ({restore_what})",
+        ],
+        [
+            "snapshot cache, a month (with)",
+            usd(c.cache_month),
+            f"{gb} x {c.cache_hours:,.4g} h x {_price(c.prices.cache_gb_s)}/GB-s x "
+            f"{c.versions} version(s)",
+        ],
+    ]
+    if c.cold_starts_per_month is not None:
+        assert c.without_month is not None and c.with_month is not None
+        diff = c.difference
+        assert diff is not None
+        rows += [
+            ["cold starts", _rate(c.cold_starts_per_month, c.hours_per_month), ""],
+            ["[bold]without SnapStart, a month[/bold]", f"[bold]{usd(c.without_month)}[/bold]", ""],
+            ["[bold]with SnapStart, a month[/bold]", f"[bold]{usd(c.with_month)}[/bold]", ""],
+            [
+                "difference (with - without)",
+                ("-" if diff < 0 else "+") + usd(abs(diff)),
+                {"snapstart": "SnapStart saves", "init": "SnapStart costs more", "equal": "same"}[
+                    c.cheaper or "equal"
+                ],
+            ],
+        ]
+    rows.append(
+        [
+            "break-even",
+            "never"
+            if c.break_even_per_month is None
+            else _rate(c.break_even_per_month, c.hours_per_month),
+            "a restore costs at least the init it replaces"
+            if c.break_even_per_month is None
+            else "SnapStart costs less above this cold-start rate",
+        ]
+    )
+    title = f"SnapStart vs billed init: {gb}, prices as of {c.prices.as_of}"
+    table = _table(title, ["item", "USD", ""], rows, left=1)
+    table.columns[2].style = "dim"
+    table.columns[2].justify = "left"
+    return table
+
+
+def _snapstart_notes(c: SnapStartCost) -> list[str]:
+    from mlayer.snapstart_cost import DEFAULT_RESTORE_MS
+
+    notes = []
+    if c.prices.why:
+        notes.append(f"SnapStart prices for {c.prices.region}: {c.prices.why}")
+    if c.cold_starts_from is None:
+        notes.append(
+            "no cold-start rate, so no monthly totals: give --cold-starts-per-hour, or "
+            "--records with --ingests-per-month (and --invocations-per-environment)"
+        )
+    elif c.cold_starts_from != "--cold-starts-per-hour":
+        notes.append(f"cold starts from {c.cold_starts_from}")
+    if c.restore_ms_from == "default":
+        notes.append(
+            f"restore billed at {_ms(DEFAULT_RESTORE_MS)} by default (runtime load and "
+            "after-restore hooks; AWS publishes no Python figure, and a generous one never "
+            "flatters SnapStart): measure it with --from-report on SnapStart REPORT lines, "
+            "or pass --restore-ms"
+        )
+    if c.cheaper == "init" or c.break_even_per_month is None:
+        notes.append(
+            "where SnapStart costs more, its latency is what you pay for: a cold start "
+            "restores a snapshot instead of importing and loading the model"
+        )
+    notes.append(
+        "not counted: the init that runs once when each version is published (with "
+        "SnapStart); durations at the first tier's price, without the free tier"
+    )
+    return notes
 
 
 COMMANDS = [cost]

@@ -36,6 +36,7 @@ runs before the layers are imported.
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import sys
@@ -284,15 +285,48 @@ _installed: DeferringFinder | None = None
 
 
 def install(names: Iterable[str] | None) -> DeferringFinder:
-    """Put a finder deferring ``names`` (every eligible module when None) first in
-    ``sys.meta_path``; the one installed before is removed. Modules already imported stay
-    as they are."""
+    """Put a finder deferring ``names`` (every eligible module when None: the build's trace)
+    first in ``sys.meta_path``; the one installed before is removed. Modules already
+    imported stay as they are.
+
+    The trace also runs at once every module imported by a dotted ``import a.b.c`` statement:
+    that is how packages import a module for what it does when it runs (pandas registers its
+    options with ``import pandas.core.config_init``), which no attribute read would trigger.
+    Run in the trace, such a module is not listed, so the function runs it at import too.
+    """
     global _installed
     uninstall()
     finder = DeferringFinder(names)
     sys.meta_path.insert(0, finder)
+    if names is None:
+        builtins.__import__ = _DottedImportsRun(builtins.__import__)
     _installed = finder
     return finder
+
+
+class _DottedImportsRun:
+    """``builtins.__import__`` during the trace: runs what ``import a.b.c`` imported."""
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+
+    def __call__(
+        self,
+        name: str,
+        globals: Mapping[str, Any] | None = None,
+        locals: Mapping[str, Any] | None = None,
+        fromlist: Sequence[str] | None = (),
+        level: int = 0,
+    ) -> types.ModuleType:
+        module = self.original(name, globals, locals, fromlist, level)
+        if not fromlist and "." in name:
+            if level:
+                package = (globals or {}).get("__package__") or ""
+                name = _bootstrap._resolve_name(name, package, level)
+            imported = sys.modules.get(name)
+            if type(imported) is DeferredModule:
+                _run(imported)
+        return module  # type: ignore[no-any-return]
 
 
 def uninstall() -> None:
@@ -300,6 +334,8 @@ def uninstall() -> None:
     global _installed
     if _installed is not None and _installed in sys.meta_path:
         sys.meta_path.remove(_installed)
+    if isinstance(builtins.__import__, _DottedImportsRun):
+        builtins.__import__ = builtins.__import__.original
     _installed = None
 
 

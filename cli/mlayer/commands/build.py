@@ -343,6 +343,12 @@ def _render_deps(console: Any, result: DepsBuildResult) -> None:
     metavar="PATH",
     help="Interpreter of the deps layer's Python version for the smoke test.",
 )
+@click.option(
+    "--defer-imports/--no-defer-imports",
+    default=False,
+    show_default=True,
+    help="Trace the modules the model never uses and have the function import them without running them until first use (about 7% off a cold start; docs/CONTRACTS.md, Deferred imports).",
+)
 @options.store
 @options.layers_dir
 @options.json_output
@@ -362,6 +368,7 @@ def build_model(
     no_smoke_test: bool,
     function_dir: Path | None,
     python: str | None,
+    defer_imports: bool,
     store: str,
     layers_dir: str,
     as_json: bool,
@@ -419,6 +426,7 @@ def build_model(
             function_dir=function_dir,
             python=python,
             store=store,
+            defer_imports=defer_imports,
         ),
         progress=_progress(console, as_json),
     )

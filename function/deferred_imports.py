@@ -72,38 +72,43 @@ class DeferredModule(types.ModuleType):
     """A module imported but not run yet: any use but reading its identity runs it."""
 
     def __getattribute__(self, name: str) -> Any:
-        if name in _PASS_THROUGH:
-            return _module_getattribute(self, name)
-        _run(self)
-        return getattr(self, name)
+        if name not in _PASS_THROUGH:
+            _run(self)
+        return _module_getattribute(self, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         _run(self)
-        setattr(self, name, value)
+        types.ModuleType.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
         _run(self)
-        delattr(self, name)
+        types.ModuleType.__delattr__(self, name)
 
     def __dir__(self) -> list[str]:
         _run(self)
-        return dir(self)
+        return list(_module_getattribute(self, "__dict__"))
+
+
+# id(module) -> the thread running it. The module stays a DeferredModule while it runs: the
+# running thread sees it as it is (a partly initialised module, as in a circular eager
+# import), any other thread waits for the run to finish.
+_RUNNING: dict[int, int] = {}
 
 
 def _run(module: types.ModuleType) -> None:
-    """Run a deferred module in place (once; the first thread to use it runs it)."""
+    """Run a deferred module in place, once; other threads wait until it has run."""
+    if _RUNNING.get(id(module)) == threading.get_ident():
+        return  # its own run (or what that run calls) reads it
     spec: ModuleSpec = _module_getattribute(module, "__spec__")
     if isinstance(spec.loader, _Existing) and spec.loader.spec is not None:
         spec = spec.loader.spec  # the import system is handing the module over (_Existing)
     with _bootstrap._ModuleLockManager(spec.name):
-        if type(module) is not DeferredModule:
+        if type(module) is not DeferredModule or _RUNNING.get(id(module)):
             return  # another thread ran it while this one waited for the lock
         deferral: _Deferral = spec.loader_state[_STATE_KEY]
-        # The class first: the module's own code reads and sets its globals through the
-        # module object (and a circular import of it must see a module being initialised).
-        object.__setattr__(module, "__class__", types.ModuleType)
         initializing = getattr(spec, "_initializing", False)
         spec._initializing = True  # type: ignore[attr-defined]
+        _RUNNING[id(module)] = threading.get_ident()
         try:
             loader = spec.loader
             assert loader is not None
@@ -114,6 +119,8 @@ def _run(module: types.ModuleType) -> None:
                 del sys.modules[spec.name]
             raise
         finally:
+            object.__setattr__(module, "__class__", types.ModuleType)
+            del _RUNNING[id(module)]
             spec._initializing = initializing  # type: ignore[attr-defined]
         with deferral.lock:
             deferral.ran.add(spec.name)

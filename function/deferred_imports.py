@@ -44,7 +44,7 @@ import sysconfig
 import threading
 import types
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import _bootstrap  # type: ignore[attr-defined]
+from importlib import _bootstrap
 from importlib.abc import Loader, MetaPathFinder
 from importlib.machinery import ModuleSpec, SourceFileLoader, SourcelessFileLoader
 from pathlib import Path
@@ -102,7 +102,7 @@ def _run(module: types.ModuleType) -> None:
     spec: ModuleSpec = _module_getattribute(module, "__spec__")
     if isinstance(spec.loader, _Existing) and spec.loader.spec is not None:
         spec = spec.loader.spec  # the import system is handing the module over (_Existing)
-    with _bootstrap._ModuleLockManager(spec.name):
+    with _bootstrap._ModuleLockManager(spec.name):  # type: ignore[attr-defined]
         if type(module) is not DeferredModule or _RUNNING.get(id(module)):
             return  # another thread ran it while this one waited for the lock
         deferral: _Deferral = spec.loader_state[_STATE_KEY]
@@ -258,7 +258,7 @@ def _find_with_others(
             continue
         spec = find(fullname, path, target)
         if spec is not None:
-            return spec  # type: ignore[no-any-return]
+            return spec
     return None
 
 
@@ -329,11 +329,11 @@ class _DottedImportsRun:
         if not fromlist and "." in name:
             if level:
                 package = (globals or {}).get("__package__") or ""
-                name = _bootstrap._resolve_name(name, package, level)
+                name = _bootstrap._resolve_name(name, package, level)  # type: ignore[attr-defined]
             imported = sys.modules.get(name)
             if type(imported) is DeferredModule:
                 _run(imported)
-        return module  # type: ignore[no-any-return]
+        return module
 
 
 def uninstall() -> None:

@@ -192,7 +192,7 @@ def test_a_failure_propagates_and_the_next_import_tries_again(tree: Path) -> Non
     with pytest.raises(RuntimeError, match="boom"):
         dpkg.broken.anything  # noqa: B018
     assert "dpkg.broken" not in sys.modules
-    import dpkg.broken  # noqa: F811
+    import dpkg.broken
 
     assert type(sys.modules["dpkg.broken"]) is DeferredModule
     with pytest.raises(RuntimeError, match="boom"):
@@ -358,7 +358,7 @@ def test_every_package_of_the_python311_layers_imports_as_eagerly(
 
 @pytest.mark.slow
 def test_every_package_of_the_python313_layer_imports_as_eagerly(
-    deps313: dict[str, Any],
+    deps313: dict[str, Any],  # noqa: F811
     bare313: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
@@ -405,9 +405,7 @@ def test_python313_model_built_with_deferred_imports_predicts_as_the_model(
     responses = {}
     # when the function serves 200 reviews with the list, and with DEFERRED_IMPORTS=0
     for mode, env in (("deferred", {}), ("eager", {"DEFERRED_IMPORTS": "0"})):
-        with LambdaEnvironment(
-            task_dir=FUNCTION, opt_dir=opt, python=str(bare313), env=env
-        ) as lam:
+        with LambdaEnvironment(task_dir=FUNCTION, opt_dir=opt, python=str(bare313), env=env) as lam:
             invocation = lam.invoke({"records": records})
             assert invocation.ok, invocation.logs
             assert lam.init is not None and "Warning" not in lam.init.stderr

@@ -77,7 +77,8 @@ class DeferredModule(types.ModuleType):
         return _module_getattribute(self, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        _run(self)
+        if name != "__spec__":  # the import system sets it (module_from_spec) before a run
+            _run(self)
         types.ModuleType.__setattr__(self, name, value)
 
     def __delattr__(self, name: str) -> None:
@@ -86,7 +87,7 @@ class DeferredModule(types.ModuleType):
 
     def __dir__(self) -> list[str]:
         _run(self)
-        return list(_module_getattribute(self, "__dict__"))
+        return types.ModuleType.__dir__(self)
 
 
 # id(module) -> the thread running it. The module stays a DeferredModule while it runs: the
@@ -119,7 +120,8 @@ def _run(module: types.ModuleType) -> None:
                 del sys.modules[spec.name]
             raise
         finally:
-            object.__setattr__(module, "__class__", types.ModuleType)
+            if type(module) is DeferredModule:  # unless its own code gave it another class
+                object.__setattr__(module, "__class__", types.ModuleType)
             del _RUNNING[id(module)]
             spec._initializing = initializing  # type: ignore[attr-defined]
         with deferral.lock:

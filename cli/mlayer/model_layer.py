@@ -510,7 +510,7 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         eager = expected
         expected = _named(expected, labels, (outputs or {}).get("labels"))
         inner = _inner_manifest(source, version, spec, labels, outputs, records, saved_with)
-        deferred = _trace_imports(build, spec, records, eager, say)
+        deferred = _trace_imports(build, package, spec, records, eager, say)
         if deferred is not None:
             inner["deferred_imports"] = deferred
         if package == "store":
@@ -822,6 +822,7 @@ def _inspect(build: _Build, say: Progress, *, compress: bool = False) -> dict[st
 
 def _trace_imports(
     build: _Build,
+    package: str,
     spec: dict[str, Any],
     records: list[Any],
     reference: list[Any] | None,
@@ -836,6 +837,12 @@ def _trace_imports(
     """
     if not build.options.defer_imports:
         return None
+    if package == "store":
+        build.notes.append(
+            "deferred imports: nothing is deferred for a model from the store (MODEL_URI): "
+            "its manifest arrives with the archive, while the libraries import"
+        )
+        return []
     if build.runnable is None or reference is None or not build.options.smoke_test:
         build.notes.append(
             "deferred imports: not traced (the model could not be run and checked here), "

@@ -9,7 +9,11 @@ Prints one table, in one run, for python3.11 (requirements.txt pins) and python3
 - mlayer: ``mlayer build-deps`` (slimmed, sourceless bytecode), the same model directory;
 - mlayer + deferred imports: the model layer built with ``build-model --defer-imports``
   (its trace, smoke test and all), served from its ``model/`` as Lambda's /opt/model;
-- a local SnapStart restore: not measured here yet (see the closing note).
+- a local SnapStart restore (python3.12+): one template process initialised once on the
+  mlayer layer and the model layer, each environment a fork of it
+  (``mlayer.lambda_env.snapshot``); the figure runs from the restore request to the first
+  100 predictions (what the on-demand rows count from process start). Without that module
+  the row says so.
 
 Each figure: a fresh ``python -I -S -B`` (nothing written back, as in Lambda's read-only
 /opt) whose sys.path is the function dir, the layer and the standard library, from
@@ -36,6 +40,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -77,6 +82,8 @@ class Prepared:
     deferred: dict[str, Path]  # model kind -> the --defer-imports model layer's model/
     listed: dict[str, int]  # model kind -> how many modules its manifest defers
     records: dict[str, list[Any] | None]  # None: layer_size's text records
+    deps_zip: Path
+    model_zips: dict[str, Path]  # model kind -> the model layer (with its deferred list)
 
 
 def prepare(runtime: str, requirements: Path, work: Path) -> Prepared:
@@ -95,6 +102,7 @@ def prepare(runtime: str, requirements: Path, work: Path) -> Prepared:
     mlayer = unzip(result.zip_path, work / "mlayer")
     trained: dict[str, Path] = {}
     deferred: dict[str, Path] = {}
+    model_zips: dict[str, Path] = {}
     listed: dict[str, int] = {}
     records: dict[str, list[Any] | None] = {}
     for kind in MODELS:
@@ -114,10 +122,14 @@ def prepare(runtime: str, requirements: Path, work: Path) -> Prepared:
                               defer_imports=True)
         )  # fmt: skip
         listed[kind] = len(built.manifest.get("deferred_imports") or [])
+        model_zips[kind] = built.zip_path
         with zipfile.ZipFile(built.zip_path) as archive:
             archive.extractall(work / f"model-{kind}")
         deferred[kind] = work / f"model-{kind}" / "model"
-    return Prepared(runtime, python, naive, mlayer, trained, deferred, listed, records)
+    return Prepared(
+        runtime, python, naive, mlayer, trained, deferred, listed, records, result.zip_path,
+        model_zips,
+    )  # fmt: skip
 
 
 def measure(prepared: Prepared, kind: str, runs: int) -> list[list[float]]:
@@ -132,6 +144,44 @@ def measure(prepared: Prepared, kind: str, runs: int) -> list[list[float]]:
         envs=[{"DEFERRED_IMPORTS": "0"}, {"DEFERRED_IMPORTS": "0"}, {}],
         records=p.records[kind],
     )
+
+
+def snapstart_restores(prepared: Prepared, kind: str, runs: int, work: Path) -> list[float] | str:
+    """Seconds from the restore request to the first 100 predictions, per run, with a local
+    SnapStart snapshot (mlayer.lambda_env.snapshot: one template initialised once, each
+    environment a fork of it); or why there is no figure."""
+    p = prepared
+    if p.runtime < "python3.12":
+        return "n/a (SnapStart: python3.12+)"
+    try:
+        from mlayer.lambda_env.snapshot import (  # type: ignore[import-not-found,unused-ignore]
+            SnapshotTemplate,
+        )
+    except ImportError:
+        return "not measured (lambda_env/snapshot.py not on main)"
+    from mlayer.lambda_env.environment import prepare_opt
+
+    opt = work / f"opt-{p.runtime}-{kind}"
+    prepare_opt([p.deps_zip, p.model_zips[kind]], opt)
+    given = p.records[kind]
+    if given is None:
+        texts = ["great product, works well", "broke after a day"] * 50
+        records: list[Any] = [{"id": str(i), "text": t} for i, t in enumerate(texts)]
+    else:
+        records = [given[i % len(given)] for i in range(100)]
+    seconds = []
+    with SnapshotTemplate(
+        task_dir=ROOT / "function", opt_dir=opt, python=p.python, memory_mb=1024
+    ) as template:
+        template.start()
+        for _ in range(runs):
+            with template.environment() as env:
+                started = time.perf_counter()
+                done = env.invoke({"records": records})
+                seconds.append(time.perf_counter() - started)
+                if not done.ok or done.response["counts"]["predicted"] != 100:
+                    raise SystemExit(f"restored environment failed: {done.error}")
+    return seconds
 
 
 def importtimes(prepared: Prepared, kind: str) -> dict[str, dict[str, int]]:
@@ -212,8 +262,15 @@ def main() -> None:
                     median = statistics.median(seconds)
                     lines.append((p.runtime, pins, kind, label, f"{median:.3f}",
                                   f"{min(seconds):.3f}", f"{median / naive:.2f}"))  # fmt: skip
-                lines.append((p.runtime, pins, kind, "local SnapStart restore", "-", "-",
-                              "not measured (snapshot.py not on main)"))  # fmt: skip
+                restored = snapstart_restores(p, kind, args.runs, Path(tmp))
+                if isinstance(restored, str):
+                    lines.append((p.runtime, pins, kind, "local SnapStart restore", "-", "-",
+                                  restored))  # fmt: skip
+                else:
+                    median = statistics.median(restored)
+                    lines.append((p.runtime, pins, kind, "local SnapStart restore",
+                                  f"{median:.3f}", f"{min(restored):.3f}",
+                                  f"{median / naive:.2f}"))  # fmt: skip
     print(f"Cold start: interpreter start to 100 predictions through the real handler, "
           f"median (best) of {args.runs} fresh `python -I -S -B` processes, interleaved; "
           f"1-min load {load_before:.2f} before, {os.getloadavg()[0]:.2f} after, "

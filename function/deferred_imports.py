@@ -87,7 +87,7 @@ class DeferredModule(types.ModuleType):
 
     def __dir__(self) -> list[str]:
         _run(self)
-        return types.ModuleType.__dir__(self)
+        return list(types.ModuleType.__dir__(self))
 
 
 # id(module) -> the thread running it. The module stays a DeferredModule while it runs: the

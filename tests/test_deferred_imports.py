@@ -179,8 +179,9 @@ def test_import_of_a_submodule_runs_the_package_first(tree: Path) -> None:
     assert "dpkg.lazy" in _ran() and "dpkg.lazy.child" not in _ran()
     child = sys.modules["dpkg.lazy.child"]
     assert dpkg.lazy.child is child and type(child) is DeferredModule
-    assert type(child.__spec__.loader).__name__ == "SourceFileLoader"  # its own spec again
-    assert child.__spec__.name == "dpkg.lazy.child" and child.__spec__.origin.endswith("child.py")
+    spec = child.__spec__
+    assert spec is not None and type(spec.loader).__name__ == "SourceFileLoader"  # its own
+    assert spec.name == "dpkg.lazy.child" and str(spec.origin).endswith("child.py")
     # and using it runs it once, after its package
     assert child.Y == 2
     ran = _ran()

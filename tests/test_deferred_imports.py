@@ -360,6 +360,99 @@ def test_every_package_of_the_python311_layers_imports_as_eagerly(
         _import_check(sys.executable, layer_zip, tmp_path / str(n))
 
 
+SERVE = r"""
+import json, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import lambda_function, deferred_imports
+records = json.loads(sys.argv[3])
+response = lambda_function.lambda_handler({"records": records}, None)
+finder = deferred_imports.installed()
+listed = deferred_imports.manifest_list(__import__("os").environ)
+print(json.dumps({
+    "predictions": response["predictions"],
+    "installed": finder is not None,
+    "waiting": sorted(n for n in listed
+                      if type(sys.modules.get(n)) is deferred_imports.DeferredModule),
+    "sklearn": type(sys.modules["sklearn"]).__name__,
+}))
+"""
+
+
+def _build(
+    model: Path, layers: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    proc = subprocess.run(
+        [sys.executable, "-c", "from mlayer.cli import main; main()", "build-model", str(model),
+         "--layers-dir", str(layers), *args],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (manifest,) = layers.glob("model-*.json")
+    return proc, json.loads(manifest.read_text())
+
+
+@pytest.mark.parametrize("example", ["text", "numeric"])
+def test_the_function_defers_what_the_manifest_lists_and_predicts_the_same(
+    example: str, deps_layers: Path, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    model_dir: Path = request.getfixturevalue(f"{example}_model_dir")
+    layers = tmp_path / "layers"
+    layers.mkdir()
+    for path in deps_layers.glob("deps-*"):
+        os.link(path, layers / path.name)
+    # given the sample model built with --defer-imports (trace and smoke test passed)
+    proc, manifest = _build(model_dir, layers, "--defer-imports")
+    listed = manifest["deferred_imports"]
+    assert len(listed) > 20
+    assert f"deferred imports: {len(listed)} modules" in " ".join(proc.stdout.split())
+    opt = tmp_path / "opt"
+    (layer_zip,) = layers.glob("deps-*.zip")
+    (model_zip,) = layers.glob("model-*.zip")
+    for archive in (layer_zip, model_zip):
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(opt)
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    records = [meta["examples"][i % len(meta["examples"])] for i in range(50)]
+    runs = {}
+    # when the function scores them with the list, and with DEFERRED_IMPORTS=0
+    for mode, env in (("deferred", {}), ("eager", {"DEFERRED_IMPORTS": "0"})):
+        served = subprocess.run(
+            [sys.executable, "-I", "-S", "-B", "-c", SERVE, str(FUNCTION), str(opt / "python"),
+             json.dumps(records)],
+            capture_output=True, text=True, cwd="/",
+            env={"PATH": os.environ["PATH"], "MODEL_DIR": str(opt / "model"), **env},
+        )  # fmt: skip
+        assert served.returncode == 0, served.stderr[-3000:]
+        runs[mode] = json.loads(served.stdout.strip().splitlines()[-1])
+    # then the listed modules are still waiting after a batch, none when turned off, and the
+    # predictions (labels and probabilities) are the same
+    assert runs["deferred"]["installed"] and len(runs["deferred"]["waiting"]) > 20
+    assert not runs["eager"]["installed"] and runs["eager"]["waiting"] == []
+    assert runs["deferred"]["sklearn"] == "module"
+    assert runs["deferred"]["predictions"] == runs["eager"]["predictions"]
+    assert len(runs["eager"]["predictions"]) == 50
+
+
+def test_a_model_for_the_store_defers_nothing(
+    deps_layers: Path, text_model_dir: Path, tmp_path: Path
+) -> None:
+    layers = tmp_path / "layers"
+    layers.mkdir()
+    for path in deps_layers.glob("deps-*"):
+        os.link(path, layers / path.name)
+    proc, manifest = _build(text_model_dir, layers, "--defer-imports", "--store", "s3")
+    assert manifest["package"] == "store" and manifest["deferred_imports"] == []
+    assert (
+        "Note: deferred imports: nothing is deferred for a model from the store (MODEL_URI): "
+        "its manifest arrives with the archive, while the libraries import"
+    ) in proc.stdout
+    # and without the flag, the manifest has no list at all
+    (layers / "model-sentiment-v1.tar").unlink()
+    (layers / "model-sentiment-v1.json").unlink()
+    _, plain = _build(text_model_dir, layers)
+    assert "deferred_imports" not in plain
+
+
 @pytest.mark.slow
 def test_every_package_of_the_python313_layer_imports_as_eagerly(
     deps313: dict[str, Any],  # noqa: F811

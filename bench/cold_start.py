@@ -229,6 +229,10 @@ def importtime_table(prepared: list[Prepared], top: int) -> None:
             for name, (e, d) in sorted(packages.items(), key=lambda kv: -kv[1][0])[:top]:
                 lines.append((name, f"{e / 1000:.1f}", f"{d / 1000:.1f}"))
             print_table(lines)
+            lines = [("module", "eager ms", "deferred ms")]
+            for name, us in sorted(eager.items(), key=lambda kv: -kv[1])[:top]:
+                lines.append((name, f"{us / 1000:.1f}", f"{deferred.get(name, 0) / 1000:.1f}"))
+            print_table(lines)
 
 
 def main() -> None:

@@ -1,34 +1,37 @@
 """Deferred imports: modules the model never uses are imported but not executed.
 
-``build-model`` traces which modules of the layers the model's load and predict import but
-never use (scikit-learn imports ``scipy.stats`` at import time, about half a cold start, and
-a text or linear model never calls it) and lists them in the model's manifest
-(``deferred_imports``, docs/CONTRACTS.md "Deferred imports"). At cold start
-:func:`install_for` puts a meta-path finder first in ``sys.meta_path``, before numpy or
-scikit-learn are imported: importing a listed module creates its module object as usual
-but does not run its code; the first real use of the module runs it, in place, in the same
-module object, as an eager import would have.
+``build-model --defer-imports`` traces which modules of the layers the model's load and
+predict import but never use (numpy.f2py, numpy.testing, scipy's deprecated aliases, ...)
+and lists them in the model's manifest (``deferred_imports``, docs/CONTRACTS.md "Deferred
+imports"). At cold start :func:`install_for` puts a meta-path finder first in
+``sys.meta_path``, before numpy or scikit-learn are imported: importing a listed module
+creates its module object as usual but does not run its code; the first real use of the
+module runs it, in place, in the same module object, as an eager import would have.
 
 What counts as use, and what does not:
 
 - ``import m`` and ``from pkg import m`` bind ``m`` without running it;
-- ``__name__``, ``__spec__``, ``__loader__``, ``__package__``, ``__file__`` and
-  ``__cached__`` read without running it (the import system reads ``__spec__`` at every
+- ``__name__``, ``__spec__``, ``__loader__``, ``__package__``, ``__file__``, ``__cached__``
+  and ``__path__`` read without running it (the import system reads ``__spec__`` at every
   ``import m``; ``module_from_spec`` sets them before an eager import runs the module too);
 - every other attribute read, write or delete runs it first: ``from m import x``, ``m.x``,
   ``isinstance(obj, m.C)``, unpickling an object whose class lives in ``m`` (pickle looks
-  the class up with ``getattr``), ``dir(m)``, ``m.__dict__``, and ``m.__path__``, so
-  ``import m.sub`` runs ``m`` first, in the order an eager import would.
+  the class up with ``getattr``), ``dir(m)``, ``vars(m)``;
+- ``import m.sub`` runs ``m`` first: the finder runs a deferred package before it looks a
+  submodule up, as an eager import would have, and when that run imported the submodule,
+  the import system is handed that one module object (see :class:`_Existing`).
 
 While a module runs, its spec says ``_initializing`` and the import system's lock for the
-module is held, as during an eager import; an exception propagates to the code that used the
-module, and the module leaves ``sys.modules`` as a failed eager import does. Only pure-Python
-modules (source or bytecode, as mlayer's layers ship them) of the layers are deferred: never
-an extension module, the standard library or the function's own modules. A listed module
-that is used after all is merely run at its first use, so the list is a speed setting. What
-it cannot see: a module whose only effect is to register something elsewhere when it runs
-(nobody reads its attributes) stays unregistered; the build's trace and smoke test compare
-the deferred predictions with the eager ones for that reason.
+module is held, as during an eager import: other threads wait, the running thread sees it
+partly initialised (as in a circular eager import); an exception propagates to the code
+that used the module, and the module leaves ``sys.modules`` as a failed eager import does.
+Only pure-Python modules (source or bytecode, as mlayer's layers ship them) of the layers
+are deferred: never an extension module, the standard library or the function's own
+modules. A listed module that is used after all is merely run at its first use. What it
+cannot see: a module whose only effect is to register something elsewhere when it runs
+(nobody reads its attributes) stays unregistered; the build's trace runs modules imported
+by a dotted ``import a.b.c`` (the idiom for that), and its predictions and the smoke test's
+must equal the eager ones.
 
 ``DEFERRED_IMPORTS=0`` in the environment turns it off. Standard library only: this module
 runs before the layers are imported.

@@ -347,7 +347,7 @@ def _render_deps(console: Any, result: DepsBuildResult) -> None:
     "--defer-imports/--no-defer-imports",
     default=False,
     show_default=True,
-    help="Trace the modules the model never uses and have the function import them without running them until first use (5-8% off a cold start, bench/cold_start.py; docs/CONTRACTS.md, Deferred imports).",
+    help="Trace the modules the model never uses and have the function import them without running them until first use (measured 0-8% off a cold start with bench/cold_start.py: scikit-learn runs scipy.stats at import anyway; docs/CONTRACTS.md, Deferred imports).",
 )
 @options.store
 @options.layers_dir

@@ -103,20 +103,26 @@ sys.path[:0] = sys.argv[2:5]
 import lambda_function
 records = [{"id": str(i), "text": t} for i, t in
            enumerate(["great product, works well", "broke after a day"] * 50)]
+if len(sys.argv) > 5:  # another model's records, repeated to 100
+    given = json.loads(sys.argv[5])
+    records = [given[i % len(given)] for i in range(100)]
 response = lambda_function.lambda_handler({"records": records}, None)
 assert response["counts"]["predicted"] == 100, response["counts"]
 print(json.dumps({"seconds": time.time() - started}))
 """
 
 
-def naive_install(out: Path, target: Target) -> Path:
-    """pip install --target as a user would (pip compiles for its own interpreter)."""
+def naive_install(
+    out: Path, target: Target, requirements: Path = REQUIREMENTS, python: str = sys.executable
+) -> Path:
+    """pip install --target as a user would (pip compiles for its own interpreter: give
+    ``python`` the target's to have bytecode it can use)."""
     layer = out / "python"
     # mlayer's pinned pip (what a user with a current pip gets), not this interpreter's own
-    pip = ensure_pip(default_cache_dir(), sys.executable)
+    pip = ensure_pip(default_cache_dir(), python)
     subprocess.run(
         [*pip.command(), "install", "-q", "--disable-pip-version-check",
-         "--target", str(layer), *target.pip_target_args(), "-r", str(REQUIREMENTS)],
+         "--target", str(layer), *target.pip_target_args(), "-r", str(requirements)],
         check=True, capture_output=True,
     )  # fmt: skip
     return layer
@@ -137,22 +143,40 @@ def unzip(zip_path: Path, out: Path) -> Path:
     return out / "python"
 
 
-def cold_starts(layers: list[Path], model_dir: Path, runs: int) -> list[list[float]]:
+def cold_starts(
+    layers: list[Path],
+    model_dir: Path,
+    runs: int,
+    *,
+    python: str = sys.executable,
+    model_dirs: list[Path] | None = None,
+    envs: list[dict[str, str]] | None = None,
+    records: list[Any] | None = None,
+) -> list[list[float]]:
     """Seconds from interpreter start to 100 predictions, per layer: every run's.
 
     Runs are interleaved (one of each layer per round), so a load change on this shared
     machine hits every layer alike instead of whichever was measured at the time.
+    ``model_dirs`` and ``envs``: per layer, a model directory and settings of its own;
+    ``records``: the model's records (repeated to 100) instead of the text model's.
     """
     env = {"PATH": os.environ.get("PATH", ""), "MODEL_DIR": str(model_dir), "HOME": "/tmp"}
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    version = subprocess.run(
+        [python, "-c", "import sys; print(f'python{sys.version_info[0]}.{sys.version_info[1]}')"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    extra = [] if records is None else [json.dumps(records)]
     times: list[list[float]] = [[] for _ in layers]
     for _ in range(runs):
         for i, layer in enumerate(layers):
             site = layer / "lib" / version / "site-packages"
+            own = {**env, **(envs[i] if envs else {})}
+            if model_dirs:
+                own["MODEL_DIR"] = str(model_dirs[i])
             proc = subprocess.run(
-                [sys.executable, "-I", "-S", "-B", "-c", COLD_START, repr(time.time()),
-                 str(ROOT / "function"), str(site), str(layer)],
-                capture_output=True, text=True, env=env, cwd=ROOT / "function",
+                [python, "-I", "-S", "-B", "-c", COLD_START, repr(time.time()),
+                 str(ROOT / "function"), str(site), str(layer), *extra],
+                capture_output=True, text=True, env=own, cwd=ROOT / "function",
             )  # fmt: skip
             if proc.returncode != 0:
                 raise SystemExit(f"cold start failed on {layer}:\n{proc.stderr[-2000:]}")

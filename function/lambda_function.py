@@ -26,6 +26,8 @@ Environment:
                            (wins over SHADOW_DIR); see shadow.py
     SHADOW_DIR             a shadow model's directory (default /opt/shadow, the shadow layer,
                            used only when it exists)
+    DEFERRED_IMPORTS       0: run every module at import, even those the model's manifest lists
+                           in ``deferred_imports`` (see deferred_imports.py)
     SHADOW_OUTPUT          1: each prediction written carries the shadow's answer,
                            "shadow": {"label", "probability", "model_version"}
     AWS_LAMBDA_FUNCTION_NAME  (set by Lambda) the metrics' ``function`` dimension; the
@@ -62,6 +64,7 @@ from collections.abc import Iterable, Mapping
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import deferred_imports
 import metrics
 import model_set
 import shadow
@@ -70,6 +73,10 @@ from model import Model, ModelLoadError, Predictions, get_model
 from model_set import ModelSet
 from records import Batch, decode_event
 from safe_json import dumps
+
+# Before any library of the layers (numpy, scikit-learn) is imported: the modules the model's
+# manifest lists as never used are imported without running (deferred_imports.py).
+deferred_imports.install_for(os.environ)
 
 if TYPE_CHECKING:  # sinks is imported only when a sink is configured (it is not free)
     from sinks import Deadline

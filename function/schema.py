@@ -265,15 +265,25 @@ def inspect_handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     """Load the model files named in ``event`` and say what they take and answer.
 
     Event: ``{"directory": DIR, "stages": [file, ...], "input": spec or None,
-    "records": [...] or None, "compress": bool}``. Returns the inferred ``input``,
+    "records": [...] or None, "compress": bool, "trace": bool}``. Returns the inferred ``input``,
     ``outputs``, ``examples``, what predicting ``records`` (or the examples) directly gives
     (``expected``), each stage's class and API, and with ``compress`` the size and load time
     of each file saved again with ``joblib.dump(..., compress=3)``.
+
+    With ``trace`` (the build's deferred-imports trace), every module of the layers is
+    deferred before anything is imported; the records are then also scored the function's
+    way (``model.Model.predict``), and ``deferred_imports`` lists the modules never run.
     """
     import os
     import tempfile
     import warnings
     from pathlib import Path
+
+    finder = None
+    if event.get("trace"):
+        import deferred_imports
+
+        finder = deferred_imports.install(None)
 
     import joblib
 
@@ -334,8 +344,13 @@ def inspect_handler(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         records = event.get("records") or result["examples"]
         try:
             result["expected"] = predict_directly(loaded, spec, records)
+            if finder is not None:
+                function_predict(loaded, spec, records)
         except Exception as exc:  # the user's model on the user's records: any error
             result["expected_error"] = f"{type(exc).__name__}: {exc}"
+    if finder is not None:
+        result["deferred_imports"] = finder.never_ran()
+        result["deferred_ran"] = len(finder.ran())
     if event.get("compress"):
         measured = {}
         with tempfile.TemporaryDirectory() as tmp:
@@ -361,17 +376,10 @@ def predict_directly(stages: Sequence[Any], spec: Mapping[str, Any], records: li
     """
     import numpy as np
 
-    if spec["kind"] == "text":
-        field = spec.get("field")
-        inputs: Any = [
-            r
-            if isinstance(r, str)
-            else (r[field] if field else next(v for v in r.values() if isinstance(v, str)))
-            for r in records
-        ]
-    else:
+    inputs: Any = _inputs(spec, records)
+    if spec["kind"] != "text":
         names = list(spec["features"])
-        rows = [[r[name] for name in names] if isinstance(r, Mapping) else list(r) for r in records]
+        rows = inputs
         if spec.get("dataframe"):
             import pandas as pd
 
@@ -387,3 +395,39 @@ def predict_directly(stages: Sequence[Any], spec: Mapping[str, Any], records: li
         inputs = stage.transform(inputs)
     predicted = final.predict(inputs)
     return [_json_safe(value) for value in np.asarray(predicted).tolist()]
+
+
+def _inputs(spec: Mapping[str, Any], records: list[Any]) -> list[Any]:
+    """Texts, or rows in column order, as the function decodes ``records``."""
+    if spec["kind"] == "text":
+        field = spec.get("field")
+        return [
+            r
+            if isinstance(r, str)
+            else (r[field] if field else next(v for v in r.values() if isinstance(v, str)))
+            for r in records
+        ]
+    names = list(spec["features"])
+    return [[r[name] for name in names] if isinstance(r, Mapping) else list(r) for r in records]
+
+
+def function_predict(stages: list[Any], spec: Mapping[str, Any], records: list[Any]) -> Any:
+    """Score ``records`` through ``model.Model.predict``, the function's own path (labels,
+    probabilities and all): what the trace must see the function use."""
+    from pathlib import Path
+
+    import model
+
+    where = Path("manifest.json")
+    transforms, final = model._unroll(list(stages), where)
+    loaded = model.Model(
+        name="trace",
+        version=0,
+        input=model._input_spec(spec, where, None),
+        directory=where,
+        transforms=transforms,
+        final=final,
+        labels=None,
+        load_ms=0.0,
+    )
+    return loaded.predict(_inputs(spec, records))

@@ -385,13 +385,21 @@ def test_users_model_served_as_saved(
     saved.mkdir()
     made = CORPUS[case](saved)
     layers = _layers(made.layer, deps_layers, pandas_deps_layers, tmp_path)
-    # when it is built from the raw files
-    proc = run_mlayer("build-model", str(made.path), "--layers-dir", str(layers), *made.args)
+    # when it is built from the raw files, with deferred imports (the trace and the smoke
+    # test require the model's eager predictions)
+    proc = run_mlayer(
+        "build-model", str(made.path), "--layers-dir", str(layers), "--defer-imports", *made.args
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # then the build printed what it inferred, and the smoke test matched the model itself
     assert f"Input: {made.inferred}" in proc.stdout, proc.stdout
     (model_zip,) = layers.glob("model-*.zip")
-    # and the real function on both layers answers as the model does, on Kinesis records
+    (manifest,) = layers.glob("model-*.json")
+    deferred = json.loads(manifest.read_text())["deferred_imports"]
+    assert len(deferred) > 20, proc.stdout  # the function below runs with them deferred
+    assert f"deferred imports: {len(deferred)} modules" in " ".join(proc.stdout.split())
+    # and the real function on both layers answers as the model does (called directly here,
+    # eagerly), on Kinesis records
     events = [kinesis_event(made.records)]
     if made.images is not None:
         events.append(

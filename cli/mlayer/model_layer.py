@@ -45,7 +45,13 @@ from mlayer.archive import (
     write_zip,
 )
 from mlayer.deps_layer import function_size
-from mlayer.errors import BudgetError, CompatibilityError, ConfigError, SmokeTestError
+from mlayer.errors import (
+    BudgetError,
+    BuildError,
+    CompatibilityError,
+    ConfigError,
+    SmokeTestError,
+)
 from mlayer.interpreters import find_interpreter
 from mlayer.manifests import DepsManifest, ManifestError, load_deps_manifest
 from mlayer.model_files import ModelSource, Overrides, resolve
@@ -89,6 +95,9 @@ class ModelBuildOptions:
     # "layer", "s3" (the model store: an archive the function downloads at init), or "auto":
     # a layer when the model fits the 250 MiB budget, else the store, said loudly.
     store: str = "auto"
+    # Trace the modules the model never uses and list them in the manifest's
+    # deferred_imports (docs/CONTRACTS.md, "Deferred imports").
+    defer_imports: bool = False
 
 
 @dataclass
@@ -498,8 +507,12 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         labels = _decide_labels(build, inspected)
         records, expected = _records_and_expected(build, inspected, spec, say)
         outputs = (inspected or {}).get("outputs")
+        eager = expected
         expected = _named(expected, labels, (outputs or {}).get("labels"))
         inner = _inner_manifest(source, version, spec, labels, outputs, records, saved_with)
+        deferred = _trace_imports(build, package, spec, records, eager, say)
+        if deferred is not None:
+            inner["deferred_imports"] = deferred
         if package == "store":
             staged_zip = staging / "model.tar"
             result = _write_archive(source, inner, staging, staged_zip)
@@ -518,6 +531,8 @@ def build_model(options: ModelBuildOptions, progress: Progress | None = None) ->
         zip_path.with_suffix(".zip" if package == "store" else ".tar").unlink(missing_ok=True)
         shutil.copyfile(staged_zip, zip_path)
     manifest = _build_manifest(build, inner, result, forced=bool(problems), smoke=smoke)
+    if "deferred_imports" in inner:
+        manifest["deferred_imports"] = inner["deferred_imports"]
     manifest["package"] = package
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     if package == "store":
@@ -803,6 +818,69 @@ def _inspect(build: _Build, say: Progress, *, compress: bool = False) -> dict[st
     if report.get("error"):
         raise ConfigError(f"{build.source.describe()}: {report['error']}")
     return report
+
+
+def _trace_imports(
+    build: _Build,
+    package: str,
+    spec: dict[str, Any],
+    records: list[Any],
+    reference: list[Any] | None,
+    say: Progress,
+) -> list[str] | None:
+    """The modules the model's load and predict never use (``--defer-imports``), traced in
+    the sandbox with every module of the layers deferred; None when not asked.
+
+    The trace's own predictions must equal the model's eager ones (``reference``, from the
+    inspection): else, or when the trace fails, nothing is deferred and a note says why.
+    The smoke test then runs the function with the list and compares again.
+    """
+    if not build.options.defer_imports:
+        return None
+    if package == "store":
+        build.notes.append(
+            "deferred imports: nothing is deferred for a model from the store (MODEL_URI): "
+            "its manifest arrives with the archive, while the libraries import"
+        )
+        return []
+    if build.runnable is None or reference is None or not build.options.smoke_test:
+        build.notes.append(
+            "deferred imports: not traced (the model could not be run and checked here), "
+            "nothing is deferred"
+        )
+        return []
+    from mlayer.model_sandbox import inspect_model
+
+    say("tracing the modules the model uses (deferred imports)")
+    try:
+        traced = inspect_model(
+            function_dir=build.function_dir,
+            opt_dir=build.opt,
+            python=build.runnable[2],
+            directory=build.source.directory,
+            stages=build.source.stages,
+            input_spec=spec,
+            records=records,
+            model_bytes=build.model_bytes,
+            trace=True,
+        )
+    except BuildError as exc:
+        build.notes.append(f"deferred imports: the trace failed, nothing is deferred ({exc})")
+        return []
+    problem = traced.get("expected_error")
+    if problem is None and traced.get("expected") != reference:
+        problem = (
+            f"its predictions {traced.get('expected')!r} differ from the eager ones {reference!r}"
+        )
+    if problem:
+        build.notes.append(f"deferred imports: the trace failed, nothing is deferred ({problem})")
+        return []
+    names = [str(name) for name in traced.get("deferred_imports") or []]
+    build.notes.append(
+        f"deferred imports: {len(names)} modules the model never uses are imported without "
+        f"running ({traced.get('deferred_ran', 0)} others run as they are used)"
+    )
+    return names
 
 
 def _decide_input(build: _Build, inspected: dict[str, Any] | None) -> dict[str, Any]:

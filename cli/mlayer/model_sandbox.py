@@ -43,8 +43,12 @@ def inspect_model(
     records: list[Any] | None = None,
     compress: bool = False,
     model_bytes: int = 0,
+    trace: bool = False,
 ) -> dict[str, Any]:
     """Load the model in the sandbox and return what ``schema.inspect_handler`` reports.
+
+    ``trace``: with every module of the layers deferred (docs/CONTRACTS.md, "Deferred
+    imports"); the report's ``deferred_imports`` lists the modules never run.
 
     Raises:
         BuildError: the environment could not start, or the model could not be loaded (the
@@ -59,6 +63,7 @@ def inspect_model(
         "input": input_spec,
         "records": records,
         "compress": compress,
+        "trace": trace,
     }
     with LambdaEnvironment(
         task_dir=function_dir,

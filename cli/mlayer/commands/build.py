@@ -354,6 +354,12 @@ def _render_deps(console: Any, result: DepsBuildResult) -> None:
     metavar="PATH",
     help="Interpreter of the deps layer's Python version for the smoke test.",
 )
+@click.option(
+    "--defer-imports/--no-defer-imports",
+    default=False,
+    show_default=True,
+    help="Trace the modules the model never uses and have the function import them without running them until first use (measured 0-8% off a cold start with bench/cold_start.py: scikit-learn runs scipy.stats at import anyway; docs/CONTRACTS.md, Deferred imports).",
+)
 @options.store
 @options.layers_dir
 @options.json_output
@@ -373,6 +379,7 @@ def build_model(
     no_smoke_test: bool,
     function_dir: Path | None,
     python: str | None,
+    defer_imports: bool,
     store: str,
     layers_dir: str,
     as_json: bool,
@@ -430,6 +437,7 @@ def build_model(
             function_dir=function_dir,
             python=python,
             store=store,
+            defer_imports=defer_imports,
         ),
         progress=_progress(console, as_json),
     )

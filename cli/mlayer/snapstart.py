@@ -118,8 +118,7 @@ def applies(lam: Any, function: str, qualifier: str | None) -> bool:
     version = get_configuration(lam, name, qualifier)
     if str(version.get("Version") or "$LATEST") == "$LATEST":
         return False
-    python = python_version(version.get("Runtime"))
-    if python is None or python < FIRST_PYTHON:
+    if not runs_on(version.get("Runtime")):
         return False
     latest = get_configuration(lam, name)
     return version_applied(latest, version, tags(lam, latest))
@@ -132,6 +131,12 @@ def python_version(runtime: str | None) -> tuple[int, int] | None:
     """(3, 13) for ``python3.13``; None for anything else."""
     match = _PYTHON.match(runtime or "")
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def runs_on(runtime: str | None) -> bool:
+    """Whether Lambda offers SnapStart on ``runtime`` (python3.12 and later)."""
+    version = python_version(runtime)
+    return version is not None and version >= FIRST_PYTHON
 
 
 def provisioned_concurrency(lam: Any, function: str) -> list[dict[str, Any]]:
@@ -170,8 +175,7 @@ def problems(
     """
     name = function_name(function)
     found = []
-    version = python_version(runtime)
-    if runtime is not None and (version is None or version < FIRST_PYTHON):
+    if runtime is not None and not runs_on(runtime):
         found.append(
             f"SnapStart runs on python3.12 and later, and {name} would run on {runtime}: "
             "deploy with --runtime python3.13 (or python3.12) and a dependency layer built "

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from mlayer import snapstart
 from mlayer.cost import MB_PER_GB, MS_PER_S, ZERO, MemoryCost, Scenario
 from mlayer.errors import ConfigError
 from mlayer.prices import Prices, SnapStartPrices
@@ -47,7 +48,6 @@ SECONDS_PER_HOUR = Decimal(3600)
 # look dearer, never cheaper. Measure it (--from-report on SnapStart REPORT lines) or pass
 # --restore-ms.
 DEFAULT_RESTORE_MS = Decimal(200)
-MIN_PYTHON = (3, 12)
 
 
 def check_runtime(runtime: str | None) -> None:
@@ -56,10 +56,7 @@ def check_runtime(runtime: str | None) -> None:
     Raises:
         ConfigError: the runtime is python3.11 or earlier.
     """
-    if runtime is None or not runtime.startswith("python"):
-        return
-    version = tuple(int(part) for part in runtime.removeprefix("python").split("."))
-    if version < MIN_PYTHON:
+    if runtime is not None and runtime.startswith("python") and not snapstart.runs_on(runtime):
         raise ConfigError(
             f"SnapStart needs python3.12 or later and {runtime} is older: Lambda offers "
             "SnapStart for Python 3.12+ only. Price it with --runtime python3.12 or later "

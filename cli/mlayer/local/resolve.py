@@ -449,13 +449,6 @@ def resolve_function(
     )
 
 
-def _python_version(runtime: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in runtime.removeprefix("python").split(".")[:2])
-    except ValueError:
-        return (0, 0)
-
-
 def _snapstart(
     lam: Any, name: str, version: str, runtime: str, forced: bool | None, notes: list[str]
 ) -> bool:
@@ -463,7 +456,7 @@ def _snapstart(
 
     if forced is None:
         return snapstart_setting.applies(lam, name, version)
-    if forced and _python_version(runtime) < (3, 12):
+    if forced and not snapstart_setting.runs_on(runtime):
         raise ConfigError(
             f"--snapstart: function {name} runs {runtime}, and SnapStart runs on python3.12 "
             "and later only; drop --snapstart, or deploy the function on python3.12+ "

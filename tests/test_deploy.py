@@ -725,3 +725,37 @@ def test_trigger_filter_and_no_filter_conflict() -> None:
     )
     assert result.exit_code == 2
     assert "Error: give --filter PATTERN or --no-filter, not both" in result.output
+
+
+def test_status_shows_the_triggers_with_filters_and_where_failures_go(
+    live: dict[str, Any], layers: Path
+) -> None:
+    table = _table(live, "reviews-table", "NEW_AND_OLD_IMAGES")
+    stream = _kinesis(live)
+    bucket = "arn:aws:s3:::scorer-failures"
+    assert run("trigger", "--function", "scorer", "--alias", "live", "--stream", "reviews-table",
+               "--on-failure", bucket).exit_code == 0  # fmt: skip
+    assert run("trigger", "--function", "scorer", "--stream", stream).exit_code == 0
+
+    data = json.loads(
+        run("status", "--function", "scorer", "--layers-dir", str(layers), "--json").output
+    )
+    text = run("status", "--function", "scorer", "--layers-dir", str(layers))
+
+    by_kind = {t["kind"]: t for t in data["triggers"]}
+    assert by_kind["dynamodb"]["stream_arn"] == table["LatestStreamArn"]
+    # the qualifier as Lambda reports it (moto 5.2.1 resolves alias live to its version)
+    [mapping] = _mappings(live, table["LatestStreamArn"])
+    qualifier = mapping["FunctionArn"].rsplit(":", 1)[1]
+    assert by_kind["dynamodb"]["target"] == f"scorer:{qualifier}"
+    assert by_kind["dynamodb"]["filters"] == ['{"eventName":["INSERT","MODIFY"]}']
+    assert by_kind["dynamodb"]["on_failure"] == bucket
+    assert by_kind["kinesis"]["target"] == "scorer" and by_kind["kinesis"]["filters"] == []
+    assert text.exit_code == 0, text.output
+    assert (
+        f"Trigger dynamodb {table['LatestStreamArn']} -> scorer:{qualifier}: "
+        f"{by_kind['dynamodb']['state']}, batch 100, from TRIM_HORIZON; filters "
+        '{"eventName":["INSERT","MODIFY"]}; on failure arn:aws:s3:::scorer-failures (S3: the '
+        "whole batch given up on, records and metadata, one object each; the execution role "
+        "needs s3:PutObject and s3:ListBucket)"
+    ) in text.output.splitlines()

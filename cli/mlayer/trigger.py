@@ -398,3 +398,54 @@ def _wait_mapping(lam: Any, uuid: str, pace: Pace) -> dict[str, Any] | None:
 
 def _clean(mapping: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k != "ResponseMetadata"}
+
+
+@dataclass(frozen=True)
+class TriggerInfo:
+    """One event source mapping of the function, for ``mlayer status``."""
+
+    uuid: str
+    stream_arn: str
+    kind: str | None  # "kinesis" | "dynamodb" | None (another kind of source)
+    target: str  # the function, or function:qualifier
+    state: str | None
+    batch_size: int | None
+    starting_position: str | None
+    filters: list[str]
+    on_failure: str | None
+
+    def describe(self) -> str:
+        """The trigger in one line: where from, to what, how it filters and what it keeps."""
+        filtered = " OR ".join(self.filters) if self.filters else "none"
+        return (
+            f"{self.kind or 'source'} {self.stream_arn} -> {self.target}: {self.state}, batch "
+            f"{self.batch_size}, from {self.starting_position}; filters {filtered}; "
+            f"on failure {describe_on_failure(self.on_failure)}"
+        )
+
+
+def triggers_of(lam: Any, function: str) -> list[TriggerInfo]:
+    """The function's event source mappings (any qualifier), oldest first as Lambda lists them."""
+    name = function_name(function)
+    found = []
+    for page in lam.get_paginator("list_event_source_mappings").paginate():
+        for mapping in page.get("EventSourceMappings", []):
+            fn, qualifier = _mapping_function(mapping)
+            if fn != name:
+                continue
+            arn = str(mapping.get("EventSourceArn", ""))
+            destination = (mapping.get("DestinationConfig") or {}).get("OnFailure") or {}
+            found.append(
+                TriggerInfo(
+                    uuid=str(mapping.get("UUID")),
+                    stream_arn=arn,
+                    kind=stream_kind(arn),
+                    target=f"{fn}:{qualifier}" if qualifier else fn,
+                    state=mapping.get("State"),
+                    batch_size=mapping.get("BatchSize"),
+                    starting_position=mapping.get("StartingPosition"),
+                    filters=filters.patterns_of(mapping),
+                    on_failure=destination.get("Destination") or None,
+                )
+            )
+    return found

@@ -854,3 +854,41 @@ def test_skipped_records_are_logged_by_reason_by_the_real_function(
     [batch] = log_entries(log, "batch")
     assert batch["counts"]["skipped"] == 3
     assert batch["skipped_reasons"] == {"REMOVE": 3}
+
+
+def test_a_batch_given_up_on_goes_whole_to_an_s3_bucket(deployed: Deployed, traced: Traced) -> None:
+    s3 = deployed.clients["s3"]
+    s3.create_bucket(Bucket="scorer-failures")
+    # Given a record the function keeps reporting as failed, among good ones
+    produce(deployed, traced, ["fine 1", "fine 2", "FAIL for good", "fine 3", "fine 4"])
+    [(fail_shard, fail_seq, fail_data)] = [p for p in traced.produced if b"FAIL" in p[2]]
+    # When run-local gives up on it after one retry, with a bucket as on-failure destination
+    proc = subprocess.run(
+        run_local_args(
+            deployed, traced, "--max-retries", "1", "--on-failure", "arn:aws:s3:::scorer-failures",
+            "--until-idle", "1",
+        ),
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stats = json.loads(proc.stdout)["stats"]
+    assert stats["on_failure_messages"] == 1 and stats["discarded"] >= 1
+    # Then one object, under Lambda's key, holds the batch from the failed record on
+    [key] = [o["Key"] for o in s3.list_objects_v2(Bucket="scorer-failures")["Contents"]]
+    assert re.fullmatch(
+        rf"aws/lambda/[0-9a-f-]{{36}}/{fail_shard}/\d{{4}}/\d\d/\d\d/"
+        r"\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d-[0-9a-f-]{36}",
+        key,
+    ), key
+    record = json.loads(s3.get_object(Bucket="scorer-failures", Key=key)["Body"].read())
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 2
+    assert record["requestContext"]["functionArn"].endswith(f":function:{FUNCTION}")
+    assert record["version"] == "1.0" and record["responseContext"]["statusCode"] == 200
+    info = record["KinesisBatchInfo"]
+    assert info["shardId"] == fail_shard and info["startSequenceNumber"] == fail_seq
+    assert info["batchSize"] == stats["discarded"]
+    payload = json.loads(record["payload"])["Records"]
+    assert payload[0]["kinesis"]["sequenceNumber"] == fail_seq
+    assert base64.b64decode(payload[0]["kinesis"]["data"]) == fail_data
+    assert [r["kinesis"]["sequenceNumber"] for r in payload][-1] == info["endSequenceNumber"]

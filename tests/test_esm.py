@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -1093,3 +1093,24 @@ def test_a_dynamodb_batch_given_up_on_goes_whole_to_s3_in_lambdas_shape() -> Non
     assert [r["eventName"] for r in payload] == ["INSERT"] * 3
     assert [r["dynamodb"]["SequenceNumber"] for r in payload] == function.deliveries[0].seqs
     assert summary.stats.filtered == 1 and summary.stats.discarded == 3
+
+
+def test_run_local_summary_counts_the_filtered_and_gives_the_cost_share(tmp_path: Any) -> None:
+    from rich.console import Console
+
+    from mlayer.commands.local import render_summary
+    from mlayer.local.runner import RunLocalResult
+
+    stream = FakeStream()
+    _with_data(stream, "shardId-000000000000", [b'{"lang": "en"}'] * 6 + [b'{"lang": "fr"}'] * 4)
+    summary = run(stream, FakeFunction(), filters=('{"data":{"lang":["en"]}}',))
+    console = Console(record=True, width=200)
+    render_summary(console, RunLocalResult(cast(Any, None), summary, tmp_path / "l.log", None))
+    lines = [line.strip(" │|") for line in console.export_text().splitlines()]
+    assert any(
+        re.fullmatch(
+            r"filtered out \(FilterCriteria\)\s+│?\s*4 \(40\.0%: mlayer cost --filtered-share 0\.4\)",
+            line.strip(),
+        )
+        for line in lines
+    ), lines

@@ -892,3 +892,44 @@ def test_a_batch_given_up_on_goes_whole_to_an_s3_bucket(deployed: Deployed, trac
     assert payload[0]["kinesis"]["sequenceNumber"] == fail_seq
     assert base64.b64decode(payload[0]["kinesis"]["data"]) == fail_data
     assert [r["kinesis"]["sequenceNumber"] for r in payload][-1] == info["endSequenceNumber"]
+
+
+def test_a_keys_only_stream_is_named_and_its_records_skipped_by_view_type(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    from function_support import log_entries
+
+    dynamodb = deployed.clients["dynamodb"]
+    dynamodb.create_table(
+        TableName="keys-only",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
+    )
+    for i in range(5):
+        dynamodb.put_item(TableName="keys-only", Item={"id": {"S": f"k{i}"}, "text": {"S": "ok"}})
+    log = tmp_path / "lambda.log"
+    # Given that trigger refuses the table
+    refused = mlayer(deployed, "trigger", "--function", FUNCTION, "--stream", "keys-only", cwd=ROOT)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        "Error: DynamoDB table keys-only's stream is KEYS_ONLY: its records carry no new image"
+    )
+    # When run-local consumes it anyway
+    proc = mlayer(
+        deployed, "run-local", "--function", FUNCTION, "--stream", "keys-only",
+        "--until-idle", "1", "--layers-dir", str(deployed.layers), "--log", str(log),
+        "--checkpoints", str(tmp_path / "c.json"), "--json",
+        cwd=ROOT, env={"AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    # Then it says so up front, and the function skips every record, counted by view type
+    assert any(
+        note.startswith("DynamoDB table keys-only's stream is KEYS_ONLY")
+        and note.endswith("(mlayer trigger refuses this stream)")
+        for note in summary["notes"]
+    ), summary["notes"]
+    assert summary["stats"]["predictions"] == 0 and summary["stats"]["records_done"] == 5
+    assert [b["skipped_reasons"] for b in log_entries(log, "batch")] == [{"KEYS_ONLY": 5}]

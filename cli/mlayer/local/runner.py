@@ -368,6 +368,15 @@ def run_local(
     extra_env = function_env(aws)
     shards = source.shards()
     notes: list[str] = []
+    if kind == "dynamodb":
+        # mlayer trigger refuses such a stream; run locally, the function skips every record
+        # (its batch lines count them by view type), which the run should say up front.
+        from mlayer.trigger import check_new_images
+
+        try:
+            check_new_images(aws.client("dynamodb"), aws.client("dynamodbstreams"), stream_arn)
+        except ConfigError as exc:
+            notes.append(f"{exc} (mlayer trigger refuses this stream)")
     store: CheckpointFile | None = None
     resume: dict[str, str] = {}
     forgotten: dict[str, str] = {}

@@ -318,7 +318,7 @@ def test_run_local_consumes_a_dynamodb_stream(deployed: Deployed, tmp_path: Path
     assert summary["stats"]["records_done"] == 26
     assert summary["stats"]["predictions"] == 25
     # the REMOVE is dropped by trigger's default filter, before any invocation
-    assert summary["settings"]["filters"] == ['{"eventName": ["INSERT", "MODIFY"]}']
+    assert summary["settings"]["filters"] == ['{"eventName":["INSERT","MODIFY"]}']
     assert summary["stats"]["filtered"] == 1
     assert summary["settings"]["source"].startswith("mlayer trigger defaults")
     # A second run resumes after the checkpoint (AFTER_SEQUENCE_NUMBER, as for Kinesis)

@@ -256,11 +256,11 @@ def find_mapping(
 def mlayer_defaults(kind: str = "kinesis") -> MappingSettings:
     """The settings ``mlayer trigger`` would create a mapping from a ``kind`` stream with
     (see trigger.TriggerSettings): for DynamoDB, its default filter too."""
-    from mlayer.filters import DEFAULT_DYNAMODB_FILTER
+    from mlayer.filters import DEFAULT_DYNAMODB_FILTER, check_patterns
     from mlayer.trigger import DEFAULT_TRIGGER as t
 
     return MappingSettings(
-        filters=(DEFAULT_DYNAMODB_FILTER,) if kind == "dynamodb" else (),
+        filters=tuple(check_patterns([DEFAULT_DYNAMODB_FILTER])) if kind == "dynamodb" else (),
         batch_size=t.batch_size or 100,
         bisect_on_error=bool(t.bisect_on_error),
         max_retry_attempts=-1 if t.maximum_retry_attempts is None else t.maximum_retry_attempts,

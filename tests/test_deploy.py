@@ -759,3 +759,18 @@ def test_status_shows_the_triggers_with_filters_and_where_failures_go(
         "whole batch given up on, records and metadata, one object each; the execution role "
         "needs s3:PutObject and s3:ListBucket)"
     ) in text.output.splitlines()
+
+
+def test_trigger_notes_filters_over_the_default_quota(live: dict[str, Any]) -> None:
+    stream = _kinesis(live)
+    patterns = [f'{{"data": {{"n": [{n}]}}}}' for n in range(6)]
+    args = [arg for pattern in patterns for arg in ("--filter", pattern)]
+
+    result = run("trigger", "--function", "scorer", "--stream", stream, *args)
+
+    assert result.exit_code == 0, result.output
+    assert len(_filters(_mappings(live, stream)[0])) == 6
+    assert result.output.splitlines()[-1] == (
+        "Note: 6 filters: over Lambda's default quota of 5 per mapping; Lambda refuses them "
+        "unless the account's quota was raised"
+    )

@@ -490,3 +490,18 @@ def test_an_existing_role_is_kept_without_create_role(
     assert result.exit_code == 0, result.output
     assert aws["lambda"].get_function_configuration(FunctionName="scorer")["Role"] == role
     assert "mlayer-scorer" not in [r["RoleName"] for r in aws["iam"].list_roles()["Roles"]]
+
+
+def test_a_policy_over_iams_size_limit_is_refused_before_iam_changes() -> None:
+    from mlayer.errors import ConfigError
+    from mlayer.roles import Where, ensure_role, statements_for
+
+    streams = [f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/stream-{n:04d}" for n in range(200)]
+    statements = statements_for(
+        function="scorer", where=Where(ACCOUNT, REGION), env={}, streams=streams, on_failure=[]
+    )
+    with mock_aws():
+        iam = boto3.client("iam", region_name=REGION)
+        with pytest.raises(ConfigError, match=r"would be 1\d,\d{3} characters, over IAM's 10,240"):
+            ensure_role(iam, "scorer", statements)
+        assert iam.list_roles()["Roles"] == []

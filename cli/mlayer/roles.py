@@ -79,6 +79,8 @@ ASSUMABLE_ATTEMPTS = 12
 ASSUMABLE_MAX_DELAY = 15.0
 _NOT_YET_ASSUMABLE = ("cannot be assumed by Lambda",)
 _ROLE_NAME_MAX = 64
+# IAM: a role's inline policies hold at most 10,240 characters together (whitespace aside).
+POLICY_MAX_CHARS = 10_240
 
 
 @dataclass(frozen=True)
@@ -408,6 +410,13 @@ def ensure_role(
     """
     name = role_name(function)
     document = policy_document(statements)
+    size = len(json.dumps(document, separators=(",", ":")))
+    if size > POLICY_MAX_CHARS:
+        raise ConfigError(
+            f"the role's policy would be {size:,} characters, over IAM's {POLICY_MAX_CHARS:,} "
+            "for a role's inline policies: the function reads or writes too many resources "
+            "for one role; write the role yourself (a managed policy) and pass --role ARN"
+        )
     existing = _get_role(iam, name)
     if existing is None:
         role = iam.create_role(

@@ -17,6 +17,7 @@ from typing import Any
 
 from mlayer.arns import function_name
 from mlayer.errors import ConfigError
+from mlayer.lambda_api import function_mappings
 
 REMOVE = "none"
 
@@ -108,7 +109,7 @@ def concurrent_batches(lam: Any, function: str, kinesis: Any) -> tuple[int, str]
     streams are left out: their shards split and close on their own schedule."""
     total = 0
     parts = []
-    for mapping in _mappings(lam, function):
+    for mapping in function_mappings(lam, function):
         arn = str(mapping.get("EventSourceArn", ""))
         if ":kinesis:" not in arn or mapping.get("State") in ("Disabled", "Disabling"):
             continue
@@ -122,16 +123,3 @@ def concurrent_batches(lam: Any, function: str, kinesis: Any) -> tuple[int, str]
         total += shards * factor
         parts.append(f"{summary.get('StreamName', stream)}: {shards} shards x {factor}")
     return total, "; ".join(parts)
-
-
-def _mappings(lam: Any, function: str) -> list[dict[str, Any]]:
-    name = function_name(function)
-    targets = [name]
-    for page in lam.get_paginator("list_aliases").paginate(FunctionName=name):
-        targets += [f"{name}:{a['Name']}" for a in page.get("Aliases", [])]
-    found: dict[str, dict[str, Any]] = {}
-    for target in targets:
-        for page in lam.get_paginator("list_event_source_mappings").paginate(FunctionName=target):
-            for mapping in page.get("EventSourceMappings", []):
-                found.setdefault(str(mapping.get("UUID")), mapping)
-    return list(found.values())

@@ -39,9 +39,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mlayer import model_store
-from mlayer.arns import function_name, log_group, on_failure_kind, parse_arn, parse_stream_arn
+from mlayer.arns import function_name, log_group, on_failure_kind, parse_stream_arn
 from mlayer.errors import ConfigError
-from mlayer.lambda_api import DEFAULT_PACE, Pace, error_code, is_client_error
+from mlayer.lambda_api import DEFAULT_PACE, Pace, error_code, function_mappings, is_client_error
 from mlayer.model_store import StoreURI
 
 POLICY_NAME = "mlayer-execution"
@@ -354,35 +354,20 @@ def parse_statements(document: dict[str, Any] | None) -> list[Statement]:
 def mapped_streams(lam: Any, function: str) -> tuple[list[str], list[str]]:
     """(stream ARNs, on-failure destination ARNs) of the event source mappings of the
     function and of its aliases."""
-    name = function_name(function)
-    targets = [name]
-    try:
-        for page in lam.get_paginator("list_aliases").paginate(FunctionName=name):
-            targets += [f"{name}:{a['Name']}" for a in page.get("Aliases", [])]
-    except Exception as exc:
-        if not (is_client_error(exc) and error_code(exc) == "ResourceNotFoundException"):
-            raise
-        return [], []
     streams: list[str] = []
     destinations: list[str] = []
-    seen: set[str] = set()
-    for target in targets:
-        for page in lam.get_paginator("list_event_source_mappings").paginate(FunctionName=target):
-            for mapping in page.get("EventSourceMappings", []):
-                if mapping.get("UUID") in seen:
-                    continue
-                seen.add(mapping.get("UUID", ""))
-                arn = str(mapping.get("EventSourceArn", ""))
-                try:
-                    parse_stream_arn(arn)
-                except ConfigError:
-                    continue  # not a stream (SQS, Kafka, ...): not mlayer's trigger
-                streams.append(arn)
-                dest = ((mapping.get("DestinationConfig") or {}).get("OnFailure") or {}).get(
-                    "Destination"
-                )
-                if dest:
-                    destinations.append(str(dest))
+    for mapping in function_mappings(lam, function):
+        arn = str(mapping.get("EventSourceArn", ""))
+        try:
+            parse_stream_arn(arn)
+        except ConfigError:
+            continue  # not a stream (SQS, Kafka, ...): not mlayer's trigger
+        streams.append(arn)
+        destination = ((mapping.get("DestinationConfig") or {}).get("OnFailure") or {}).get(
+            "Destination"
+        )
+        if destination:
+            destinations.append(str(destination))
     return list(dict.fromkeys(streams)), list(dict.fromkeys(destinations))
 
 
@@ -541,9 +526,6 @@ def prepare(
     where = Where(account, region, partition_of(region))
     given = resolve_streams(request.kinesis, request.dynamodb, request.streams)
     mapped, destinations = mapped_streams(lam, function) if existing else ([], [])
-    for arn in request.on_failure:
-        if on_failure_kind(arn) is None:
-            parse_arn(arn)  # a clearer error for what is not an ARN at all
     statements = statements_for(
         function=function,
         where=where,

@@ -505,3 +505,27 @@ def test_a_policy_over_iams_size_limit_is_refused_before_iam_changes() -> None:
         with pytest.raises(ConfigError, match=r"would be 1\d,\d{3} characters, over IAM's 10,240"):
             ensure_role(iam, "scorer", statements)
         assert iam.list_roles()["Roles"] == []
+
+
+def test_stream_and_bucket_from_mlayer_toml_serve_the_role_and_are_unused_without_it(
+    aws: dict[str, Any],
+    function_dir: Path,
+    layers: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A project whose mlayer.toml names the stream (for trigger) and the bucket (for
+    publish-model) deploys as before without --create-role, and grants both with it."""
+    (tmp_path / "mlayer.toml").write_text('stream = "reviews"\nbucket = "model-store"\n')
+    monkeypatch.chdir(tmp_path)
+
+    plain = deploy(function_dir, layers, "--role", role_arn(aws["iam"]))
+    assert plain.exit_code == 0, plain.output
+    assert aws["iam"].list_roles()["Roles"][0]["RoleName"] == "scorer-role"
+
+    made = deploy(function_dir, layers, "--create-role")
+
+    assert made.exit_code == 0, made.output
+    sids = {s["Sid"]: s["Resource"] for s in policy(aws["iam"])}
+    assert sids["ReadKinesisStreams"] == [f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/reviews"]
+    assert sids["ReadModelStore"] == ["arn:aws:s3:::model-store/mlayer/scorer-model/*"]

@@ -72,7 +72,7 @@ def _reserved(ctx: click.Context, param: click.Parameter, value: str | None) -> 
 )
 @click.option(
     "--stream",
-    "streams",
+    "stream",
     multiple=True,
     metavar="ARN|NAME",
     help="With --create-role: a stream the function will be triggered by (as mlayer trigger "
@@ -87,7 +87,13 @@ def _reserved(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     help="With --create-role: the trigger's on-failure destination (SQS, SNS or S3 ARN), "
     "repeatable; the ones already mapped are kept.",
 )
-@options.bucket
+@click.option(
+    "--bucket",
+    envvar="MLAYER_BUCKET",
+    metavar="NAME",
+    help="With --create-role: the model store's bucket (publish-model --store s3); the role "
+    "may read mlayer/<model layer>/ in it.",
+)
 @click.option(
     "--reserved-concurrency",
     metavar="N|none",
@@ -146,7 +152,7 @@ def deploy_function(
     function_dir: str,
     role: str | None,
     create_role: bool,
-    streams: tuple[str, ...],
+    stream: tuple[str, ...],
     on_failure: list[str],
     bucket: str | None,
     reserved_concurrency: int | str | None,
@@ -208,11 +214,12 @@ def deploy_function(
             sts=settings.client("sts"),
             kinesis=settings.client("kinesis"),
             dynamodb=settings.client("dynamodb"),
-            streams=list(streams),
+            streams=list(stream),
             on_failure=on_failure,
             store_bucket=bucket,
         )
-    elif streams or on_failure:
+    elif _from_command_line("stream", "on_failure"):
+        # From mlayer.toml or the environment (shared with trigger), they are only unused.
         raise click.UsageError(
             "--stream and --on-failure say what --create-role grants; pass --create-role "
             "(mlayer trigger creates the trigger itself)"
@@ -272,6 +279,16 @@ def deploy_function(
         click.echo(f"Note: {note}")
     for warning in result.warnings:
         click.echo(f"Warning: {warning}")
+
+
+def _from_command_line(*names: str) -> bool:
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return any(
+        ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE and ctx.params.get(name)
+        for name in names
+    )
 
 
 def _reserved_text(reserved: Any) -> str:

@@ -20,6 +20,10 @@ from mlayer.errors import ConfigError
 from mlayer.lambda_api import function_mappings
 
 REMOVE = "none"
+# Not checked here: the account's headroom. Lambda keeps 100 unreserved and refuses a
+# reservation that would leave less (InvalidParameterValueException, which the CLI shows as
+# AWS words it); GetAccountSettings would tell in advance, but moto (5.2) does not implement
+# it, so a check built on it could not be tested here.
 
 
 @dataclass

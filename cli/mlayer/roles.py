@@ -26,6 +26,11 @@ The role is ``mlayer-<function>``, trusted by lambda.amazonaws.com, tagged
 ``mlayer:function=<function>`` (a role of that name without the tag is not mlayer's and is
 never changed), with one inline policy, ``mlayer-execution``, rewritten only when the
 document changes.
+
+moto stores roles and policies but evaluates none of them, and creates functions and
+mappings without checking that Lambda may assume the role or read the stream: the tests read
+the document back statement by statement, and stand in for IAM's propagation delay with a
+first CreateFunction that fails as AWS's does.
 """
 
 from __future__ import annotations

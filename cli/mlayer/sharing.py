@@ -65,6 +65,9 @@ def share(lam: Any, layer_name: str, version: int, targets: list[str]) -> list[S
         ConfigError: a target that is neither an account nor an organization id.
     """
     checked = list(dict.fromkeys(check_target(t) for t in targets))
+    # Read before adding: AWS refuses a statement id that exists (ResourceConflictException)
+    # while moto (5.2) adds a second statement with the same id, so asking first is what
+    # keeps a re-run idempotent on both.
     present = {s.get("Sid") for s in policy_statements(lam, layer_name, version) or []}
     shares = []
     for target in checked:

@@ -529,3 +529,37 @@ def test_stream_and_bucket_from_mlayer_toml_serve_the_role_and_are_unused_withou
     sids = {s["Sid"]: s["Resource"] for s in policy(aws["iam"])}
     assert sids["ReadKinesisStreams"] == [f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/reviews"]
     assert sids["ReadModelStore"] == ["arn:aws:s3:::model-store/mlayer/scorer-model/*"]
+
+
+def test_a_trigger_refused_for_the_role_says_how_to_grant_it(
+    aws: dict[str, Any], function_dir: Path, layers: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lambda checks the role when the mapping is created (moto does not): its refusal, as
+    AWS words it, comes with the command that grants the stream."""
+    assert deploy(function_dir, layers, "--role", role_arn(aws["iam"])).exit_code == 0
+    stream = f"arn:aws:kinesis:{REGION}:{ACCOUNT}:stream/reviews"
+    refusal = (
+        f"Cannot access stream {stream}. Please ensure the role can perform the GetRecords, "
+        "GetShardIterator, DescribeStream, and ListStreams Actions on your stream in IAM."
+    )
+    original = botocore.client.BaseClient._make_api_call
+
+    def refusing(self: Any, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "CreateEventSourceMapping":
+            raise botocore.exceptions.ClientError(
+                {"Error": {"Code": "InvalidParameterValueException", "Message": refusal}},
+                operation,
+            )
+        return original(self, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", refusing)
+
+    result = run("trigger", "--function", "scorer", "--stream", "reviews")
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: CreateEventSourceMapping failed (InvalidParameterValueException): the "
+        "function's execution role cannot read the stream; mlayer deploy-function "
+        "--create-role --stream STREAM grants it (IAM can take a few seconds to apply a new "
+        f"policy: if it just did, run the command again). AWS said: {refusal}\n"
+    )

@@ -270,7 +270,8 @@ def test_create_needs_a_role(published: dict[str, Any], function_dir: Path, laye
     assert result.output == (
         "Error: function scorer does not exist yet: creating it needs --role ARN, an IAM role "
         "Lambda can assume with read access to the stream (e.g. the managed policy "
-        "AWSLambdaKinesisExecutionRole or AWSLambdaDynamoDBExecutionRole)\n"
+        "AWSLambdaKinesisExecutionRole or AWSLambdaDynamoDBExecutionRole), or --create-role "
+        "for mlayer to make a least-privilege one\n"
     )
 
 

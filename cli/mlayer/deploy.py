@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlayer import model_store, snapstart
+from mlayer import concurrency, model_store, roles, snapstart
 from mlayer.archive import Budget, iter_files, mb, needs_s3, write_zip
 from mlayer.arns import function_name
+from mlayer.concurrency import Concurrency
 from mlayer.contracts import (
     function_description,
     parse_description,
@@ -97,6 +98,8 @@ class Deployment:
     warnings: list[str] = field(default_factory=list)
     ephemeral_mb: int = 512
     snapstart: bool = False  # SnapStart on (as set now, or as it was)
+    made_role: roles.RoleResult | None = None  # with --create-role
+    reserved_concurrency: Concurrency | None = None  # with --reserved-concurrency
 
 
 @dataclass(frozen=True)
@@ -229,6 +232,9 @@ def deploy_function(
     ephemeral_mb: int | None = None,
     s3: Any | None = None,
     snapstart_on: bool | None = None,
+    create_role: roles.RoleRequest | None = None,
+    reserved_concurrency: int | str | None = None,
+    kinesis: Any | None = None,
 ) -> Deployment:
     """Create or update ``function`` from ``function_dir`` with its layers linked.
 
@@ -245,6 +251,12 @@ def deploy_function(
     (``ephemeral_mb``, else unchanged) must hold the stored archive and its files, and is
     raised to what the archive needs when not given. ``s3`` reads the archive's record for
     the version's Description.
+
+    ``create_role`` makes (or brings up to date) the least-privilege role ``mlayer-<name>``
+    (:mod:`mlayer.roles`) and runs the function as it, retrying while Lambda cannot assume
+    the new role yet. ``reserved_concurrency`` sets it (N), removes it (``"none"``) or, None,
+    keeps it (:mod:`mlayer.concurrency`; ``kinesis`` reads the triggers' shards to warn
+    about a cap below them).
 
     ``snapstart_on`` turns SnapStart on (True) or off (False) for published versions, and
     tags the function ``mlayer:snapstart`` with the setting; None keeps it as it is. While it
@@ -339,12 +351,24 @@ def deploy_function(
             ),
             configuration=existing,
         )  # fmt: skip
+    if reserved_concurrency is not None:
+        concurrency.check(reserved_concurrency)
 
     description = function_description(code.sha256, code.unzipped_bytes)
     planned = dict(existing or {})
     planned.update({"FunctionName": name, "Description": description})
     budget = check_budget(lam, planned, layers)
 
+    made = None
+    if create_role is not None:
+        if role:
+            raise ConfigError("--role and --create-role exclude each other: pass one")
+        made = roles.prepare(
+            create_role, lam, function=name, env=env, existing=existing, model_layer=model_layer
+        )
+        if existing and existing.get("Role") != made.arn:
+            notes.append(f"role {existing.get('Role')} -> {made.arn}")
+        role = made.arn
     if existing is None:
         if not role and local_iam is not None:
             role = ensure_local_role(local_iam)
@@ -353,14 +377,15 @@ def deploy_function(
             raise ConfigError(
                 f"function {name} does not exist yet: creating it needs --role ARN, an IAM role "
                 "Lambda can assume with read access to the stream (e.g. the managed policy "
-                "AWSLambdaKinesisExecutionRole or AWSLambdaDynamoDBExecutionRole)"
+                "AWSLambdaKinesisExecutionRole or AWSLambdaDynamoDBExecutionRole), or "
+                "--create-role for mlayer to make a least-privilege one"
             )
         timeout = timeout_s or DEFAULT_TIMEOUT_S
         extra: dict[str, Any] = {}
         if snapstart_on is not None:
             extra["SnapStart"] = snapstart.setting(snapstart_on)
             extra["Tags"] = {snapstart.TAG: extra["SnapStart"]["ApplyOn"]}
-        result = lam.create_function(
+        result = roles.assumable(lam.create_function, pace)(
             FunctionName=name,
             Runtime=runtime,
             Role=role,
@@ -393,7 +418,7 @@ def deploy_function(
                 name,
                 pace,
             )
-        result = update_configuration(
+        result = roles.assumable(update_configuration, pace)(
             lam,
             name,
             pace,
@@ -433,6 +458,11 @@ def deploy_function(
     )
     deployment.ephemeral_mb = storage
     deployment.snapstart = snap
+    deployment.made_role = made
+    if reserved_concurrency is not None:
+        reserved = concurrency.apply(lam, name, reserved_concurrency, kinesis)
+        deployment.reserved_concurrency = reserved
+        deployment.warnings += reserved.warnings
     if alias:
         _point_alias(lam, name, alias, model_layer, layers, deployment, pace, stored, s3)
     return deployment

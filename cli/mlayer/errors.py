@@ -85,6 +85,25 @@ _SERVICE_OF = {
 }
 
 
+def _role_hint(code: str, message: str) -> str | None:
+    """What to do when Lambda finds the function's execution role short of a permission a
+    trigger needs (it checks when the mapping is created or updated)."""
+    if code != "InvalidParameterValueException":
+        return None
+    if "Cannot access stream" in message:
+        return (
+            "the function's execution role cannot read the stream; mlayer deploy-function "
+            "--create-role --stream STREAM grants it (IAM can take a few seconds to apply a "
+            "new policy: if it just did, run the command again)"
+        )
+    if "execution role does not have permissions" in message:
+        return (
+            "the function's execution role may not use the destination; mlayer "
+            "deploy-function --create-role --on-failure ARN grants it"
+        )
+    return None
+
+
 def _client_error_message(exc: Any) -> str:
     """Say what an AWS ClientError means for a user, with the fix where there is one."""
     error = exc.response.get("Error", {})
@@ -112,7 +131,7 @@ def _client_error_message(exc: Any) -> str:
         "wait and run the command again",
         "TooManyRequestsException": "AWS throttled the request; wait a moment and retry",
     }
-    hint = hints.get(code)
+    hint = hints.get(code) or _role_hint(code, message)
     if hint:
         return f"{operation} failed ({code}): {hint}. AWS said: {message}"
     return f"{operation} failed ({code}): {message}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlayer import model_store, snapstart
+from mlayer import concurrency, model_store, sharing, snapstart
 from mlayer.archive import Budget
 from mlayer.arns import function_name, parse_layer_arn
 from mlayer.contracts import (
@@ -256,6 +256,9 @@ class LinkedLayer:
     code_size: int | None
     deleted: bool
     description: str | None
+    # Dependency layers: who else may link this version (account / organization ids, "*");
+    # None when not read (other kinds) or not readable (another account's layer).
+    shared_with: list[str] | None = None
 
 
 @dataclass
@@ -304,6 +307,8 @@ class Status:
     snapstart_from: str | None = None
     # The version whose snapshot the live alias resumes from (with --alias; None: none).
     snapshot_version: str | None = None
+    # Reserved concurrency (deploy-function --reserved-concurrency); None: none reserved.
+    reserved_concurrency: int | None = None
 
 
 def status(
@@ -331,6 +336,9 @@ def status(
         parsed = parse_layer_arn(arn)
         version = get_layer_version(lam, arn)
         record = parse_description(version.get("Description")) if version else None
+        shared = None
+        if record is not None and record.kind == "deps" and version is not None:
+            shared = sharing.shared_with(lam, arn.rsplit(":", 1)[0], parsed.version)
         linked.append(
             LinkedLayer(
                 arn=arn,
@@ -344,6 +352,7 @@ def status(
                 code_size=sizes.get(arn),
                 deleted=version is None,
                 description=(version or {}).get("Description"),
+                shared_with=shared,
             )
         )
     tags = snapstart.tags(lam, config)
@@ -420,6 +429,7 @@ def status(
             None if not snap_on else "configuration" if snapstart.applied(config, {}) else "tag"
         ),
         snapshot_version=snapshot_version,
+        reserved_concurrency=concurrency.reserved(lam, function),
     )
 
 

@@ -277,3 +277,16 @@ def publish_function_version(
     started = time.perf_counter()
     wait_active(lam, function, pace, qualifier=version)
     return PublishedVersion(version, time.perf_counter() - started)
+
+
+def function_mappings(lam: Any, function: str) -> list[dict[str, Any]]:
+    """The event source mappings of the function and of each of its aliases (Lambda lists a
+    qualified target's apart from the unqualified function's), once each."""
+    name = function_name(function)
+    targets = [name] + [f"{name}:{a['Name']}" for a in list_aliases(lam, name)]
+    found: dict[str, dict[str, Any]] = {}
+    for target in targets:
+        for page in lam.get_paginator("list_event_source_mappings").paginate(FunctionName=target):
+            for mapping in page.get("EventSourceMappings", []):
+                found.setdefault(str(mapping.get("UUID")), mapping)
+    return list(found.values())

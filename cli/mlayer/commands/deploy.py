@@ -37,6 +37,22 @@ def _destination(ctx: click.Context, param: click.Parameter, value: str | None) 
     )
 
 
+def _destinations(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[str]:
+    return [d for d in (_destination(ctx, param, v) for v in values) if d]
+
+
+def _reserved(ctx: click.Context, param: click.Parameter, value: str | None) -> int | str | None:
+    from mlayer.concurrency import check
+    from mlayer.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return check(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 @click.command("deploy-function")
 @options.function
 @click.option(
@@ -47,6 +63,44 @@ def _destination(ctx: click.Context, param: click.Parameter, value: str | None) 
     help="Directory holding lambda_function.py (zipped without caches).",
 )
 @options.role
+@click.option(
+    "--create-role",
+    is_flag=True,
+    help="Create (or bring up to date) the least-privilege execution role mlayer-<function>: "
+    "its logs, the trigger's streams (--stream, and the ones already mapped), its outputs, "
+    "dead letters and model store; each statement printed. Instead of --role.",
+)
+@click.option(
+    "--stream",
+    "stream",
+    multiple=True,
+    metavar="ARN|NAME",
+    help="With --create-role: a stream the function will be triggered by (as mlayer trigger "
+    "--stream takes it), repeatable; the role must read it before the trigger is created.",
+)
+@click.option(
+    "--on-failure",
+    "on_failure",
+    multiple=True,
+    metavar="ARN",
+    callback=_destinations,
+    help="With --create-role: the trigger's on-failure destination (SQS, SNS or S3 ARN), "
+    "repeatable; the ones already mapped are kept.",
+)
+@click.option(
+    "--bucket",
+    envvar="MLAYER_BUCKET",
+    metavar="NAME",
+    help="With --create-role: the model store's bucket (publish-model --store s3); the role "
+    "may read mlayer/<model layer>/ in it.",
+)
+@click.option(
+    "--reserved-concurrency",
+    metavar="N|none",
+    callback=_reserved,
+    help="Reserve N concurrent environments for the function and cap it there (1 or more; "
+    "none removes the reservation) [default: unchanged].",
+)
 @options.runtime
 @options.arch
 @click.option(
@@ -97,6 +151,11 @@ def deploy_function(
     function: str | None,
     function_dir: str,
     role: str | None,
+    create_role: bool,
+    stream: tuple[str, ...],
+    on_failure: list[str],
+    bucket: str | None,
+    reserved_concurrency: int | str | None,
     runtime: str | None,
     arch: str,
     memory: int | None,
@@ -118,6 +177,14 @@ def deploy_function(
     (on a local endpoint such as moto_server, mlayer makes a stand-in role when omitted).
     With --alias, publishes a version and points the alias at it.
 
+    With --create-role, mlayer makes the role mlayer-<function> (trusted by Lambda) with
+    one inline policy scoped to what the function uses: its log group; the streams it is
+    (--stream) or already is triggered by, and their on-failure destinations; OUTPUT_TABLE,
+    OUTPUT_STREAM, DEAD_LETTER_QUEUE_URL, DEAD_LETTER_BUCKET; the model store (MODEL_URI,
+    SHADOW_URI, and mlayer/<model layer>/ in --bucket). Run it again after changing any of
+    them: an unchanged policy is left alone, a changed one replaced. On a local endpoint it
+    replaces the stand-in role.
+
     With --snapstart, Lambda initialises every version mlayer publishes (publish-model
     --alias, promote, rollback, ...) and snapshots it; the alias moves once the snapshot is
     ready, and environments started through the alias or a version resume from it
@@ -129,11 +196,34 @@ def deploy_function(
         --env OUTPUT_TABLE=predictions --env DEAD_LETTER_QUEUE_URL=https://sqs...
       mlayer deploy-function --function scorer --memory 1024 --alias live
       mlayer deploy-function --function scorer --runtime python3.13 --snapstart --alias live
+      mlayer deploy-function --function scorer --create-role --stream reviews \\
+        --env OUTPUT_TABLE=predictions --reserved-concurrency 10
     """
     from mlayer.contracts import default_layer_name
     from mlayer.deploy import deploy_function as deploy
 
     function = options.require_function(function)
+    request = None
+    if create_role:
+        from mlayer.roles import RoleRequest
+
+        if role:
+            raise click.UsageError("--role and --create-role exclude each other: pass one")
+        request = RoleRequest(
+            iam=settings.client("iam"),
+            sts=settings.client("sts"),
+            kinesis=settings.client("kinesis"),
+            dynamodb=settings.client("dynamodb"),
+            streams=list(stream),
+            on_failure=on_failure,
+            store_bucket=bucket,
+        )
+    elif _from_command_line("stream", "on_failure"):
+        # From mlayer.toml or the environment (shared with trigger), they are only unused.
+        raise click.UsageError(
+            "--stream and --on-failure say what --create-role grants; pass --create-role "
+            "(mlayer trigger creates the trigger itself)"
+        )
     result = deploy(
         settings.client("lambda"),
         function=function,
@@ -152,6 +242,9 @@ def deploy_function(
         ephemeral_mb=ephemeral_mb,
         s3=settings.client("s3"),
         snapstart_on=snapstart,
+        create_role=request,
+        reserved_concurrency=reserved_concurrency,
+        kinesis=settings.client("kinesis") if reserved_concurrency is not None else None,
     )
     verb = "Created" if result.created else "Updated"
     code = "new code" if result.code_changed else "code unchanged"
@@ -176,12 +269,50 @@ def deploy_function(
         if result.snapstart
         else "  SnapStart: off"
     )
+    if result.reserved_concurrency is not None:
+        click.echo(f"  reserved concurrency: {_reserved_text(result.reserved_concurrency)}")
+    if result.made_role is not None:
+        _render_role(result.made_role)
     if result.alias:
         click.echo(f"  alias {result.alias} -> version {result.function_version}")
     for note in result.notes:
         click.echo(f"Note: {note}")
     for warning in result.warnings:
         click.echo(f"Warning: {warning}")
+
+
+def _from_command_line(*names: str) -> bool:
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return any(
+        ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE and ctx.params.get(name)
+        for name in names
+    )
+
+
+def _reserved_text(reserved: Any) -> str:
+    value = reserved.reserved
+    change = " (set now)" if reserved.changed else " (unchanged)"
+    if value is None:
+        return "none, the account's unreserved pool" + (
+            " (removed now)" if reserved.changed else ""
+        )
+    return f"{value}: at most {value} at once, set aside for it{change}"
+
+
+def _render_role(made: Any) -> None:
+    from mlayer.roles import POLICY_NAME
+
+    click.echo(f"  role {made.name} {made.verb}: {made.arn}, inline policy {POLICY_NAME}:")
+    for s in made.statements:
+        click.echo(f"    {s.sid}: {', '.join(s.actions)}  ({s.purpose})")
+        for resource in s.resources:
+            click.echo(f"      -> {resource}")
+    for s in made.dropped:
+        click.echo(
+            f"    no longer granted: {s.sid}: {', '.join(s.actions)} on {', '.join(s.resources)}"
+        )
 
 
 @click.command()

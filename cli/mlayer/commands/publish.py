@@ -114,6 +114,18 @@ def _published_line(layer: Any) -> str:
     )
 
 
+def _share_targets(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> list[str]:
+    from mlayer.errors import ConfigError
+    from mlayer.sharing import check_target
+
+    try:
+        return [check_target(v) for v in values]
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
 @click.command("publish-deps", short_help="Publish the built dependency layer.")
 @options.function
 @options.deps_layer
@@ -121,6 +133,15 @@ def _published_line(layer: Any) -> str:
 @options.arch
 @options.layers_dir
 @options.bucket
+@click.option(
+    "--share-with",
+    "share_with",
+    multiple=True,
+    metavar="ACCOUNT|o-ORGID",
+    callback=_share_targets,
+    help="Let another account (12-digit id) or every account of an organization (o-...) "
+    "link the published version (lambda:GetLayerVersion), repeatable; idempotent.",
+)
 @click.pass_obj
 def publish_deps(
     settings: Any,
@@ -130,6 +151,7 @@ def publish_deps(
     arch: str,
     layers_dir: str,
     bucket: str | None,
+    share_with: list[str],
 ) -> None:
     """Publish the built dependency layer (layers/deps-<runtime>-<arch>.zip).
 
@@ -138,10 +160,16 @@ def publish_deps(
     Identical content (same sha256, recorded in the version's description) reuses the
     existing version: nothing is uploaded and no version is added.
 
+    --share-with grants another account, or an organization's accounts, the use of the
+    version published (or reused): a layer version permission per target, with the
+    statement id mlayer-share-<target>, so a re-run adds nothing. mlayer status shows whom
+    the linked dependency layer version is shared with.
+
     \b
     Example:
       mlayer publish-deps --function scorer --runtime python3.13 --arch arm64
       mlayer publish-deps --deps-layer sklearn-1-7 --bucket my-artifacts
+      mlayer publish-deps --function scorer --share-with 111122223333 --share-with o-a1b2c3d4e5
     """
     from mlayer.layers import find_deps_build
     from mlayer.layers import publish_deps as publish
@@ -159,6 +187,15 @@ def publish_deps(
         )
     click.echo(_published_line(layer))
     click.echo(f"  compatible with {build.runtime} {build.arch}")
+    if share_with:
+        from mlayer.sharing import share
+
+        for shared in share(settings.client("lambda"), layer.layer_name, layer.version, share_with):
+            verb = "shared with" if shared.added else "already shared with"
+            click.echo(
+                f"  {verb} {shared.kind} {shared.target} (lambda:GetLayerVersion, statement "
+                f"{shared.statement_id})"
+            )
 
 
 @click.command("publish-model")
@@ -815,6 +852,7 @@ def _render_status(s: Any, watched: Any, triggers: list[Any] | None = None) -> N
     from rich.table import Table
 
     from mlayer.archive import mb
+    from mlayer.sharing import describe as describe_shares
 
     console = Console(soft_wrap=True)
     console.print(f"[bold]Function[/] {s.function}  {s.arn}")
@@ -826,6 +864,7 @@ def _render_status(s: Any, watched: Any, triggers: list[Any] | None = None) -> N
         env = ", ".join(f"{k}={v}" for k, v in sorted(s.environment.items()))
         console.print(f"  environment: {env}", highlight=False)
     console.print(f"  SnapStart: {_snapstart_text(s)}", highlight=False)
+    console.print(f"  reserved concurrency: {_reserved_text(s)}", highlight=False)
     table = Table(title="Layers linked to $LATEST, in order", title_justify="left")
     for column in ("#", "layer", "version", "kind", "sha256", "unzipped", "zipped"):
         table.add_column(column)
@@ -840,6 +879,13 @@ def _render_status(s: Any, watched: Any, triggers: list[Any] | None = None) -> N
             mb(layer.code_size) if layer.code_size is not None else "?",
         )
     console.print(table)
+    for layer in s.layers:
+        if layer.kind == "deps" and not layer.deleted:
+            console.print(
+                f"Dependency layer {layer.name} version {layer.layer_version} shared with: "
+                f"{describe_shares(layer.shared_with)}",
+                highlight=False,
+            )
     console.print(f"Size: {s.budget.describe()}", highlight=False)
     live = s.live_model.label if s.live_model else "no model layer linked, no MODEL_URI"
     console.print(f"[bold]Live model[/] ({s.live_from}): {live}", highlight=False)
@@ -889,6 +935,13 @@ def _render_status(s: Any, watched: Any, triggers: list[Any] | None = None) -> N
 
     for line in status_lines(watched):
         console.print(line, highlight=False, markup=False)
+
+
+def _reserved_text(s: Any) -> str:
+    """status's reserved concurrency line."""
+    if s.reserved_concurrency is None:
+        return "none (it draws on the account's unreserved concurrency)"
+    return f"{s.reserved_concurrency} (at most {s.reserved_concurrency} at once, set aside for it)"
 
 
 def _snapstart_text(s: Any) -> str:

@@ -4,6 +4,10 @@ In the manner of Powertools' ``kinesis_stream_event.py``: properties only read t
 decoding happens in explicit methods (``data_as_bytes``, ``data_as_text``, ``data_as_json``)
 so a caller decides when to pay for it and sees each failure where it happens.
 
+A record whose data is a KPL aggregate (``kpl.py``) holds many user records: Lambda delivers
+it as one record, ``deaggregate`` gives the user records each as a record of its own (see
+there).
+
 Record shape (what Lambda delivers)::
 
     {"eventSource": "aws:kinesis", "eventID": "shardId-000000000006:4959...",
@@ -18,8 +22,10 @@ from __future__ import annotations
 import binascii
 import json
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import kpl
 from stream_event import DictWrapper, EventRecord, StreamEvent
 
 EVENT_SOURCE = "aws:kinesis"
@@ -91,6 +97,16 @@ class KinesisStreamRecordPayload(DictWrapper):
     def data(self) -> str | None:
         """The record's data, still base64-encoded as Lambda delivers it."""
         return self._data.get("data")
+
+    @property
+    def sub_sequence_number(self) -> int | None:
+        """A user record's index in its KPL aggregate (set by ``deaggregate``, never by Lambda)."""
+        return self._data.get("subSequenceNumber")
+
+    @property
+    def explicit_hash_key(self) -> str | None:
+        """A user record's explicit hash key, when its producer gave one (``deaggregate``)."""
+        return self._data.get("explicitHashKey")
 
     @property
     def approximate_arrival_timestamp(self) -> float | None:
@@ -181,3 +197,98 @@ class KinesisStreamEvent(StreamEvent):
             sequence_numbers.append(kinesis["sequenceNumber"])
             members.append(parse(a2b(kinesis["data"], strict_mode=True))[key])
         return event_ids, sequence_numbers, members
+
+
+@dataclass(slots=True)
+class Deaggregated:
+    """An event's records with each KPL aggregate replaced by its user records.
+
+    ``records``, ``origins`` and ``sub_sequence_numbers`` are aligned: per record, the index
+    of the Kinesis record of the event it came from, and its index in that aggregate (None
+    for a record that was not one of an aggregate's).
+    """
+
+    records: list[Any]
+    origins: list[int]
+    sub_sequence_numbers: list[int | None]
+    kinesis_records: int  # records in the event
+    aggregates: int  # aggregated records replaced by their user records
+
+
+def deaggregate(records: list[Any]) -> Deaggregated | None:
+    """Replace each valid, non-empty KPL aggregate of ``records`` by its user records.
+
+    A user record is a record as Lambda would have delivered it had the producer not
+    aggregated: the aggregate's envelope and ``kinesis`` members, with the user record's
+    ``data`` (base64) and ``partitionKey``, its ``explicitHashKey`` when it has one,
+    ``subSequenceNumber`` (its index in the aggregate), ``aggregated`` true (the shape
+    aws_kinesis_agg gives), and ``eventID`` the aggregate's with ``:<subSequenceNumber>``
+    appended: its identity. ``sequenceNumber`` stays the aggregate's, what Lambda
+    checkpoints on.
+
+    Every other record stays as it is: plain records, and aggregates that are corrupt (bad
+    checksum, malformed protobuf) or empty, which the decoder reports or skips with the
+    reason. Returns None when nothing was replaced (the common case costs one string
+    comparison per record: Lambda's data is base64, and every aggregate's starts with
+    ``kpl.BASE64_PREFIX``).
+    """
+    prefix = kpl.BASE64_PREFIX
+    found = [
+        index
+        for index, record in enumerate(records)
+        if isinstance(record, Mapping)
+        and isinstance(inner := record.get("kinesis"), Mapping)
+        and isinstance(data := inner.get("data"), str)
+        and data.startswith(prefix)
+        and inner.get("subSequenceNumber") is None
+    ]
+    expanded: dict[int, list[dict[str, Any]]] = {}
+    for index in found:
+        users = _user_records(records[index])
+        if users:
+            expanded[index] = users
+    if not expanded:
+        return None
+    out: list[Any] = []
+    origins: list[int] = []
+    subs: list[int | None] = []
+    for index, record in enumerate(records):
+        made = expanded.get(index)
+        if made is None:
+            out.append(record)
+            origins.append(index)
+            subs.append(None)
+        else:
+            out.extend(made)
+            origins.extend([index] * len(made))
+            subs.extend(range(len(made)))
+    return Deaggregated(out, origins, subs, len(records), len(expanded))
+
+
+def _user_records(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The user records of an aggregated record in Lambda's shape, or [] when it is not a
+    valid non-empty aggregate (or has no sequence number: the decoder reports that)."""
+    inner = record["kinesis"]
+    sequence_number = inner.get("sequenceNumber")
+    if not isinstance(sequence_number, str) or not sequence_number:
+        return []
+    try:
+        users = kpl.deaggregate(b64decode(inner["data"]))
+    except ValueError:  # bad base64, or kpl.AggregateError
+        return []
+    event_id = record.get("eventID")
+    if not isinstance(event_id, str) or not event_id:
+        event_id = sequence_number
+    envelope = {key: value for key, value in record.items() if key != "kinesis"}
+    b2a = binascii.b2a_base64
+    made = []
+    for sub, user in enumerate(users):
+        kinesis = dict(inner)
+        kinesis["partitionKey"] = user.partition_key
+        if user.explicit_hash_key is not None:
+            kinesis["explicitHashKey"] = user.explicit_hash_key
+        kinesis["subSequenceNumber"] = sub
+        kinesis["aggregated"] = True
+        kinesis["data"] = b2a(user.data, newline=False).decode("ascii")
+        made.append({**envelope, "eventID": f"{event_id}:{sub}", "kinesis": kinesis})
+    return made

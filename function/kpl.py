@@ -1,0 +1,263 @@
+"""KPL aggregated records: the format the Kinesis Producer Library packs user records in.
+
+One Kinesis record holds many user records (``aggregation-format.md`` of
+awslabs/amazon-kinesis-producer)::
+
+    F3 89 9A C2                  magic
+    <AggregatedRecord protobuf>  the user records
+    <16 bytes>                   MD5 of the protobuf bytes
+
+    message AggregatedRecord {
+      repeated string partition_key_table     = 1;
+      repeated string explicit_hash_key_table = 2;
+      repeated Record records                 = 3;
+    }
+    message Record {
+      required uint64 partition_key_index     = 1;
+      optional uint64 explicit_hash_key_index = 2;
+      required bytes  data                    = 3;
+      repeated Tag    tags                    = 4;
+    }
+
+The protobuf reader here reads exactly that, strictly: varints of at most 10 bytes and 64
+bits, lengths within the message, a known field with an unexpected wire type, a missing
+required field, a key index outside its table, a string that is not UTF-8 are all errors.
+Unknown fields are skipped by wire type (groups included), as protobuf does; tags are
+skipped (nothing here reads them).
+
+Standard library only: the function ships alone and pays every import at cold start; this
+module imports nothing at import time (hashlib on the first aggregate). The reference deaggregators differ on a corrupt record: aws_kinesis_agg
+(Python) hands it on as if it were not aggregated, the Node.js module raises "Invalid record
+checksum". Here it is an error with the reason: a payload starting with the magic is never
+UTF-8 (F3 opens a 4-byte sequence, C2 cannot continue one), so handed on as a plain record
+it could only fail as "neither JSON nor text", which hides what went wrong.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+MAGIC = b"\xf3\x89\x9a\xc2"
+DIGEST_SIZE = 16
+# The base64 text of every payload that starts with MAGIC starts with this (the first three
+# bytes make exactly four characters): Lambda delivers data as base64, so a batch can be
+# searched for aggregates without decoding it.
+BASE64_PREFIX = "84ma"
+
+_VARINT, _FIXED64, _LENGTH, _START_GROUP, _END_GROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
+_MAX_GROUP_DEPTH = 64  # protobuf's own default recursion limit is 100
+
+
+class AggregateError(ValueError):
+    """A payload starting with the KPL magic that is not a valid aggregated record."""
+
+
+class UserRecord(NamedTuple):
+    """One user record of an aggregate; its sub-sequence number is its index in it."""
+
+    partition_key: str
+    explicit_hash_key: str | None
+    data: bytes
+
+
+def is_aggregated(payload: bytes) -> bool:
+    """Whether ``payload`` starts with the KPL magic (valid or not)."""
+    return payload[:4] == MAGIC
+
+
+def deaggregate(payload: bytes) -> list[UserRecord]:
+    """The user records of an aggregated record, in order (possibly none).
+
+    Raises:
+        AggregateError: no magic, too short for the checksum, an MD5 that does not match
+            the protobuf bytes, or a malformed protobuf; the message says which and where.
+    """
+    if not is_aggregated(payload):
+        raise AggregateError("no KPL magic (F3 89 9A C2) at the start")
+    if len(payload) < len(MAGIC) + DIGEST_SIZE:
+        raise AggregateError(
+            f"{len(payload)} bytes, too short for the magic and the 16-byte MD5 checksum"
+        )
+    # Here, not at import: a function fed plain records never needs it (with a model loaded
+    # it is there anyway: joblib and scikit-learn import it).
+    import hashlib
+
+    message = memoryview(payload)[len(MAGIC) : len(payload) - DIGEST_SIZE]
+    expected = payload[-DIGEST_SIZE:]
+    actual = hashlib.md5(message, usedforsecurity=False).digest()
+    if actual != expected:
+        raise AggregateError(
+            f"MD5 checksum mismatch: the {len(message):,}-byte protobuf hashes to "
+            f"{actual.hex()}, the record carries {expected.hex()} (corrupted in transit or by "
+            "the producer)"
+        )
+    try:
+        return _aggregated_record(message)
+    except _Malformed as exc:
+        raise AggregateError(f"malformed protobuf: {exc}") from None
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``pos``."""
+    if pos < end:
+        byte = buf[pos]
+        if byte < 0x80:
+            return byte, pos + 1
+    value = 0
+    shift = 0
+    start = pos
+    while True:
+        if pos >= end:
+            raise _Malformed(f"varint at byte {start} runs past the end of its message")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+        if shift >= 70:
+            raise _Malformed(f"varint at byte {start} is longer than 10 bytes")
+    if value >> 64:
+        raise _Malformed(f"varint at byte {start} exceeds 64 bits")
+    return value, pos
+
+
+def _length(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, int]:
+    """(start, end) of the length-delimited value whose length varint is at ``pos``."""
+    size, start = _varint(buf, pos, end)
+    if size > end - start:
+        raise _Malformed(
+            f"{what} at byte {start} declares {size:,} bytes, {end - start:,} remain in its message"
+        )
+    return start, start + size
+
+
+def _skip(buf: memoryview, pos: int, end: int, key: int, depth: int = 0) -> int:
+    """The position after the value of field ``key`` (an unknown field) at ``pos``."""
+    wire = key & 7
+    if wire == _VARINT:
+        return _varint(buf, pos, end)[1]
+    if wire == _LENGTH:
+        return _length(buf, pos, end, f"field {key >> 3}")[1]
+    if wire in (_FIXED64, _FIXED32):
+        after = pos + (8 if wire == _FIXED64 else 4)
+        if after > end:
+            raise _Malformed(f"fixed-width field {key >> 3} at byte {pos} runs past the end")
+        return after
+    if wire == _START_GROUP:
+        if depth >= _MAX_GROUP_DEPTH:
+            raise _Malformed(f"groups nested deeper than {_MAX_GROUP_DEPTH} at byte {pos}")
+        while True:
+            if pos >= end:
+                raise _Malformed(f"group {key >> 3} is never closed")
+            inner, pos = _varint(buf, pos, end)
+            if inner & 7 == _END_GROUP:
+                if inner >> 3 != key >> 3:
+                    raise _Malformed(f"group {key >> 3} closed as group {inner >> 3}")
+                return pos
+            _check_field_number(inner, pos)
+            pos = _skip(buf, pos, end, inner, depth + 1)
+    if wire == _END_GROUP:
+        raise _Malformed(f"end of group {key >> 3} at byte {pos} without its start")
+    raise _Malformed(f"field {key >> 3} has invalid wire type {wire} (before byte {pos})")
+
+
+def _check_field_number(key: int, pos: int) -> None:
+    if key >> 3 == 0:
+        raise _Malformed(f"field number 0 before byte {pos}")
+
+
+def _expect(key: int, wire: int, name: str, pos: int) -> None:
+    if key & 7 != wire:
+        raise _Malformed(f"{name} (field {key >> 3}) has wire type {key & 7}, expected {wire}")
+
+
+def _text(buf: memoryview, start: int, stop: int, what: str) -> str:
+    try:
+        return str(buf[start:stop], "utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Malformed(f"{what} at byte {start} is not UTF-8 ({exc.reason})") from None
+
+
+def _aggregated_record(buf: memoryview) -> list[UserRecord]:
+    """Parse an ``AggregatedRecord`` (records may precede the tables: fields come in any
+    order)."""
+    end = len(buf)
+    pos = 0
+    partition_keys: list[str] = []
+    hash_keys: list[str] = []
+    spans: list[tuple[int, int]] = []
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        _check_field_number(key, pos)
+        field = key >> 3
+        if field == 3:
+            _expect(key, _LENGTH, "records", pos)
+            start, pos = _length(buf, pos, end, "record")
+            spans.append((start, pos))
+        elif field == 1:
+            _expect(key, _LENGTH, "partition_key_table", pos)
+            start, pos = _length(buf, pos, end, "partition key")
+            partition_keys.append(_text(buf, start, pos, "partition key"))
+        elif field == 2:
+            _expect(key, _LENGTH, "explicit_hash_key_table", pos)
+            start, pos = _length(buf, pos, end, "explicit hash key")
+            hash_keys.append(_text(buf, start, pos, "explicit hash key"))
+        else:
+            pos = _skip(buf, pos, end, key)
+    return [
+        _record(buf, start, stop, index, partition_keys, hash_keys)
+        for index, (start, stop) in enumerate(spans)
+    ]
+
+
+def _record(
+    buf: memoryview,
+    pos: int,
+    end: int,
+    index: int,
+    partition_keys: list[str],
+    hash_keys: list[str],
+) -> UserRecord:
+    """Parse the ``Record`` message at buf[pos:end], the ``index``-th of its aggregate."""
+    partition_index: int | None = None
+    hash_index: int | None = None
+    data: tuple[int, int] | None = None
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        _check_field_number(key, pos)
+        field = key >> 3
+        if field == 1:
+            _expect(key, _VARINT, f"record {index}'s partition_key_index", pos)
+            partition_index, pos = _varint(buf, pos, end)
+        elif field == 2:
+            _expect(key, _VARINT, f"record {index}'s explicit_hash_key_index", pos)
+            hash_index, pos = _varint(buf, pos, end)
+        elif field == 3:
+            _expect(key, _LENGTH, f"record {index}'s data", pos)
+            data = _length(buf, pos, end, f"record {index}'s data")
+            pos = data[1]
+        else:  # tags (4) and fields this format does not know
+            pos = _skip(buf, pos, end, key)
+    if partition_index is None:
+        raise _Malformed(f"record {index} has no partition_key_index (a required field)")
+    if data is None:
+        raise _Malformed(f"record {index} has no data (a required field)")
+    if partition_index >= len(partition_keys):
+        raise _Malformed(
+            f"record {index} has partition_key_index {partition_index}, the table holds "
+            f"{len(partition_keys)} keys"
+        )
+    hash_key = None
+    if hash_index is not None:
+        if hash_index >= len(hash_keys):
+            raise _Malformed(
+                f"record {index} has explicit_hash_key_index {hash_index}, the table holds "
+                f"{len(hash_keys)} keys"
+            )
+        hash_key = hash_keys[hash_index]
+    return UserRecord(partition_keys[partition_index], hash_key, bytes(buf[data[0] : data[1]]))

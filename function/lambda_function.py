@@ -425,13 +425,28 @@ def _finish(
         shadow=None if shadowed.scoring is None else shadowed.scoring.figures,
     )
     _log(line)
-    # The user records of one aggregate share its sequence number: reported once.
-    identifiers = dict.fromkeys(failed[index] for index in sorted(failed))
     return {
-        "batchItemFailures": [{"itemIdentifier": identifier} for identifier in identifiers],
+        "batchItemFailures": [
+            {"itemIdentifier": failed[index]} for index in _reported(batch, sorted(failed))
+        ],
         "predictions": predictions,
         "counts": counts,
     }
+
+
+def _reported(batch: Batch, indexes: list[int]) -> list[int]:
+    """The failed records to name in batchItemFailures: each one, except that the user
+    records of one KPL aggregate share its sequence number, named once."""
+    if batch.aggregation is None:
+        return indexes
+    origins = batch.aggregation.origins
+    seen: set[int] = set()
+    named = []
+    for index in indexes:
+        if origins[index] not in seen:
+            seen.add(origins[index])
+            named.append(index)
+    return named
 
 
 def _add_sub_sequence_numbers(batch: Batch, predictions: list[dict[str, Any]]) -> None:

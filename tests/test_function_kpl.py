@@ -197,6 +197,19 @@ def test_plain_batches_are_untouched(text_model_dir: Path) -> None:
     ]
 
 
+def test_an_aggregate_with_several_bad_user_records_is_named_once(text_model_dir: Path) -> None:
+    event = {
+        "Records": [
+            kpl_record(aggregate(users(b"\xff", "love it", b"\xfe", b"\xfd")), "550"),
+            kpl_record(aggregate(users(b"\xff", "one star")), "551"),
+        ]
+    }
+    run = invoke(event, MODEL_DIR=text_model_dir)
+    assert run.failures == ["550", "551"]
+    assert run.response["counts"]["failed"] == 4  # user records
+    assert len(run.bad_records) == 4
+
+
 def test_a_nested_aggregate_is_a_bad_user_record(text_model_dir: Path) -> None:
     inner = aggregate([("pk", b"love it")])
     event = {"Records": [kpl_record(aggregate([("pk", inner), ("pk", b"love it")]), "500")]}

@@ -97,6 +97,7 @@ def test_run_local_predicts_each_user_record_of_aggregated_records(
     assert stats["records_read"] == stats["records_done"] == len(entries) == 22
     assert stats["predictions"] == 12 * 5 - 1 + 8 == 67
     assert stats["dead_lettered"] == 2
+    assert stats["aggregated"] == 12  # valid, non-empty aggregates: each de-aggregated once
     assert (stats["retries"], stats["discarded"], stats["reported"]) == (0, 0, 0)
     # and the system agrees: one item per predicted user record, keyed by
     # (sequence number, sub-sequence number)
@@ -187,6 +188,7 @@ def test_run_local_retries_an_aggregate_from_its_sequence_number(
     assert stats["reported"] == 2
     assert stats["records_read"] == stats["records_done"] == 4
     assert stats["discarded"] == 3
+    assert stats["aggregated"] == 2 + 2  # both aggregates, in each invocation
     (message,) = receive_all(clients["sqs"], deployed.failures_url)[failures_before:]
     info = message["KinesisBatchInfo"]
     assert (info["startSequenceNumber"], info["endSequenceNumber"], info["batchSize"]) == (

@@ -103,7 +103,7 @@ def test_run_local_predicts_each_user_record_of_aggregated_records(
     # (sequence number, sub-sequence number)
     items = clients["dynamodb"].scan(TableName="predictions")["Items"]
     mine = {i["record_id"]["S"]: i for i in items if i["sequence_number"]["S"] in sequences}
-    keys = set()
+    keys: set[tuple[str, int | None]] = set()
     for index, sequence in enumerate(sequences):
         subs = expected.get(index)
         if subs is None:

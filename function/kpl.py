@@ -82,7 +82,7 @@ def deaggregate(payload: bytes) -> list[UserRecord]:
     # it is there anyway: joblib and scikit-learn import it).
     import hashlib
 
-    message = memoryview(payload)[len(MAGIC) : len(payload) - DIGEST_SIZE]
+    message = payload[len(MAGIC) : len(payload) - DIGEST_SIZE]
     expected = payload[-DIGEST_SIZE:]
     actual = hashlib.md5(message, usedforsecurity=False).digest()
     if actual != expected:
@@ -101,7 +101,7 @@ class _Malformed(Exception):
     pass
 
 
-def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """(value, position after it) of the varint at ``pos``."""
     if pos < end:
         byte = buf[pos]
@@ -126,7 +126,7 @@ def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
     return value, pos
 
 
-def _length(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, int]:
+def _length(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
     """(start, end) of the length-delimited value whose length varint is at ``pos``."""
     size, start = _varint(buf, pos, end)
     if size > end - start:
@@ -136,7 +136,7 @@ def _length(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, int]:
     return start, start + size
 
 
-def _skip(buf: memoryview, pos: int, end: int, key: int, depth: int = 0) -> int:
+def _skip(buf: bytes, pos: int, end: int, key: int, depth: int = 0) -> int:
     """The position after the value of field ``key`` (an unknown field) at ``pos``."""
     wire = key & 7
     if wire == _VARINT:
@@ -176,14 +176,14 @@ def _expect(key: int, wire: int, name: str, pos: int) -> None:
         raise _Malformed(f"{name} (field {key >> 3}) has wire type {key & 7}, expected {wire}")
 
 
-def _text(buf: memoryview, start: int, stop: int, what: str) -> str:
+def _text(buf: bytes, start: int, stop: int, what: str) -> str:
     try:
         return str(buf[start:stop], "utf-8")
     except UnicodeDecodeError as exc:
         raise _Malformed(f"{what} at byte {start} is not UTF-8 ({exc.reason})") from None
 
 
-def _aggregated_record(buf: memoryview) -> list[UserRecord]:
+def _aggregated_record(buf: bytes) -> list[UserRecord]:
     """Parse an ``AggregatedRecord`` (records may precede the tables: fields come in any
     order)."""
     end = len(buf)
@@ -215,37 +215,69 @@ def _aggregated_record(buf: memoryview) -> list[UserRecord]:
     ]
 
 
+# A Record's field keys (field number << 3 | wire type) as the KPL writes them.
+_PARTITION_INDEX = 1 << 3 | _VARINT
+_HASH_INDEX = 2 << 3 | _VARINT
+_DATA = 3 << 3 | _LENGTH
+
+
 def _record(
-    buf: memoryview,
+    buf: bytes,
     pos: int,
     end: int,
     index: int,
     partition_keys: list[str],
     hash_keys: list[str],
 ) -> UserRecord:
-    """Parse the ``Record`` message at buf[pos:end], the ``index``-th of its aggregate."""
+    """Parse the ``Record`` message at buf[pos:end], the ``index``-th of its aggregate.
+
+    The KPL's own keys and small values are one byte each: read inline (this loop runs for
+    every user record), anything else through ``_varint``.
+    """
     partition_index: int | None = None
     hash_index: int | None = None
-    data: tuple[int, int] | None = None
+    data_start = data_end = -1
     while pos < end:
-        key, pos = _varint(buf, pos, end)
-        _check_field_number(key, pos)
-        field = key >> 3
-        if field == 1:
-            _expect(key, _VARINT, f"record {index}'s partition_key_index", pos)
-            partition_index, pos = _varint(buf, pos, end)
-        elif field == 2:
-            _expect(key, _VARINT, f"record {index}'s explicit_hash_key_index", pos)
-            hash_index, pos = _varint(buf, pos, end)
-        elif field == 3:
-            _expect(key, _LENGTH, f"record {index}'s data", pos)
-            data = _length(buf, pos, end, f"record {index}'s data")
-            pos = data[1]
-        else:  # tags (4) and fields this format does not know
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _varint(buf, pos, end)
+        if key in (_PARTITION_INDEX, _HASH_INDEX):
+            if pos < end and buf[pos] < 0x80:
+                value, pos = buf[pos], pos + 1
+            else:
+                value, pos = _varint(buf, pos, end)
+            if key == _PARTITION_INDEX:
+                partition_index = value
+            else:
+                hash_index = value
+        elif key == _DATA:
+            if pos < end and buf[pos] < 0x80:
+                data_start = pos + 1
+                data_end = data_start + buf[pos]
+                if data_end > end:
+                    raise _Malformed(
+                        f"record {index}'s data at byte {data_start} declares "
+                        f"{buf[pos]:,} bytes, {end - data_start:,} remain in its message"
+                    )
+            else:
+                data_start, data_end = _length(buf, pos, end, f"record {index}'s data")
+            pos = data_end
+        else:
+            _check_field_number(key, pos)
+            field = key >> 3
+            if field == 1:
+                _expect(key, _VARINT, f"record {index}'s partition_key_index", pos)
+            elif field == 2:
+                _expect(key, _VARINT, f"record {index}'s explicit_hash_key_index", pos)
+            elif field == 3:
+                _expect(key, _LENGTH, f"record {index}'s data", pos)
+            # tags (4) and fields this format does not know
             pos = _skip(buf, pos, end, key)
     if partition_index is None:
         raise _Malformed(f"record {index} has no partition_key_index (a required field)")
-    if data is None:
+    if data_start < 0:
         raise _Malformed(f"record {index} has no data (a required field)")
     if partition_index >= len(partition_keys):
         raise _Malformed(
@@ -260,4 +292,4 @@ def _record(
                 f"{len(hash_keys)} keys"
             )
         hash_key = hash_keys[hash_index]
-    return UserRecord(partition_keys[partition_index], hash_key, bytes(buf[data[0] : data[1]]))
+    return UserRecord(partition_keys[partition_index], hash_key, buf[data_start:data_end])

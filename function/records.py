@@ -78,6 +78,7 @@ _NOT_PLAIN_TEXT = frozenset({"", "{", " ", "\t", "\n", "\r", "\x0b", "\x0c"})
 # with one is parsed to tell text from such a value. (A quoted payload stays text, verbatim,
 # as it always was.)
 _JSON_LEADS = frozenset("[-0123456789tfn")
+_KPL_MAGIC = kpl.MAGIC
 
 
 class InvalidEventError(ValueError):
@@ -504,7 +505,7 @@ def _kinesis_value(record: KinesisStreamRecord, spec: InputSpec) -> Any:
         raise RecordError(f"data is not valid base64 ({exc})") from None
     if not payload:
         raise RecordError("data is empty")
-    if payload[:4] == kpl.MAGIC:
+    if payload.startswith(_KPL_MAGIC):
         return _aggregate_value(record, payload)
     if spec.kind == "text" and payload.lstrip()[:1] != b"{":
         try:

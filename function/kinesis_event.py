@@ -22,14 +22,22 @@ from __future__ import annotations
 import binascii
 import json
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from operator import methodcaller
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import kpl
 from stream_event import DictWrapper, EventRecord, StreamEvent
 
+if TYPE_CHECKING:
+    from kpl import Deaggregated
+
 EVENT_SOURCE = "aws:kinesis"
+# The KPL's magic bytes (kpl.MAGIC) and the base64 text every aggregate's data starts with
+# (its first three bytes make four characters). Here so that telling an aggregate apart
+# imports nothing: kpl.py is imported on the first aggregate only (the function ships no
+# bytecode, so each module it imports is compiled at every cold start: about 2 ms for
+# kpl.py). tests/test_kpl.py checks that they agree with kpl.py.
+KPL_MAGIC = b"\xf3\x89\x9a\xc2"
+KPL_BASE64_PREFIX = "84ma"
 
 JsonLoads = Callable[[bytes], Any]
 
@@ -101,12 +109,12 @@ class KinesisStreamRecordPayload(DictWrapper):
 
     @property
     def sub_sequence_number(self) -> int | None:
-        """A user record's index in its KPL aggregate (set by ``deaggregate``, never by Lambda)."""
+        """A user record's index in its KPL aggregate (set by ``kpl.expand``, never by Lambda)."""
         return self._data.get("subSequenceNumber")
 
     @property
     def explicit_hash_key(self) -> str | None:
-        """A user record's explicit hash key, when its producer gave one (``deaggregate``)."""
+        """A user record's explicit hash key, when its producer gave one (``kpl.expand``)."""
         return self._data.get("explicitHashKey")
 
     @property
@@ -200,105 +208,20 @@ class KinesisStreamEvent(StreamEvent):
         return event_ids, sequence_numbers, members
 
 
-@dataclass(slots=True)
-class Deaggregated:
-    """An event's records with each KPL aggregate replaced by its user records.
-
-    ``records``, ``origins`` and ``sub_sequence_numbers`` are aligned: per record, the index
-    of the Kinesis record of the event it came from, and its index in that aggregate (None
-    for a record that was not one of an aggregate's).
-    """
-
-    records: list[Any]
-    origins: list[int]
-    sub_sequence_numbers: list[int | None]
-    kinesis_records: int  # records in the event
-    aggregates: int  # aggregated records replaced by their user records
-
-
 def deaggregate(records: list[Any]) -> Deaggregated | None:
-    """Replace each valid, non-empty KPL aggregate of ``records`` by its user records.
+    """Replace each valid, non-empty KPL aggregate of ``records`` by its user records
+    (``kpl.expand`` says how), or None when the event holds none.
 
-    A user record is a record as Lambda would have delivered it had the producer not
-    aggregated: the aggregate's envelope and ``kinesis`` members, with the user record's
-    ``data`` (base64) and ``partitionKey``, its ``explicitHashKey`` when it has one,
-    ``subSequenceNumber`` (its index in the aggregate), ``aggregated`` true (the shape
-    aws_kinesis_agg gives), and ``eventID`` the aggregate's with ``:<subSequenceNumber>``
-    appended: its identity. ``sequenceNumber`` stays the aggregate's, what Lambda
-    checkpoints on.
-
-    Every other record stays as it is: plain records, and aggregates that are corrupt (bad
-    checksum, malformed protobuf) or empty, which the decoder reports or skips with the
-    reason. Returns None when nothing was replaced (the common case costs a string
-    comparison per record, about 0.2 us: Lambda's data is base64, and every aggregate's
-    starts with ``kpl.BASE64_PREFIX``).
+    The common case costs a string comparison per record, about 0.2 us, and no import:
+    Lambda's data is base64, and every aggregate's starts with ``KPL_BASE64_PREFIX``.
     """
-    prefix = kpl.BASE64_PREFIX
     try:
-        # The common case, in C: no record's data starts like an aggregate.
+        # In C: no record's data starts like an aggregate.
         datas = [record["kinesis"]["data"] for record in records]
-        if not any(map(methodcaller("startswith", prefix), datas)):
+        if not any(map(methodcaller("startswith", KPL_BASE64_PREFIX), datas)):
             return None
     except (KeyError, TypeError, AttributeError):
-        pass  # a record of another shape: the scan below looks at each with care
-    found = [
-        index
-        for index, record in enumerate(records)
-        if isinstance(record, Mapping)
-        and isinstance(inner := record.get("kinesis"), Mapping)
-        and isinstance(data := inner.get("data"), str)
-        and data.startswith(prefix)
-        and inner.get("subSequenceNumber") is None
-    ]
-    expanded: dict[int, list[dict[str, Any]]] = {}
-    for index in found:
-        users = _user_records(records[index])
-        if users:
-            expanded[index] = users
-    if not expanded:
-        return None
-    out: list[Any] = []
-    origins: list[int] = []
-    subs: list[int | None] = []
-    for index, record in enumerate(records):
-        made = expanded.get(index)
-        if made is None:
-            out.append(record)
-            origins.append(index)
-            subs.append(None)
-        else:
-            out.extend(made)
-            origins.extend([index] * len(made))
-            subs.extend(range(len(made)))
-    return Deaggregated(out, origins, subs, len(records), len(expanded))
+        pass  # a record of another shape: kpl.expand looks at each with care
+    import kpl
 
-
-def _user_records(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The user records of an aggregated record in Lambda's shape, or [] when it is not a
-    valid non-empty aggregate (or has no sequence number: the decoder reports that)."""
-    inner = record["kinesis"]
-    sequence_number = inner.get("sequenceNumber")
-    if not isinstance(sequence_number, str) or not sequence_number:
-        return []
-    try:
-        users = kpl.deaggregate(b64decode(inner["data"]))
-    except ValueError:  # bad base64, or kpl.AggregateError
-        return []
-    event_id = record.get("eventID")
-    if not isinstance(event_id, str) or not event_id:
-        event_id = sequence_number
-    envelope = {key: value for key, value in record.items() if key != "kinesis"}
-    b2a = binascii.b2a_base64
-    made = []
-    for sub, (partition_key, hash_key, data) in enumerate(users):
-        kinesis = {
-            **inner,
-            "partitionKey": partition_key,
-            "subSequenceNumber": sub,
-            "aggregated": True,
-            "data": b2a(data, newline=False).decode("ascii"),
-        }
-        if hash_key is not None:
-            kinesis["explicitHashKey"] = hash_key
-        made.append({**envelope, "eventID": f"{event_id}:{sub}", "kinesis": kinesis})
-    return made
+    return kpl.expand(records)

@@ -25,23 +25,31 @@ required field, a key index outside its table, a string that is not UTF-8 are al
 Unknown fields are skipped by wire type (groups included), as protobuf does; tags are
 skipped (nothing here reads them).
 
-Standard library only: the function ships alone and pays every import at cold start; this
-module imports nothing at import time (hashlib on the first aggregate). The reference deaggregators differ on a corrupt record: aws_kinesis_agg
-(Python) hands it on as if it were not aggregated, the Node.js module raises "Invalid record
-checksum". Here it is an error with the reason: a payload starting with the magic is never
+``expand`` replaces the aggregates of a Lambda event's records by their user records, in
+Lambda's record shape.
+
+Standard library only. The function ships alone, without bytecode: each module it imports is
+compiled at every cold start (this one: about 2 ms). So this module is imported on the first
+aggregate only: ``kinesis_event.deaggregate`` tells aggregates apart without it.
+
+The reference deaggregators differ on a corrupt record: aws_kinesis_agg (Python) hands it on
+as if it were not aggregated, the Node.js module raises "Invalid record checksum". Here it is an error with the reason: a payload starting with the magic is never
 UTF-8 (F3 opens a 4-byte sequence, C2 cannot continue one), so handed on as a plain record
 it could only fail as "neither JSON nor text", which hides what went wrong.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import binascii
+import hashlib
+from collections.abc import Mapping
+from typing import Any
 
 MAGIC = b"\xf3\x89\x9a\xc2"
 DIGEST_SIZE = 16
 # The base64 text of every payload that starts with MAGIC starts with this (the first three
 # bytes make exactly four characters): Lambda delivers data as base64, so a batch can be
-# searched for aggregates without decoding it.
+# searched for aggregates without decoding it. (kinesis_event holds copies of both.)
 BASE64_PREFIX = "84ma"
 
 _VARINT, _FIXED64, _LENGTH, _START_GROUP, _END_GROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
@@ -52,12 +60,10 @@ class AggregateError(ValueError):
     """A payload starting with the KPL magic that is not a valid aggregated record."""
 
 
-class UserRecord(NamedTuple):
-    """One user record of an aggregate; its sub-sequence number is its index in it."""
-
-    partition_key: str
-    explicit_hash_key: str | None
-    data: bytes
+# One user record of an aggregate: (partition key, explicit hash key or None, data); its
+# sub-sequence number is its index in the aggregate. A plain tuple: a NamedTuple class costs
+# about 0.17 ms to create at import.
+UserRecord = tuple[str, str | None, bytes]
 
 
 def is_aggregated(payload: bytes) -> bool:
@@ -78,10 +84,6 @@ def deaggregate(payload: bytes) -> list[UserRecord]:
         raise AggregateError(
             f"{len(payload)} bytes, too short for the magic and the 16-byte MD5 checksum"
         )
-    # Here, not at import: a function fed plain records never needs it (with a model loaded
-    # it is there anyway: joblib and scikit-learn import it).
-    import hashlib
-
     message = payload[len(MAGIC) : len(payload) - DIGEST_SIZE]
     expected = payload[-DIGEST_SIZE:]
     actual = hashlib.md5(message, usedforsecurity=False).digest()
@@ -292,4 +294,112 @@ def _record(
                 f"{len(hash_keys)} keys"
             )
         hash_key = hash_keys[hash_index]
-    return UserRecord(partition_keys[partition_index], hash_key, buf[data_start:data_end])
+    return (partition_keys[partition_index], hash_key, buf[data_start:data_end])
+
+
+# --- Lambda's Kinesis records -----------------------------------------------------------------
+
+
+class Deaggregated:
+    """An event's records with each KPL aggregate replaced by its user records.
+
+    ``records``, ``origins`` and ``sub_sequence_numbers`` are aligned: per record, the index
+    of the Kinesis record of the event it came from, and its index in that aggregate (None
+    for a record that was not one of an aggregate's). A plain class: a dataclass costs about
+    0.4 ms to create at import.
+    """
+
+    __slots__ = ("aggregates", "kinesis_records", "origins", "records", "sub_sequence_numbers")
+
+    def __init__(
+        self,
+        records: list[Any],
+        origins: list[int],
+        sub_sequence_numbers: list[int | None],
+        kinesis_records: int,
+        aggregates: int,
+    ) -> None:
+        self.records = records
+        self.origins = origins
+        self.sub_sequence_numbers = sub_sequence_numbers
+        self.kinesis_records = kinesis_records  # records in the event
+        self.aggregates = aggregates  # aggregated records replaced by their user records
+
+
+def expand(records: list[Any]) -> Deaggregated | None:
+    """Replace each valid, non-empty KPL aggregate of ``records`` by its user records.
+
+    A user record is a record as Lambda would have delivered it had the producer not
+    aggregated: the aggregate's envelope and ``kinesis`` members, with the user record's
+    ``data`` (base64) and ``partitionKey``, its ``explicitHashKey`` when it has one,
+    ``subSequenceNumber`` (its index in the aggregate), ``aggregated`` true (the shape
+    aws_kinesis_agg gives), and ``eventID`` the aggregate's with ``:<subSequenceNumber>``
+    appended: its identity. ``sequenceNumber`` stays the aggregate's, what Lambda
+    checkpoints on.
+
+    Every other record stays as it is: plain records, and aggregates that are corrupt (bad
+    checksum, malformed protobuf) or empty, which the decoder reports or skips with the
+    reason. Returns None when nothing was replaced.
+    """
+    prefix = BASE64_PREFIX
+    found = [
+        index
+        for index, record in enumerate(records)
+        if isinstance(record, Mapping)
+        and isinstance(inner := record.get("kinesis"), Mapping)
+        and isinstance(data := inner.get("data"), str)
+        and data.startswith(prefix)
+        and inner.get("subSequenceNumber") is None
+    ]
+    expanded: dict[int, list[dict[str, Any]]] = {}
+    for index in found:
+        users = _user_records(records[index])
+        if users:
+            expanded[index] = users
+    if not expanded:
+        return None
+    out: list[Any] = []
+    origins: list[int] = []
+    subs: list[int | None] = []
+    for index, record in enumerate(records):
+        made = expanded.get(index)
+        if made is None:
+            out.append(record)
+            origins.append(index)
+            subs.append(None)
+        else:
+            out.extend(made)
+            origins.extend([index] * len(made))
+            subs.extend(range(len(made)))
+    return Deaggregated(out, origins, subs, len(records), len(expanded))
+
+
+def _user_records(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The user records of an aggregated record in Lambda's shape, or [] when it is not a
+    valid non-empty aggregate (or has no sequence number: the decoder reports that)."""
+    inner = record["kinesis"]
+    sequence_number = inner.get("sequenceNumber")
+    if not isinstance(sequence_number, str) or not sequence_number:
+        return []
+    try:
+        users = deaggregate(binascii.a2b_base64(inner["data"], strict_mode=True))
+    except ValueError:  # bad base64 (binascii.Error), or AggregateError
+        return []
+    event_id = record.get("eventID")
+    if not isinstance(event_id, str) or not event_id:
+        event_id = sequence_number
+    envelope = {key: value for key, value in record.items() if key != "kinesis"}
+    b2a = binascii.b2a_base64
+    made = []
+    for sub, (partition_key, hash_key, data) in enumerate(users):
+        kinesis = {
+            **inner,
+            "partitionKey": partition_key,
+            "subSequenceNumber": sub,
+            "aggregated": True,
+            "data": b2a(data, newline=False).decode("ascii"),
+        }
+        if hash_key is not None:
+            kinesis["explicitHashKey"] = hash_key
+        made.append({**envelope, "eventID": f"{event_id}:{sub}", "kinesis": kinesis})
+    return made

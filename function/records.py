@@ -8,7 +8,7 @@ Supported events:
   (feature models only), or a DynamoDB change record written by Kinesis Data Streams for
   DynamoDB (treated like a DynamoDB Streams record, identified by the Kinesis record).
   A KPL aggregated record (``kpl.py``) counts as its user records, each decoded as above on
-  its own (``kinesis_event.deaggregate``); a corrupt aggregate (bad MD5, malformed
+  its own (``kpl.expand``); a corrupt aggregate (bad MD5, malformed
   protobuf) is one bad record with that reason, an empty one is skipped.
 - DynamoDB Streams (``{"Records": [{"eventSource": "aws:dynamodb", ...}]}``): INSERT and
   MODIFY are scored from NewImage; REMOVE and records without NewImage (KEYS_ONLY or
@@ -31,9 +31,8 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-import kpl
 from dynamodb_event import EVENT_SOURCE as DYNAMODB_SOURCE
 from dynamodb_event import (
     SCORED_EVENT_NAMES,
@@ -43,7 +42,7 @@ from dynamodb_event import (
 )
 from kinesis_event import EVENT_SOURCE as KINESIS_SOURCE
 from kinesis_event import (
-    Deaggregated,
+    KPL_MAGIC,
     KinesisStreamEvent,
     KinesisStreamRecord,
     b64decode,
@@ -52,6 +51,9 @@ from kinesis_event import (
     loads,
 )
 from stream_event import EventRecord
+
+if TYPE_CHECKING:
+    from kpl import Deaggregated
 
 Source = Literal["kinesis", "dynamodb", "direct"]
 R = TypeVar("R", bound=EventRecord)
@@ -78,7 +80,6 @@ _NOT_PLAIN_TEXT = frozenset({"", "{", " ", "\t", "\n", "\r", "\x0b", "\x0c"})
 # with one is parsed to tell text from such a value. (A quoted payload stays text, verbatim,
 # as it always was.)
 _JSON_LEADS = frozenset("[-0123456789tfn")
-_KPL_MAGIC = kpl.MAGIC
 
 
 class InvalidEventError(ValueError):
@@ -505,7 +506,7 @@ def _kinesis_value(record: KinesisStreamRecord, spec: InputSpec) -> Any:
         raise RecordError(f"data is not valid base64 ({exc})") from None
     if not payload:
         raise RecordError("data is empty")
-    if payload.startswith(_KPL_MAGIC):
+    if payload.startswith(KPL_MAGIC):
         return _aggregate_value(record, payload)
     if spec.kind == "text" and payload.lstrip()[:1] != b"{":
         try:
@@ -532,6 +533,8 @@ def _kinesis_value(record: KinesisStreamRecord, spec: InputSpec) -> Any:
 def _aggregate_value(record: KinesisStreamRecord, payload: bytes) -> _Skip:
     """A payload with the KPL magic that ``deaggregate`` left whole: a corrupt aggregate (a
     bad record with the reason), an empty one (skipped), or one inside an aggregate."""
+    import kpl  # on the first aggregate only (see kinesis_event.KPL_MAGIC)
+
     if record.kinesis.sub_sequence_number is not None:
         raise RecordError(
             "payload is a KPL aggregated record inside another one: the KPL never nests them"

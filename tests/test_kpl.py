@@ -10,16 +10,20 @@ under ``kinesis``, are put back where Lambda puts them).
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
+from pathlib import Path
 
 import kpl_encoder
 import pytest
-from function_support import load_event
+from function_support import FUNCTION_DIR, load_event
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kpl_encoder import aggregate, field, frame, user_record, varint
 
+import kinesis_event
 import kpl
-from kpl import AggregateError, UserRecord
+from kpl import AggregateError
 
 # --- what the real KPL wrote -------------------------------------------------------------------
 
@@ -28,22 +32,22 @@ def test_records_the_kpl_wrote_with_explicit_hash_keys() -> None:
     first, _ = load_event("kinesis_kpl")["Records"]
     users = kpl.deaggregate(base64.b64decode(first["kinesis"]["data"]))
     assert users == [
-        UserRecord(
+        (
             "fc03dd88-3e79-448a-b01a-7cf1bd47b784",
             "38486495867508399078159723846051807020",
             b"RECORD 22 peeobhczbzdmskboupgyq\n",
         ),
-        UserRecord(
+        (
             "cae41b1c-ea61-43f2-90be-b8755ebf88e2",
             "193787600037681706952143357071916352604",
             b"RECORD 23 uswkxftxroeusscxsjhno\n",
         ),
-        UserRecord(
+        (
             "d490690c-e74d-4db2-a3c8-d8f2f184fd23",
             "266880436964932424265466916734068684439",
             b"RECORD 24 casehdgivfaxeustlyszy\n",
         ),
-        UserRecord(
+        (
             "c924bc09-b85e-47f1-b32e-336522ee53c8",
             "339606600942967391854603552402021847292",
             b"RECORD 25 nvffvpmuogdopjhamevrk\n",
@@ -54,7 +58,7 @@ def test_records_the_kpl_wrote_with_explicit_hash_keys() -> None:
 def test_records_the_kpl_wrote_without_explicit_hash_keys() -> None:
     _, second = load_event("kinesis_kpl")["Records"]
     users = kpl.deaggregate(base64.b64decode(second["kinesis"]["data"]))
-    assert [user.data for user in users] == [
+    assert [data for _, _, data in users] == [
         f"RECORD {n} {tail}\n".encode()
         for n, tail in zip(
             range(18, 26),
@@ -71,8 +75,8 @@ def test_records_the_kpl_wrote_without_explicit_hash_keys() -> None:
             strict=True,
         )
     ]
-    assert users[0].partition_key == "78feb12a-dba0-45ca-a91e-bb1f2f1819b4"
-    assert all(user.explicit_hash_key is None for user in users)
+    assert users[0][0] == "78feb12a-dba0-45ca-a91e-bb1f2f1819b4"
+    assert all(hash_key is None for _, hash_key, _ in users)
 
 
 def test_every_aggregate_is_recognised_from_its_base64_prefix() -> None:
@@ -82,6 +86,41 @@ def test_every_aggregate_is_recognised_from_its_base64_prefix() -> None:
     for tail in (b"", b"\x00", b"\xff" * 3, b"{}"):
         encoded = base64.b64encode(kpl.MAGIC + tail).decode()
         assert encoded.startswith(kpl.BASE64_PREFIX)
+
+
+def test_the_function_tells_aggregates_apart_as_kpl_does() -> None:
+    assert kinesis_event.KPL_MAGIC == kpl.MAGIC
+    assert kinesis_event.KPL_BASE64_PREFIX == kpl.BASE64_PREFIX
+    assert base64.b64encode(kpl.MAGIC[:3]).decode() == kpl.BASE64_PREFIX
+
+
+def test_kpl_is_imported_on_the_first_aggregate_only() -> None:
+    # The function zip has no bytecode: an import is a compile at every cold start.
+    child = """
+import base64, json, sys
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2])
+import records
+from function_support import kinesis_event
+from kpl_encoder import aggregate
+spec = records.InputSpec(kind="text", field="text")
+plain = kinesis_event([{"text": "love it"}, {"text": 5}, "fine"])
+batch = records.decode_event(plain, spec)  # the per-record path: a bad record
+assert len(batch.rejected) == 1 and "kpl" not in sys.modules, sys.modules.keys()
+records.decode_event(kinesis_event([{"text": "love it"}]), spec)  # the fast path
+assert "kpl" not in sys.modules
+event = kinesis_event(["x"])
+event["Records"][0]["kinesis"]["data"] = base64.b64encode(aggregate([("pk", b"hi")])).decode()
+assert records.decode_event(event, spec).inputs == ["hi"]
+assert "kpl" in sys.modules
+print("ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", child, str(FUNCTION_DIR), str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and proc.stdout == "ok\n", proc.stderr
 
 
 # --- the encoder round trip --------------------------------------------------------------------
@@ -101,8 +140,7 @@ user_records = st.lists(
 def test_round_trip(records: list[tuple[str, bytes] | tuple[str, bytes, str]]) -> None:
     users = kpl.deaggregate(aggregate(records))
     assert users == [
-        UserRecord(record[0], record[2] if len(record) == 3 else None, record[1])
-        for record in records
+        (record[0], record[2] if len(record) == 3 else None, record[1]) for record in records
     ]
 
 
@@ -127,13 +165,13 @@ def test_unknown_fields_and_tags_are_skipped() -> None:
     record = user_record(0, b"payload", tags=[("k", "v"), ("only-key", None)]) + unknown
     message = unknown + field(3, 2, record) + field(1, 2, b"pk") + unknown
     # Then the record is read (its table came after it) and nothing else
-    assert kpl.deaggregate(frame(message)) == [UserRecord("pk", None, b"payload")]
+    assert kpl.deaggregate(frame(message)) == [("pk", None, b"payload")]
 
 
 def test_repeated_scalar_keeps_the_last_value() -> None:
     record = field(1, 0, 0) + field(3, 2, b"first") + field(1, 0, 1) + field(3, 2, b"second")
     message = field(1, 2, b"a") + field(1, 2, b"b") + field(3, 2, record)
-    assert kpl.deaggregate(frame(message)) == [UserRecord("b", None, b"second")]
+    assert kpl.deaggregate(frame(message)) == [("b", None, b"second")]
 
 
 # --- broken records ----------------------------------------------------------------------------
@@ -257,7 +295,7 @@ def test_any_damage_is_an_aggregate_error_never_a_crash(
     except AggregateError as exc:
         assert str(exc).startswith("malformed protobuf: ")
     else:
-        assert all(isinstance(user, UserRecord) for user in users)
+        assert all(len(user) == 3 and isinstance(user[2], bytes) for user in users)
 
 
 def test_varint_encoding_of_the_tests_matches_protobuf_examples() -> None:

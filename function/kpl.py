@@ -1,7 +1,7 @@
 """KPL aggregated records: the format the Kinesis Producer Library packs user records in.
 
-One Kinesis record holds many user records (``aggregation-format.md`` of
-awslabs/amazon-kinesis-producer)::
+One Kinesis record holds many user records
+(https://github.com/awslabs/amazon-kinesis-producer/blob/master/aggregation-format.md)::
 
     F3 89 9A C2                  magic
     <AggregatedRecord protobuf>  the user records

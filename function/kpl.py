@@ -194,6 +194,17 @@ def _aggregated_record(buf: bytes) -> list[UserRecord]:
     hash_keys: list[str] = []
     spans: list[tuple[int, int]] = []
     while pos < end:
+        if buf[pos] == _RECORDS and pos + 1 < end and buf[pos + 1] < 0x80:
+            # a record of under 128 bytes, as the KPL writes it: inline (once per record)
+            start = pos + 2
+            pos = start + buf[pos + 1]
+            if pos > end:
+                raise _Malformed(
+                    f"record at byte {start} declares {buf[start - 1]:,} bytes, "
+                    f"{end - start:,} remain in its message"
+                )
+            spans.append((start, pos))
+            continue
         key, pos = _varint(buf, pos, end)
         _check_field_number(key, pos)
         field = key >> 3
@@ -217,7 +228,9 @@ def _aggregated_record(buf: bytes) -> list[UserRecord]:
     ]
 
 
-# A Record's field keys (field number << 3 | wire type) as the KPL writes them.
+# Field keys (field number << 3 | wire type) as the KPL writes them: AggregatedRecord's
+# records, then Record's fields.
+_RECORDS = 3 << 3 | _LENGTH
 _PARTITION_INDEX = 1 << 3 | _VARINT
 _HASH_INDEX = 2 << 3 | _VARINT
 _DATA = 3 << 3 | _LENGTH

@@ -185,6 +185,27 @@ def test_an_all_aggregated_batch_takes_the_fast_path(text_model_dir: Path) -> No
     assert batch.aggregation is not None and batch.aggregation.aggregates == 2
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        records.InputSpec(kind="text", field="text"),
+        records.InputSpec(kind="text", field=None),
+        records.InputSpec(kind="features", field=None, features=("a", "b")),
+        records.InputSpec(kind="features", field="row", features=("a",)),
+    ],
+    ids=["text-field", "text", "features", "features-field"],
+)
+def test_the_fast_path_never_takes_an_aggregate(spec: records.InputSpec) -> None:
+    # decode_event tries the bulk decoder before looking for aggregates: it must refuse any
+    # batch holding one (the magic is not UTF-8, so no text or JSON reading takes it)
+    first = {"text": "love it", "a": 1, "b": 2, "row": {"a": 1}}
+    data = aggregate([("pk", json.dumps(first).encode())])
+    event = {"Records": [kinesis_record(first, "900"), kpl_record(data, "901")]}
+    assert records._kinesis_fast_path(event, event["Records"], spec) is None
+    batch = records.decode_event(event, spec)
+    assert batch.record_ids == [rid("900"), rid("901", 0)]
+
+
 def test_plain_batches_are_untouched(text_model_dir: Path) -> None:
     event = load_event("kinesis_reviews")
     batch = records.decode_event(event, _text_spec())

@@ -37,7 +37,9 @@ The response is ``{"batchItemFailures": [{"itemIdentifier": ...}], "predictions"
 "counts": {...}}``: with ``FunctionResponseTypes=["ReportBatchItemFailures"]`` on the event
 source mapping, Lambda retries from the first failed record instead of the whole batch.
 Every record is predicted, skipped (DynamoDB REMOVE, no NewImage), dead-lettered, or
-reported in batchItemFailures: none is dropped, none fails the batch. Sink calls are bounded
+reported in batchItemFailures: none is dropped, none fails the batch. Skipped records are
+counted once per batch by why, ``"skipped_reasons": {"REMOVE": n, "KEYS_ONLY": n, ...}`` in
+the batch line (the stream view type when a change has no new image). Sink calls are bounded
 by the invocation's remaining time (``context.get_remaining_time_in_millis()``); what does
 not fit is reported, with every record behind it (see ``_deliver``).
 
@@ -400,6 +402,7 @@ def _finish(
         "message": "batch",
         "source": batch.source,
         "counts": counts,
+        **_skipped_reasons(batch),
         **timings,
         "write_ms": write_ms,
         **described,
@@ -457,6 +460,20 @@ def _add_sub_sequence_numbers(batch: Batch, predictions: list[dict[str, Any]]) -
         sub = batch.sub_sequence_number(index)
         if sub is not None:
             prediction["sub_sequence_number"] = sub
+
+
+def _skipped_reasons(batch: Batch) -> dict[str, Any]:
+    """``{"skipped_reasons": {kind: count}}`` for a batch with skipped records, else ``{}``.
+
+    Said once per batch rather than per record: a KEYS_ONLY or OLD_IMAGE stream skips every
+    record, and the counts name the fix (a stream with new images) without a line each.
+    """
+    if not batch.skipped:
+        return {}
+    reasons: dict[str, int] = {}
+    for skipped in batch.skipped:
+        reasons[skipped.kind] = reasons.get(skipped.kind, 0) + 1
+    return {"skipped_reasons": dict(sorted(reasons.items()))}
 
 
 class _ShadowPass:

@@ -153,12 +153,19 @@ class Rejected:
 
 @dataclass(slots=True)
 class Skipped:
-    """A record that is not scored by design (a REMOVE, a change without NewImage)."""
+    """A record that is not scored by design (a REMOVE, a change without NewImage).
+
+    ``kind`` is what the batch log counts it under: ``REMOVE``, or the stream view type that
+    left the change without a new image (``KEYS_ONLY``, ``OLD_IMAGE``; ``NO_NEW_IMAGE`` when
+    the record does not say, as a change record delivered through Kinesis does not), or
+    ``EMPTY_AGGREGATE`` (a KPL aggregated record holding no user records).
+    """
 
     index: int
     record_id: str
     sequence_number: str | None
     reason: str
+    kind: str = "NO_NEW_IMAGE"
 
 
 @dataclass(slots=True)
@@ -475,7 +482,9 @@ def _decode_each(
             batch.rejected.append(Rejected(index, record_id, sequence_number, str(exc), raw))
             continue
         if isinstance(value, _Skip):
-            batch.skipped.append(Skipped(index, record_id, sequence_number, value.reason))
+            batch.skipped.append(
+                Skipped(index, record_id, sequence_number, value.reason, value.kind)
+            )
             continue
         batch.add(index, record_id, sequence_number, value)
     return batch
@@ -487,9 +496,10 @@ def _identity(event_id: Any, sequence_number: str) -> str:
 
 
 class _Skip:
-    __slots__ = ("reason",)
+    __slots__ = ("kind", "reason")
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, kind: str, reason: str) -> None:
+        self.kind = kind
         self.reason = reason
 
 
@@ -544,7 +554,9 @@ def _aggregate_value(record: KinesisStreamRecord, payload: bytes) -> _Skip:
     except kpl.AggregateError as exc:
         raise RecordError(f"KPL aggregated record is corrupt: {exc}") from None
     if not users:
-        return _Skip("KPL aggregated record holding no user records: nothing to score")
+        return _Skip(
+            "EMPTY_AGGREGATE", "KPL aggregated record holding no user records: nothing to score"
+        )
     # Only decode_records given an event's records as Lambda sent them gets here.
     raise RecordError(
         f"KPL aggregated record of {len(users)} user records was not de-aggregated "
@@ -574,14 +586,18 @@ def _change_record_value(record: DynamoDBStreamRecord, spec: InputSpec) -> Any:
     """The model input of a DynamoDB change record (either delivery), a _Skip, or RecordError."""
     name = record.event_name
     if name == "REMOVE":
-        return _Skip("REMOVE: the item was deleted, nothing to score")
+        return _Skip("REMOVE", "REMOVE: the item was deleted, nothing to score")
     if name not in SCORED_EVENT_NAMES:
         raise RecordError(f"unknown eventName {name!r} (expected INSERT, MODIFY or REMOVE)")
     stream = record.dynamodb
     image = stream.new_image
     if image is None:
-        view = stream.stream_view_type or "without NEW_IMAGE"
-        return _Skip(f"{name} without NewImage (stream view type {view}): nothing to score")
+        view = stream.stream_view_type
+        return _Skip(
+            view if view in ("KEYS_ONLY", "OLD_IMAGE") else "NO_NEW_IMAGE",
+            f"{name} without NewImage (stream view type {view or 'without NEW_IMAGE'}): "
+            "nothing to score",
+        )
     if not isinstance(image, Mapping):
         raise RecordError(f"NewImage is {_json_type(image)}, expected an object")
     # Only the attributes the model reads are converted: a malformed attribute the model

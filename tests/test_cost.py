@@ -796,7 +796,10 @@ def test_snapstart_prices_missing_is_an_error(tmp_path: Path) -> None:
     del data["regions"]["us-east-1"]["snapstart"]
     path = tmp_path / "prices.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match="no snapstart prices"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no SnapStart prices for us-east-1: add regions\.us-east-1\.snapstart\.cache_gb_s",
+    ):
         snapstart("us-east-1", path=path)
 
 

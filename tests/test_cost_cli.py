@@ -812,3 +812,75 @@ def test_snapstart_options_need_the_flag() -> None:
     result = run("cost", "--memory", "1024", "--duration-ms", "100", "--restore-ms", "100")
     assert result.exit_code == 2
     assert "--restore-ms prices SnapStart: add --snapstart" in result.output
+
+
+# -- filtered share (the trigger's FilterCriteria) ------------------------------------------
+
+FILTERED = (
+    "cost", "--memory", "512", "--duration-ms", "40", "--batch-size", "100",
+    "--batch-size", "7", "--records", "50000", "--ingests-per-month", "30",
+)  # fmt: skip
+
+
+def test_a_filtered_share_scales_the_invocations_and_records_down() -> None:
+    plain = run_json(*FILTERED)
+    filtered = run_json(*FILTERED, "--filtered-share", "0.4")
+
+    def by_size(data: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        return {b["batch_size"]: b for b in data["batches"]}
+
+    # 30,000 of 50,000 records reach the function: batches form from them alone
+    assert by_size(plain)[100]["invocations_per_ingest"] == 500
+    assert by_size(filtered)[100]["invocations_per_ingest"] == 300
+    assert by_size(filtered)[7]["invocations_per_ingest"] == 4286  # 4,285 of 7 and one of 5
+    month = by_size(filtered)[100]["monthly"]
+    assert month["invocations"] == 9000 and month["records"] == 900_000
+    assert month["filtered_records"] == 600_000
+    assert by_size(plain)[100]["monthly"]["filtered_records"] == 0
+    # nothing is billed for what is filtered: the same invocation costs the same, 300 of them
+    assert by_size(filtered)[100]["per_invocation"] == by_size(plain)[100]["per_invocation"]
+    assert by_size(filtered)[100]["cost_per_ingest"] == pytest.approx(
+        by_size(plain)[100]["cost_per_ingest"] * 0.6
+    )
+    # per-record figures stay per record written to the stream
+    assert by_size(filtered)[100]["per_record"] == pytest.approx(
+        by_size(filtered)[100]["cost_per_ingest"] / 50_000
+    )
+    assert filtered["assumptions"]["filtered_share"] == 0.4
+    assert filtered["notes"] == [
+        "filters drop 40.0% of the records before batching: 30,000 of the 50,000 records of "
+        "an ingest reach the function (20,000 filtered, never invoked nor billed); per-record "
+        "figures are per record written to the stream"
+    ]
+
+
+def test_a_share_rounds_so_invocations_are_never_undercounted() -> None:
+    data = run_json(
+        "cost", "--memory", "512", "--duration-ms", "40", "--batch-size", "10",
+        "--records", "15", "--filtered-share", "0.35",
+    )  # fmt: skip
+    # 0.35 of 15 is 5.25 records: 5 filtered, 10 invoked in one batch of 10
+    assert data["batches"][0]["invocations_per_ingest"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--filtered-share", "0.4"],
+            "Error: --filtered-share needs --records (the records written to the stream in one "
+            "ingest): filtered records never join a batch, so the share changes how many "
+            "invocations an ingest takes, not the cost of one\n",
+        ),
+        (
+            ["--records", "100", "--filtered-share", "1"],
+            "Error: --filtered-share 1 must be from 0 to below 1 (the share of records the "
+            "trigger's filters drop)\n",
+        ),
+    ],
+    ids=["without-records", "all-filtered"],
+)
+def test_filtered_share_errors(args: list[str], message: str) -> None:
+    result = run("cost", "--memory", "512", "--duration-ms", "40", *args)
+    assert result.exit_code == 1
+    assert result.output == message

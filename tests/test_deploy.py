@@ -550,3 +550,227 @@ def test_function_zip_has_no_caches(function_dir: Path, tmp_path: Path) -> None:
     path.write_bytes(zip_function(function_dir).data)
     with zipfile.ZipFile(path) as zf:
         assert zf.namelist() == ["lambda_function.py", "records.py"]
+
+
+# ------------------------------------------------------------- trigger: view types, filters
+
+
+def _table(aws: dict[str, Any], name: str, view: str | None) -> dict[str, Any]:
+    spec = {"StreamSpecification": {"StreamEnabled": True, "StreamViewType": view}} if view else {}
+    table: dict[str, Any] = aws["dynamodb"].create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        **spec,
+    )["TableDescription"]
+    return table
+
+
+def _no_new_images(table: str, view: str) -> str:
+    return (
+        f"Error: DynamoDB table {table}'s stream is {view}: its records carry no new image, so "
+        "the function would skip every one. A stream's view type cannot be changed in place: "
+        "disable the stream, then enable one with new images (a new stream with a new ARN; "
+        "the old one stays readable for 24 hours): aws dynamodb update-table --table-name "
+        f"{table} --stream-specification StreamEnabled=false, then (the table ACTIVE again) "
+        f"aws dynamodb update-table --table-name {table} --stream-specification "
+        "StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES, and run mlayer trigger again\n"
+    )
+
+
+@pytest.mark.parametrize("view", ["KEYS_ONLY", "OLD_IMAGE"])
+@pytest.mark.parametrize("by", ["table", "stream-arn"])
+def test_trigger_refuses_a_stream_without_new_images(
+    live: dict[str, Any], view: str, by: str
+) -> None:
+    table = _table(live, "keys", view)
+    stream = "keys" if by == "table" else table["LatestStreamArn"]
+
+    result = run("trigger", "--function", "scorer", "--stream", stream)
+
+    assert result.exit_code == 1
+    assert result.output == _no_new_images("keys", view)
+    assert _mappings(live, table["LatestStreamArn"]) == []
+
+
+def test_trigger_accepts_a_new_image_stream_by_arn(live: dict[str, Any]) -> None:
+    table = _table(live, "news", "NEW_IMAGE")
+    result = run("trigger", "--function", "scorer", "--stream", table["LatestStreamArn"])
+    assert result.exit_code == 0, result.output
+    assert len(_mappings(live, table["LatestStreamArn"])) == 1
+
+
+def test_trigger_refuses_a_table_whose_stream_was_disabled(live: dict[str, Any]) -> None:
+    # A disabled stream keeps the table's LatestStreamArn (readable for 24 hours). (By its
+    # ARN, DescribeStream says DISABLED on AWS; moto 5.2.1 raises KeyError there instead.)
+    _table(live, "gone", "NEW_AND_OLD_IMAGES")
+    live["dynamodb"].update_table(TableName="gone", StreamSpecification={"StreamEnabled": False})
+
+    result = run("trigger", "--function", "scorer", "--stream", "gone")
+
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: DynamoDB table gone has no stream; enable one: aws dynamodb update-table "
+        "--table-name gone --stream-specification "
+        "StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES\n"
+    )
+
+
+def _filters(mapping: dict[str, Any]) -> list[str]:
+    return [f["Pattern"] for f in (mapping.get("FilterCriteria") or {}).get("Filters", [])]
+
+
+def test_trigger_filters_dynamodb_to_inserts_and_modifies_by_default(live: dict[str, Any]) -> None:
+    table = _table(live, "reviews-table", "NEW_AND_OLD_IMAGES")
+    arn = table["LatestStreamArn"]
+
+    created = run("trigger", "--function", "scorer", "--alias", "live", "--stream", "reviews-table")
+
+    assert created.exit_code == 0, created.output
+    [mapping] = _mappings(live, arn)
+    assert _filters(mapping) == ['{"eventName":["INSERT","MODIFY"]}']
+    assert (
+        '  FilterCriteria: {"eventName":["INSERT","MODIFY"]} (mlayer\'s default for DynamoDB: '
+        "a REMOVE has nothing to score, so Lambda drops it before invoking and it is not "
+        "billed; --filter PATTERN replaces it, --no-filter removes it)"
+    ) in created.output.splitlines()
+
+    # when: an update without filter flags keeps them; --filter replaces; --no-filter removes
+    kept = run("trigger", "--function", "scorer", "--alias", "live", "--stream", arn)
+    assert kept.exit_code == 0, kept.output
+    assert _filters(_mappings(live, arn)[0]) == ['{"eventName":["INSERT","MODIFY"]}']
+
+    pattern = '{"dynamodb": {"NewImage": {"lang": {"S": ["en", "fr"]}}}}'
+    replaced = run(
+        "trigger", "--function", "scorer", "--alias", "live", "--stream", arn,
+        "--filter", pattern, "--filter", '{"eventName": ["INSERT"]}',
+    )  # fmt: skip
+    assert replaced.exit_code == 0, replaced.output
+    assert _filters(_mappings(live, arn)[0]) == [
+        '{"dynamodb":{"NewImage":{"lang":{"S":["en","fr"]}}}}',
+        '{"eventName":["INSERT"]}',
+    ]
+    assert (
+        '  FilterCriteria: {"dynamodb":{"NewImage":{"lang":{"S":["en","fr"]}}}} OR '
+        '{"eventName":["INSERT"]} (records matching none are dropped before invoking, unbilled)'
+    ) in replaced.output.splitlines()
+
+    removed = run(
+        "trigger", "--function", "scorer", "--alias", "live", "--stream", arn, "--no-filter"
+    )
+    assert removed.exit_code == 0, removed.output
+    assert _filters(_mappings(live, arn)[0]) == []
+    assert (
+        "  FilterCriteria: none (Lambda invokes the function for every record)"
+        in removed.output.splitlines()
+    )
+
+
+def test_trigger_sets_no_filter_on_kinesis_unless_asked(live: dict[str, Any]) -> None:
+    stream = _kinesis(live)
+    created = run("trigger", "--function", "scorer", "--stream", stream)
+    assert created.exit_code == 0, created.output
+    assert _filters(_mappings(live, stream)[0]) == []
+
+    updated = run(
+        "trigger", "--function", "scorer", "--stream", stream,
+        "--filter", '{"data": {"rating": [{"numeric": ["<=", 2]}]}}',
+    )  # fmt: skip
+    assert updated.exit_code == 0, updated.output
+    assert _filters(_mappings(live, stream)[0]) == ['{"data":{"rating":[{"numeric":["<=",2]}]}}']
+    assert (
+        '  FilterCriteria: {"data":{"rating":[{"numeric":["<=",2]}]}} (records matching none '
+        "are dropped before invoking, unbilled; a record whose data is not JSON matches no "
+        "pattern on data and is dropped)"
+    ) in updated.output.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        (
+            ['{"eventName": "INSERT"}'],
+            'Error: --filter 1: eventName is "INSERT": a field\'s values must be an array '
+            '(e.g. ["INSERT"]) or an object going one level down\n',
+        ),
+        (
+            ['{"data": {"a": ["x"]}}', "{oops"],
+            "Error: --filter 2: filter pattern '{oops' is not JSON (Expecting property name "
+            "enclosed in double quotes: line 1 column 2 (char 1))\n",
+        ),
+        (
+            ['{"eventName": ["INSERT"]}'],
+            'Error: --filter 1: filter pattern {"eventName": ["INSERT"]} filters on eventName: '
+            'Kinesis event source mappings only filter on "data" (the record\'s payload, as '
+            'JSON), e.g. {"data": {"status": ["open"]}}\n',
+        ),
+    ],
+    ids=["bare-value", "not-json", "kinesis-metadata"],
+)
+def test_trigger_refuses_bad_filters(
+    live: dict[str, Any], filters: list[str], message: str
+) -> None:
+    stream = _kinesis(live)
+    args = [arg for pattern in filters for arg in ("--filter", pattern)]
+    result = run("trigger", "--function", "scorer", "--stream", stream, *args)
+    assert result.exit_code == 1
+    assert result.output == message
+    assert _mappings(live, stream) == []
+
+
+def test_trigger_filter_and_no_filter_conflict() -> None:
+    result = run(
+        "trigger", "--function", "scorer", "--stream", "s", "--filter", "{}", "--no-filter"
+    )
+    assert result.exit_code == 2
+    assert "Error: give --filter PATTERN or --no-filter, not both" in result.output
+
+
+def test_status_shows_the_triggers_with_filters_and_where_failures_go(
+    live: dict[str, Any], layers: Path
+) -> None:
+    table = _table(live, "reviews-table", "NEW_AND_OLD_IMAGES")
+    stream = _kinesis(live)
+    bucket = "arn:aws:s3:::scorer-failures"
+    assert run("trigger", "--function", "scorer", "--alias", "live", "--stream", "reviews-table",
+               "--on-failure", bucket).exit_code == 0  # fmt: skip
+    assert run("trigger", "--function", "scorer", "--stream", stream).exit_code == 0
+
+    data = json.loads(
+        run("status", "--function", "scorer", "--layers-dir", str(layers), "--json").output
+    )
+    text = run("status", "--function", "scorer", "--layers-dir", str(layers))
+
+    by_kind = {t["kind"]: t for t in data["triggers"]}
+    assert by_kind["dynamodb"]["stream_arn"] == table["LatestStreamArn"]
+    # the qualifier as Lambda reports it (moto 5.2.1 resolves alias live to its version)
+    [mapping] = _mappings(live, table["LatestStreamArn"])
+    qualifier = mapping["FunctionArn"].rsplit(":", 1)[1]
+    assert by_kind["dynamodb"]["target"] == f"scorer:{qualifier}"
+    assert by_kind["dynamodb"]["filters"] == ['{"eventName":["INSERT","MODIFY"]}']
+    assert by_kind["dynamodb"]["on_failure"] == bucket
+    assert by_kind["kinesis"]["target"] == "scorer" and by_kind["kinesis"]["filters"] == []
+    assert text.exit_code == 0, text.output
+    assert (
+        f"Trigger dynamodb {table['LatestStreamArn']} -> scorer:{qualifier}: "
+        f"{by_kind['dynamodb']['state']}, batch 100, from TRIM_HORIZON; filters "
+        '{"eventName":["INSERT","MODIFY"]}; on failure arn:aws:s3:::scorer-failures (S3: the '
+        "whole batch given up on, records and metadata, one object each; the execution role "
+        "needs s3:PutObject and s3:ListBucket)"
+    ) in text.output.splitlines()
+
+
+def test_trigger_notes_filters_over_the_default_quota(live: dict[str, Any]) -> None:
+    stream = _kinesis(live)
+    patterns = [f'{{"data": {{"n": [{n}]}}}}' for n in range(6)]
+    args = [arg for pattern in patterns for arg in ("--filter", pattern)]
+
+    result = run("trigger", "--function", "scorer", "--stream", stream, *args)
+
+    assert result.exit_code == 0, result.output
+    assert len(_filters(_mappings(live, stream)[0])) == 6
+    assert result.output.splitlines()[-1] == (
+        "Note: 6 filters: over Lambda's default quota of 5 per mapping; Lambda refuses them "
+        "unless the account's quota was raised"
+    )

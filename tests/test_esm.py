@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -956,3 +956,161 @@ def test_a_slow_read_is_not_idleness() -> None:
     summary = run(stream, function, until_idle_s=0.3)
     assert function.delivered() == seqs
     assert summary.stopped == "idle"
+
+
+# -- FilterCriteria ------------------------------------------------------------------------
+
+
+def _with_data(stream: FakeStream, shard: str, payloads: list[bytes]) -> list[str]:
+    seqs = stream.add(shard, len(payloads))
+    for record, payload in zip(stream.records[shard][-len(payloads) :], payloads, strict=True):
+        record.event["kinesis"]["data"] = base64.b64encode(payload).decode()
+    return seqs
+
+
+def test_filtered_records_are_dropped_before_batching_and_checkpointed() -> None:
+    # Given 10 records, of which 4 are "open" JSON, 3 "closed" JSON and 3 not JSON at all
+    stream = FakeStream()
+    kinds = ["open", "closed", "text", "open", "closed", "open", "text", "closed", "text", "open"]
+    payloads = [b"plain text" if k == "text" else json.dumps({"status": k}).encode() for k in kinds]
+    seqs = _with_data(stream, "shardId-000000000000", payloads)
+    function = FakeFunction()
+    checkpoints: list[str] = []
+    # When the mapping filters to open records, in batches of 3
+    summary = run(
+        stream, function, batch_size=3, on_checkpoint=lambda shard, seq: checkpoints.append(seq),
+        filters=('{"data": {"status": ["open"]}}',),
+    )  # fmt: skip
+    # Then only the 4 open records are delivered, in order, filling batches by themselves
+    opened = [s for s, k in zip(seqs, kinds, strict=True) if k == "open"]
+    assert function.delivered() == opened
+    assert [len(d.seqs) for d in function.deliveries] == [3, 1]
+    assert summary.stats.invocations == 2
+    assert summary.stats.filtered == 6
+    assert summary.stats.records_done == 10 and summary.stats.records_read == 10
+    # and the shard's checkpoint moves past the filtered records, the last one included
+    assert summary.shard_checkpoints == {"shardId-000000000000": seqs[-1]}
+    assert checkpoints[-1] == seqs[-1]
+    assert summary.to_dict()["stats"]["filtered"] == 6
+
+
+def test_a_batch_entirely_filtered_is_never_invoked() -> None:
+    stream = FakeStream()
+    seqs = _with_data(stream, "shardId-000000000000", [b'{"status": "closed"}'] * 5)
+    function = FakeFunction()
+    summary = run(stream, function, filters=('{"data": {"status": ["open"]}}',))
+    assert function.deliveries == [] and function.environments == 0
+    assert summary.stats.invocations == 0 and summary.stats.filtered == 5
+    assert summary.shard_checkpoints == {"shardId-000000000000": seqs[-1]}
+
+
+def test_without_filters_every_record_is_delivered() -> None:
+    stream = FakeStream()
+    seqs = _with_data(stream, "shardId-000000000000", [b"not json"] * 3)
+    function = FakeFunction()
+    summary = run(stream, function)
+    assert function.delivered() == seqs and summary.stats.filtered == 0
+
+
+def test_filters_come_from_the_mapping_and_flags_replace_them() -> None:
+    mapping = {
+        "UUID": "u-1",
+        "FilterCriteria": {"Filters": [{"Pattern": '{"eventName":["INSERT","MODIFY"]}'}]},
+    }
+    settings = MappingSettings.from_mapping(mapping)
+    assert settings.filters == ('{"eventName":["INSERT","MODIFY"]}',)
+    assert settings.override(filters=None).filters == settings.filters
+    assert settings.override(filters=()).filters == ()
+    with pytest.raises(ConfigError, match="--filter 1: filter pattern '\\[1\\]' must be"):
+        settings.override(filters=("[1]",)).validate()
+    with pytest.raises(ConfigError, match='Kinesis event source mappings only filter on "data"'):
+        run(FakeStream(), FakeFunction(), filters=('{"eventName": ["INSERT"]}',))
+
+
+@mock_aws
+def test_a_dynamodb_batch_given_up_on_goes_whole_to_s3_in_lambdas_shape() -> None:
+    # Given a table's stream with 3 changes and a function that always fails
+    dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+    dynamodb.create_table(
+        TableName="reviews",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    stream_arn = dynamodb.describe_table(TableName="reviews")["Table"]["LatestStreamArn"]
+    for i in range(3):
+        dynamodb.put_item(TableName="reviews", Item={"id": {"S": f"r{i}"}, "text": {"S": "ok"}})
+    dynamodb.delete_item(TableName="reviews", Key={"id": {"S": "r0"}})
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="scorer-failures")
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+    function = FakeFunction(lambda seqs: 1 / 0)
+
+    class DynamoDBFunction:
+        def invoke(self, event: bytes) -> Result:
+            records = json.loads(event)["Records"]
+            function.deliveries.append(
+                Delivery("", [r["dynamodb"]["SequenceNumber"] for r in records], [], 0)
+            )
+            return Result(error={"errorType": "ZeroDivisionError", "errorMessage": "x"})
+
+        def close(self) -> None:
+            pass
+
+    # When the mapping's default filter drops the REMOVE and the rest exhaust the retries
+    summary = StreamProcessor(
+        DynamoDBStreamSource(streams, stream_arn, region="us-east-1"),
+        MappingSettings(
+            batch_size=10, max_retry_attempts=0, filters=('{"eventName":["INSERT","MODIFY"]}',)
+        ),
+        DynamoDBFunction,
+        destination=AwsDestination(
+            "arn:aws:s3:::scorer-failures", {"s3": s3}.__getitem__, mapping_uuid="u-ddb"
+        ),
+        function_arn="arn:aws:lambda:us-east-1:123456789012:function:scorer",
+        poll_interval_s=0.02,
+    ).run(until_idle_s=0.3)
+
+    # Then one object, DDBStreamBatchInfo with whole-second times, the INSERTs as payload
+    [key] = [o["Key"] for o in s3.list_objects_v2(Bucket="scorer-failures")["Contents"]]
+    assert key.startswith("aws/lambda/u-ddb/shardId-")
+    record = json.loads(s3.get_object(Bucket="scorer-failures", Key=key)["Body"].read())
+    assert set(record) == {
+        "requestContext", "responseContext", "version", "timestamp", "DDBStreamBatchInfo",
+        "payload",
+    }  # fmt: skip
+    assert record["version"] == "1.0"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", record["timestamp"])
+    info = record["DDBStreamBatchInfo"]
+    assert set(info) == {
+        "shardId", "startSequenceNumber", "endSequenceNumber", "approximateArrivalOfFirstRecord",
+        "approximateArrivalOfLastRecord", "batchSize", "streamArn",
+    }  # fmt: skip
+    assert info["batchSize"] == 3 and info["streamArn"] == stream_arn
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["approximateArrivalOfFirstRecord"])
+    payload = json.loads(record["payload"])["Records"]
+    assert [r["eventName"] for r in payload] == ["INSERT"] * 3
+    assert [r["dynamodb"]["SequenceNumber"] for r in payload] == function.deliveries[0].seqs
+    assert summary.stats.filtered == 1 and summary.stats.discarded == 3
+
+
+def test_run_local_summary_counts_the_filtered_and_gives_the_cost_share(tmp_path: Any) -> None:
+    from rich.console import Console
+
+    from mlayer.commands.local import render_summary
+    from mlayer.local.runner import RunLocalResult
+
+    stream = FakeStream()
+    _with_data(stream, "shardId-000000000000", [b'{"lang": "en"}'] * 6 + [b'{"lang": "fr"}'] * 4)
+    summary = run(stream, FakeFunction(), filters=('{"data":{"lang":["en"]}}',))
+    console = Console(record=True, width=200)
+    render_summary(console, RunLocalResult(cast(Any, None), summary, tmp_path / "l.log", None))
+    lines = [line.strip(" │|") for line in console.export_text().splitlines()]
+    assert any(
+        re.fullmatch(
+            r"filtered out \(FilterCriteria\)\s+│?\s*4 \(40\.0%: mlayer cost --filtered-share 0\.4\)",
+            line.strip(),
+        )
+        for line in lines
+    ), lines

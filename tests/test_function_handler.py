@@ -499,3 +499,36 @@ def test_classifier_without_predict_proba(other_models: dict[str, Path]) -> None
 def test_string_classes_are_the_labels(other_models: dict[str, Path]) -> None:
     run = invoke({"records": [[3, 3], [-3, -3]]}, MODEL_DIR=other_models["string-classes"])
     assert [p["label"] for p in run.response["predictions"]] == ["spam", "ham"]
+
+
+def test_skipped_records_are_counted_by_reason_once_per_batch(text_model_dir: Path) -> None:
+    # given: one batch mixing what a table's stream can deliver: a scored INSERT, REMOVEs,
+    # changes from KEYS_ONLY and OLD_IMAGE streams, and a Kinesis-delivered change record
+    # without its image (which carries no StreamViewType)
+    text = {"text": {"S": "great product, works well"}}
+    records = [
+        dynamodb_record("101", "INSERT", text),
+        dynamodb_record("102", "REMOVE"),
+        dynamodb_record("103", "REMOVE", view="KEYS_ONLY"),
+        dynamodb_record("104", "MODIFY", view="KEYS_ONLY"),
+        dynamodb_record("105", "INSERT", view="KEYS_ONLY"),
+        dynamodb_record("106", "MODIFY", view="OLD_IMAGE"),
+    ]
+    # when
+    run = invoke({"Records": records}, MODEL_DIR=text_model_dir)
+    kds = invoke(
+        kinesis_event([change_record("MODIFY"), change_record("REMOVE")]),
+        MODEL_DIR=text_model_dir,
+    )
+    # then: the existing counts stand, and the batch line says why, per kind
+    assert run.response["counts"]["skipped"] == 5
+    assert run.batch_log["counts"]["skipped"] == 5
+    assert run.batch_log["skipped_reasons"] == {"KEYS_ONLY": 2, "OLD_IMAGE": 1, "REMOVE": 2}
+    assert kds.batch_log["skipped_reasons"] == {"NO_NEW_IMAGE": 1, "REMOVE": 1}
+    assert [p["sequence_number"] for p in run.response["predictions"]] == ["101"]
+
+
+def test_a_batch_without_skipped_records_has_no_skip_reasons(text_model_dir: Path) -> None:
+    run = invoke(load_event("kinesis"), MODEL_DIR=text_model_dir)
+    assert run.batch_log["counts"]["skipped"] == 0
+    assert "skipped_reasons" not in run.batch_log

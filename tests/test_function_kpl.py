@@ -126,6 +126,7 @@ def test_mixed_batch_accounts_for_every_user_record_once(text_model_dir: Path) -
         "aggregated": 2,
     }
     assert run.batch_log["counts"] == run.response["counts"]
+    assert run.batch_log["skipped_reasons"] == {"EMPTY_AGGREGATE": 1}
 
     # Every user record is in exactly one place (the skipped one: the empty aggregate)
     batch = records.decode_event(event, _text_spec())

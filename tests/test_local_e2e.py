@@ -316,7 +316,10 @@ def test_run_local_consumes_a_dynamodb_stream(deployed: Deployed, tmp_path: Path
     summary = json.loads(proc.stdout)
     assert summary["kind"] == "dynamodb" and summary["stopped"] == "max-records"
     assert summary["stats"]["records_done"] == 26
-    assert summary["stats"]["predictions"] == 25  # the REMOVE is skipped, not failed
+    assert summary["stats"]["predictions"] == 25
+    # the REMOVE is dropped by trigger's default filter, before any invocation
+    assert summary["settings"]["filters"] == ['{"eventName":["INSERT","MODIFY"]}']
+    assert summary["stats"]["filtered"] == 1
     assert summary["settings"]["source"].startswith("mlayer trigger defaults")
     # A second run resumes after the checkpoint (AFTER_SEQUENCE_NUMBER, as for Kinesis)
     ((shard, checkpoint),) = summary["shard_checkpoints"].items()
@@ -757,3 +760,176 @@ def test_a_second_ctrl_c_aborts_at_once_and_kills_the_environments(
     assert not any(alive(pid) for pid in environments)
     # and the checkpoints written before stand, the hung record unresolved
     assert saved_checkpoints(traced) == checkpoints
+
+
+def test_run_local_honours_the_mappings_filters(deployed: Deployed, tmp_path: Path) -> None:
+    clients = deployed.clients
+    kinesis = clients["kinesis"]
+    kinesis.create_stream(StreamName="filtered", ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName="filtered", WaiterConfig={"Delay": 0.2})
+    # Given 120 records: 70 English reviews, 40 French ones and 10 plain-text lines
+    payloads = [
+        b"plain text review" if i % 12 == 11 else
+        json.dumps({"text": f"great product {i}", "lang": "fr" if i % 3 == 1 else "en"}).encode()
+        for i in range(120)
+    ]  # fmt: skip
+    english = sum(b'"lang": "en"' in p for p in payloads)
+    assert english == 70 and sum(b'"lang": "fr"' in p for p in payloads) == 40
+    _put(kinesis, "filtered", payloads)
+    # and the trigger, made after producing, filtering to English
+    made = mlayer(
+        deployed, "trigger", "--function", FUNCTION, "--alias", "live", "--stream", "filtered",
+        "--batch-size", "10", "--filter", '{"data": {"lang": ["en"]}}', cwd=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert '  FilterCriteria: {"data":{"lang":["en"]}} (records matching none' in made.stdout
+    log = tmp_path / "lambda.log"
+    # When run-local drains it with the mapping's settings
+    proc = mlayer(
+        deployed, "run-local", "--function", FUNCTION, "--stream", "filtered",
+        "--until-idle", "1", "--layers-dir", str(deployed.layers), "--log", str(log),
+        "--checkpoints", str(tmp_path / "checkpoints.json"), "--json", cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    stats = summary["stats"]
+    # Then Lambda's count: only the 70 English records are invoked, 10 to a batch
+    assert summary["settings"]["filters"] == ['{"data":{"lang":["en"]}}']
+    assert stats["records_read"] == stats["records_done"] == 120
+    assert stats["filtered"] == 50
+    assert stats["invocations"] == 7 and stats["predictions"] == 70
+    assert stats["dead_lettered"] == 0  # the plain-text lines never reached the function
+    reports = list(parse_reports(log.read_text().splitlines()))
+    assert len(reports) == 7
+    # and the checkpoint is past the last record, filtered or not
+    last = kinesis.get_records(
+        ShardIterator=kinesis.get_shard_iterator(
+            StreamName="filtered", ShardId="shardId-000000000000", ShardIteratorType="TRIM_HORIZON"
+        )["ShardIterator"]
+    )["Records"][-1]["SequenceNumber"]
+    assert summary["shard_checkpoints"] == {"shardId-000000000000": last}
+
+    # When run again with --no-filter from the start: every record is invoked
+    proc = mlayer(
+        deployed, "run-local", "--function", FUNCTION, "--stream", "filtered", "--no-filter",
+        "--until-idle", "1", "--layers-dir", str(deployed.layers), "--log", str(log),
+        "--reset-checkpoints", "--checkpoints", str(tmp_path / "checkpoints.json"), "--json",
+        cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    unfiltered = json.loads(proc.stdout)["stats"]
+    assert unfiltered["filtered"] == 0 and unfiltered["invocations"] == 12
+    assert unfiltered["predictions"] == 120  # plain text is a review too, for a text model
+
+
+def test_skipped_records_are_logged_by_reason_by_the_real_function(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    from function_support import log_entries
+
+    dynamodb = deployed.clients["dynamodb"]
+    dynamodb.create_table(
+        TableName="deletions",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    for i in range(4):
+        dynamodb.put_item(TableName="deletions", Item={"id": {"S": f"d{i}"}, "text": {"S": "ok"}})
+    for i in range(3):
+        dynamodb.delete_item(TableName="deletions", Key={"id": {"S": f"d{i}"}})
+    log = tmp_path / "lambda.log"
+    # When run without the default filter, the REMOVEs reach the function
+    proc = mlayer(
+        deployed, "run-local", "--function", FUNCTION, "--stream", "deletions", "--no-filter",
+        "--batch-size", "100", "--until-idle", "1", "--layers-dir", str(deployed.layers),
+        "--log", str(log), "--checkpoints", str(tmp_path / "c.json"), "--json",
+        cwd=ROOT, env={"AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stats = json.loads(proc.stdout)["stats"]
+    assert stats["filtered"] == 0 and stats["predictions"] == 4
+    # Then its batch line says why the 3 were skipped, once for the batch
+    [batch] = log_entries(log, "batch")
+    assert batch["counts"]["skipped"] == 3
+    assert batch["skipped_reasons"] == {"REMOVE": 3}
+
+
+def test_a_batch_given_up_on_goes_whole_to_an_s3_bucket(deployed: Deployed, traced: Traced) -> None:
+    s3 = deployed.clients["s3"]
+    s3.create_bucket(Bucket="scorer-failures")
+    # Given a record the function keeps reporting as failed, among good ones
+    produce(deployed, traced, ["fine 1", "fine 2", "FAIL for good", "fine 3", "fine 4"])
+    [(fail_shard, fail_seq, fail_data)] = [p for p in traced.produced if b"FAIL" in p[2]]
+    # When run-local gives up on it after one retry, with a bucket as on-failure destination
+    proc = subprocess.run(
+        run_local_args(
+            deployed, traced, "--max-retries", "1", "--on-failure", "arn:aws:s3:::scorer-failures",
+            "--until-idle", "1",
+        ),
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    stats = json.loads(proc.stdout)["stats"]
+    assert stats["on_failure_messages"] == 1 and stats["discarded"] >= 1
+    # Then one object, under Lambda's key, holds the batch from the failed record on
+    [key] = [o["Key"] for o in s3.list_objects_v2(Bucket="scorer-failures")["Contents"]]
+    assert re.fullmatch(
+        rf"aws/lambda/[0-9a-f-]{{36}}/{fail_shard}/\d{{4}}/\d\d/\d\d/"
+        r"\d{4}-\d\d-\d\dT\d\d\.\d\d\.\d\d-[0-9a-f-]{36}",
+        key,
+    ), key
+    record = json.loads(s3.get_object(Bucket="scorer-failures", Key=key)["Body"].read())
+    assert record["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 2
+    assert record["requestContext"]["functionArn"].endswith(f":function:{FUNCTION}")
+    assert record["version"] == "1.0" and record["responseContext"]["statusCode"] == 200
+    info = record["KinesisBatchInfo"]
+    assert info["shardId"] == fail_shard and info["startSequenceNumber"] == fail_seq
+    assert info["batchSize"] == stats["discarded"]
+    payload = json.loads(record["payload"])["Records"]
+    assert payload[0]["kinesis"]["sequenceNumber"] == fail_seq
+    assert base64.b64decode(payload[0]["kinesis"]["data"]) == fail_data
+    assert [r["kinesis"]["sequenceNumber"] for r in payload][-1] == info["endSequenceNumber"]
+
+
+def test_a_keys_only_stream_is_named_and_its_records_skipped_by_view_type(
+    deployed: Deployed, tmp_path: Path
+) -> None:
+    from function_support import log_entries
+
+    dynamodb = deployed.clients["dynamodb"]
+    dynamodb.create_table(
+        TableName="keys-only",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "KEYS_ONLY"},
+    )
+    for i in range(5):
+        dynamodb.put_item(TableName="keys-only", Item={"id": {"S": f"k{i}"}, "text": {"S": "ok"}})
+    log = tmp_path / "lambda.log"
+    # Given that trigger refuses the table
+    refused = mlayer(deployed, "trigger", "--function", FUNCTION, "--stream", "keys-only", cwd=ROOT)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        "Error: DynamoDB table keys-only's stream is KEYS_ONLY: its records carry no new image"
+    )
+    # When run-local consumes it anyway
+    proc = mlayer(
+        deployed, "run-local", "--function", FUNCTION, "--stream", "keys-only",
+        "--until-idle", "1", "--layers-dir", str(deployed.layers), "--log", str(log),
+        "--checkpoints", str(tmp_path / "c.json"), "--json",
+        cwd=ROOT, env={"AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout)
+    # Then it says so up front, and the function skips every record, counted by view type
+    assert any(
+        note.startswith("DynamoDB table keys-only's stream is KEYS_ONLY")
+        and note.endswith("(mlayer trigger refuses this stream)")
+        for note in summary["notes"]
+    ), summary["notes"]
+    assert summary["stats"]["predictions"] == 0 and summary["stats"]["records_done"] == 5
+    assert [b["skipped_reasons"] for b in log_entries(log, "batch")] == [{"KEYS_ONLY": 5}]

@@ -316,9 +316,7 @@ def test_invoke_restores_and_cost_prices_the_restore(deployed: Deployed, tmp_pat
     # When pricing the log (a price file with the SnapStart restore price)
     prices = json.loads((ROOT / "cli" / "mlayer" / "prices.json").read_text())
     restore_gb = "0.0001397998"
-    prices["regions"]["us-east-1"].setdefault("snapstart", {})["restore_gb"] = {
-        "price": float(restore_gb), "source": "test", "as_of": "2026-11",
-    }  # fmt: skip
+    prices["regions"]["us-east-1"]["snapstart"]["restore_gb"] = float(restore_gb)
     price_file = tmp_path / "prices.json"
     price_file.write_text(json.dumps(prices))
     log = tmp_path / "lambda.log"

@@ -40,6 +40,15 @@ An ingest of ``R`` records at batch size ``b`` is ``R // b`` invocations of ``b`
 one of ``R % b`` records when that is not 0. Per-record figures are the ingest's cost divided
 by ``R`` (without ``--records``: one invocation's cost divided by ``b``).
 
+Filters
+-------
+With ``--filtered-share f`` (the trigger's ``FilterCriteria`` drop that share of the records,
+e.g. as ``run-local`` counted it), only ``R' = R - floor(f * R)`` records of an ingest reach
+the function: Lambda filters before batching, so an ingest is ``R' // b`` full invocations
+plus one of ``R' % b``, and the month's invocations and invoked records scale down with it.
+Filtered records cost nothing here (no invocation, no duration); per-record figures stay
+per record written to the stream (the ingest's cost divided by ``R``).
+
 Tiers and free tier
 -------------------
 Per-invocation, per-record and per-ingest figures use the first-tier duration price (what
@@ -143,6 +152,12 @@ class Scenario:
     compare_hourly: Decimal | None = None
     compare_per_second: Decimal | None = None
     hours_per_month: Decimal = DEFAULT_HOURS_PER_MONTH
+    filtered_share: Decimal = ZERO  # of the records, dropped by FilterCriteria before batching
+
+    def invoked(self, records: int) -> int:
+        """How many of ``records`` written to the stream reach the function (the rest are
+        filtered; rounded so that invocations are never under-counted)."""
+        return records - int(self.filtered_share * records)
 
 
 # --------------------------------------------------------------------------- usage and cost
@@ -249,13 +264,14 @@ class Monthly:
 
     ingests: Decimal
     invocations: Decimal
-    records: Decimal
+    records: Decimal  # records invoked (written to the stream, less those filtered)
     gb_s: Decimal
     compute: Decimal
     storage: Decimal
     requests: Decimal
     free_gb_s: Decimal
     free_requests: Decimal
+    filtered: Decimal = ZERO  # records dropped by FilterCriteria, never invoked
 
     @property
     def total(self) -> Decimal:
@@ -266,6 +282,7 @@ class Monthly:
             "ingests": float(self.ingests),
             "invocations": float(self.invocations),
             "records": float(self.records),
+            "filtered_records": float(self.filtered),
             "gb_s": float(self.gb_s),
             "compute": float(self.compute),
             "storage": float(self.storage),
@@ -505,6 +522,7 @@ class Estimate:
                 if s.ingests_per_month is None
                 else float(s.ingests_per_month),
                 "hours_per_month": float(s.hours_per_month),
+                "filtered_share": float(s.filtered_share),
                 "compare_hourly": None if s.compare_hourly is None else float(s.compare_hourly),
                 "compare_per_second": None
                 if s.compare_per_second is None
@@ -571,7 +589,8 @@ def _batch_cost(
             unit_invocations=1,
             unit_records=batch_size,
         )
-    whole, rest = divmod(records, batch_size)
+    invoked = scenario.invoked(records)
+    whole, rest = divmod(invoked, batch_size)
     unit = full.scale(Decimal(whole))
     if rest:
         unit = unit + _invocation(workload, scenario, rest)[2]
@@ -586,7 +605,8 @@ def _batch_cost(
         monthly = Monthly(
             ingests=ingests,
             invocations=ingests * invocations,
-            records=ingests * records,
+            records=ingests * invoked,
+            filtered=ingests * (records - invoked),
             gb_s=unit.gb_s * ingests,
             compute=compute,
             storage=storage,
@@ -736,6 +756,17 @@ def _validate(workloads: Sequence[Workload], scenario: Scenario) -> None:
             "--ingests-per-month needs --records (the records in one ingest) to know the "
             "month's volume"
         )
+    if not ZERO <= scenario.filtered_share < ONE:
+        raise ConfigError(
+            f"--filtered-share {scenario.filtered_share} must be from 0 to below 1 (the share "
+            "of records the trigger's filters drop)"
+        )
+    if scenario.filtered_share and scenario.records is None:
+        raise ConfigError(
+            "--filtered-share needs --records (the records written to the stream in one "
+            "ingest): filtered records never join a batch, so the share changes how many "
+            "invocations an ingest takes, not the cost of one"
+        )
 
 
 def estimate(
@@ -763,6 +794,14 @@ def estimate(
         extra.append(
             "the free tier applies to a month's totals: pass --ingests-per-month (or a "
             "comparison) to apply it; per-invocation figures never include it"
+        )
+    if scenario.filtered_share and scenario.records is not None:
+        invoked = scenario.invoked(scenario.records)
+        extra.append(
+            f"filters drop {float(scenario.filtered_share):.1%} of the records before batching: "
+            f"{invoked:,} of the {scenario.records:,} records of an ingest reach the function "
+            f"({scenario.records - invoked:,} filtered, never invoked nor billed); per-record "
+            "figures are per record written to the stream"
         )
     rows = [
         _memory_cost(w, scenario, prices, measured[i] if i < len(measured) else None)

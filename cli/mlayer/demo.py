@@ -443,6 +443,7 @@ def _pipeline(
     created = trigger(
         lam, kinesis, dynamodb, function=name, stream=stream, alias=ALIAS,
         settings=TriggerSettings(on_failure=failures_arn),
+        streams=aws.client("dynamodbstreams"),
     )  # fmt: skip
     mapping = created.mapping
     yield step.finish(

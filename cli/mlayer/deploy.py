@@ -1,7 +1,8 @@
-"""deploy-function (create or update the function from function/) and trigger (its stream
-event source mapping).
+"""deploy-function: create or update the function from function/.
 
-Both take boto3 clients and return dataclasses; nothing prints. Updates go through
+The stream trigger (its event source mapping) lives in :mod:`mlayer.trigger`; its names are
+imported here too, where callers found them first. Functions take boto3 clients and return
+dataclasses; nothing prints. Updates go through
 :func:`mlayer.lambda_api.update_configuration`, which waits for the function to settle before
 and after and retries while another update is in progress.
 """
@@ -9,7 +10,6 @@ and after and retries while another update is in progress.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -18,13 +18,7 @@ from typing import Any
 
 from mlayer import model_store, snapstart
 from mlayer.archive import Budget, iter_files, mb, needs_s3, write_zip
-from mlayer.arns import (
-    function_name,
-    on_failure_kind,
-    parse_function,
-    parse_stream_arn,
-    table_name,
-)
+from mlayer.arns import function_name
 from mlayer.contracts import (
     function_description,
     parse_description,
@@ -51,6 +45,16 @@ from mlayer.layers import check_budget, model_build_with
 from mlayer.model_store import StoreURI
 from mlayer.rollout import set_alias
 from mlayer.sizing import EnvironmentSize, environment_size, memory_problem
+from mlayer.trigger import (  # noqa: F401  (the trigger's names, where callers found them first)
+    DEFAULT_TRIGGER,
+    STARTING_POSITIONS,
+    Trigger,
+    TriggerSettings,
+    describe_on_failure,
+    resolve_stream,
+    stream_kind,
+    trigger,
+)
 
 HANDLER = "lambda_function.lambda_handler"
 # 512 MB: the measured function peaks near 150 MB, but Lambda gives CPU in proportion to
@@ -523,271 +527,3 @@ def _point_alias(
         deployment.notes.append(
             f"alias {alias} -> version {new_version}, which has no model layer or stored model"
         )
-
-
-# --------------------------------------------------------------------------------------
-# trigger
-
-
-STARTING_POSITIONS = ("TRIM_HORIZON", "LATEST", "AT_TIMESTAMP")
-
-
-@dataclass(frozen=True)
-class TriggerSettings:
-    """Event source mapping settings; None leaves a setting as it is on update.
-
-    Defaults, and why:
-    - batch_size 100: Lambda's default; a batch of 100 predicts in about a millisecond, so
-      larger batches mostly add latency per record.
-    - report_batch_item_failures: the function reports failed records by sequence number,
-      so Lambda retries from the first failure instead of the whole batch.
-    - bisect on function error: a whole-batch error (a record the function cannot even
-      decode, a timeout) is split in two until the culprit is isolated.
-    - maximum_retry_attempts 10: enough for bisecting a batch of 100 down to one record
-      (7 halvings) plus a few transient failures, while a poison batch stops blocking its
-      shard after that instead of Lambda's default of retrying until the record expires.
-    - maximum_record_age_s 86,400: the default retention of Kinesis and DynamoDB Streams,
-      so an outage shorter than a day never drops records for age, and a stream with longer
-      retention is not ground through week-old data.
-    - starting position TRIM_HORIZON (on create; it cannot change later): nothing already
-      in the stream is skipped, and the function's outputs are keyed by record identity,
-      so reading older records again is harmless. LATEST would silently skip what producers
-      wrote before the mapping existed.
-    """
-
-    batch_size: int | None = 100
-    starting_position: str | None = None
-    starting_position_timestamp: float | None = None
-    bisect_on_error: bool | None = True
-    maximum_retry_attempts: int | None = 10
-    maximum_record_age_s: int | None = 86_400
-    batching_window_s: int | None = None
-    parallelization_factor: int | None = None
-    on_failure: str | None = None
-    report_batch_item_failures: bool = True
-    enabled: bool | None = None
-
-
-DEFAULT_TRIGGER = TriggerSettings()
-
-
-def describe_on_failure(arn: str | None) -> str:
-    """What the trigger's on-failure destination keeps of a batch Lambda gives up on."""
-    kind = on_failure_kind(arn) if arn else None
-    if kind == "s3":
-        return (
-            f"{arn} (S3: the whole batch given up on, records and metadata, one object each; "
-            "the execution role needs s3:PutObject and s3:ListBucket)"
-        )
-    if kind in ("sqs", "sns"):
-        return (
-            f"{arn} ({kind.upper()}: only the metadata of a batch given up on (shard, sequence "
-            "numbers); its records stay in the stream until they expire. "
-            "--on-failure arn:aws:s3:::BUCKET keeps them whole)"
-        )
-    if arn:
-        return arn
-    return (
-        "none (a batch given up on after the retries or past the record age is discarded; "
-        "--on-failure arn:aws:s3:::BUCKET keeps it whole)"
-    )
-
-
-@dataclass
-class Trigger:
-    """What trigger did, and the mapping as Lambda reports it."""
-
-    stream_arn: str
-    stream_kind: str  # "kinesis" | "dynamodb"
-    target: str
-    created: bool
-    mapping: dict[str, Any]
-    moved_from: str | None = None
-
-
-def stream_kind(arn: str) -> str | None:
-    """ "kinesis" or "dynamodb" for a stream ARN; None for anything else."""
-    try:
-        return parse_stream_arn(arn).kind
-    except ConfigError:
-        return None
-
-
-def resolve_stream(kinesis: Any, dynamodb: Any, stream: str) -> tuple[str, str]:
-    """(stream ARN, kind) for a stream ARN, a DynamoDB table (name or ARN) or a Kinesis name.
-
-    Raises:
-        NotFoundError: neither a Kinesis stream nor a DynamoDB table of that name exists.
-        ConfigError: the table has no stream, or the name is both.
-    """
-    kind = stream_kind(stream)
-    if kind:
-        return stream, kind
-    if stream.startswith("arn:"):
-        try:
-            table = table_name(stream)
-        except ConfigError:
-            raise ConfigError(
-                f"{stream} is not a Kinesis stream or DynamoDB stream ARN "
-                "(arn:aws:kinesis:...:stream/NAME or arn:aws:dynamodb:...:table/T/stream/LABEL)"
-            ) from None
-        return _table_stream(dynamodb, table), "dynamodb"
-    kinesis_arn = None
-    try:
-        summary = kinesis.describe_stream_summary(StreamName=stream)
-        kinesis_arn = summary["StreamDescriptionSummary"]["StreamARN"]
-    except Exception as exc:
-        if "ResourceNotFoundException" not in str(exc):
-            raise
-    table_arn = None
-    with contextlib.suppress(NotFoundError):
-        table_arn = _table_stream(dynamodb, stream)
-    if kinesis_arn and table_arn:
-        raise ConfigError(
-            f"{stream} names both a Kinesis stream and a DynamoDB table; pass the stream ARN"
-        )
-    if kinesis_arn:
-        return kinesis_arn, "kinesis"
-    if table_arn:
-        return table_arn, "dynamodb"
-    raise NotFoundError(
-        f"no Kinesis stream or DynamoDB table named {stream} in {kinesis.meta.region_name}; "
-        "check --region, or pass the stream ARN"
-    )
-
-
-def _table_stream(dynamodb: Any, table: str) -> str:
-    try:
-        description = dynamodb.describe_table(TableName=table)["Table"]
-    except Exception as exc:
-        if "ResourceNotFoundException" in str(exc):
-            raise NotFoundError(f"no DynamoDB table named {table}") from exc
-        raise
-    arn = description.get("LatestStreamArn")
-    enabled = (description.get("StreamSpecification") or {}).get("StreamEnabled")
-    if not arn or enabled is False:
-        raise ConfigError(
-            f"DynamoDB table {table} has no stream; enable one: aws dynamodb update-table "
-            f"--table-name {table} --stream-specification "
-            "StreamEnabled=true,StreamViewType=NEW_AND_OLD_IMAGES"
-        )
-    return str(arn)
-
-
-def _mapping_function(mapping: dict[str, Any]) -> tuple[str, str | None]:
-    function = parse_function(str(mapping.get("FunctionArn", "")))
-    return function.name, function.qualifier
-
-
-def trigger(
-    lam: Any,
-    kinesis: Any,
-    dynamodb: Any,
-    *,
-    function: str,
-    stream: str,
-    alias: str | None = None,
-    settings: TriggerSettings = DEFAULT_TRIGGER,
-    pace: Pace = DEFAULT_PACE,
-) -> Trigger:
-    """Create or update the event source mapping from ``stream`` to the alias (or function).
-
-    An existing mapping of this stream to the function (any qualifier) is updated, and moved
-    to the alias when one is given.
-
-    Raises:
-        NotFoundError: no such function, alias or stream.
-        ConfigError: a starting position different from the existing mapping's.
-    """
-    name = function_name(function)
-    get_configuration(lam, name)
-    if alias and get_alias(lam, name, alias) is None:
-        raise NotFoundError(
-            f"function {name} has no alias {alias}; create it with mlayer publish-model "
-            f"--alias {alias} (or mlayer deploy-function --alias {alias}), or drop --alias to "
-            "trigger $LATEST"
-        )
-    target = f"{name}:{alias}" if alias else name
-    stream_arn, kind = resolve_stream(kinesis, dynamodb, stream)
-
-    mappings: list[dict[str, Any]] = []
-    for page in lam.get_paginator("list_event_source_mappings").paginate(EventSourceArn=stream_arn):
-        mappings.extend(page.get("EventSourceMappings", []))
-    ours = [m for m in mappings if _mapping_function(m)[0] == name]
-    ours.sort(key=lambda m: _mapping_function(m)[1] != alias)
-
-    common: dict[str, Any] = {}
-    if settings.batch_size is not None:
-        common["BatchSize"] = settings.batch_size
-    if settings.bisect_on_error is not None:
-        common["BisectBatchOnFunctionError"] = settings.bisect_on_error
-    if settings.maximum_retry_attempts is not None:
-        common["MaximumRetryAttempts"] = settings.maximum_retry_attempts
-    if settings.maximum_record_age_s is not None:
-        common["MaximumRecordAgeInSeconds"] = settings.maximum_record_age_s
-    if settings.batching_window_s is not None:
-        common["MaximumBatchingWindowInSeconds"] = settings.batching_window_s
-    if settings.parallelization_factor is not None:
-        common["ParallelizationFactor"] = settings.parallelization_factor
-    if settings.on_failure:
-        common["DestinationConfig"] = {"OnFailure": {"Destination": settings.on_failure}}
-    if settings.enabled is not None:
-        common["Enabled"] = settings.enabled
-    common["FunctionResponseTypes"] = (
-        ["ReportBatchItemFailures"] if settings.report_batch_item_failures else []
-    )
-
-    if ours:
-        existing = ours[0]
-        position = existing.get("StartingPosition")
-        if settings.starting_position and position and settings.starting_position != position:
-            raise ConfigError(
-                f"the mapping {existing['UUID']} from this stream starts at {position}; Lambda "
-                "cannot change a mapping's starting position: delete it (aws lambda "
-                f"delete-event-source-mapping --uuid {existing['UUID']}) and run trigger again"
-            )
-        moved_from = None
-        fn, qualifier = _mapping_function(existing)
-        if qualifier != alias:
-            moved_from = f"{fn}:{qualifier}" if qualifier else fn
-        _wait_mapping(lam, existing["UUID"], pace)
-        mapping = call_with_backoff(
-            lambda: lam.update_event_source_mapping(
-                UUID=existing["UUID"], FunctionName=target, **common
-            ),
-            lam,
-            name,
-            pace,
-        )
-        mapping = _wait_mapping(lam, existing["UUID"], pace) or mapping
-        return Trigger(stream_arn, kind, target, False, _clean(mapping), moved_from)
-
-    position = settings.starting_position or "TRIM_HORIZON"
-    create: dict[str, Any] = {
-        "EventSourceArn": stream_arn,
-        "FunctionName": target,
-        "StartingPosition": position,
-        **common,
-    }
-    if position == "AT_TIMESTAMP":
-        if settings.starting_position_timestamp is None:
-            raise ConfigError("--starting-position AT_TIMESTAMP needs --starting-timestamp")
-        create["StartingPositionTimestamp"] = settings.starting_position_timestamp
-    mapping = lam.create_event_source_mapping(**create)
-    mapping = _wait_mapping(lam, mapping["UUID"], pace) or mapping
-    return Trigger(stream_arn, kind, target, True, _clean(mapping))
-
-
-def _wait_mapping(lam: Any, uuid: str, pace: Pace) -> dict[str, Any] | None:
-    """Wait while the mapping is Creating / Updating / Enabling (updates fail meanwhile)."""
-    mapping: dict[str, Any] | None = None
-    for _ in range(pace.waiter_attempts):
-        mapping = lam.get_event_source_mapping(UUID=uuid)
-        if mapping.get("State") not in ("Creating", "Updating", "Enabling", "Disabling"):
-            return mapping
-        pace.sleep(pace.waiter_delay)
-    return mapping
-
-
-def _clean(mapping: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in mapping.items() if k != "ResponseMetadata"}

@@ -314,8 +314,10 @@ def snapstart(region: str, *, path: Path | None = None) -> SnapStartPrices:
         entry = regions.get(looked_up, {}).get("snapstart")
         if not isinstance(entry, dict):
             raise ConfigError(
-                f"{name} regions.{looked_up} has no snapstart prices (cache_gb_s, restore_gb); "
-                f"add them or pass --prices FILE with them"
+                f"{name} has no SnapStart prices for {looked_up}: add "
+                f"regions.{looked_up}.snapstart.cache_gb_s (USD per GB-s cached) and "
+                f"regions.{looked_up}.snapstart.restore_gb (USD per GB restored), or pass "
+                "--prices FILE with them"
             )
         if "same_as" not in entry:
             break

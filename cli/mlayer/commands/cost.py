@@ -136,6 +136,15 @@ NON_NEGATIVE = DecimalType()
     help="Ingests a month: prices the month across the duration tiers (needs --records).",
 )
 @click.option(
+    "--filtered-share",
+    type=NON_NEGATIVE,
+    default="0",
+    metavar="SHARE",
+    help="Share of the records the trigger's FilterCriteria drop before batching (0 to below "
+    "1; run-local prints it): they are never invoked, so an ingest takes fewer invocations "
+    "(needs --records) [default: 0].",
+)
+@click.option(
     "--compare-hourly",
     type=POSITIVE,
     metavar="USD",
@@ -244,6 +253,7 @@ def cost(
     records: int | None,
     batch_size: tuple[int, ...],
     ingests_per_month: Decimal | None,
+    filtered_share: Decimal,
     compare_hourly: Decimal | None,
     compare_per_second: Decimal | None,
     hours_per_month: Decimal,
@@ -277,6 +287,8 @@ def cost(
       mlayer cost --memory 512 --memory 1024 --duration-ms 180 --duration-ms 95 \\
         --init-ms 900 --invocations-per-environment 1000 --batch-size 100 --arch arm64
       mlayer cost --from-report run.log --batch-size 100 --records 50000 --json
+      mlayer cost --memory 512 --duration-ms 40 --batch-size 100 --records 50000 \\
+        --ingests-per-month 30 --filtered-share 0.4
       mlayer --region eu-west-1 cost --from-logs scorer --since 7d --batch-size 100
       mlayer cost --memory 1024 --duration-ms 120 --init-ms 1500 --snapstart \\
         --runtime python3.13 --cold-starts-per-hour 20
@@ -351,6 +363,7 @@ def cost(
         compare_hourly=compare_hourly,
         compare_per_second=compare_per_second,
         hours_per_month=hours_per_month,
+        filtered_share=filtered_share,
     )
     n_env = Decimal(invocations_per_environment) if invocations_per_environment else None
     if snapstart:

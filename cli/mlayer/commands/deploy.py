@@ -260,6 +260,22 @@ def deploy_function(
     show_default=True,
     help="ReportBatchItemFailures: retry from the first failed record, not the whole batch.",
 )
+@click.option(
+    "--filter",
+    "filter_patterns",
+    multiple=True,
+    metavar="PATTERN",
+    help="A FilterCriteria pattern (JSON, Lambda's filter grammar), repeatable (ORed; up to 5). "
+    'Kinesis filters on "data", the payload as JSON: {"data": {"status": ["open"]}}; DynamoDB '
+    'on the record: {"dynamodb": {"NewImage": {"lang": {"S": ["en"]}}}}. Replaces the '
+    'mapping\'s filters [default on create: {"eventName": ["INSERT", "MODIFY"]} for DynamoDB, '
+    "none for Kinesis; unchanged on update].",
+)
+@click.option(
+    "--no-filter",
+    is_flag=True,
+    help="Remove the mapping's filters (Lambda invokes for every record, REMOVEs included).",
+)
 @click.option("--enable/--disable", "enabled", default=None, help="Turn the mapping on or off.")
 @click.pass_obj
 def trigger(
@@ -277,6 +293,8 @@ def trigger(
     parallelization: int | None,
     on_failure: str | None,
     report_failures: bool,
+    filter_patterns: tuple[str, ...],
+    no_filter: bool,
     enabled: bool | None,
 ) -> None:
     """Create or update the stream trigger (event source mapping) of the alias or function.
@@ -285,16 +303,26 @@ def trigger(
     retries, records up to a day old, TRIM_HORIZON; flags override each. An existing mapping
     of the stream to the function is updated (and moved to --alias).
 
+    A DynamoDB table (or stream ARN) must have a stream with new images (NEW_IMAGE or
+    NEW_AND_OLD_IMAGES): a KEYS_ONLY or OLD_IMAGE stream, or none, is refused with the
+    update-table commands that fix it. A new DynamoDB mapping filters to INSERT and MODIFY
+    (a REMOVE has nothing to score; Lambda drops it before invoking, unbilled); --filter
+    sets other patterns, --no-filter none.
+
     \b
     Example:
       mlayer trigger --function scorer --alias live --stream arn:aws:kinesis:...:stream/reviews
       mlayer trigger --function scorer --alias live --stream reviews-table \\
         --on-failure arn:aws:s3:::scorer-failures
+      mlayer trigger --function scorer --alias live --stream reviews \\
+        --filter '{"data": {"lang": ["en"]}}'
     """
-    from mlayer.deploy import TriggerSettings, describe_on_failure
-    from mlayer.deploy import trigger as make_trigger
+    from mlayer.trigger import TriggerSettings, describe_filters, describe_on_failure
+    from mlayer.trigger import trigger as make_trigger
 
     function = options.require_function(function)
+    if no_filter and filter_patterns:
+        raise click.UsageError("give --filter PATTERN or --no-filter, not both")
     result = make_trigger(
         settings.client("lambda"),
         settings.client("kinesis"),
@@ -302,7 +330,9 @@ def trigger(
         function=function,
         stream=stream,
         alias=alias,
+        streams=settings.client("dynamodbstreams"),
         settings=TriggerSettings(
+            filters=() if no_filter else (filter_patterns or None),
             batch_size=batch_size,
             starting_position=starting_position,
             starting_position_timestamp=starting_timestamp,
@@ -335,10 +365,13 @@ def trigger(
         ("MaximumRetryAttempts", m.get("MaximumRetryAttempts")),
         ("MaximumRecordAgeInSeconds", m.get("MaximumRecordAgeInSeconds")),
         ("OnFailure", describe_on_failure(on_failure_dest)),
+        ("FilterCriteria", describe_filters(m, result.stream_kind, result.default_filter)),
     ]
     for key, value in rows:
         if value is not None:
             click.echo(f"  {key}: {value}")
+    for note in result.notes:
+        click.echo(f"Note: {note}")
 
 
 COMMANDS = [deploy_function, trigger]

@@ -286,6 +286,16 @@ def _position(value: str | None) -> str | None:
     "an SQS queue or SNS topic their metadata.",
 )
 @click.option(
+    "--filter",
+    "filter_patterns",
+    multiple=True,
+    metavar="PATTERN",
+    help="A FilterCriteria pattern (JSON), repeatable: records matching none are dropped before "
+    "batching, as Lambda does [default: the mapping's, else mlayer trigger's: INSERT and "
+    "MODIFY for DynamoDB, none for Kinesis].",
+)
+@click.option("--no-filter", is_flag=True, help="Send every record (no FilterCriteria).")
+@click.option(
     "--until-idle",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
@@ -332,6 +342,8 @@ def run_local_command(
     max_record_age: int | None,
     report_batch_item_failures: bool | None,
     on_failure: str | None,
+    filter_patterns: tuple[str, ...],
+    no_filter: bool,
     until_idle: float | None,
     max_records: int | None,
     checkpoints_path: Path,
@@ -349,7 +361,9 @@ def run_local_command(
 
     One poller per shard, one execution environment per concurrent batch; batch size and
     window, starting position, per-shard order, partial batch responses, bisect on error,
-    retries and record age, and the on-failure destination behave as in Lambda. Settings
+    retries and record age, FilterCriteria (records no pattern matches are dropped before
+    batching and counted, never invoked) and the on-failure destination behave as in Lambda.
+    Settings
     come from the function's mapping from this stream when there is one (else mlayer
     trigger's defaults); flags override them. Runs until --until-idle, --max-records, or
     Ctrl-C, then prints a summary.
@@ -376,6 +390,8 @@ def run_local_command(
     from mlayer.local.runner import run_local
 
     name = options.require_function(function)
+    if no_filter and filter_patterns:
+        raise click.UsageError("give --filter PATTERN or --no-filter, not both")
     overrides = {
         "batch_size": batch_size,
         "batching_window_s": batching_window,
@@ -387,6 +403,7 @@ def run_local_command(
         "max_record_age_s": max_record_age,
         "report_batch_item_failures": report_batch_item_failures,
         "on_failure": on_failure,
+        "filters": () if no_filter else (filter_patterns or None),
     }
     from rich.console import Console
 
@@ -496,6 +513,7 @@ class _Progress:
     def ready(self, routes: list[Route], settings: MappingSettings, shards: int) -> None:
         if self.quiet:
             return
+        from rich.markup import escape
         from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         local = routes[0].function
@@ -508,7 +526,9 @@ class _Progress:
             f"{settings.starting_position}; bisect {'on' if settings.bisect_on_error else 'off'}, "
             f"retries {settings.max_retry_attempts}, max age {settings.max_record_age_s}, partial "
             f"batch response {'on' if settings.report_batch_item_failures else 'off'}, on-failure "
-            f"{settings.on_failure or 'none'}  [dim](settings: {settings.source})[/]"
+            f"{settings.on_failure or 'none'}, filters "
+            f"{escape(' OR '.join(settings.filters) or 'none')}  "
+            f"[dim](settings: {settings.source})[/]"
         )
         for note in local.notes:
             self.console.print(f"[yellow]note:[/] {note}")
@@ -531,7 +551,7 @@ class _Progress:
                 f"{stats.records_done:,} records done of {stats.records_read:,} read, "
                 f"{stats.in_flight:,} in flight | {stats.invocations:,} batches, "
                 f"{stats.predictions:,} predictions, {stats.retries} retries, "
-                f"{errors} errors, {stats.discarded} discarded"
+                f"{errors} errors, {stats.discarded} discarded, {stats.filtered:,} filtered"
             ),
         )
 
@@ -558,6 +578,11 @@ def render_summary(console: Any, result: RunLocalResult) -> None:
     init = sorted(stats.init_durations_ms)
     rows = [
         ("records", f"{stats.records_done:,}"),
+        *(
+            [("filtered out (FilterCriteria)", _filtered_line(stats))]
+            if stats.filtered or summary.settings.filters
+            else []
+        ),
         ("predictions", f"{stats.predictions:,}"),
         *(
             [
@@ -625,6 +650,12 @@ def render_summary(console: Any, result: RunLocalResult) -> None:
             style="dim",
         )
     console.print(f"REPORT lines appended to {result.log_path}", style="dim")
+
+
+def _filtered_line(stats: RunStats) -> str:
+    """Records dropped before batching, and the share ``mlayer cost --filtered-share`` takes."""
+    share = stats.filtered / stats.records_done if stats.records_done else 0.0
+    return f"{stats.filtered:,} ({share:.1%}: mlayer cost --filtered-share {share:.3g})"
 
 
 def _restores_line(durations: list[float]) -> str:

@@ -721,6 +721,9 @@ def status(
     layer or the archive itself. A shadow model (scored beside it, written nowhere) is
     shown with where it comes from, for $LATEST and each version the alias routes to.
 
+    The stream triggers (event source mappings) of the function follow: the stream, the
+    alias or version they invoke, their filters and where failed batches go.
+
     Last, the last hour's metrics of the live model (and of the canary, and of the shadow
     it scores beside it): records, bad-record rate, label shares (`mlayer compare` shows
     them all side by side). Without CloudWatch access, status says so and shows the rest.
@@ -734,6 +737,7 @@ def status(
 
     from mlayer.compare import last_hour
     from mlayer.inventory import status as get_status
+    from mlayer.trigger import triggers_of
 
     function = options.require_function(function)
     layer_name = _layer_name(model_layer, function, "model")
@@ -746,6 +750,7 @@ def status(
         s3=settings.client("s3"),
         shadow_layer=_layer_name(shadow_layer, function, "shadow"),
     )
+    triggers = triggers_of(settings.client("lambda"), function)
     watched = last_hour(
         settings.client("lambda"), settings.client("cloudwatch"), function=function,
         layer_name=layer_name, alias=alias, s3=settings.client("s3"),
@@ -762,9 +767,10 @@ def status(
         shade = result.shadow_model
         data["shadow_model_label"] = shadow_label(shade) if shade else None
         data["shadow_model_location"] = _where(shade) if shade else None
+        data["triggers"] = [asdict(t) for t in triggers]
         _echo_json(data)
         return
-    _render_status(result, watched)
+    _render_status(result, watched, triggers)
 
 
 def _metrics_json(watched: Any) -> dict[str, Any]:
@@ -803,8 +809,9 @@ def _where(model: Any) -> dict[str, Any]:
     }
 
 
-def _render_status(s: Any, watched: Any) -> None:
+def _render_status(s: Any, watched: Any, triggers: list[Any] | None = None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from mlayer.archive import mb
@@ -876,6 +883,8 @@ def _render_status(s: Any, watched: Any) -> None:
         ]
         routes += [f"version {v} at {w:.1%} ({served(v)}{snap(v)})" for v, w in a.weights.items()]
         console.print(f"[bold]Alias[/] {a.name}: {' + '.join(routes)}", highlight=False)
+    for t in triggers or []:
+        console.print("[bold]Trigger[/] " + escape(t.describe()), highlight=False)
     from mlayer.commands.compare import status_lines
 
     for line in status_lines(watched):

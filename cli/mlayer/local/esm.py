@@ -8,6 +8,9 @@ the way Lambda's event source mapping does:
 - batches of up to ``BatchSize`` records, gathered for up to
   ``MaximumBatchingWindowInSeconds``, never over Lambda's 6 MB invocation payload;
 - ``StartingPosition`` TRIM_HORIZON, LATEST or AT_TIMESTAMP;
+- ``FilterCriteria``: records that match none of the mapping's patterns are dropped as they
+  are read, before batching (they never count towards a batch), and checkpointed at once;
+  a batch entirely filtered is never invoked (see :mod:`mlayer.filters`);
 - ``ReportBatchItemFailures``: the checkpoint moves to just before the lowest reported
   sequence number and the batch is retried from there; an empty list or null is success; a
   null, empty or unknown ``itemIdentifier`` fails the whole batch (as Lambda does);
@@ -49,6 +52,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from mlayer import filters
 from mlayer.arns import on_failure_kind
 from mlayer.errors import ConfigError, MlayerError, NotFoundError
 
@@ -74,6 +78,7 @@ class MappingSettings:
     max_record_age_s: int = -1
     report_batch_item_failures: bool = False
     on_failure: str | None = None  # SQS queue, SNS topic or S3 bucket ARN
+    filters: tuple[str, ...] = ()  # FilterCriteria patterns (JSON), ORed; none: every record
     source: str = "defaults"  # where they came from: "defaults" or the mapping's UUID
 
     def validate(self) -> MappingSettings:
@@ -119,6 +124,7 @@ class MappingSettings:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        filters.check_patterns(self.filters)
         return self
 
     @classmethod
@@ -138,6 +144,7 @@ class MappingSettings:
             report_batch_item_failures="ReportBatchItemFailures"
             in (mapping.get("FunctionResponseTypes") or []),
             on_failure=destination.get("Destination") or None,
+            filters=tuple(filters.patterns_of(mapping)),
             source=str(mapping.get("UUID") or "mapping"),
         )
 
@@ -484,6 +491,7 @@ class RunStats:
     # invocation that returned, as dead_lettered).
     aggregated: int = 0
     discarded: int = 0  # records the emulator gave up on (on-failure destination)
+    filtered: int = 0  # records no FilterCriteria pattern matched: dropped before batching
     on_failure_messages: int = 0
     invocations: int = 0
     retries: int = 0  # invocations that re-sent records delivered before
@@ -672,6 +680,8 @@ class StreamProcessor:
     ) -> None:
         self.source = source
         self.settings = settings.validate()
+        filters.check_patterns(settings.filters, source.kind)
+        self._filter = filters.RecordFilter(settings.filters, source.kind)
         self.invoker_factory = invoker_factory
         self.destination = destination
         self.function_arn = function_arn
@@ -888,20 +898,35 @@ class StreamProcessor:
                 records = records[:budget_left]
             if records:
                 last_seq = records[-1].sequence_number
+                dropped = [r for r in records if not self._filter.matches(r.event)]
+                gone = {id(r) for r in dropped}
                 with self._lock:
                     progress.read(records)
                     for record in records:
+                        if id(record) in gone:
+                            continue
                         lane = lanes[_lane_of(record.partition_key, len(lanes))]
                         lane.queue.append(record)
                     self.stats.records_read += len(records)
                     self._last_activity = time.monotonic()
                     self._lock.notify_all()
+                if dropped:
+                    self._drop_filtered(shard_id, dropped)
             iterator = next_iterator
             if not records:
                 self._stop.wait(self.poll_interval_s)
         if not iterator:  # the shard is closed (resharded) and fully read
             with self._lock:
                 self._finished_shards.add(shard_id)
+
+    def _drop_filtered(self, shard_id: str, dropped: list[StreamRecord]) -> None:
+        """Records no pattern matched: done without an invocation, as Lambda's iterator moves
+        past them (the checkpoint still waits for the records read before them)."""
+        with self._lock:
+            self.stats.filtered += len(dropped)
+            self.stats.records_done += len(dropped)
+            self._last_activity = self._last_done = time.monotonic()
+        self._resolve(shard_id, dropped)
 
     def _first_iterator(self, shard_id: str) -> str:
         """After the shard's checkpoint when there is one, else at the starting position."""
@@ -1167,7 +1192,11 @@ class StreamProcessor:
         """Lambda's on-failure invocation record for a stream batch: its metadata, and for a
         destination that keeps records (S3) the batch's event as ``payload``, an escaped JSON
         string, as Lambda documents it."""
-        info_key = "KinesisBatchInfo" if self.source.kind == "kinesis" else "DDBStreamBatchInfo"
+        kinesis = self.source.kind == "kinesis"
+        info_key = "KinesisBatchInfo" if kinesis else "DDBStreamBatchInfo"
+        # Kinesis arrival times carry milliseconds; DynamoDB's creation times are whole
+        # seconds, written without a fraction ("2019-11-14T00:13:19Z" in Lambda's example).
+        arrival = _iso if kinesis else _iso_seconds
         response: dict[str, Any] = {
             "statusCode": 200,
             "executedVersion": _executed_version(result, self.function_version),
@@ -1188,8 +1217,8 @@ class StreamProcessor:
                 "shardId": chunk[0].shard_id,
                 "startSequenceNumber": chunk[0].sequence_number,
                 "endSequenceNumber": chunk[-1].sequence_number,
-                "approximateArrivalOfFirstRecord": _iso(chunk[0].arrival),
-                "approximateArrivalOfLastRecord": _iso(chunk[-1].arrival),
+                "approximateArrivalOfFirstRecord": arrival(chunk[0].arrival),
+                "approximateArrivalOfLastRecord": arrival(chunk[-1].arrival),
                 "batchSize": len(chunk),
                 "streamArn": self.source.arn,
             },
@@ -1283,6 +1312,10 @@ def _payload(queue: Iterable[StreamRecord], limit: int) -> int:
 
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _iso_seconds(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _error_code(exc: BaseException) -> str:

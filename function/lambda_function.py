@@ -377,6 +377,8 @@ def _finish(
             strict=True,
         )
     ]
+    if batch.aggregation is not None:
+        _add_sub_sequence_numbers(batch, predictions)
     shadowed = _ShadowPass(shadowing, batch, predictions, context, timings["predict_ms"])
     # event index -> itemIdentifier of every record Lambda must retry
     failed: dict[int, str] = {}
@@ -391,6 +393,10 @@ def _finish(
         "dead_lettered": delivered.dead_lettered,
         "failed": len(failed),
     }
+    if batch.aggregation is not None:
+        # received counts user records; these say what the event held
+        counts["kinesis_records"] = batch.aggregation.kinesis_records
+        counts["aggregated"] = batch.aggregation.aggregates
     write_ms = round((written - predicted - shadowed.before_writes_s) * 1000, 3)
     line = {
         "message": "batch",
@@ -423,10 +429,37 @@ def _finish(
     )
     _log(line)
     return {
-        "batchItemFailures": [{"itemIdentifier": failed[index]} for index in sorted(failed)],
+        "batchItemFailures": [
+            {"itemIdentifier": failed[index]} for index in _reported(batch, sorted(failed))
+        ],
         "predictions": predictions,
         "counts": counts,
     }
+
+
+def _reported(batch: Batch, indexes: list[int]) -> list[int]:
+    """The failed records to name in batchItemFailures: each one, except that the user
+    records of one KPL aggregate share its sequence number, named once."""
+    if batch.aggregation is None:
+        return indexes
+    origins = batch.aggregation.origins
+    seen: set[int] = set()
+    named = []
+    for index in indexes:
+        if origins[index] not in seen:
+            seen.add(origins[index])
+            named.append(index)
+    return named
+
+
+def _add_sub_sequence_numbers(batch: Batch, predictions: list[dict[str, Any]]) -> None:
+    """Give each prediction of a KPL aggregate's user record its ``sub_sequence_number``:
+    with ``sequence_number`` (the aggregate's) it names the user record, as ``record_id``
+    (the aggregate's eventID and ``:<sub_sequence_number>``) does."""
+    for prediction, index in zip(predictions, batch.indexes, strict=True):
+        sub = batch.sub_sequence_number(index)
+        if sub is not None:
+            prediction["sub_sequence_number"] = sub
 
 
 def _skipped_reasons(batch: Batch) -> dict[str, Any]:
@@ -549,7 +582,7 @@ def _deliver(
     if not (predictions and (table or stream)) and not (batch.rejected and queue_url):
         for bad in batch.rejected:  # no dead-letter queue: Lambda retries them, then gives up
             failed[bad.index] = bad.item_identifier
-            _log_bad(bad, "reported in batchItemFailures")
+            _log_bad(bad, "reported in batchItemFailures", **_sub_sequence(batch, bad.index))
         return Delivered(0, len(batch.rejected))
 
     import sinks
@@ -592,7 +625,7 @@ def _handle_rejected(
     if not queue_url:
         for bad in batch.rejected:
             failed[bad.index] = bad.item_identifier
-            _log_bad(bad, "reported in batchItemFailures")
+            _log_bad(bad, "reported in batchItemFailures", **_sub_sequence(batch, bad.index))
         return 0, first
 
     import sinks
@@ -606,6 +639,7 @@ def _handle_rejected(
             {
                 "record_id": bad.record_id,
                 "sequence_number": bad.sequence_number,
+                **_sub_sequence(batch, bad.index),
                 "reason": bad.reason,
                 "record": bad.record,
                 "model": model.name,
@@ -623,29 +657,43 @@ def _handle_rejected(
         deadline=deadline,
     )
     stop = first
+    failed_index = None
     if result.failed_at is not None:
-        stop = before[result.failed_at].index
+        failed_index = before[result.failed_at].index
+        # Lambda resends the whole Kinesis record: every user record of its aggregate.
+        stop = batch.retry_start(failed_index)
     for position, bad in enumerate(before):
         where = result.sent.get(position)
         if stop is None or bad.index < stop:
             detail = {} if where == "queue" else {"record_s3": where}
-            _log_bad(bad, "dead-lettered", **detail)
+            _log_bad(bad, "dead-lettered", **_sub_sequence(batch, bad.index), **detail)
         elif position == result.failed_at:
-            _log_bad(bad, "reported in batchItemFailures", dead_letter_error=result.error)
+            _log_bad(
+                bad,
+                "reported in batchItemFailures",
+                **_sub_sequence(batch, bad.index),
+                dead_letter_error=result.error,
+            )
     sent_behind = {before[position].index for position in result.sent}
     for bad in batch.rejected:
         # Behind the first record to retry: Lambda resends it, it is dead-lettered then.
-        if stop is not None and bad.index > stop:
-            detail = {}
-            if bad.index in sent_behind:  # SQS took it in the call that refused an earlier one
-                detail["note"] = (
-                    "also sent in the same SendMessageBatch call: it will be sent again"
-                )
+        if stop is not None and bad.index >= stop and bad.index != failed_index:
+            detail = _sub_sequence(batch, bad.index)
+            if bad.index in sent_behind:
+                # SQS took it in the call that refused an earlier one, or (an aggregate's
+                # user record) before a later user record of its aggregate was refused.
+                detail["note"] = "also sent to the queue: it will be sent again"
             _log_bad(
                 bad, "reported in batchItemFailures (behind the first record to retry)", **detail
             )
     dead_lettered = sum(1 for bad in before if stop is None or bad.index < stop)
     return dead_lettered, stop
+
+
+def _sub_sequence(batch: Batch, index: int) -> dict[str, Any]:
+    """``{"sub_sequence_number": n}`` for a KPL aggregate's user record, else ``{}``."""
+    sub = batch.sub_sequence_number(index)
+    return {} if sub is None else {"sub_sequence_number": sub}
 
 
 def _log_bad(bad: Any, action: str, **detail: Any) -> None:
@@ -739,7 +787,8 @@ def _write_outputs(
             }
         if not failures:
             continue
-        lowest = min(batch.indexes[position] for position in failures)
+        # Lambda resends a whole aggregate: the retry starts at its first user record.
+        lowest = batch.retry_start(min(batch.indexes[position] for position in failures))
         first = lowest if first is None else min(first, lowest)
         _log(
             {

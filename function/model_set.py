@@ -469,7 +469,12 @@ def score(event: Any, models: ModelSet) -> Scored:
     groups, rejected, defaulted = _route(routing, models)
     decode_s = clock() - started
     result = Scored(
-        Batch(source=routing.source, received=routing.received, raw_records=routing.raw_records),
+        Batch(
+            source=routing.source,
+            received=routing.received,
+            raw_records=routing.raw_records,
+            aggregation=routing.aggregation,
+        ),
         defaulted=defaulted,
         unrouted=len(rejected),
     )

@@ -7,13 +7,16 @@ Supported events:
   UTF-8 text (text models only), a JSON array of feature values in the model's column order
   (feature models only), or a DynamoDB change record written by Kinesis Data Streams for
   DynamoDB (treated like a DynamoDB Streams record, identified by the Kinesis record).
+  A KPL aggregated record (``kpl.py``) counts as its user records, each decoded as above on
+  its own (``kpl.expand``); a corrupt aggregate (bad MD5, malformed
+  protobuf) is one bad record with that reason, an empty one is skipped.
 - DynamoDB Streams (``{"Records": [{"eventSource": "aws:dynamodb", ...}]}``): INSERT and
   MODIFY are scored from NewImage; REMOVE and records without NewImage (KEYS_ONLY or
   OLD_IMAGE streams) are skipped.
 - Direct invocation (``{"records": [payload, ...]}``): a payload is a JSON object
   (optionally with ``"id"``), a string (text models) or an array of feature values.
 
-Every record of the event ends in exactly one of: ``Batch.inputs`` (decoded, to predict),
+Every record of the event (every user record of an aggregate) ends in exactly one of: ``Batch.inputs`` (decoded, to predict),
 ``Batch.skipped`` or ``Batch.rejected`` (bad, with the reason), in event order. A record
 keeps its own identity (``record_id``: the eventID for stream records, ``id`` or the
 position for direct payloads; ``sequence_number`` for stream records) even when its
@@ -28,7 +31,7 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from dynamodb_event import EVENT_SOURCE as DYNAMODB_SOURCE
 from dynamodb_event import (
@@ -38,8 +41,19 @@ from dynamodb_event import (
     deserialize,
 )
 from kinesis_event import EVENT_SOURCE as KINESIS_SOURCE
-from kinesis_event import KinesisStreamEvent, KinesisStreamRecord, b64decode, fast_loads, loads
+from kinesis_event import (
+    KPL_MAGIC,
+    KinesisStreamEvent,
+    KinesisStreamRecord,
+    b64decode,
+    deaggregate,
+    fast_loads,
+    loads,
+)
 from stream_event import EventRecord
+
+if TYPE_CHECKING:
+    from kpl import Deaggregated
 
 Source = Literal["kinesis", "dynamodb", "direct"]
 R = TypeVar("R", bound=EventRecord)
@@ -143,7 +157,8 @@ class Skipped:
 
     ``kind`` is what the batch log counts it under: ``REMOVE``, or the stream view type that
     left the change without a new image (``KEYS_ONLY``, ``OLD_IMAGE``; ``NO_NEW_IMAGE`` when
-    the record does not say, as a change record delivered through Kinesis does not).
+    the record does not say, as a change record delivered through Kinesis does not), or
+    ``EMPTY_AGGREGATE`` (a KPL aggregated record holding no user records).
     """
 
     index: int
@@ -156,7 +171,12 @@ class Skipped:
 @dataclass(slots=True)
 class Batch:
     """The decoded event. ``record_ids``, ``sequence_numbers``, ``inputs`` and ``indexes``
-    are aligned: one entry per record to predict, in event order."""
+    are aligned: one entry per record to predict, in event order.
+
+    An index is a record's position in the event, counting each user record of a KPL
+    aggregate as a record (``raw_records`` is then the event's records with the aggregates
+    replaced by their user records, and ``aggregation`` says where each came from).
+    """
 
     source: Source
     received: int
@@ -167,12 +187,27 @@ class Batch:
     rejected: list[Rejected] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     raw_records: list[Any] = field(default_factory=list)
+    aggregation: Deaggregated | None = None
 
     def add(self, index: int, record_id: str, sequence_number: str | None, value: Any) -> None:
         self.indexes.append(index)
         self.record_ids.append(record_id)
         self.sequence_numbers.append(sequence_number)
         self.inputs.append(value)
+
+    def sub_sequence_number(self, index: int) -> int | None:
+        """Record ``index``'s position in its KPL aggregate (None: not from an aggregate)."""
+        return None if self.aggregation is None else self.aggregation.sub_sequence_numbers[index]
+
+    def retry_start(self, index: int) -> int:
+        """The first record Lambda resends when record ``index`` is reported: the first user
+        record of its aggregate (Lambda knows only the aggregate), else ``index`` itself."""
+        if self.aggregation is None:
+            return index
+        origins = self.aggregation.origins
+        while index > 0 and origins[index - 1] == origins[index]:
+            index -= 1
+        return index
 
 
 def decode_event(event: Any, spec: InputSpec) -> Batch:
@@ -196,7 +231,7 @@ def decode_event(event: Any, spec: InputSpec) -> Batch:
         first = records[0]
         source = first.get("eventSource") if isinstance(first, Mapping) else None
         if source == KINESIS_SOURCE:
-            return _decode_kinesis(event, records, spec)
+            return _decode_kinesis_event(event, records, spec)
         if source == DYNAMODB_SOURCE:
             return _decode_dynamodb(records, spec)
         raise InvalidEventError(
@@ -241,6 +276,24 @@ def decode_records(
 # --- Kinesis -------------------------------------------------------------------------------
 
 
+def _decode_kinesis_event(event: Mapping[str, Any], records: list[Any], spec: InputSpec) -> Batch:
+    """A whole Kinesis event, its KPL aggregates replaced by their user records.
+
+    The fast path first: it fails on any aggregate (the magic bytes are not UTF-8, so no
+    text or JSON reading takes them), so a batch without one pays nothing for aggregation.
+    """
+    batch = _kinesis_fast_path(event, records, spec)
+    if batch is not None:
+        return batch
+    expanded = deaggregate(records)
+    if expanded is None:
+        return _decode_kinesis_each(records, spec, None)
+    users = expanded.records
+    batch = _decode_kinesis({"Records": users}, users, spec)
+    batch.aggregation = expanded
+    return batch
+
+
 def _decode_kinesis(
     event: Mapping[str, Any],
     records: list[Any],
@@ -250,6 +303,12 @@ def _decode_kinesis(
     batch = _kinesis_fast_path(event, records, spec, positions)
     if batch is not None:
         return batch
+    return _decode_kinesis_each(records, spec, positions)
+
+
+def _decode_kinesis_each(
+    records: list[Any], spec: InputSpec, positions: Sequence[int] | None
+) -> Batch:
     return _decode_each(
         records,
         spec,
@@ -457,6 +516,8 @@ def _kinesis_value(record: KinesisStreamRecord, spec: InputSpec) -> Any:
         raise RecordError(f"data is not valid base64 ({exc})") from None
     if not payload:
         raise RecordError("data is empty")
+    if payload.startswith(KPL_MAGIC):
+        return _aggregate_value(record, payload)
     if spec.kind == "text" and payload.lstrip()[:1] != b"{":
         try:
             text = payload.decode("utf-8")
@@ -477,6 +538,30 @@ def _kinesis_value(record: KinesisStreamRecord, spec: InputSpec) -> Any:
     if DynamoDBStreamRecord.is_change_record(document):
         return _change_record_value(DynamoDBStreamRecord(document), spec)
     return _extract(document, spec)
+
+
+def _aggregate_value(record: KinesisStreamRecord, payload: bytes) -> _Skip:
+    """A payload with the KPL magic that ``deaggregate`` left whole: a corrupt aggregate (a
+    bad record with the reason), an empty one (skipped), or one inside an aggregate."""
+    import kpl  # on the first aggregate only (see kinesis_event.KPL_MAGIC)
+
+    if record.kinesis.sub_sequence_number is not None:
+        raise RecordError(
+            "payload is a KPL aggregated record inside another one: the KPL never nests them"
+        )
+    try:
+        users = kpl.deaggregate(payload)
+    except kpl.AggregateError as exc:
+        raise RecordError(f"KPL aggregated record is corrupt: {exc}") from None
+    if not users:
+        return _Skip(
+            "EMPTY_AGGREGATE", "KPL aggregated record holding no user records: nothing to score"
+        )
+    # Only decode_records given an event's records as Lambda sent them gets here.
+    raise RecordError(
+        f"KPL aggregated record of {len(users)} user records was not de-aggregated "
+        "(decode the whole event with decode_event)"
+    )
 
 
 # --- DynamoDB Streams ----------------------------------------------------------------------

@@ -584,6 +584,16 @@ def render_summary(console: Any, result: RunLocalResult) -> None:
             else []
         ),
         ("predictions", f"{stats.predictions:,}"),
+        *(
+            [
+                (
+                    "KPL aggregates de-aggregated",
+                    f"{stats.aggregated:,} (a prediction per user record)",
+                )
+            ]
+            if stats.aggregated
+            else []
+        ),
         ("reported (batchItemFailures)", f"{stats.reported:,}"),
         ("dead-lettered by the function", f"{stats.dead_lettered:,}"),
         ("discarded to on-failure destination", f"{stats.discarded:,}"),

@@ -480,11 +480,16 @@ class RunStats:
 
     records_read: int = 0
     records_done: int = 0  # checkpointed: handled by the function or discarded
-    predictions: int = 0  # records the function returned a prediction for (unique)
+    # Records the function returned a prediction for (unique): a KPL aggregate's user
+    # records count one each, so this can pass records_done.
+    predictions: int = 0
     reported: int = 0  # batchItemFailures entries returned by the function
     # Messages the function sent to its own dead-letter queue (its counts.dead_lettered over
     # every invocation that returned: a retried poison record is dead-lettered again).
     dead_lettered: int = 0
+    # KPL aggregated records the function de-aggregated (its counts.aggregated, over every
+    # invocation that returned, as dead_lettered).
+    aggregated: int = 0
     discarded: int = 0  # records the emulator gave up on (on-failure destination)
     filtered: int = 0  # records no FilterCriteria pattern matched: dropped before batching
     on_failure_messages: int = 0
@@ -1099,6 +1104,7 @@ class StreamProcessor:
                 counts = result.response.get("counts")
                 if isinstance(counts, dict):
                     stats.dead_lettered += int(counts.get("dead_lettered") or 0)
+                    stats.aggregated += int(counts.get("aggregated") or 0)
             self._last_activity = time.monotonic()
         return result
 

@@ -169,28 +169,3 @@ def pandas_deps_layers(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PYTHONHASHSEED", "0")
-
-
-# The suite's longest modules (minutes each: real layer builds, moto_server pipelines), longest
-# first. pytest-xdist's --dist loadfile hands modules to the two workers in collection order,
-# so a long module collected last runs alone at the end while the other worker idles; started
-# first, the short ones fill in around them. Only the order changes: a module not named here
-# keeps its place after these.
-LONG_MODULES = (
-    "test_build_deps.py",
-    "test_model_corpus.py",
-    "test_local_e2e.py",
-    "test_deferred_imports.py",
-    "test_rollouts_e2e.py",
-    "test_demo.py",
-    "test_store_e2e.py",
-    "test_build_deps_current.py",
-    "test_local_snapstart.py",
-    "test_function_snapstart.py",
-    "test_build_model.py",
-)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    rank = {name: index for index, name in enumerate(LONG_MODULES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_MODULES)))

@@ -315,16 +315,7 @@ class LambdaEnvironment:
         status = self._watch(
             lambda: state.first_next_at is not None or state.init_error is not None, started + limit
         )
-        error: dict[str, Any] | None = None
-        if state.init_error is not None:
-            error = state.init_error.error or {"errorType": "Runtime.Unknown"}
-            error.setdefault("errorType", state.init_error.error_type or "Runtime.Unknown")
-            ended = state.init_error.received_at
-        elif status == "done" and state.first_next_at is not None:
-            ended = state.first_next_at
-        else:
-            ended = time.perf_counter()
-            error = self._failure(status, "", phase="init", limit=limit)
+        ended, error = self._init_outcome(state, status, state.first_next_at, limit)
         if error is not None:
             self._kill()
         self.init = InitResult(
@@ -524,6 +515,19 @@ class LambdaEnvironment:
                 return "oom"
             if time.perf_counter() >= deadline:
                 return "timeout"
+
+    def _init_outcome(
+        self, state: Any, status: str, ready_at: float | None, limit: float
+    ) -> tuple[float, dict[str, Any] | None]:
+        """When the init ended, and its error (None when it reached ``ready_at`` in time):
+        the runtime's /init/error, else the timeout or crash ``status`` names."""
+        if state.init_error is not None:
+            error = state.init_error.error or {"errorType": "Runtime.Unknown"}
+            error.setdefault("errorType", state.init_error.error_type or "Runtime.Unknown")
+            return state.init_error.received_at, error
+        if status == "done" and ready_at is not None:
+            return ready_at, None
+        return time.perf_counter(), self._failure(status, "", phase="init", limit=limit)
 
     def _failure(self, status: str, request_id: str, *, phase: str, limit: float) -> dict[str, Any]:
         """Lambda's error for an environment that died or overran."""

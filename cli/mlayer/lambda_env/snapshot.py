@@ -141,16 +141,7 @@ class SnapshotTemplate(LambdaEnvironment):
         status = self._watch(
             lambda: self._ready_at is not None or state.init_error is not None, started + limit
         )
-        error: dict[str, Any] | None = None
-        if state.init_error is not None:
-            error = state.init_error.error or {"errorType": "Runtime.Unknown"}
-            error.setdefault("errorType", state.init_error.error_type or "Runtime.Unknown")
-            ended = state.init_error.received_at
-        elif status == "done" and self._ready_at is not None:
-            ended = self._ready_at
-        else:
-            ended = time.perf_counter()
-            error = self._failure(status, "", phase="init", limit=limit)
+        ended, error = self._init_outcome(state, status, self._ready_at, limit)
         if error is not None:
             self._kill()
         duration_ms = (ended - started) * 1000.0
